@@ -1,0 +1,3 @@
+from jmed.cli import main
+
+main()

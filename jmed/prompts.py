@@ -1,0 +1,137 @@
+"""Prompt formats by name (DESIGN.md §4).
+
+One rendering serves training, evaluation and serving: `render(question, fmt, shots)` returns the prompt
+and the target the model should produce after it. The format name travels with the adapter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+LETTERS = "abcdefghij"
+
+_PREAMBLE = (
+    "以下は医学知識に関する多肢選択問題です。利用可能な情報を要約してから、段階的に解決してください。"
+    "最終的な答えとして5つの選択肢のうちの1つを出力してください。"
+)
+RESPONSE_HEADER = "### 応答：\n"
+
+BASE_FORMATS = ("igakuqa", "alpaca_med", "medpalm")
+# `chat` wraps a base format in the tokenizer's chat template; `chat` alone means `chat-igakuqa`.
+FORMATS = BASE_FORMATS + tuple(f"chat-{f}" for f in BASE_FORMATS) + ("chat",)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    prompt: str
+    target: str
+
+
+def protocol_for(fmt: str) -> str:
+    """The scoring protocol a format's answers are read with: letters, or choice text."""
+    return "letter" if base_format(fmt) == "igakuqa" else "text"
+
+
+def base_format(fmt: str) -> str:
+    check_format(fmt)
+    if fmt == "chat":
+        return "igakuqa"
+    return fmt.removeprefix("chat-")
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown prompt format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+
+
+def letters_for(n: int) -> str:
+    return LETTERS[:n]
+
+
+def _n_select(question) -> int:
+    return max(1, len(question.answer[0])) if question.answer else 1
+
+
+def _igakuqa(stem: str, choices: Sequence[str], n: int) -> str:
+    lines = [
+        "以下は医師国家試験の問題です。選択肢から答えを選び、記号で答えてください。"
+        + (f"{n}つ選ぶ場合は記号をカンマで区切ってください（例：a,c）。" if n > 1 else ""),
+        "",
+        f"問題：{stem}",
+    ]
+    lines += [f"{letter}. {choice}" for letter, choice in zip(LETTERS, choices)]
+    lines += ["", "答え："]
+    return "\n".join(lines)
+
+
+def target_letters(question) -> str:
+    """Gold letters of the first acceptable answer set, sorted and joined by "," (e.g. "d,e")."""
+    return ",".join(sorted(question.answer[0])) if question.answer else ""
+
+
+def target_text(question) -> str:
+    """Gold choice texts joined by "," in choice order (the 70B paper's harness)."""
+    if not question.answer:
+        return ""
+    idx = sorted(LETTERS.index(a) for a in question.answer[0] if a in LETTERS[: len(question.choices)])
+    return ",".join(question.choices[i] for i in idx)
+
+
+def render_prompt(stem: str, choices: Sequence[str], fmt: str, n_answers: int = 1) -> str:
+    """The prompt alone, from raw fields: what serving sees (no gold answer)."""
+    base = base_format(fmt)
+    if base == "igakuqa":
+        return _igakuqa(stem, choices, n_answers)
+    joined = ",".join(choices)
+    if base == "alpaca_med":
+        return f"{_PREAMBLE}\n### 指示：\n{stem}\n### 入力：\n{joined}\n{RESPONSE_HEADER}"
+    return f"### 指示：\n{_PREAMBLE}\n### 入力：\n{stem}\n{joined}\n{RESPONSE_HEADER}"
+
+
+def render_one(question, fmt: str) -> Rendered:
+    base = base_format(fmt)
+    prompt = render_prompt(question.stem, question.choices, base, _n_select(question))
+    target = target_letters(question) if base == "igakuqa" else target_text(question)
+    return Rendered(prompt, target)
+
+
+def render(question, fmt: str, shots: Sequence = (), tokenizer=None) -> Rendered:
+    """Prompt and target for `question`; each shot is a solved example placed before it.
+
+    Chat formats need the tokenizer: the whole few-shot text becomes one user turn, and the
+    template's assistant header ends the prompt.
+    """
+    parts = []
+    for shot in shots:
+        r = render_one(shot, fmt)
+        parts.append(r.prompt + r.target)
+    main = render_one(question, fmt)
+    text = "\n\n".join(parts + [main.prompt])
+    if fmt.startswith("chat"):
+        text = apply_chat(text, tokenizer)
+    return Rendered(text, main.target)
+
+
+def apply_chat(text: str, tokenizer) -> str:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat prompt formats need a tokenizer with a chat template")
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def render_record(record, fmt: str, tokenizer=None) -> Rendered:
+    """An instruction record {instruction, input, output} in the format's layout."""
+    base = base_format(fmt)
+    if base == "medpalm":
+        text = f"### 指示：\n{record.instruction}\n### 入力：\n{record.input}\n{RESPONSE_HEADER}"
+    else:
+        text = f"{record.instruction}\n### 入力：\n{record.input}\n{RESPONSE_HEADER}"
+    if fmt.startswith("chat"):
+        text = apply_chat(text, tokenizer)
+    return Rendered(text, record.output)
+
+
+def extract_response(text: str) -> str:
+    """Text protocol: the generated text after the last "### 応答：\\n", stripped."""
+    return text.rsplit(RESPONSE_HEADER, 1)[-1].strip()

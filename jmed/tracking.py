@@ -1,0 +1,115 @@
+"""MLflow conventions in one place (DESIGN.md §6): tracking defaults, step runs, dataset inputs.
+
+mlflow is imported inside functions so that importing this module stays cheap.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import jmed
+
+STEP_TAG = "jmed.step"
+BASE_TAG = "jmed.base_model"
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, exactly; else a SQLite file in the working directory."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def setup():
+    """Point mlflow at the tracking store; returns the mlflow module."""
+    import mlflow
+
+    uri = tracking_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # child processes (mlflow run, serve) see the same store
+    mlflow.set_tracking_uri(uri)
+    return mlflow
+
+
+def git_commit() -> str:
+    """The commit of the jmed checkout, with "-dirty" if it has uncommitted changes; "" outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{sha}-dirty" if sha and dirty else sha
+
+
+def code_version() -> str:
+    commit = git_commit()
+    return f"{jmed.__version__}+{commit[:12]}" if commit else jmed.__version__
+
+
+def slug(model_id: str) -> str:
+    """Registry slug (DESIGN.md §6): lower case, "/" -> "--", other characters outside [a-z0-9._-] -> "-"."""
+    import re
+
+    s = model_id.lower().replace("/", "--")
+    return re.sub(r"[^a-z0-9._-]", "-", s)
+
+
+@contextlib.contextmanager
+def step_run(step: str, run_name: str | None = None, nested: bool = False, tags: dict | None = None):
+    """A run for one jmed step; ends FINISHED, FAILED on an error, KILLED on Ctrl-C — never RUNNING.
+
+    Inside `mlflow run` the run already exists (MLFLOW_RUN_ID) and is resumed; `nested=True` makes
+    a child of the active run (pipelines).
+    """
+    mlflow = setup()
+    active = mlflow.active_run()
+    if active is not None and not nested:
+        run = active
+        own = False
+    else:
+        run = mlflow.start_run(run_name=run_name, nested=nested)
+        own = True
+    mlflow.set_tags({STEP_TAG: step, "jmed.version": jmed.__version__, "jmed.code_version": code_version(),
+                     **(tags or {})})
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        if own:
+            mlflow.end_run("FINISHED")
+
+
+def log_params(params: dict) -> None:
+    """Log params, stringified and truncated to MLflow's limit, skipping ones already logged equal."""
+    import mlflow
+
+    flat = {k: ("" if v is None else str(v))[:6000] for k, v in params.items()}
+    mlflow.log_params(flat)
+
+
+def log_dataset(questions, name: str, path: str, digest: str, context: str) -> None:
+    """Record a dataset as a run input (`mlflow.log_input`) with jmed's content digest."""
+    import mlflow
+    import pandas as pd
+
+    df = pd.DataFrame(
+        [{"id": q.id, "stem": q.stem, "choices": list(getattr(q, "choices", ())),
+          "answer": [list(a) for a in getattr(q, "answer", ())]} for q in questions]
+        if questions and hasattr(questions[0], "stem") else
+        [{"id": r.id, "instruction": r.instruction, "input": r.input, "output": r.output} for r in questions]
+    )
+    ds = mlflow.data.from_pandas(df, source=str(path), name=name, digest=digest[:36])
+    mlflow.log_input(ds, context=context)

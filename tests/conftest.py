@@ -1,0 +1,41 @@
+"""Shared fixtures. Every test runs offline, with telemetry off, in its own tracking store."""
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/datasets; skips (or fails under JMED_REQUIRE_SHARED=1) when absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        reason = f"shared dataset {path} is absent (place the shared datasets beside the project)"
+        if os.environ.get("JMED_REQUIRE_SHARED") == "1":
+            pytest.fail(reason + "; JMED_REQUIRE_SHARED=1 requires it")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """A fresh SQLite tracking store and artifact folder for one test; returns the tracking URI."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    while mlflow.active_run():
+        mlflow.end_run()
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
