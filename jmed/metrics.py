@@ -1,0 +1,372 @@
+"""Scoring, exactly as defined in DESIGN.md §5. Pure functions: no torch, mlflow or pandas.
+
+Three protocols:
+- letter: the model answers with letters ("d,e"). `official` parsing is IgakuQA's reference scorer
+  (split on ",", sort, compare; nothing else); `lenient` parsing normalises model output first.
+- text: the model answers with choice text (JMedLoRA / the 70B paper's harness): exact match,
+  gestalt (difflib Ratcliff/Obershelp) score and gestalt accuracy with the k best choices.
+- loglik: the k choices with the highest conditional log-likelihood.
+
+Multi-answer questions are all-or-nothing everywhere. Corrections come from the data, not from ids:
+`Question.answer` may hold several acceptable sets (112B30 "a or d") and `Question.accept_any`
+makes a question correct for every prediction (116A71). Numeric-entry questions (no choices) are
+compared as strings in the letter protocol and excluded from the text and loglik protocols.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from difflib import SequenceMatcher
+from typing import Iterable, Mapping, Sequence
+
+from jmed.prompts import LETTERS, extract_response
+
+OFFICIAL = "official"
+LENIENT = "lenient"
+PARSINGS = (OFFICIAL, LENIENT)
+
+REQUIRED_BLOCKS = ("B", "E")  # 必修 (required) section of the JMLE
+REQUIRED_LINE = 0.80  # required section: at least 80 % of its points
+KINKI_LIMIT = 4  # fail with 4 or more contraindicated choices selected (禁忌肢問題選択数 3問以下)
+DEFAULT_GENERAL_LINE = 0.70  # general+clinical line for a year not in GENERAL_LINES: an approximation
+
+# General+clinical pass line per exam year (必修を除いた一般問題及び臨床実地問題, 1 point each), as
+# (points needed, points total) from MHLW's pass announcements (合格基準), or a fraction where only
+# the rate was found. Sources (as quoted by secondary pages, checked 2026-11): 2018 (112th) 208/299
+# (savingdoctor.com quoting MHLW); 2019 (113th) 209/296 (jmedj.co.jp); 2020 (114th) 217/299
+# (医学界新聞, ishiyaku-k.com quoting MHLW); 2021 (115th) 209/300 (newtongym8.com quoting MHLW);
+# 2022 (116th) 214/297 (doctor.mynavi.jp quoting MHLW); 2023 (117th) 74.6 % (PLOS Digit Health
+# 2024, Tanaka et al.); 2024 (118th) 76.7 % (medilink-study.com); 2025 (119th) 221/300
+# (mama.smt.docomo.ne.jp). Other years (e.g. 2026, the 120th) are unknown: DEFAULT_GENERAL_LINE.
+GENERAL_LINES: dict[int, tuple[float, float]] = {
+    2018: (208, 299),
+    2019: (209, 296),
+    2020: (217, 299),
+    2021: (209, 300),
+    2022: (214, 297),
+    2023: (0.746, 1),
+    2024: (0.767, 1),
+    2025: (221, 300),
+}
+
+
+def general_line(year: int | None) -> float:
+    """The general+clinical pass line of an exam year, as a fraction of its points."""
+    if year in GENERAL_LINES:
+        need, total = GENERAL_LINES[year]
+        return need / total
+    return DEFAULT_GENERAL_LINE
+
+
+# ---- letter protocol: parsing -----------------------------------------------------------------
+
+_OPEN = r"(\[「『【<"
+_CLOSE = r")\]」』】>"
+_ITEM = rf"[{_OPEN}]?[ \t]*[a-z][ \t]*[{_CLOSE}]?"
+_SEP = r"(?:\s*[,、，・/&;]\s*|\s*(?:と|および|及び)\s*|\s+)"
+# A run of single letters ("c", "c, e", "(c)", "c、e", "c と e") not followed by another Latin letter,
+# so that words ("cat", "I think") are not read as answers.
+_RUN = re.compile(rf"{_ITEM}(?:{_SEP}{_ITEM})*(?![a-z])", re.IGNORECASE)
+_LETTER = re.compile(r"(?<![a-z])[a-z](?![a-z])", re.IGNORECASE)
+# Where an answer is announced: 「答え：c」, "答え: c", "正解はc", "Answer: c", "the answer is c".
+_MARKER = re.compile(r"(?:解答|正解|回答|答え|答|answer)\s*(?:は|:|=|is|->|→)?\s*", re.IGNORECASE)
+
+
+def normalize(text: str) -> str:
+    """NFKC (full-width letters, digits, punctuation and spaces become ASCII) and strip."""
+    return unicodedata.normalize("NFKC", text).strip()
+
+
+def _letters_at(text: str, pos: int) -> tuple[str, ...] | None:
+    m = _RUN.match(text, pos)
+    if not m:
+        return None
+    return tuple(ch.lower() for ch in _LETTER.findall(m.group(0)))
+
+
+def parse_letters(text: str | None, n_choices: int, mode: str = LENIENT) -> tuple[str, ...] | None:
+    """Letters of a prediction, sorted; None when it cannot be read as letters of this question.
+
+    official: IgakuQA's reference — split on ",", sort; nothing else (duplicates are kept, so
+    "a,a" stays wrong). Items that are not letters of the question's choices make it unparseable
+    (they could never be correct). lenient: NFKC and whitespace normalisation, upper case, 「答え：c」,
+    "c、e", "(c)", a trailing explanation; duplicates dropped; letters outside the choices → None.
+    """
+    if text is None:
+        return None
+    valid = LETTERS[:n_choices]
+    if mode == OFFICIAL:
+        items = sorted(text.split(","))
+        return tuple(items) if all(len(i) == 1 and i in valid for i in items) else None
+    if mode != LENIENT:
+        raise ValueError(f"unknown parsing {mode!r}; choose one of: {', '.join(PARSINGS)}")
+    s = normalize(text)
+    starts = [0] + [m.end() for m in _MARKER.finditer(s)]
+    for pos in starts:
+        letters = _letters_at(s, pos)
+        if letters and all(ch in valid for ch in letters):
+            return tuple(sorted(set(letters)))
+    return None
+
+
+def parse_numeric(text: str | None, mode: str = LENIENT) -> tuple[str, ...] | None:
+    """A numeric-entry answer as a digit string: official exact, lenient NFKC + strip; "" → None."""
+    if text is None:
+        return None
+    s = text if mode == OFFICIAL else normalize(text)
+    return (s,) if s else None
+
+
+def parse_answer(question, text: str | None, mode: str = LENIENT) -> tuple[str, ...] | None:
+    """Letters (or the numeric string) a prediction gives for `question`; None = unparseable."""
+    if question.numeric:
+        return parse_numeric(text, mode)
+    return parse_letters(text, len(question.choices), mode)
+
+
+def is_correct(question, letters: Sequence[str] | None) -> bool:
+    """Set-exact: the sorted letters equal one acceptable answer set; accept_any is always correct."""
+    if question.accept_any:
+        return True
+    if letters is None:
+        return False
+    return tuple(sorted(letters)) in question.answer
+
+
+def kinki_selected(question, letters: Sequence[str] | None) -> bool:
+    """Whether the answer includes a contraindicated choice (禁忌肢)."""
+    return bool(letters) and bool(set(letters) & set(question.kinki))
+
+
+# ---- letter protocol: aggregates --------------------------------------------------------------
+
+
+def _gold_str(question) -> str:
+    return "|".join(",".join(s) for s in question.answer)
+
+
+def letter_rows(questions: Iterable, predictions: Mapping[str, str], parsing: str = LENIENT) -> list[dict]:
+    """One row per question: prediction, parsed answer, gold, correct, points, flags."""
+    rows = []
+    for q in questions:
+        pred = predictions.get(q.id)
+        parsed = parse_answer(q, pred, parsing)
+        correct = is_correct(q, parsed)
+        rows.append({
+            "id": q.id, "year": q.year, "block": q.block, "category": q.category,
+            "points": q.points, "prediction": pred,
+            "parsed": None if parsed is None else ",".join(parsed),
+            "gold": "*" if q.accept_any else _gold_str(q),
+            "correct": correct, "points_scored": q.points if correct else 0,
+            "missing": pred is None, "unparsed": pred is not None and parsed is None,
+            "kinki": kinki_selected(q, parsed),
+        })
+    return rows
+
+
+def _frac(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def _num(x: float):
+    """Points as int when whole (IgakuQA), float otherwise (JJSIMQA)."""
+    return int(x) if float(x).is_integer() else x
+
+
+def _aggregate(rows: list[dict], year: int | None = None, with_pass: bool = False) -> dict:
+    n = len(rows)
+    correct = sum(r["correct"] for r in rows)
+    points = sum(r["points_scored"] for r in rows)
+    total = sum(r["points"] for r in rows)
+    req = [r for r in rows if r["block"] in REQUIRED_BLOCKS]
+    gen = [r for r in rows if r["block"] not in REQUIRED_BLOCKS]
+    req_points = sum(r["points_scored"] for r in req)
+    req_total = sum(r["points"] for r in req)
+    gen_points = sum(r["points_scored"] for r in gen)
+    gen_total = sum(r["points"] for r in gen)
+    kinki = sum(r["kinki"] for r in rows)
+    out = {
+        "questions": n, "correct": correct, "accuracy": _frac(correct, n),
+        "points": _num(points), "points_total": _num(total), "score": _frac(points, total),
+        "required_points": _num(req_points), "required_total": _num(req_total),
+        "required_score": _frac(req_points, req_total),
+        "general_points": _num(gen_points), "general_total": _num(gen_total),
+        "general_score": _frac(gen_points, gen_total),
+        "unparsed": sum(r["unparsed"] for r in rows), "missing": sum(r["missing"] for r in rows),
+        "kinki_selected": kinki,
+    }
+    if with_pass:
+        out.update(pass_fail(req_points, req_total, gen_points, gen_total, kinki, year))
+    return out
+
+
+def pass_fail(required_points, required_total, general_points, general_total, kinki: int,
+              year: int | None) -> dict:
+    """The exam's pass rule (datasets README): required ≥ 80 % of its points, general+clinical ≥ the
+    year's line, fewer than 4 contraindicated choices. `passed` is None when the data lacks either
+    section (not a whole exam: the rule does not apply)."""
+    line = general_line(year)
+    if not required_total or not general_total:
+        return {"passed": None, "general_line": line}
+    ok = (required_points >= REQUIRED_LINE * required_total - 1e-9
+          and general_points >= line * general_total - 1e-9
+          and kinki < KINKI_LIMIT)
+    return {"passed": ok, "general_line": line}
+
+
+def _year_key(year) -> str:
+    return str(year) if year is not None else "unknown"
+
+
+def letter_summary(questions: Sequence, predictions: Mapping[str, str], parsing: str = LENIENT) -> dict:
+    """Accuracy, exam score, required-section score, unparsed, missing, kinki; per year (with pass/
+    fail) and per category. accuracy = correct / questions; score = Σ points of correct / Σ points."""
+    rows = letter_rows(questions, predictions, parsing)
+    out = {"protocol": "letter", "parsing": parsing, **_aggregate(rows)}
+    out["missing_ids"] = [r["id"] for r in rows if r["missing"]]
+    years = sorted({r["year"] for r in rows}, key=lambda y: (y is None, y or 0))
+    out["by_year"] = {
+        _year_key(y): _aggregate([r for r in rows if r["year"] == y], y, with_pass=True) for y in years
+    }
+    cats = sorted({r["category"] for r in rows})
+    out["by_category"] = {
+        (c or "unknown"): {k: v for k, v in _aggregate([r for r in rows if r["category"] == c]).items()
+                           if k in ("questions", "correct", "accuracy", "points", "points_total", "score")}
+        for c in cats
+    }
+    return out
+
+
+# ---- text protocol ----------------------------------------------------------------------------
+
+
+def clean(text: str) -> str:
+    """Text protocol normalisation: "." removed, stripped."""
+    return text.replace(".", "").strip()
+
+
+def gestalt(a: str, b: str) -> float:
+    """Ratcliff/Obershelp similarity, 2·M/T: difflib.SequenceMatcher(None, a, b).ratio()."""
+    return SequenceMatcher(None, a, b).ratio()
+
+
+def choice_scores(response: str, choices: Sequence[str]) -> list[float]:
+    """Per choice c: (gestalt(c, R) + gestalt(R, c)) / 2, both cleaned."""
+    r = clean(response)
+    return [(gestalt(clean(c), r) + gestalt(r, clean(c))) / 2 for c in choices]
+
+
+def topk(scores: Sequence[float], k: int) -> tuple[int, ...]:
+    """Indices of the k highest scores, ties to the earlier index; returned in index order."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return tuple(sorted(order[: max(0, k)]))
+
+
+def topk_by_gestalt(response: str, choices: Sequence[str], k: int) -> tuple[int, ...]:
+    return topk(choice_scores(response, choices), k)
+
+
+def loglik_pick(scores: Sequence[float], k: int) -> tuple[int, ...]:
+    """Log-likelihood protocol: the k choices with the highest conditional log-likelihood."""
+    return topk(scores, k)
+
+
+_N_SELECT = re.compile(r"([0-9]+|[一二三四五六七八九])つ選べ")
+_KANJI = {c: i for i, c in enumerate("一二三四五六七八九", start=1)}
+
+
+def n_select(stem: str) -> int:
+    """k read from the stem's 「Nつ選べ」 (NFKC, so「２つ選べ」counts); 1 when absent."""
+    m = _N_SELECT.search(unicodedata.normalize("NFKC", stem))
+    if not m:
+        return 1
+    g = m.group(1)
+    return int(g) if g.isdigit() else _KANJI[g]
+
+
+def gold_indices(question) -> tuple[tuple[int, ...], ...]:
+    """Each acceptable answer set as sorted choice indices (a=0): choices are used by position, so
+    a choice text containing "," never matters."""
+    return tuple(tuple(sorted(LETTERS.index(a) for a in s)) for s in question.answer)
+
+
+def letters_of(indices: Iterable[int]) -> tuple[str, ...]:
+    return tuple(LETTERS[i] for i in sorted(indices))
+
+
+def gold_text(question, answer_set: int = 0) -> str:
+    """Gold choice texts of one answer set, in choice order, joined by "," and cleaned."""
+    idx = gold_indices(question)[answer_set]
+    return clean(",".join(question.choices[i] for i in idx))
+
+
+def text_grade(question, response: str | None) -> dict:
+    """Exact match, gestalt score, gestalt pick and accuracy for one question (not numeric)."""
+    r = clean(extract_response(response or ""))
+    golds = [gold_text(question, i) for i in range(len(question.answer))]
+    k = question.n_answers
+    pick = topk_by_gestalt(r, question.choices, k)
+    if question.accept_any:
+        return {"exact": True, "gestalt": 1.0, "pick": pick, "gestalt_correct": True}
+    return {
+        "exact": any(r == g for g in golds),
+        "gestalt": max(gestalt(r, g) for g in golds),  # one set unless alternatives ("a or d")
+        "pick": pick,
+        "gestalt_correct": pick in gold_indices(question),
+    }
+
+
+def _text_aggregate(rows: list[dict]) -> dict:
+    n = len(rows)
+    return {
+        "questions": n,
+        "exact_match": _frac(sum(r["exact"] for r in rows), n),
+        "gestalt": _frac(sum(r["gestalt"] for r in rows), n),
+        "gestalt_accuracy": _frac(sum(r["gestalt_correct"] for r in rows), n),
+        "exact_correct": sum(r["exact"] for r in rows),
+        "gestalt_correct": sum(r["gestalt_correct"] for r in rows),
+        "missing": sum(r["missing"] for r in rows),
+    }
+
+
+def text_rows(questions: Iterable, responses: Mapping[str, str]) -> list[dict]:
+    rows = []
+    for q in questions:
+        if q.numeric:
+            continue
+        resp = responses.get(q.id)
+        g = text_grade(q, resp)
+        rows.append({"id": q.id, "year": q.year, "category": q.category, "response": resp,
+                     "gold": gold_text(q), "pick": ",".join(letters_of(g["pick"])),
+                     "missing": resp is None, **g})
+    return rows
+
+
+def text_summary(questions: Sequence, responses: Mapping[str, str]) -> dict:
+    """Exact match, mean gestalt score and gestalt accuracy (fractions); numeric-entry questions are
+    excluded and counted; a missing response scores as an empty one."""
+    rows = text_rows(questions, responses)
+    out = {"protocol": "text", **_text_aggregate(rows)}
+    out["excluded_numeric"] = sum(1 for q in questions if q.numeric)
+    out["missing_ids"] = [r["id"] for r in rows if r["missing"]]
+    years = sorted({r["year"] for r in rows}, key=lambda y: (y is None, y or 0))
+    out["by_year"] = {_year_key(y): _text_aggregate([r for r in rows if r["year"] == y]) for y in years}
+    return out
+
+
+# ---- log-likelihood protocol -------------------------------------------------------------------
+
+
+def loglik_summary(questions: Sequence, scores: Mapping[str, Sequence[float]]) -> dict:
+    """Letter summary of the top-k choices by log-likelihood, k = the gold answer count; plus
+    `accuracy_stem_k`, with k read from 「Nつ選べ」. Numeric-entry questions are excluded."""
+    qs = [q for q in questions if not q.numeric]
+    preds = {q.id: ",".join(letters_of(loglik_pick(scores[q.id], q.n_answers))) for q in qs if q.id in scores}
+    stem_preds = {q.id: ",".join(letters_of(loglik_pick(scores[q.id], n_select(q.stem))))
+                  for q in qs if q.id in scores}
+    out = letter_summary(qs, preds, OFFICIAL)
+    out["protocol"] = "loglik"
+    out["excluded_numeric"] = len(questions) - len(qs)
+    stem_correct = sum(is_correct(q, parse_answer(q, stem_preds.get(q.id), OFFICIAL)) for q in qs)
+    out["accuracy_stem_k"] = _frac(stem_correct, len(qs))
+    return out

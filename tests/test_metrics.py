@@ -1,0 +1,241 @@
+"""jmed.metrics: exact values for parsing, set-exact accuracy, exam score, pass/fail, text and loglik."""
+import subprocess
+import sys
+from difflib import SequenceMatcher
+
+import pytest
+
+from jmed import metrics as M
+from jmed.data import Question
+
+CH5 = ("肺炎", "心不全", "腎不全", "肝硬変", "敗血症")
+
+
+def q(id, answer=(("c",),), choices=CH5, points=1.0, block="A", year=2022, **kw):
+    return Question(id=id, stem=kw.pop("stem", "どれか。"), choices=choices, answer=answer,
+                    points=points, block=block, year=year, **kw)
+
+
+def test_module_is_pure():
+    code = ("import sys, jmed.metrics; bad = {'torch', 'mlflow', 'pandas'} & set(sys.modules); "
+            "print(sorted(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("text, lenient, official", [
+    ("c", ("c",), ("c",)),
+    ("e,c", ("c", "e"), ("c", "e")),
+    ("C", ("c",), None),
+    ("ｃ", ("c",), None),                       # full-width letter
+    ("（ｃ）", ("c",), None),
+    ("(c)", ("c",), None),
+    ("「答え：c」", ("c",), None),
+    ("答え: c", ("c",), None),
+    ("答えはcとeです。", ("c", "e"), None),
+    ("正解は b. 肺炎だから", ("b",), None),
+    ("Answer: C", ("c",), None),
+    ("c、e", ("c", "e"), None),
+    ("c, e", ("c", "e"), None),                 # official keeps " e": never equal to gold
+    ("  c \n", ("c",), None),
+    ("c\n解説: e is wrong because", ("c",), None),
+    ("a,a", ("a",), ("a", "a")),                # official keeps duplicates (then wrong)
+    ("f", None, None),                          # outside a–e
+    ("c,f", None, None),
+    ("", None, None),
+    ("I think so", None, None),
+    ("cat", None, None),
+])
+def test_parse_letters(text, lenient, official):
+    assert M.parse_letters(text, 5, "lenient") == lenient
+    assert M.parse_letters(text, 5, "official") == official
+
+
+def test_parse_letters_respects_choice_count():
+    assert M.parse_letters("f", 6, "lenient") == ("f",)
+    assert M.parse_letters("f", 6, "official") == ("f",)
+    assert M.parse_letters("h", 8, "official") == ("h",)
+    assert M.parse_letters("e", 4, "lenient") is None
+    with pytest.raises(ValueError, match="unknown parsing"):
+        M.parse_letters("a", 5, "fuzzy")
+
+
+def test_is_correct_multi_answer_all_or_nothing():
+    two = q("X1", answer=(("d", "e"),))
+    assert M.is_correct(two, ("d", "e"))
+    assert M.is_correct(two, ("e", "d"))
+    assert not M.is_correct(two, ("d",))
+    assert not M.is_correct(two, ("c", "d", "e"))
+    assert not M.is_correct(two, None)
+
+
+def test_a_or_d_and_accept_any():
+    b30 = q("112B30", answer=(("a",), ("d",)), block="B")
+    assert M.is_correct(b30, ("a",)) and M.is_correct(b30, ("d",))
+    assert not M.is_correct(b30, ("a", "d")) and not M.is_correct(b30, ("b",))
+    a71 = q("116A71", answer=(("b",),), accept_any=True)
+    for pred in ("", "zzz", "e", None):
+        assert M.is_correct(a71, M.parse_answer(a71, pred, "official"))
+        assert M.is_correct(a71, M.parse_answer(a71, pred, "lenient"))
+
+
+def test_numeric_entry():
+    n = q("112C66", answer=(("26",),), choices=())
+    assert n.numeric
+    assert M.parse_answer(n, "26", "official") == ("26",)
+    assert M.parse_answer(n, "２６", "official") == ("２６",)
+    assert M.parse_answer(n, " ２６ ", "lenient") == ("26",)
+    assert M.parse_answer(n, "", "lenient") is None
+    assert M.is_correct(n, M.parse_answer(n, "26", "official"))
+    assert not M.is_correct(n, M.parse_answer(n, "２６", "official"))
+    assert M.is_correct(n, M.parse_answer(n, "２６", "lenient"))
+    assert not M.is_correct(n, M.parse_answer(n, "026", "lenient"))
+    dec = q("116F74", answer=(("04",),), choices=())
+    assert not M.is_correct(dec, M.parse_answer(dec, "4", "lenient"))
+
+
+def _exam(year=2022):
+    """A small exam: 3 required (B/E) questions worth 1+3+3, 4 general ones (1 each)."""
+    return [
+        q("R1", block="B", points=1, year=year),
+        q("R2", block="B", points=3, year=year, kinki=("a",)),
+        q("R3", block="E", points=3, year=year, answer=(("a",), ("d",))),
+        q("G1", block="A", year=year, answer=(("d", "e"),), kinki=("b",)),
+        q("G2", block="C", year=year, answer=(("26",),), choices=()),
+        q("G3", block="D", year=year, accept_any=True),
+        q("G4", block="F", year=year, points=0, category="産科"),
+    ]
+
+
+def test_letter_summary_exact_values():
+    preds = {"R1": "c", "R2": "a", "R3": "d", "G1": "b,d", "G2": "２６", "G3": ""}  # G4 missing
+    s = M.letter_summary(_exam(), preds, "official")
+    assert s["questions"] == 7
+    assert s["correct"] == 3  # R1, R3 (a or d), G3 (accept_any)
+    assert s["accuracy"] == 3 / 7
+    assert (s["points"], s["points_total"], s["score"]) == (5, 10, 5 / 10)
+    assert (s["required_points"], s["required_total"], s["required_score"]) == (4, 7, 4 / 7)
+    assert (s["general_points"], s["general_total"]) == (1, 3)
+    assert s["unparsed"] == 1  # "" for G3 (still correct: accept_any); "２６" is read, but wrong
+    assert s["missing"] == 1 and s["missing_ids"] == ["G4"]
+    assert s["kinki_selected"] == 2  # R2 chose a, G1 chose b
+    y = s["by_year"]["2022"]
+    assert y["correct"] == 3 and y["passed"] is False and y["general_line"] == 214 / 297
+    assert s["by_category"]["産科"] == {"questions": 1, "correct": 0, "accuracy": 0.0, "points": 0,
+                                       "points_total": 0, "score": 0.0}
+    assert s["by_category"]["unknown"]["questions"] == 6
+
+    lenient = M.letter_summary(_exam(), preds, "lenient")
+    assert lenient["correct"] == 4 and lenient["unparsed"] == 1  # "２６" → "26" is now correct
+    assert lenient["points"] == 6 and lenient["general_points"] == 2
+
+
+def test_pass_fail_rule():
+    exam = _exam(2022)
+    perfect = {"R1": "c", "R2": "c", "R3": "a", "G1": "d,e", "G2": "26", "G3": "a", "G4": "c"}
+    s = M.letter_summary(exam, perfect, "official")
+    assert s["accuracy"] == 1.0 and s["score"] == 1.0 and s["by_year"]["2022"]["passed"] is True
+    # required 4/7 < 80 % → fail even with general perfect
+    fail_req = dict(perfect, R2="b")
+    assert M.letter_summary(exam, fail_req, "official")["by_year"]["2022"]["passed"] is False
+    # the rule itself, at its edges (2022 line 214/297)
+    assert M.pass_fail(160, 200, 214, 297, 3, 2022)["passed"] is True
+    assert M.pass_fail(159, 200, 297, 297, 0, 2022)["passed"] is False
+    assert M.pass_fail(200, 200, 213, 297, 0, 2022)["passed"] is False
+    assert M.pass_fail(200, 200, 297, 297, 4, 2022)["passed"] is False
+    assert M.pass_fail(160, 200, 70, 100, 0, 2030) == {"passed": True, "general_line": 0.70}
+    assert M.pass_fail(160, 200, 69, 100, 0, 2030)["passed"] is False
+    assert M.pass_fail(0, 0, 10, 10, 0, 2022)["passed"] is None  # no required section: no verdict
+    assert M.general_line(2019) == 209 / 296 and M.general_line(2026) == 0.70
+
+
+def test_kinki_fail_in_summary():
+    good = [q(f"G{i}", block="A") for i in range(20)] + [q("R", block="B")]
+    kinki = [q(f"K{i}", block="C", kinki=("a", "b")) for i in range(4)]
+    preds = {x.id: "c" for x in good} | {f"K{i}": "a,b" for i in range(4)}
+    s = M.letter_summary(good + kinki, preds, "lenient")
+    assert s["general_score"] == 20 / 24 and s["required_score"] == 1.0
+    assert s["kinki_selected"] == 4 and s["by_year"]["2022"]["passed"] is False
+    s = M.letter_summary(good + kinki[:3], preds, "lenient")
+    assert s["kinki_selected"] == 3 and s["by_year"]["2022"]["passed"] is True
+
+
+def test_gestalt_is_difflib():
+    assert M.gestalt("abcd", "abce") == 0.75
+    assert M.gestalt("肺炎", "肺炎球菌") == 2 * 2 / 6
+    assert M.gestalt("", "") == 1.0 and M.gestalt("", "a") == 0.0
+    a, b = "心不全による肺うっ血", "うっ血性心不全"
+    assert M.gestalt(a, b) == SequenceMatcher(None, a, b).ratio()
+
+
+def test_choice_scores_and_topk_ties():
+    # R == "心不全": choice 2 exact; "腎不全" shares 不全 (M=2, T=6); others share nothing
+    s = M.choice_scores("心不全", CH5)
+    assert s == [0.0, 1.0, 2 * 2 / 6, 0.0, 0.0]
+    assert M.topk(s, 1) == (1,)
+    assert M.topk(s, 2) == (1, 2)
+    assert M.topk([0.5, 0.9, 0.9, 0.1], 1) == (1,)       # tie → earlier
+    assert M.topk([0.5, 0.9, 0.9, 0.9], 2) == (1, 2)
+    assert M.topk([0.0] * 5, 2) == (0, 1)               # empty output → first choices
+    assert M.loglik_pick([-3.0, -1.0, -1.0, -0.5, -9.0], 2) == (1, 3)
+    # asymmetry of SequenceMatcher is why the per-choice score averages both directions
+    a, b = "abxcd", "abcxd"
+    assert M.choice_scores(a, [b]) == [(M.gestalt(b, a) + M.gestalt(a, b)) / 2]
+
+
+def test_n_select():
+    assert M.n_select("正しいのはどれか。2つ選べ。") == 2
+    assert M.n_select("どれか。３つ選べ。") == 3       # full-width digit
+    assert M.n_select("どれか。二つ選べ。") == 2
+    assert M.n_select("どれか。") == 1
+
+
+COMMA = ("A, B併用", "C", "肺炎.", "D", "E")
+
+
+def test_text_grade_choice_with_comma():
+    two = q("T1", choices=COMMA, answer=(("a", "c"),))
+    assert M.gold_indices(two) == ((0, 2),)
+    assert M.gold_text(two) == "A, B併用,肺炎"            # "." removed
+    g = M.text_grade(two, "### 応答：\nA, B併用,肺炎.")
+    assert g["exact"] is True and g["gestalt"] == 1.0
+    assert g["pick"] == (0, 2) and g["gestalt_correct"] is True
+    one = q("T2", choices=COMMA, answer=(("a",),))
+    g = M.text_grade(one, "A, B併用")
+    assert g["exact"] is True and g["pick"] == (0,) and g["gestalt_correct"] is True
+
+
+def test_text_summary_exact_values():
+    qs = [
+        q("T1", answer=(("b",),)),                      # exact
+        q("T2", answer=(("b", "c"),)),                  # near: picks b,c
+        q("T3", answer=(("a",),)),                      # empty output
+        q("T4", answer=(("a",), ("d",))),               # "a or d": 肝硬変 → d
+        q("T5", answer=(("e",),), accept_any=True),     # missing but accept_any
+        q("N1", answer=(("26",),), choices=()),         # numeric: excluded
+    ]
+    resp = {"T1": "prompt ### 応答：\n心不全。", "T2": "心不全,腎不全", "T3": "", "T4": "肝硬変"}
+    s = M.text_summary(qs, resp)
+    assert s["questions"] == 5 and s["excluded_numeric"] == 1
+    # T1: R = "心不全。" vs "心不全": gestalt 6/7, not exact; pick b (correct)
+    # T2: R = "心不全,腎不全" == gold "心不全,腎不全" → exact
+    # T3: "" → gestalt 0, pick a (tie → earliest) → correct; T4: exact with set (d,); T5: accept_any
+    assert s["exact_correct"] == 3 and s["exact_match"] == 3 / 5
+    assert s["gestalt_correct"] == 5 and s["gestalt_accuracy"] == 1.0
+    assert s["gestalt"] == (6 / 7 + 1.0 + 0.0 + 1.0 + 1.0) / 5
+    assert s["missing"] == 1 and s["missing_ids"] == ["T5"]  # T3's empty output is an answer
+    assert s["by_year"]["2022"]["questions"] == 5
+
+
+def test_loglik_summary():
+    qs = [
+        q("L1", answer=(("b",),)),
+        q("L2", answer=(("b", "d"),), stem="どれか。2つ選べ。"),
+        q("L3", answer=(("a", "c"),), stem="どれか。"),            # stem lacks 「2つ選べ」
+        q("N1", answer=(("26",),), choices=()),
+    ]
+    scores = {"L1": [-2, -1, -3, -4, -5], "L2": [-9, -1, -3, -1, -5], "L3": [-1, -5, -2, -3, -4]}
+    s = M.loglik_summary(qs, scores)
+    assert s["protocol"] == "loglik" and s["questions"] == 3 and s["excluded_numeric"] == 1
+    assert s["correct"] == 3 and s["accuracy"] == 1.0
+    assert s["accuracy_stem_k"] == 2 / 3  # L3 with k=1 picks only a
