@@ -118,3 +118,41 @@ def build(cls, overrides: dict | None = None, preset: str = ""):
     if isinstance(values.get("filters"), dict):
         values["filters"] = DataFilter(**values["filters"])
     return cls(**values)
+
+
+def _coerce(value, typ):
+    if isinstance(value, str):
+        if typ is bool:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"expected true or false, got {value!r}")
+            return value.lower() in ("true", "1", "yes")
+        if typ in (int, float):
+            return typ(value)
+    return value
+
+
+def from_flat(cls, values: dict):
+    """Inverse of `flat`: rebuild a config from logged params (strings), e.g. for `reproduce`."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kwargs, nested = {}, {}
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        elif head in hints:
+            kwargs[head] = _coerce(value, hints[head])
+    for head, sub in nested.items():
+        sub_cls = hints[head]
+        sub_hints = typing.get_type_hints(sub_cls)
+        parsed = {}
+        for k, v in sub.items():
+            typ = sub_hints[k]
+            if typing.get_origin(typ) is tuple:
+                item = typing.get_args(typ)[0]
+                parsed[k] = tuple(item(x) for x in str(v).split(",") if x != "")
+            else:
+                parsed[k] = _coerce(v, typ)
+        kwargs[head] = sub_cls(**parsed)
+    return cls(**kwargs)
