@@ -107,7 +107,7 @@ def test_feature_counts():
     assert sum(int(q["points"]) for q in TEST) == 25
     numeric = [q for q in ALL if not q["choices"]]
     assert [(q["problem_id"], q["answer"]) for q in numeric] == [("902F1", ["25"])]
-    assert len({META[q["problem_id"]]["category"] for q in ALL}) == 17
+    assert len({META[q["problem_id"]]["category"] for q in ALL}) == 18
 
 
 def test_instructions():
