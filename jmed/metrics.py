@@ -337,8 +337,8 @@ def text_rows(questions: Iterable, responses: Mapping[str, str]) -> list[dict]:
         resp = responses.get(q.id)
         g = text_grade(q, resp)
         rows.append({"id": q.id, "year": q.year, "category": q.category, "response": resp,
-                     "gold": gold_text(q), "pick": ",".join(letters_of(g["pick"])),
-                     "missing": resp is None, **g})
+                     "gold": gold_text(q), "missing": resp is None,
+                     **g, "pick": ",".join(letters_of(g["pick"]))})
     return rows
 
 

@@ -1,0 +1,199 @@
+"""`jmed score`: score predictions made elsewhere (IgakuQA baseline files, another harness) against
+question data, with the same metrics as `jmed evaluate`, and optionally log them as an MLflow run.
+
+Predictions are JSONL lines `{"problem_id": …, "prediction": "d,e"}` (letter protocol) or
+`{"problem_id": …, "response": "…"}` (text protocol); a folder is read whole (*.jsonl, by name).
+Every question of the data is scored: one without a prediction counts as wrong and is listed. A
+prediction for an id the data lacks, a malformed line or a repeated id is an error naming file:line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from jmed import metrics
+
+PROTOCOLS = ("letter", "text")
+FIELDS = {"letter": "prediction", "text": "response"}
+
+
+class ScoreError(ValueError):
+    """Bad predictions or arguments; carries every problem found."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        shown = "\n".join(errors[:20])
+        more = f"\n… and {len(errors) - 20} more" if len(errors) > 20 else ""
+        super().__init__(f"{len(errors)} error(s) in the predictions:\n{shown}{more}")
+
+
+def prediction_files(path: str | Path) -> list[Path]:
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(p.glob("*.jsonl"))
+        if not files:
+            raise ScoreError([f"{p}: no *.jsonl files in this folder"])
+        return files
+    if not p.is_file():
+        raise ScoreError([f"{p}: no such file or folder"])
+    return [p]
+
+
+def read_predictions(path: str | Path, protocol: str = "letter") -> tuple[dict[str, str], dict[str, str]]:
+    """Predictions by question id, and where each was read ("file:line"); raises ScoreError."""
+    field = FIELDS[protocol]
+    values: dict[str, str] = {}
+    where: dict[str, str] = {}
+    errors: list[str] = []
+    for f in prediction_files(path):
+        with open(f, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                loc = f"{f}:{n}"
+                try:
+                    rec = json.loads(line.rstrip("\r\n"))
+                except json.JSONDecodeError as e:
+                    errors.append(f"{loc}: not valid JSON ({e.msg} at column {e.colno})")
+                    continue
+                if not isinstance(rec, dict):
+                    errors.append(f"{loc}: expected a JSON object, got {type(rec).__name__}")
+                    continue
+                pid = rec.get("problem_id")
+                if not isinstance(pid, str) or not pid:
+                    errors.append(f"{loc}: problem_id: missing or not a non-empty string")
+                    continue
+                if field not in rec:
+                    other = "response" if field == "prediction" else "prediction"
+                    hint = f" (it has `{other}`: use --protocol {'text' if other == 'response' else 'letter'})" \
+                        if other in rec else ""
+                    errors.append(f"{loc}: {field}: missing for {pid}; the {protocol} protocol reads `{field}`{hint}")
+                    continue
+                value = rec[field]
+                if not isinstance(value, str):
+                    errors.append(f"{loc}: {field}: must be a string, got {json.dumps(value, ensure_ascii=False)}")
+                    continue
+                if pid in values:
+                    errors.append(f"{loc}: problem_id: {pid} is already predicted at {where[pid]}")
+                    continue
+                values[pid] = value
+                where[pid] = loc
+    if errors:
+        raise ScoreError(errors)
+    return values, where
+
+
+def predictions_digest(values: dict[str, str]) -> str:
+    """sha256 of the predictions' content (sorted by id): independent of file names and line order."""
+    canon = json.dumps(sorted(values.items()), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def score(data: str, predictions: str, protocol: str = "letter", parsing: str = "official",
+          filters=None, data_format: str = "auto", name: str = "") -> tuple[dict, list, list[dict]]:
+    """Score a predictions file or folder against question data.
+
+    Returns (summary, questions scored, per-question rows). Unknown ids are checked against the
+    whole data; filters (a DataFilter, optional) then narrow what is scored.
+    """
+    from jmed import data as jdata
+
+    if protocol not in PROTOCOLS:
+        raise ScoreError([f"--protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}"])
+    if parsing not in metrics.PARSINGS:
+        raise ScoreError([f"--parsing: {parsing!r} is not one of {', '.join(metrics.PARSINGS)}"])
+    questions = jdata.load_questions(data, data_format)
+    values, where = read_predictions(predictions, protocol)
+    known = {q.id for q in questions}
+    unknown = [f"{where[pid]}: problem_id: {pid} is not a question of {data}" for pid in values if pid not in known]
+    if unknown:
+        raise ScoreError(unknown)
+    if filters is not None:
+        questions = jdata.apply_filters(questions, filters)
+    if protocol == "letter":
+        rows = metrics.letter_rows(questions, values, parsing)
+        summary = metrics.letter_summary(questions, values, parsing)
+    else:
+        rows = metrics.text_rows(questions, values)
+        summary = metrics.text_summary(questions, values)
+        summary["parsing"] = parsing  # not used by the text protocol; kept for the record
+    summary.update({
+        "name": name, "data": str(data), "data_digest": jdata.digest(questions),
+        "predictions": str(predictions), "predictions_digest": predictions_digest(values),
+        "predictions_count": len(values),
+    })
+    return summary, questions, rows
+
+
+def run_metrics(summary: dict) -> dict[str, float]:
+    """The summary as MLflow metrics: eval/<name> and eval/<year>/<name>."""
+    keys = (("accuracy", "score", "required_score", "general_score", "unparsed", "missing",
+             "kinki_selected", "correct", "points", "questions")
+            if summary["protocol"] == "letter" else
+            ("exact_match", "gestalt", "gestalt_accuracy", "missing", "questions"))
+    out = {f"eval/{k}": float(summary[k]) for k in keys}
+    for year, ys in summary["by_year"].items():
+        for k in keys:
+            if k in ys:
+                out[f"eval/{year}/{k}"] = float(ys[k])
+        if ys.get("passed") is not None:
+            out[f"eval/{year}/passed"] = float(ys["passed"])
+    return out
+
+
+def log_score(summary: dict, questions: list, rows: list[dict]) -> str:
+    """Log a score run (tag jmed.step=score): params, metrics, the JSON summary, the per-question
+    table and the data as a run input. Returns the run id."""
+    from jmed import tracking
+
+    name = summary.get("name") or ""
+    run_name = name or f"score-{Path(summary['predictions']).stem}"
+    with tracking.step_run("score", run_name=run_name) as run:
+        import mlflow
+
+        tracking.log_params({
+            "data": summary["data"], "eval_data_digest": summary["data_digest"],
+            "predictions": summary["predictions"], "predictions_digest": summary["predictions_digest"],
+            "protocol": summary["protocol"], "parsing": summary.get("parsing", ""), "name": name,
+        })
+        mlflow.log_metrics(run_metrics(summary))
+        mlflow.log_dict(summary, "score.json")
+        table = [{k: ("" if v is None else v) if not isinstance(v, tuple) else ",".join(map(str, v))
+                  for k, v in r.items()} for r in rows]
+        if table:
+            mlflow.log_table({k: [r[k] for r in table] for k in table[0]}, "predictions.json")
+        tracking.log_dataset(questions, name=Path(summary["data"]).name or "data", path=summary["data"],
+                             digest=summary["data_digest"], context="eval")
+        return run.info.run_id
+
+
+def format_summary(summary: dict, max_missing: int = 20) -> str:
+    """A short human-readable report."""
+    lines = []
+    if summary["protocol"] == "letter":
+        s = summary
+        lines.append(f"{s['questions']} questions, parsing {s['parsing']}: {s['correct']} correct, "
+                     f"accuracy {s['accuracy']:.4f}, score {s['points']}/{s['points_total']} ({s['score']:.4f})")
+        lines.append(f"required (B,E) {s['required_points']}/{s['required_total']} ({s['required_score']:.4f}); "
+                     f"unparsed {s['unparsed']}; missing {s['missing']}; kinki selected {s['kinki_selected']}")
+        for year, y in s["by_year"].items():
+            verdict = {True: "PASS", False: "FAIL", None: "-"}[y["passed"]]
+            lines.append(f"  {year}: accuracy {y['accuracy']:.4f} ({y['correct']}/{y['questions']}), "
+                         f"required {y['required_points']}/{y['required_total']}, "
+                         f"general {y['general_points']}/{y['general_total']} (line {y['general_line']:.3f}), "
+                         f"kinki {y['kinki_selected']}: {verdict}")
+    else:
+        s = summary
+        lines.append(f"{s['questions']} questions (numeric-entry excluded: {s['excluded_numeric']}): "
+                     f"exact match {s['exact_match']:.4f}, gestalt {s['gestalt']:.4f}, "
+                     f"gestalt accuracy {s['gestalt_accuracy']:.4f}; missing {s['missing']}")
+        for year, y in s["by_year"].items():
+            lines.append(f"  {year}: exact {y['exact_match']:.4f}, gestalt {y['gestalt']:.4f}, "
+                         f"gestalt accuracy {y['gestalt_accuracy']:.4f} ({y['questions']} questions)")
+    missing = summary["missing_ids"]
+    if missing:
+        shown = ", ".join(missing[:max_missing]) + (f", … ({len(missing) - max_missing} more)"
+                                                     if len(missing) > max_missing else "")
+        lines.append(f"no prediction (counted wrong): {shown}")
+    return "\n".join(lines)
