@@ -50,9 +50,101 @@ def main():
 
 # ---- score (issue 4) ----------------------------------------------------------------------------
 
+
+@main.command("score")
+@click.option("--data", default="", help="Question data (file, folder or IgakuQA data/ tree).")
+@click.option("--predictions", default="", help="Predictions JSONL file, or a folder of *.jsonl.")
+@click.option("--protocol", default="", help="letter (reads `prediction`, default) | text (reads `response`).")
+@click.option("--parsing", default="", help="Letter answers: official (IgakuQA reference, default) | lenient.")
+@click.option("--format", "data_format", default="auto", help="Data format (auto-detected by default).")
+@click.option("--name", default="", help="A name for the scored system (run name with --log).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--log", "log_run", is_flag=True, help="Log an MLflow run (tag jmed.step=score).")
+@filter_options
+def score_cmd(data, predictions, protocol, parsing, data_format, name, as_json, log_run, **filter_kw):
+    """Score predictions made elsewhere against question data (every question of the data counts)."""
+    import json as _json
+
+    from jmed.data import DataLoadError
+    from jmed.score import ScoreError, format_summary, log_score, score
+
+    if not data:
+        raise click.UsageError("--data is required")
+    if not predictions:
+        raise click.UsageError("--predictions is required")
+    filters = build_filter(**filter_kw) if any(v not in (None, "") for v in filter_kw.values()) else None
+    try:
+        summary, questions, rows = score(data, predictions, protocol or "letter", parsing or "official",
+                                         filters=filters, data_format=data_format or "auto", name=name)
+    except (ScoreError, DataLoadError, FileNotFoundError) as e:
+        raise click.ClickException(str(e))
+    if log_run:
+        summary["run_id"] = log_score(summary, questions, rows)
+    if as_json:
+        click.echo(_json.dumps(summary, ensure_ascii=False))
+    else:
+        click.echo(format_summary(summary))
+        if log_run:
+            click.echo(f"logged run {summary['run_id']}")
+
 # ---- train (issue 3) ----------------------------------------------------------------------------
 
 # ---- evaluate (issue 4) -------------------------------------------------------------------------
+
+
+@main.command("evaluate")
+@click.option("--model", default="", help="Base model: tiny, an HF id or a local folder (default: the adapter's, else tiny).")
+@click.option("--adapter", default="", help="Train run id, runs:/<id>/adapter, models:/<name>/<version|@alias>, or a folder.")
+@click.option("--eval-data", default="", help="Questions to evaluate (default: the bundled sample's test split).")
+@click.option("--data-format", default="", help="Data format (default: auto-detected).")
+@filter_options
+@click.option("--protocol", default="", help="letter | text | loglik (default: the prompt format's own).")
+@click.option("--prompt-format", default="", help="Prompt format (default: the adapter's, else igakuqa).")
+@click.option("--shots", default="", help="0 or 1 solved examples before each question (default: the adapter's, else 0).")
+@click.option("--parsing", default="", help="official | lenient answer parsing (default: lenient).")
+@click.option("--limit", default="", help="Evaluate only the first N questions (0 = all).")
+@click.option("--batch-size", default="", help="Questions per batch (default: 8).")
+@click.option("--max-new-tokens", default="", help="Generation length (letter/text protocols; default: 16).")
+@click.option("--precision", default="", help="auto | fp32 | bf16 | fp16.")
+@click.option("--quantization", default="", help="none | 8bit | 4bit.")
+@click.option("--seed", default="", help="Random seed (default: 42).")
+@click.option("--compare-base", default="", help="true | false: also record the delta against the base model (default: true).")
+def evaluate_cmd(model, adapter, eval_data, data_format, protocol, prompt_format, shots, parsing, limit, batch_size,
+                 max_new_tokens, precision, quantization, seed, compare_base, **filters):
+    """Evaluate a base model or an adapter on exam questions; logs one MLflow run (tag jmed.step=evaluate)."""
+    from jmed.config import EvalConfig, build
+    from jmed.evaluate import evaluate
+
+    def num(name, value, kind=int):
+        try:
+            return kind(value) if value != "" else None
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a number", param_hint=f"--{name}") from None
+
+    def flag(name, value):
+        if value == "":
+            return None
+        if value.lower() in ("true", "1", "yes"):
+            return True
+        if value.lower() in ("false", "0", "no"):
+            return False
+        raise click.BadParameter(f"{value!r}: expected true or false", param_hint=f"--{name}")
+
+    overrides = {
+        "model": model or ("" if adapter else None), "adapter": adapter or None, "eval_data": eval_data or None,
+        "data_format": data_format or None, "protocol": protocol or None, "prompt_format": prompt_format or None,
+        "shots": num("shots", shots) if shots != "" else -1, "parsing": parsing or None,
+        "limit": num("limit", limit), "batch_size": num("batch-size", batch_size),
+        "max_new_tokens": num("max-new-tokens", max_new_tokens), "precision": precision or None,
+        "quantization": quantization or None, "seed": num("seed", seed),
+        "compare_base": flag("compare-base", compare_base), "filters": build_filter(**filters),
+    }
+    try:
+        run_id = evaluate(build(EvalConfig, overrides))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"evaluate run: {run_id}")
+
 
 # ---- promote / serve / predict (issue 5) --------------------------------------------------------
 
