@@ -58,7 +58,7 @@ def test_question_format(q):
     assert isinstance(q["answer"], list) and q["answer"]
     if q["choices"]:
         assert len(q["choices"]) == 5 and len(set(q["choices"])) == 5
-        assert not any(re.match(r"^[a-eＡ-Ｅa-e][\.．、\s　]", c) for c in q["choices"])  # no letter prefixes
+        assert not any(re.match(r"^[a-eA-Eａ-ｅ][\.．、\s　]", c) for c in q["choices"])  # no letter prefixes
         assert q["answer"] == sorted(set(q["answer"]))
         assert set(q["answer"]) <= set(LETTERS[: len(q["choices"])])
         assert len(q["answer"]) == choose_n(q["problem_text"])
