@@ -101,8 +101,11 @@ def load_presets() -> dict:
 
 
 def build(cls, overrides: dict | None = None, preset: str = ""):
-    """Defaults < preset < explicit overrides. Unknown keys and presets are errors, never ignored."""
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    """Defaults < preset < explicit overrides (strings are converted to the field types).
+
+    Unknown keys and presets are errors, never ignored."""
+    # None and "" mean "not given" (MLflow passes "" for unset parameters), so presets are not overridden
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None and v != ""}
     values: dict = {}
     if preset:
         presets = load_presets()
@@ -117,6 +120,14 @@ def build(cls, overrides: dict | None = None, preset: str = ""):
         raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
     if isinstance(values.get("filters"), dict):
         values["filters"] = DataFilter(**values["filters"])
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():  # CLI and MLproject values arrive as strings
+        try:
+            values[key] = _coerce(value, hints[key])
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
     return cls(**values)
 
 
