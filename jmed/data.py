@@ -6,6 +6,12 @@ counted by `exclusions()`.
 """
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import json
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,10 +73,653 @@ class DataError:
 
 
 class DataLoadError(ValueError):
-    """Raised by `load_questions(..., strict=True)` when any record is invalid; carries every error."""
+    """Raised by `load_questions` when any record is invalid; carries every error."""
 
     def __init__(self, errors: list[DataError]):
         self.errors = errors
         shown = "\n".join(str(e) for e in errors[:20])
         more = f"\n… and {len(errors) - 20} more" if len(errors) > 20 else ""
         super().__init__(f"{len(errors)} data error(s):\n{shown}{more}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading. Every loader returns records plus DataErrors; nothing raises on a bad record.
+
+FORMATS = ("igakuqa", "jmle2026", "jjsimqa", "jmmlu", "instructions")
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+# Official corrections, as data (the IgakuQA reference scorer hard-codes them). 112B30 needs no entry:
+# its answer "a or d" is read as two acceptable answer sets.
+ACCEPT_ANY = {"116A71"}  # every answer counts as correct
+
+IGAKUQA_FIELDS = {"problem_id": str, "problem_text": str, "choices": list, "text_only": bool,
+                  "answer": list, "points": (str, int, float)}
+INSTRUCTION_FIELDS = {"instruction": str, "output": str}
+JMLE_FIELDS = {"question_id": str, "block": str, "number": int, "question_type": str,
+               "question_text": str, "requires_image": bool, "answer": list}
+JMMLU_COLUMNS = ("question", "optionA", "optionB", "optionC", "optionD", "answer")
+
+_EXAM_ID = re.compile(r"^(\d{3})([A-Z])-?(\d+)")  # 112A1, 901B3, 120A-1
+_NUMERIC = re.compile(r"^-?[0-9][0-9.,]*$")
+_CHOICE_LINE = re.compile(r"^[ \u3000]*([a-z])[ \u3000]+(\S.*?)\s*$")  # JMLE2026: "a　text"
+_QUESTION_NO = re.compile(r"^\d+[ \u3000]+")
+
+
+@dataclass
+class Dataset:
+    """What one path held: records, errors, warnings and counted exclusions (reason -> ids)."""
+
+    path: str
+    format: str
+    items: list = field(default_factory=list)  # Question or InstructionRecord
+    errors: list[DataError] = field(default_factory=list)
+    warnings: list[DataError] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # e.g. {"choices_unparsed": ["120C-71"]}
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        """Valid records read, counting those set aside as exclusions."""
+        return len(self.items) + sum(len(v) for v in self.skipped.values())
+
+    @property
+    def questions(self) -> list[Question]:
+        return [q for q in self.items if isinstance(q, Question)]
+
+
+class _Sink:
+    """Collects errors and warnings for one file."""
+
+    def __init__(self, ds: Dataset, file: str):
+        self.ds, self.file = ds, file
+
+    def error(self, line: int, fld: str, message: str) -> None:
+        self.ds.errors.append(DataError(self.file, line, fld, message))
+
+    def warn(self, line: int, fld: str, message: str) -> None:
+        self.ds.warnings.append(DataError(self.file, line, fld, message))
+
+
+def _japanese_score(text: str) -> float:
+    """Share of characters that plausibly belong to Japanese or ASCII text (for encoding guesses)."""
+    if not text:
+        return 0.0
+    good = sum(1 for ch in text if ch.isascii() or "\u3040" <= ch <= "\u30ff" or "\u4e00" <= ch <= "\u9fff"
+               or "\uff01" <= ch <= "\uff5e" or "\u3000" <= ch <= "\u303f")
+    return good / len(text)
+
+
+def guess_encoding(raw: bytes) -> str | None:
+    """The likeliest non-UTF-8 encoding of Japanese text: utf-16, cp932 (Shift_JIS) or euc_jp."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    best, best_score = None, 0.0
+    for enc in ("cp932", "euc_jp", "utf-16"):
+        try:
+            text = raw.decode(enc)
+        except UnicodeDecodeError:
+            continue
+        score = _japanese_score(text)
+        if score > best_score + 1e-9:
+            best, best_score = enc, score
+    return best if best_score >= 0.9 else None
+
+
+_ENCODING_NAMES = {"cp932": "Shift_JIS (cp932)", "euc_jp": "EUC-JP", "utf-16": "UTF-16"}
+
+
+def read_text(path: Path, sink: _Sink) -> str | None:
+    """The file's text. Lines that are not UTF-8: one error naming the first such line and the encoding
+    they look like; they are then decoded with that guess so that the rest of the file is still checked.
+    An empty file is an error and gives None."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        sink.error(0, "", "empty file (no records)")
+        return None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        first_bad = raw.count(b"\n", 0, exc.start) + 1
+        byte = raw[exc.start]
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with a byte-order mark: the whole file
+        bad_lines, enc = [], "utf-16"
+    else:
+        lines = raw.split(b"\n")
+        bad_lines = []
+        for i, line in enumerate(lines):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                bad_lines.append(i)
+        enc = guess_encoding(b"\n".join(lines[i] for i in bad_lines))
+    looks = f"it looks like {_ENCODING_NAMES[enc]}" if enc else "its encoding is unknown"
+    hint = f"; convert the file, e.g. iconv -f {enc} -t utf-8" if enc else "; save the file as UTF-8"
+    more = f" ({len(bad_lines)} lines)" if len(bad_lines) > 1 else ""
+    sink.error(first_bad, "encoding", f"not UTF-8 (byte 0x{byte:02x}){more}; {looks}{hint}")
+    if not bad_lines:
+        return raw.decode(enc, errors="replace")
+    return "\n".join(line.decode(enc or "utf-8", errors="replace") if i in set(bad_lines) else line.decode("utf-8")
+                     for i, line in enumerate(lines))
+
+
+def _jsonl(path: Path, sink: _Sink):
+    """(line number, object) for each non-blank line; invalid JSON and non-objects are errors."""
+    text = read_text(path, sink)
+    if text is None:
+        return
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            sink.error(n, "", f"invalid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        if not isinstance(obj, dict):
+            sink.error(n, "", f"expected a JSON object, got {_type(obj)}")
+            continue
+        yield n, obj
+
+
+def _type(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _fields(obj: dict, spec: dict, n: int, sink: _Sink) -> bool:
+    """Check required fields and their types; every problem is reported. True when all are fine."""
+    ok = True
+    for name, kind in spec.items():
+        if name not in obj:
+            sink.error(n, name, "missing field")
+            ok = False
+        elif not isinstance(obj[name], kind) or (kind is int and isinstance(obj[name], bool)):
+            want = {str: "a string", list: "a list", bool: "a boolean (true/false)", int: "an integer"}.get(
+                kind, "a number or a numeric string")
+            sink.error(n, name, f"expected {want}, got {_type(obj[name])}")
+            ok = False
+    return ok
+
+
+def _choices(value: list, n: int, sink: _Sink, fld: str = "choices") -> tuple[str, ...] | None:
+    bad = [i for i, c in enumerate(value) if not isinstance(c, str)]
+    if bad:
+        sink.error(n, fld, f"choice {bad[0] + 1} is {_type(value[bad[0]])}, expected a string")
+        return None
+    return tuple(value)
+
+
+def _answer(value: list, n_choices: int, n: int, sink: _Sink, fld: str = "answer"):
+    """Answer list -> acceptable answer sets. "a or d" -> two sets; numeric questions keep the string."""
+    if not value:
+        sink.error(n, fld, "empty answer")
+        return None
+    if not all(isinstance(a, str) for a in value):
+        sink.error(n, fld, "expected a list of strings")
+        return None
+    if n_choices == 0:  # numeric entry: one digit string such as "26" or "04"
+        if len(value) != 1 or not _NUMERIC.match(value[0].strip()):
+            sink.error(n, fld, f"numeric-entry question (no choices) needs one number, got {value!r}")
+            return None
+        return ((value[0].strip(),),)
+    tokens = [a.strip().lower() for a in value]
+    if any(t == "," for t in tokens):  # a stray "," between letters (seen in JJSIMQA 107_888-26)
+        sink.warn(n, fld, f"stray \",\" in answer {value!r}, read as {[t for t in tokens if t != ',']!r}")
+        tokens = [t for t in tokens if t != ","]
+    if len(tokens) == 1 and " or " in tokens[0]:
+        sets = [(t.strip(),) for t in tokens[0].split(" or ")]
+    else:
+        sets = [tuple(sorted(tokens))]
+    allowed = LETTERS[:n_choices]
+    for s in sets:
+        for letter in s:
+            if len(letter) != 1 or letter not in allowed:
+                sink.error(n, fld, f'letter "{letter}" outside {n_choices} choices')
+                return None
+        if len(set(s)) != len(s):
+            sink.error(n, fld, f"repeated letter in {list(s)}")
+            return None
+    return tuple(sets)
+
+
+def _points(value, n: int, sink: _Sink) -> float | None:
+    try:
+        points = float(value)
+    except (TypeError, ValueError):
+        sink.error(n, "points", f"not a number: {json.dumps(value, ensure_ascii=False)}")
+        return None
+    if points < 0 or points != points:
+        sink.error(n, "points", f"must be 0 or more, got {json.dumps(value, ensure_ascii=False)}")
+        return None
+    return points
+
+
+def exam_year(exam: str) -> int | None:
+    """Calendar year of a Japanese national medical exam number: 112 -> 2018, 120 -> 2026."""
+    if exam.isdigit() and 100 <= int(exam) <= 199:
+        return int(exam) + 1906
+    return None
+
+
+def _metadata(path: Path, ds: Dataset) -> dict[str, tuple[int, dict]]:
+    meta_path = path.with_name(path.stem + "_metadata.jsonl")
+    if not meta_path.exists():
+        return {}
+    sink = _Sink(ds, str(meta_path))
+    out: dict[str, tuple[int, dict]] = {}
+    for n, obj in _jsonl(meta_path, sink):
+        pid = obj.get("problem_id")
+        if not isinstance(pid, str) or not pid:
+            sink.error(n, "problem_id", "missing field" if pid is None else f"expected a string, got {_type(pid)}")
+            continue
+        if "kinki" in obj and not (isinstance(obj["kinki"], list) and all(isinstance(k, str) for k in obj["kinki"])):
+            sink.error(n, "kinki", f"expected a list of letters, got {_type(obj['kinki'])}")
+            continue
+        if "year" in obj and (not isinstance(obj["year"], int) or isinstance(obj["year"], bool)):
+            sink.error(n, "year", f"expected an integer year, got {_type(obj['year'])}")
+            continue
+        if pid in out:
+            sink.error(n, "problem_id", f'duplicate id "{pid}" (first at line {out[pid][0]})')
+            continue
+        out[pid] = (n, obj)
+    return out
+
+
+def _translations(path: Path, ds: Dataset) -> dict[str, dict]:
+    tr_path = path.with_name(path.stem + "_translate.jsonl")
+    if not tr_path.exists():
+        _Sink(ds, str(path)).error(0, "", f"translation requested but {tr_path.name} is absent")
+        return {}
+    return {obj.get("problem_id"): obj for _, obj in _jsonl(tr_path, _Sink(ds, str(tr_path)))}
+
+
+def _folder_year(path: Path) -> int | None:
+    name = path.parent.name
+    return int(name) if name.isdigit() and len(name) == 4 else None
+
+
+def _read_igakuqa(path: Path, ds: Dataset, source: str, translate: bool = False) -> None:
+    """IgakuQA JSONL (and JJSIMQA, which shares its schema), with `<name>_metadata.jsonl` joined in."""
+    sink = _Sink(ds, str(path))
+    meta = _metadata(path, ds) if source == "igakuqa" else {}
+    trans = _translations(path, ds) if translate else {}
+    folder_year = _folder_year(path)
+    for n, obj in _jsonl(path, sink):
+        if not _fields(obj, IGAKUQA_FIELDS, n, sink):
+            continue
+        pid = obj["problem_id"].strip()
+        choices = _choices(obj["choices"], n, sink)
+        if choices is None:
+            continue
+        answer = _answer(obj["answer"], len(choices), n, sink)
+        points = _points(obj["points"], n, sink)
+        if answer is None or points is None:
+            continue
+        stem = obj["problem_text"]
+        if pid in trans:
+            stem = trans[pid].get("problem_text_en", stem)
+            choices = tuple(trans[pid].get("choices_en", choices))
+        m = _EXAM_ID.match(pid) if source == "igakuqa" else None
+        exam, block = (m.group(1), m.group(2)) if m else ("", "")
+        mline, mobj = meta.get(pid, (0, {}))
+        kinki: list[str] = []
+        for k in mobj.get("kinki", []):  # full-width "ｂ" is b; "cde" in one entry means c, d and e
+            k = unicodedata.normalize("NFKC", k).strip().lower()
+            kinki.extend(k) if k.isalpha() else kinki.append(k)
+        bad = [k for k in kinki if k not in LETTERS[:len(choices)]]
+        if bad:
+            _Sink(ds, str(path.with_name(path.stem + "_metadata.jsonl"))).error(
+                mline, "kinki", f'letter "{bad[0]}" outside {len(choices)} choices of {pid}')
+            continue
+        year = mobj.get("year") or folder_year or exam_year(exam)
+        ds.items.append(Question(
+            id=pid, stem=stem, choices=choices, answer=answer, points=points, block=block, exam=exam,
+            year=year, text_only=obj["text_only"], kinki=tuple(sorted(set(kinki))),
+            category=str(mobj.get("category", "")), source=source, accept_any=pid in ACCEPT_ANY,
+            file=str(path), line=n,
+        ))
+
+
+def _json_records(path: Path, sink: _Sink):
+    """(line, object) for each element of a top-level JSON list, with the line where it starts."""
+    text = read_text(path, sink)
+    if text is None:
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        sink.error(exc.lineno, "", f"invalid JSON: {exc.msg} (column {exc.colno}); the file cannot be read further")
+        return
+    if not isinstance(data, list):
+        sink.error(1, "", f"expected a JSON list of questions, got {_type(data)}")
+        return
+    decoder, pos = json.JSONDecoder(), text.index("[") + 1
+    for obj in data:  # walk the text again to find where each element starts
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        _, end = decoder.raw_decode(text, pos)
+        line = text.count("\n", 0, pos) + 1
+        pos = end
+        if not isinstance(obj, dict):
+            sink.error(line, "", f"expected a JSON object, got {_type(obj)}")
+            continue
+        yield line, obj
+
+
+def split_jmle_choices(text: str) -> tuple[str, tuple[str, ...]] | None:
+    """JMLE2026 puts choices in the stem as trailing lines "a　text". -> (stem, choices) or None."""
+    lines = text.rstrip().splitlines()
+    found: list[tuple[str, str]] = []
+    i = len(lines)
+    while i > 0:
+        line = lines[i - 1]
+        m = _CHOICE_LINE.match(line)
+        if m:
+            found.append((m.group(1), m.group(2)))
+        elif line.strip():
+            break
+        i -= 1
+    found.reverse()
+    if len(found) < 2 or [letter for letter, _ in found] != list(LETTERS[:len(found)]):
+        return None
+    stem = _QUESTION_NO.sub("", "\n".join(lines[:i]).strip(), count=1).strip()
+    return stem, tuple(t for _, t in found)
+
+
+def _read_jmle2026(path: Path, ds: Dataset) -> None:
+    sink = _Sink(ds, str(path))
+    for n, obj in _json_records(path, sink):
+        if not _fields(obj, JMLE_FIELDS, n, sink):
+            continue
+        qid = obj["question_id"].strip()
+        m = _EXAM_ID.match(qid)
+        exam = m.group(1) if m else ""
+        block, number = obj["block"], obj["number"]
+        context = (obj.get("serial_group") or {}).get("context_text", "")
+        if obj["question_type"] == "calculation":
+            stem, choices = _QUESTION_NO.sub("", obj["question_text"].strip(), count=1), ()
+        else:
+            parsed = split_jmle_choices(obj["question_text"])
+            if parsed is None:  # e.g. choices laid out in a table: a counted exclusion, not an error
+                ds.skipped.setdefault("choices_unparsed", []).append(qid)
+                sink.warn(n, "question_text", f"choices of {qid} could not be parsed from the text; excluded")
+                continue
+            stem, choices = parsed
+        answer = _answer(obj["answer"], len(choices), n, sink)
+        if answer is None:
+            continue
+        ds.items.append(Question(
+            id=qid, stem=f"{context.strip()}\n{stem}" if context else stem, choices=choices, answer=answer,
+            # required blocks B and E: questions 26-50 are 3-point clinical questions (as in IgakuQA)
+            points=3.0 if block in ("B", "E") and number > 25 else 1.0,
+            block=block, exam=exam, year=exam_year(exam), text_only=not obj["requires_image"],
+            source="jmle2026", file=str(path), line=n,
+        ))
+
+
+def _read_jmmlu(path: Path, ds: Dataset) -> None:
+    """JMMLU / JMED-LLM CSV: question, optionA-D, answer (A-D); optional tag -> category."""
+    sink = _Sink(ds, str(path))
+    text = read_text(path, sink)
+    if text is None:
+        return
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error) as exc:
+        sink.error(1, "", f"cannot read the CSV header: {exc}")
+        return
+    missing = [c for c in JMMLU_COLUMNS if c not in header]
+    if missing:
+        sink.error(1, "header", f"missing column(s) {', '.join(missing)} (expected {','.join(JMMLU_COLUMNS)})")
+        return
+    col = {name: header.index(name) for name in header}
+    start = reader.line_num + 1
+    row_no = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            sink.error(start, "", f"invalid CSV: {exc}")
+            break
+        n, start = start, reader.line_num + 1
+        if not any(cell.strip() for cell in row):
+            continue
+        row_no += 1
+        if len(row) != len(header):
+            sink.error(n, "", f"expected {len(header)} columns, got {len(row)}")
+            continue
+        values = {name: row[i].strip() for name, i in col.items()}
+        empty = [c for c in JMMLU_COLUMNS if not values[c]]
+        if empty:
+            for c in empty:
+                sink.error(n, c, "empty value")
+            continue
+        letter = values["answer"].upper()
+        if len(letter) != 1 or letter not in "ABCD":
+            sink.error(n, "answer", f'letter "{values["answer"]}" outside 4 choices (A-D)')
+            continue
+        qid = values.get("id") or f"{path.stem}-{row_no}"
+        ds.items.append(Question(
+            id=qid, stem=values["question"], choices=tuple(values[f"option{c}"] for c in "ABCD"),
+            answer=((letter.lower(),),), category=values.get("tag", ""), source="jmmlu", file=str(path), line=n,
+        ))
+
+
+def _read_instructions(path: Path, ds: Dataset) -> None:
+    sink = _Sink(ds, str(path))
+    for n, obj in _jsonl(path, sink):
+        if not _fields(obj, INSTRUCTION_FIELDS, n, sink):
+            continue
+        inp = obj.get("input", "")
+        if not isinstance(inp, str):
+            sink.error(n, "input", f"expected a string, got {_type(inp)}")
+            continue
+        empty = [k for k in ("instruction", "output") if not obj[k].strip()]
+        if empty:
+            sink.error(n, empty[0], "empty value")
+            continue
+        rid = str(obj.get("id") or f"{path.stem}-{n}")
+        ds.items.append(InstructionRecord(obj["instruction"], inp, obj["output"], id=rid, file=str(path), line=n))
+
+
+def _data_files(path: Path) -> list[Path]:
+    """The question/record files under a folder (IgakuQA year folder or whole data/ tree)."""
+    files = [p for ext in ("*.jsonl", "*.json", "*.csv") for p in path.rglob(ext)]
+    return sorted(p for p in files if not p.name.endswith(("_metadata.jsonl", "_translate.jsonl")))
+
+
+def detect_format(path) -> str:
+    """igakuqa | jmle2026 | jjsimqa | jmmlu | instructions, from a file's (or a folder's first file's) content."""
+    path = Path(path)
+    if path.is_dir():
+        files = _data_files(path)
+        if not files:
+            raise ValueError(f"{path}: no .jsonl, .json or .csv files in this folder")
+        path = files[0]
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "jmmlu"
+    try:
+        head = path.read_bytes()[:1 << 16].decode("utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc}") from exc
+    if suffix == ".json" or head.lstrip().startswith("["):
+        return "jmle2026"
+    for line in head.splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            if "instruction" in obj and "output" in obj:
+                return "instructions"
+            if "choices_orig" in obj or re.match(r"^\d+_\d+-\d+$", str(obj.get("problem_id", ""))):
+                return "jjsimqa"
+            return "igakuqa"
+    if suffix == ".jsonl":
+        return "igakuqa"  # nothing readable: let the IgakuQA reader report what is wrong line by line
+    raise ValueError(f"{path}: cannot detect the format; pass one of {', '.join(FORMATS)}")
+
+
+def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
+    """Read a file, a folder or a whole IgakuQA data/ tree. Never raises on bad input: a path that
+    does not exist or cannot be detected becomes an error too."""
+    path = Path(path)
+    ds = Dataset(path=str(path), format=fmt)
+    if fmt not in ("auto", *FORMATS):
+        raise ValueError(f"unknown data format {fmt!r}; choose auto or one of: {', '.join(FORMATS)}")
+    if not path.exists():
+        ds.errors.append(DataError(str(path), 0, "", "no such file or folder"))
+        return ds
+    if fmt == "auto":
+        try:
+            ds.format = detect_format(path)
+        except ValueError as exc:
+            ds.errors.append(DataError(str(path), 0, "", str(exc).removeprefix(f"{path}: ")))
+            return ds
+    files = _data_files(path) if path.is_dir() else [path]
+    if not files:
+        ds.errors.append(DataError(str(path), 0, "", "no data files in this folder"))
+    for f in files:
+        ds.files.append(str(f))
+        if ds.format in ("igakuqa", "jjsimqa"):
+            _read_igakuqa(f, ds, ds.format, translate)
+        elif ds.format == "jmle2026":
+            _read_jmle2026(f, ds)
+        elif ds.format == "jmmlu":
+            _read_jmmlu(f, ds)
+        else:
+            _read_instructions(f, ds)
+    ds.errors.extend(duplicate_ids(ds.items))
+    order = {f: i for i, f in enumerate(ds.files)}
+    ds.errors.sort(key=lambda e: (order.get(e.file, -1), e.file, e.line))
+    return ds
+
+
+def duplicate_ids(items) -> list[DataError]:
+    """An error for every record whose id was already used (naming where it was first seen)."""
+    first: dict[str, object] = {}
+    errors = []
+    for it in items:
+        if it.id in first:
+            f = first[it.id]
+            where = f"line {f.line}" if f.file == it.file else f"{f.file}:{f.line}"
+            fld = "problem_id" if isinstance(it, Question) and it.source in ("igakuqa", "jjsimqa") else "id"
+            errors.append(DataError(it.file, it.line, fld, f'duplicate id "{it.id}" (first at {where})'))
+        else:
+            first[it.id] = it
+    return errors
+
+
+def read_questions(path, fmt: str = "auto") -> tuple[list[Question], list[DataError]]:
+    """Questions and errors; never raises on bad records."""
+    ds = read_dataset(path, fmt)
+    if ds.format == "instructions":
+        return [], ds.errors + [DataError(str(path), 0, "", "holds instruction records, not questions")]
+    return ds.questions, ds.errors
+
+
+def load_questions(path, fmt: str = "auto", filters=None) -> list[Question]:
+    """Questions from a file, folder or data/ tree; raises DataLoadError listing every error."""
+    questions, errors = read_questions(path, fmt)
+    if errors:
+        raise DataLoadError(errors)
+    return apply_filters(questions, filters)
+
+
+def load_instructions(path) -> list[InstructionRecord]:
+    ds = read_dataset(path, "instructions")
+    if ds.errors:
+        raise DataLoadError(ds.errors)
+    return ds.items
+
+
+def load_training_items(path, fmt: str = "auto") -> list:
+    """Questions or instruction records, whichever the path holds."""
+    if fmt == "instructions" or (fmt == "auto" and detect_format(path) == "instructions"):
+        return load_instructions(path)
+    return load_questions(path, fmt)
+
+
+# ------------------------------------------------------------------------------------------------
+# Digests, filters, splits, exclusions.
+
+def _canonical(item) -> dict:
+    if isinstance(item, InstructionRecord):
+        return {"id": item.id, "instruction": item.instruction, "input": item.input, "output": item.output}
+    return {"id": item.id, "stem": item.stem, "choices": list(item.choices),
+            "answer": [list(a) for a in item.answer], "points": float(item.points), "block": item.block,
+            "exam": item.exam, "year": item.year, "text_only": item.text_only, "kinki": list(item.kinki),
+            "category": item.category, "accept_any": item.accept_any}
+
+
+def digest(items) -> str:
+    """sha256 of the records' content: independent of order, file paths, line numbers and machine."""
+    lines = sorted(json.dumps(_canonical(it), ensure_ascii=False, sort_keys=True) for it in items)
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def apply_filters(questions, filters=None) -> list:
+    """Keep what a DataFilter allows (None or an empty filter keeps everything)."""
+    if filters is None:
+        return list(questions)
+    years, blocks, ids = set(filters.years), set(filters.blocks), set(filters.ids)
+    out = []
+    for q in questions:
+        if ids and q.id not in ids:
+            continue
+        if isinstance(q, Question):
+            if filters.text_only and not q.text_only:
+                continue
+            if filters.five_choices and len(q.choices) != 5:
+                continue
+            if filters.scored_only and q.points <= 0:
+                continue
+            if years and q.year not in years:
+                continue
+            if blocks and q.block not in blocks:
+                continue
+        out.append(q)
+    return out
+
+
+def split_by_year(questions, test_years) -> tuple[list, list]:
+    """(train, test): test holds the questions of `test_years`; train the rest (unknown year too)."""
+    years = {int(test_years)} if isinstance(test_years, (int, str)) else {int(y) for y in test_years}
+    test = [q for q in questions if q.year in years]
+    train = [q for q in questions if q.year not in years]
+    return train, test
+
+
+EXCLUSION_REASONS = ("image", "numeric_answer", "not_scored", "not_five_choices")
+
+
+def exclusion_reasons(q: Question) -> list[str]:
+    reasons = []
+    if not q.text_only:
+        reasons.append("image")
+    if not q.choices:
+        reasons.append("numeric_answer")
+    if q.points <= 0:
+        reasons.append("not_scored")
+    if len(q.choices) != 5:
+        reasons.append("not_five_choices")
+    return reasons
+
+
+def exclusions(questions) -> dict[str, int]:
+    """Counts by reason; a question counts under every reason that applies."""
+    counts = dict.fromkeys(EXCLUSION_REASONS, 0)
+    for q in questions:
+        if isinstance(q, Question):
+            for r in exclusion_reasons(q):
+                counts[r] += 1
+    return counts
