@@ -152,11 +152,15 @@ def log_score(summary: dict, questions: list, rows: list[dict]) -> str:
     with tracking.step_run("score", run_name=run_name) as run:
         import mlflow
 
-        tracking.log_params({
+        params = {
             "data": summary["data"], "eval_data_digest": summary["data_digest"],
             "predictions": summary["predictions"], "predictions_digest": summary["predictions_digest"],
             "protocol": summary["protocol"], "parsing": summary.get("parsing", ""), "name": name,
-        })
+        }
+        # Under `mlflow run` the entry point's parameters are already logged (an empty one as "''"):
+        # params cannot change, so only the ones not there yet are added.
+        logged = mlflow.get_run(run.info.run_id).data.params
+        tracking.log_params({k: v for k, v in params.items() if k not in logged})
         mlflow.log_metrics(run_metrics(summary))
         mlflow.log_dict(summary, "score.json")
         table = [{k: ("" if v is None else v) if not isinstance(v, tuple) else ",".join(map(str, v))

@@ -205,6 +205,15 @@ def test_text_grade_choice_with_comma():
     assert g["exact"] is True and g["pick"] == (0,) and g["gestalt_correct"] is True
 
 
+def test_exact_answer_can_miss_gestalt_accuracy():
+    # By definition, a third choice can be closer to the joined gold text than a gold choice
+    # (IgakuQA 2022 has 3 such questions).
+    x = q("T9", choices=("頭痛", "腹痛", "頭痛と腹痛", "発熱", "咳"), answer=(("a", "b"),))
+    assert M.choice_scores("頭痛,腹痛", x.choices) == [4 / 7, 4 / 7, 0.8, 0.0, 0.0]
+    g = M.text_grade(x, "頭痛,腹痛")
+    assert g["exact"] is True and g["pick"] == (0, 2) and g["gestalt_correct"] is False
+
+
 def test_text_summary_exact_values():
     qs = [
         q("T1", answer=(("b",),)),                      # exact
