@@ -189,13 +189,11 @@ def test_cli_text_protocol_on_2022(tmp_path):
     assert r.exit_code == 1 and "(it has `response`: use --protocol text)" in r.output
 
 
-def test_cli_a_or_d_with_filter():
+def test_cli_a_or_d_with_filter(tmp_path):
     data = shared_path("igakuqa", "data", "2018")
-    for pred, correct in (("d", 1), ("a", 1), ("a,d", 0), ("e", 0)):
-        import tempfile
-        with tempfile.TemporaryDirectory() as d:
-            p = write_jsonl(Path(d) / "p.jsonl", [{"problem_id": "112B30", "prediction": pred}])
-            s = cli_json("--data", data, "--predictions", p, "--ids", "112B30")
+    for i, (pred, correct) in enumerate((("d", 1), ("a", 1), ("a,d", 0), ("e", 0))):
+        p = write_jsonl(tmp_path / f"p{i}.jsonl", [{"problem_id": "112B30", "prediction": pred}])
+        s = cli_json("--data", data, "--predictions", p, "--ids", "112B30")
         assert (s["questions"], s["correct"], s["missing"]) == (1, correct, 0)
         assert s["kinki_selected"] == (1 if pred == "e" else 0)  # 112B30's kinki choice is e
 
