@@ -129,6 +129,8 @@ def decide(candidates: list[Candidate], champion: Champion | None, metric: str =
     if best.train_run == champion.train_run or best.eval_run == champion.eval_run:
         reasons.append(f"champion v{champion.version} is already the best: {what}")
         return Decision("keep", best, champion, False, tuple(reasons))
+    if register:
+        reasons.append(f"{what} is not a registered version yet: registered")
     if champion.metric is None:
         reasons.append(f"champion v{champion.version} has no {metric}; {what} replaces it")
         return Decision("promote", best, champion, register, tuple(reasons))
@@ -139,4 +141,431 @@ def decide(candidates: list[Candidate], champion: Champion | None, metric: str =
         return Decision("promote", best, champion, register, tuple(reasons))
     reasons.append(f"best candidate {what} does not beat champion v{champion.version} "
                    f"({champion.metric:.6g}) by more than min_delta {min_delta:g} (delta {delta:.6g})")
-    return Decision("keep", best, champion, False, tuple(reasons))
+    return Decision("keep", best, champion, register, tuple(reasons))
+
+
+# ---- the served model -----------------------------------------------------------------------------
+
+SERVE_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "peft", "accelerate",
+                  "pandas", "numpy")
+SERVING_FILE = Path(__file__).with_name("serving.py")
+EXAMPLE = {"question": "急性虫垂炎で最も多くみられる初発症状はどれか。",
+           "choices": ["心窩部痛", "右下腹部痛", "発熱", "下痢", "血便"], "n_answers": 1}
+
+
+def pip_requirements(quantized: bool = False) -> list[str]:
+    """Exact pins of what the served model imports, from the installed versions (never inferred)."""
+    from importlib.metadata import version
+
+    names = SERVE_PACKAGES + (("bitsandbytes",) if quantized else ())
+    return [f"{n}=={version(n).split('+')[0]}" for n in names]
+
+
+def signature(protocol: str):
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    from jmed.serving import DEFAULT_MAX_NEW_TOKENS
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "question"), ColSpec(Array("string"), "choices"),
+                       ColSpec("long", "n_answers", required=False)]),
+        outputs=Schema([ColSpec("string", "answer"), ColSpec("string", "answer_text"),
+                        ColSpec("string", "raw_output")]),
+        params=ParamSchema([ParamSpec("protocol", "string", protocol),
+                            ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]),
+    )
+
+
+def _code_copy(dest: Path) -> Path:
+    """A clean copy of the jmed package (sources and presets; no caches, no sample data) for code_paths."""
+    import shutil
+
+    src = Path(__file__).parent
+    pkg = dest / "jmed"
+    pkg.mkdir(parents=True)
+    for f in sorted(src.glob("*.py")) + [src / "presets.yaml"]:
+        if f.exists():
+            shutil.copy2(f, pkg / f.name)
+    return pkg
+
+
+def _base_folder(base: str, revision: str) -> Path:
+    if base == "tiny":
+        from jmed.models import tiny_model_dir
+
+        return Path(tiny_model_dir())
+    if Path(base).is_dir():
+        return Path(base)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(base, revision=revision or None))
+
+
+def log_serving_model(adapter_dir, name: str = "model", bundle_base: bool | None = None):
+    """Log jmed/serving.py as a pyfunc model (models-from-code) with the adapter and, for a small or local
+    base (or `bundle_base=True`), the base model's folder; a hub base is referenced by id and revision.
+    Needs an active run; returns mlflow's ModelInfo."""
+    import tempfile
+
+    import mlflow
+    import pandas as pd
+
+    adapter_dir = Path(adapter_dir)
+    meta = json.loads((adapter_dir / "jmed.json").read_text(encoding="utf-8"))
+    base, revision = meta["model"], meta.get("base_revision", "")
+    local = base == "tiny" or Path(base).is_dir()
+    bundle = local if bundle_base is None else bool(bundle_base)
+    artifacts = {"adapter": str(adapter_dir)}
+    if bundle:
+        folder = _base_folder(base, revision)
+        if not any(folder.glob("*.safetensors")):
+            raise ValueError(f"base model folder {folder} has no *.safetensors weights; convert it first "
+                             "(served models carry weights as safetensors only)")
+        artifacts["base"] = str(folder)
+    quant = str(meta.get("config", {}).get("quantization", "none"))
+    config = {"base_model": base, "base_revision": revision, "bundled": bundle, "quantization": quant}
+    protocol = meta.get("protocol") or "letter"
+    with tempfile.TemporaryDirectory() as tmp:
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=str(SERVING_FILE), artifacts=artifacts, model_config=config,
+            code_paths=[str(_code_copy(Path(tmp)))], pip_requirements=pip_requirements(quant != "none"),
+            signature=signature(protocol), input_example=(pd.DataFrame([EXAMPLE]), {"max_new_tokens": 4}),
+        )
+
+
+# ---- reading the store ----------------------------------------------------------------------------
+
+
+def _evaluation(params: dict) -> tuple:
+    return tuple(str(params.get(k, "")) for k in EVAL_KEYS)
+
+
+def _version_tag_evaluation(tags: dict) -> tuple:
+    return tuple(str(tags.get(f"jmed.{k}", "")) for k in EVAL_KEYS)
+
+
+def evaluate_runs(client, base_slug: str = "") -> list:
+    """FINISHED evaluate runs of an adapter (any experiment), optionally for one base model."""
+    exps = [e.experiment_id for e in client.search_experiments()]
+    flt = "tags.`jmed.step` = 'evaluate' and attributes.status = 'FINISHED'"
+    if base_slug:
+        flt += f" and tags.`jmed.base_model` = '{base_slug}'"
+    runs, token = [], None
+    while True:
+        page = client.search_runs(exps, flt, max_results=1000, page_token=token)
+        runs += [r for r in page if r.data.tags.get("jmed.adapter_run", "none") not in ("", "none")]
+        token = page.token
+        if not token:
+            return runs
+
+
+def versions(client, name: str) -> list:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(client.search_model_versions(f"name = '{name}'"))
+    except MlflowException:
+        return []
+
+
+def _version_key(train_run: str, evaluation: tuple) -> tuple:
+    return (train_run, tuple(evaluation))
+
+
+def candidates(client, base_slug: str, metric: str, known: list) -> list[Candidate]:
+    by_key = {_version_key(v.tags.get("jmed.train_run", ""), _version_tag_evaluation(v.tags)): v.version
+              for v in known}
+    out = []
+    for r in evaluate_runs(client, base_slug):
+        train_run = r.data.tags["jmed.adapter_run"]
+        ev = _evaluation(r.data.params)
+        out.append(Candidate(
+            eval_run=r.info.run_id, train_run=train_run, evaluation=ev,
+            metric=r.data.metrics.get(metric), secondary=r.data.metrics.get(SECONDARY.get(metric, "")),
+            start_time=int(r.info.start_time or 0), version=by_key.get(_version_key(train_run, ev))))
+    return out
+
+
+def champion(client, name: str, metric: str) -> Champion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        v = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    eval_run = v.tags.get("jmed.eval_run", "")
+    value = None
+    try:
+        value = client.get_run(eval_run).data.metrics.get(metric)
+    except MlflowException:
+        pass
+    if value is None and v.tags.get(metric):
+        value = float(v.tags[metric])
+    return Champion(v.version, eval_run, v.tags.get("jmed.train_run", ""),
+                    _version_tag_evaluation(v.tags), value)
+
+
+# ---- registering ----------------------------------------------------------------------------------
+
+
+def _description(meta: dict, tags: dict, metric: str) -> str:
+    cfg = meta.get("config", {})
+    keys = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "quantization", "learning_rate",
+            "max_steps", "epochs", "batch_size", "seed", "preset")
+    settings = ", ".join(f"{k}={cfg[k]}" for k in keys if cfg.get(k) not in (None, ""))
+    metrics = ", ".join(f"{k} {tags[k]}" for k in LINEAGE_METRICS if k in tags)
+    return (
+        f"LoRA adapter for base model {meta.get('model')} (revision {meta.get('base_revision', '?')}), "
+        f"prompt format {tags['jmed.prompt_format']}, answered with the {tags['jmed.protocol']} protocol.\n\n"
+        f"Trained in run {tags['jmed.train_run']} on data {tags.get('jmed.train_data_digest', '?')[:12]} "
+        f"({settings}).\n"
+        f"Evaluated in run {tags['jmed.eval_run']} on data {tags['jmed.eval_data_digest'][:12]} "
+        f"(shots {tags['jmed.shots']}): {metrics or 'no metrics'}. Ranked by {metric}.\n\n"
+        f"Serve: mlflow models serve -m models:/{{name}}@champion --env-manager local"
+    )
+
+
+def register(client, name: str, cand: Candidate, metric: str = "eval/accuracy", bundle_base: bool | None = None):
+    """Log the serving model of `cand`'s adapter in the active run and register it as a version of `name`."""
+    import tempfile
+
+    import mlflow
+
+    eval_run = client.get_run(cand.eval_run)
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = Path(mlflow.artifacts.download_artifacts(run_id=cand.train_run, artifact_path="adapter",
+                                                           dst_path=tmp))
+        meta = json.loads((adapter / "jmed.json").read_text(encoding="utf-8"))
+        info = log_serving_model(adapter, bundle_base=bundle_base)
+    tags = {"jmed.train_run": cand.train_run, "jmed.eval_run": cand.eval_run,
+            "jmed.base_model": eval_run.data.tags.get("jmed.base_model", ""),
+            "jmed.base_revision": str(meta.get("base_revision", "")),
+            "jmed.train_data_digest": str(meta.get("train_data_digest", "")),
+            **{f"jmed.{k}": v for k, v in zip(EVAL_KEYS, cand.evaluation)}}
+    tags.update({k: f"{v:.6g}" for k, v in eval_run.data.metrics.items() if k in LINEAGE_METRICS})
+    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    client.update_model_version(name, mv.version, _description(meta, tags, metric).replace("{name}", name))
+    return mv.version
+
+
+# ---- promote --------------------------------------------------------------------------------------
+
+
+def _local_store_file(uri: str) -> Path | None:
+    """The file or folder of a local tracking store (where the OS lock lives); None for remote stores."""
+    from urllib.parse import urlparse
+
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path or uri)
+    return None
+
+
+@contextlib.contextmanager
+def promote_lock(client, name: str, timeout: float = 600.0):
+    """Exclusive promotion of one registered model: an fcntl lock beside a local store, else a lease tag."""
+    import uuid
+
+    from mlflow.exceptions import MlflowException
+
+    from jmed.tracking import tracking_uri
+
+    store = _local_store_file(tracking_uri())
+    if store is not None:
+        import fcntl
+
+        lock = store.parent / f".{store.name}.{name}.promote.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield f"file lock {lock}"
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+    with contextlib.suppress(MlflowException):
+        client.create_registered_model(name)
+    token, key, deadline = uuid.uuid4().hex, "jmed.promote.lease", time.time() + timeout
+    while True:
+        held = client.get_registered_model(name).tags.get(key, "")
+        owner, _, until = held.partition(" ")
+        if not held or owner == token or float(until or 0) < time.time():
+            client.set_registered_model_tag(name, key, f"{token} {time.time() + timeout:.0f}")
+            time.sleep(0.5)
+            if client.get_registered_model(name).tags.get(key, "").startswith(token):
+                break
+        if time.time() > deadline:
+            raise TimeoutError(f"promotion lease on {name} held by {owner} since before {timeout:.0f} s ago")
+        time.sleep(1.0)
+    try:
+        yield f"lease tag {key} on {name}"
+    finally:
+        if client.get_registered_model(name).tags.get(key, "").startswith(token):
+            client.delete_registered_model_tag(name, key)
+
+
+def promote_one(client, base_slug: str, metric: str = "eval/accuracy", min_delta: float = 0.0,
+                eval_runs: list[str] | None = None, bundle_base: bool | None = None) -> dict:
+    """Decide and apply for one base model, under the lock; returns the decision record."""
+    name = model_name(base_slug)
+    with promote_lock(client, name) as how:
+        current = champion(client, name, metric)
+        cands = candidates(client, base_slug, metric, versions(client, name))
+        if eval_runs:
+            cands = [c for c in cands if c.eval_run in set(eval_runs)]
+        decision = decide(cands, current, metric, min_delta)
+        delay = float(os.environ.get("JMED_PROMOTE_DELAY", "0") or 0)  # widens the race window in tests
+        if delay:
+            time.sleep(delay)
+        version = decision.candidate.version if decision.candidate else None
+        if decision.register:
+            version = register(client, name, decision.candidate, metric, bundle_base)
+        if decision.action == "promote":
+            # compare-and-set: decide again if champion moved since it was read (possible on remote stores)
+            now = champion(client, name, metric)
+            if (now.version if now else None) != (current.version if current else None):
+                cand = Candidate(**{**asdict(decision.candidate), "version": version})
+                decision = decide([cand], now, metric, min_delta)
+                current = now
+            if decision.action == "promote":
+                if current is not None:
+                    client.set_registered_model_alias(name, PREVIOUS, current.version)
+                client.set_registered_model_alias(name, CHAMPION, version)
+        final = champion(client, name, metric)
+    record = decision.to_dict()
+    record.update(base_model=base_slug, registered_model=name, version=version, lock=how,
+                  champion_version=final.version if final else None)
+    return record
+
+
+def promote(base_model: str = "", metric: str = "eval/accuracy", min_delta: float = 0.0,
+            eval_runs: list[str] | None = None, bundle_base: bool | None = None) -> list[dict]:
+    """`jmed promote`: one decision per base model (or the one given), logged in a `jmed.step=promote` run."""
+    from mlflow import MlflowClient
+
+    import mlflow
+    from jmed.tracking import log_params, slug, step_run
+
+    with step_run("promote", run_name="promote"):
+        client = MlflowClient()
+        log_params({"base_model": base_model, "metric": metric, "min_delta": min_delta,
+                    "eval_runs": ",".join(eval_runs or [])})
+        slugs = [slug(base_model)] if base_model else sorted(
+            {r.data.tags.get("jmed.base_model", "") for r in evaluate_runs(client)} - {""})
+        records = []
+        for s in slugs:
+            rec = promote_one(client, s, metric, min_delta, eval_runs, bundle_base)
+            records.append(rec)
+            mlflow.set_tags({f"jmed.decision.{s}": rec["action"],
+                             f"jmed.champion.{s}": str(rec["champion_version"] or ""),
+                             f"jmed.reasons.{s}": " | ".join(rec["reasons"])[:5000]})
+            print(f"{rec['registered_model']}: {rec['action']} -> champion v{rec['champion_version']}")
+            for r in rec["reasons"]:
+                print(f"  - {r}")
+        if not slugs:
+            print("no evaluated adapters in this tracking store: nothing to promote")
+        mlflow.log_dict({"metric": metric, "min_delta": min_delta, "decisions": records}, "promote/decisions.json")
+    return records
+
+
+# ---- serve and predict ----------------------------------------------------------------------------
+
+
+def champion_uri(base_model: str = "") -> str:
+    """models:/jmed-<slug>@champion for the base model given, or the only registered jmed model."""
+    from mlflow import MlflowClient
+
+    from jmed.tracking import setup, slug
+
+    setup()
+    client = MlflowClient()
+    if base_model:
+        names = [model_name(slug(base_model))]
+    else:
+        names = sorted(m.name for m in client.search_registered_models("name LIKE 'jmed-%'")
+                       if CHAMPION in (m.aliases or {}))
+        if len(names) != 1:
+            raise ValueError("no registered model has a champion yet; run `jmed promote`" if not names else
+                             f"several base models have a champion ({', '.join(names)}); choose one with --base-model")
+    if champion(client, names[0], "eval/accuracy") is None:
+        raise ValueError(f"registered model {names[0]} has no '{CHAMPION}' alias; run `jmed promote` first")
+    return f"models:/{names[0]}@{CHAMPION}"
+
+
+def serve_command(model_uri: str, port: int = 5000, host: str = "127.0.0.1", workers: int = 1,
+                  timeout: int = 120) -> list[str]:
+    import shutil
+    import sys
+
+    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    cmd = [exe] if exe else [sys.executable, "-m", "mlflow"]
+    return cmd + ["models", "serve", "-m", model_uri, "--env-manager", "local", "-h", host, "-p", str(port),
+                  "-w", str(workers), "-t", str(timeout)]
+
+
+def read_questions_file(path) -> tuple[list[str], list[dict]]:
+    """(ids, records) from a JSONL file of {id?, question, choices, n_answers?} or any format jmed.data reads.
+    Bad lines raise ValueError naming file:line:field."""
+    from jmed.serving import check_inputs
+
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    try:
+        plain = "question" in json.loads(first)
+    except (json.JSONDecodeError, TypeError):
+        plain = False
+    if not plain:
+        from jmed.data import load_questions
+
+        qs = [q for q in load_questions(path) if q.choices]
+        return [q.id for q in qs], [{"question": q.stem, "choices": list(q.choices),
+                                     "n_answers": q.n_answers or 1} for q in qs]
+    ids, records, errors = [], [], []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.append(f"{path}:{no}: invalid JSON: {e.msg}")
+            continue
+        if not isinstance(rec, dict):
+            errors.append(f"{path}:{no}: a line must be a JSON object")
+            continue
+        rid = str(rec.pop("id", rec.pop("problem_id", no)))
+        try:
+            check_inputs([rec])
+        except Exception as e:  # MlflowException from the same checks the server applies
+            errors.append(f"{path}:{no}: {getattr(e, 'message', str(e)).removeprefix('invalid input: record 0: ')}")
+            continue
+        ids.append(rid)
+        records.append(rec)
+    if errors:
+        raise ValueError(f"{len(errors)} bad line(s):\n" + "\n".join(errors[:20]))
+    if not records:
+        raise ValueError(f"{path}: no questions")
+    return ids, records
+
+
+def predict_file(model_uri: str, path, protocol: str = "", max_new_tokens: int = 0, batch_size: int = 8):
+    """Answer a file of questions offline with the served model; yields one result dict per question
+    (`problem_id` and `prediction` as `jmed score --predictions` reads them)."""
+    import mlflow
+    import pandas as pd
+
+    from jmed.tracking import setup
+
+    ids, records = read_questions_file(path)
+    setup()
+    model = mlflow.pyfunc.load_model(model_uri)
+    params = {k: v for k, v in {"protocol": protocol, "max_new_tokens": max_new_tokens}.items() if v}
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        out = model.predict(pd.DataFrame(chunk), params=params or None)
+        for rid, row in zip(ids[start:start + batch_size], out.to_dict("records")):
+            yield {"problem_id": rid, "prediction": row["answer"], "answer_text": row["answer_text"],
+                   "response": row["raw_output"]}
