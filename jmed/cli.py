@@ -48,6 +48,53 @@ def main():
 
 # ---- validate (issue 2) -------------------------------------------------------------------------
 
+@main.command()
+@click.argument("data", nargs=-1)
+@click.option("--against", multiple=True, help="Test data to check for leakage against DATA (repeatable).")
+@click.option("--report", "report_path", default="", help="Write the JSON report here (and an .html page beside it).")
+@click.option("--format", "fmt", default="auto", help="auto | igakuqa | jmle2026 | jjsimqa | jmmlu | instructions.")
+@click.option("--threshold", default=90.0, show_default=True, help="Leakage: rapidfuzz ratio (0-100) of near-duplicate stems.")
+@click.option("--log/--no-log", default=True, show_default=True, help="Log an MLflow run (jmed.step=validate).")
+def validate(data, against, report_path, fmt, threshold, log):
+    """Validate question/instruction data: formats, GX suites, answer checks, train/test leakage.
+
+    DATA: files, folders or a whole IgakuQA data/ tree (comma-separated lists work too). None given:
+    the bundled sample's train split, checked against its test split. Exit 1 when there is any error.
+    """
+    from jmed import data as jdata
+
+    def paths(values):
+        return [p.strip() for v in values for p in str(v).split(",") if p.strip()]
+
+    data_paths, against_paths = paths(data), paths(against)
+    if not data_paths:
+        data_paths = [str(jdata.SAMPLE_TRAIN)]
+        against_paths = against_paths or [str(jdata.SAMPLE_TEST)]
+    fmt = fmt.strip() or "auto"
+    if fmt not in ("auto", *jdata.FORMATS):
+        raise click.BadParameter(f"choose auto or one of: {', '.join(jdata.FORMATS)}", param_hint="--format")
+    from jmed.checks import log_report, validate as run_validation
+
+    report = run_validation(data_paths, against_paths, fmt=fmt, threshold=threshold)
+    if report_path:
+        json_path, html_path = report.write(report_path)
+    summary = report.summary()
+    click.echo(summary)
+    if report_path:
+        click.echo(f"report: {json_path} and {html_path}")
+    if log:
+        from jmed import tracking
+
+        # a failed validation ends the run FAILED (step_run), with the summary as its description
+        with tracking.step_run("validate", run_name="validate") as run:
+            log_report(report, fmt)
+            click.echo(f"mlflow run: {run.info.run_id} ({tracking.tracking_uri()})")
+            if not report.success:
+                raise click.exceptions.Exit(1)
+    if not report.success:
+        sys.exit(1)
+
+
 # ---- score (issue 4) ----------------------------------------------------------------------------
 
 

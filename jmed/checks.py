@@ -1,0 +1,390 @@
+"""Data validation (issue 2 §3): the declarative Great Expectations suites in `data_checks/`, the checks GX
+cannot express (answer letters, 「Nつ選べ」 counts, unique ids, same stem with different choices) and the
+train/test near-duplicate (leakage) check with rapidfuzz. `validate()` returns a `Report`.
+
+great_expectations and rapidfuzz are imported inside functions: `jmed --help` stays fast.
+"""
+from __future__ import annotations
+
+import html
+import json
+import re
+import unicodedata
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from jmed.data import (
+    LETTERS, DataError, Dataset, InstructionRecord, Question, digest, duplicate_ids, exclusions, read_dataset,
+)
+
+CHECKS_DIR = Path(__file__).resolve().parent.parent / "data_checks"
+LEAKAGE_THRESHOLD = 90.0  # rapidfuzz ratio (0-100) on normalised stems
+SUITE_FOR = {"instructions": "instructions"}  # data format -> suite file; every question format -> questions
+
+_SELECT = re.compile(r"([0-9０-９一二三四五六七八九])\s*つ\s*選べ")
+_KANJI_DIGITS = {c: i for i, c in enumerate("〇一二三四五六七八九")}
+
+
+@dataclass
+class Report:
+    success: bool = True
+    questions: int = 0
+    errors: list[dict] = field(default_factory=list)  # {file, line, field, message}
+    warnings: list[dict] = field(default_factory=list)
+    excluded: dict[str, int] = field(default_factory=dict)
+    leakage: list[dict] = field(default_factory=list)  # {train_id, test_id, score, train_file, ...}
+    datasets: list[dict] = field(default_factory=list)  # {path, role, format, digest, questions, files}
+    expectations: list[dict] = field(default_factory=list)  # GX suite results per dataset
+    leakage_threshold: float = LEAKAGE_THRESHOLD
+
+    def __post_init__(self):
+        self.loaded: dict[str, Dataset] = {}  # path -> what was read (not part of the JSON report)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=2)
+
+    def summary(self, max_errors: int = 20) -> str:
+        """A short human summary: one line of counts, then the first errors."""
+        excl = ", ".join(f"{k} {v}" for k, v in self.excluded.items() if v) or "none"
+        what = "records" if any(d["format"] == "instructions" for d in self.datasets) else "questions"
+        lines = [
+            f"{'OK' if self.success else 'FAILED'}: {self.questions} {what} in {len(self.datasets)} dataset(s); "
+            f"{len(self.errors)} error(s), {len(self.warnings)} warning(s); excluded: {excl}; "
+            f"leakage pairs: {len(self.leakage)}"
+        ]
+        for d in self.datasets:
+            lines.append(f"  {d['role']}: {d['path']} ({d['format']}, {d['questions']} records, "
+                         f"digest {d['digest'][:12]})")
+        for e in self.errors[:max_errors]:
+            lines.append("  error: " + str(DataError(**e)))
+        if len(self.errors) > max_errors:
+            lines.append(f"  … and {len(self.errors) - max_errors} more errors (see the report)")
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        """A readable, self-contained HTML page of the report."""
+        esc = html.escape
+
+        def table(rows: list[dict], cols: list[str]) -> str:
+            if not rows:
+                return "<p>none</p>"
+            head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+            body = "".join("<tr>" + "".join(f"<td>{esc(str(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+                           for r in rows)
+            return f"<table><tr>{head}</tr>{body}</table>"
+
+        status = "passed" if self.success else "FAILED"
+        parts = [
+            "<!doctype html><html lang='ja'><head><meta charset='utf-8'><title>jmed data validation</title>",
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}"
+            ".ok{color:#070}.bad{color:#b00}</style></head><body>",
+            f"<h1>Data validation: <span class='{'ok' if self.success else 'bad'}'>{status}</span></h1>",
+            f"<p>{self.questions} questions; {len(self.errors)} errors; {len(self.warnings)} warnings; "
+            f"{len(self.leakage)} leakage pairs (threshold {self.leakage_threshold:g}).</p>",
+            "<h2>Datasets</h2>", table(self.datasets, ["role", "path", "format", "questions", "digest"]),
+            "<h2>Excluded (counted, kept in the data)</h2>",
+            table([{"reason": k, "questions": v} for k, v in self.excluded.items()], ["reason", "questions"]),
+            "<h2>Errors</h2>", table(self.errors, ["file", "line", "field", "message"]),
+            "<h2>Warnings</h2>", table(self.warnings, ["file", "line", "field", "message"]),
+            "<h2>Leakage (near-duplicate stems, training vs test)</h2>",
+            table(self.leakage, ["score", "train_id", "test_id", "train_file", "train_line", "test_file", "test_line"]),
+            "<h2>Great Expectations suites</h2>",
+            table(self.expectations, ["dataset", "suite", "success", "evaluated", "unsuccessful", "errors", "warnings"]),
+            "</body></html>",
+        ]
+        return "\n".join(parts)
+
+    def write(self, json_path) -> tuple[Path, Path]:
+        """Write the JSON report and an HTML page beside it (same name, .html)."""
+        json_path = Path(json_path)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(self.to_json() + "\n", encoding="utf-8")
+        html_path = json_path.with_suffix(".html")
+        html_path.write_text(self.to_html(), encoding="utf-8")
+        return json_path, html_path
+
+
+# ------------------------------------------------------------------------------------------------
+# Great Expectations: declarative suites, run on a pandas frame in an ephemeral context.
+
+def question_frame(questions):
+    import pandas as pd
+
+    rows = [{
+        "id": q.id, "stem": q.stem, "n_choices": len(q.choices), "numeric": not q.choices,
+        "n_answers": max((len(a) for a in q.answer), default=0),
+        "blank_choices": sum(1 for c in q.choices if not c.strip()),
+        "repeated_choices": len(q.choices) - len(set(c.strip() for c in q.choices)),
+        "points": float(q.points), "text_only": q.text_only, "year": q.year, "block": q.block,
+        "file": q.file, "line": q.line,
+    } for q in questions]
+    df = pd.DataFrame(rows, columns=["id", "stem", "n_choices", "numeric", "n_answers", "blank_choices",
+                                     "repeated_choices", "points", "text_only", "year", "block", "file", "line"])
+    df["year"] = df["year"].astype("float64")  # None -> NaN, which GX treats as missing
+    return df
+
+
+def instruction_frame(records):
+    import pandas as pd
+
+    return pd.DataFrame([{"id": r.id, "instruction": r.instruction, "input": r.input, "output": r.output,
+                          "file": r.file, "line": r.line} for r in records],
+                        columns=["id", "instruction", "input", "output", "file", "line"])
+
+
+def load_suite(name: str) -> dict:
+    path = CHECKS_DIR / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_suite(name: str, frame) -> tuple[dict, list[DataError], list[DataError]]:
+    """Run suite `name` on `frame`: (summary, errors, warnings), one DataError per unexpected row naming
+    file:line:field. An expectation whose meta says "severity": "warning" gives warnings."""
+    import logging
+
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    spec = load_suite(name)
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    expectations = [ExpectationConfiguration(**e).to_domain_obj() for e in spec["expectations"]]
+    suite = ctx.suites.add(gx.ExpectationSuite(name=spec["name"], expectations=expectations))
+    batch_def = (ctx.data_sources.add_pandas("jmed").add_dataframe_asset(name)
+                 .add_batch_definition_whole_dataframe("all"))
+    result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(
+        suite, result_format={"result_format": "COMPLETE"})
+    errors, warnings = [], []
+    for r in result.results:
+        if r.success:
+            continue
+        meta = r.expectation_config.meta or {}
+        out = warnings if meta.get("severity") == "warning" else errors
+        fld = meta.get("field", r.expectation_config.kwargs.get("column", ""))
+        message = meta.get("message", r.expectation_config.type)
+        values = r.result.get("unexpected_list") or []
+        for i, idx in enumerate(r.result.get("unexpected_index_list") or []):
+            row = frame.loc[idx]
+            value = values[i] if i < len(values) else None
+            show = meta.get("show_value", True) and value is not None and not isinstance(value, tuple)
+            shown = f" (got {value!r})" if show else ""
+            out.append(DataError(row["file"], int(row["line"]), fld,
+                                 f"{message}{shown} [{r.expectation_config.type}]"))
+        if not r.result.get("unexpected_index_list"):  # a table-level failure
+            out.append(DataError("", 0, fld, f"{message} [{r.expectation_config.type}]"))
+    stats = result.statistics
+    summary = {"suite": spec["name"], "success": not errors, "evaluated": int(stats["evaluated_expectations"]),
+               "unsuccessful": int(stats["unsuccessful_expectations"]), "errors": len(errors),
+               "warnings": len(warnings)}
+    return summary, errors, warnings
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks in code.
+
+def check_answers(questions) -> list[DataError]:
+    """Every answer letter names one of the question's choices (numeric questions: one number)."""
+    errors = []
+    for q in questions:
+        if not q.answer:
+            errors.append(DataError(q.file, q.line, "answer", "no answer"))
+            continue
+        if q.numeric:
+            continue
+        allowed = LETTERS[:len(q.choices)]
+        for s in q.answer:
+            bad = [a for a in s if a not in allowed or len(a) != 1]
+            if bad:
+                errors.append(DataError(q.file, q.line, "answer",
+                                        f'letter "{bad[0]}" outside {len(q.choices)} choices'))
+                break
+    return errors
+
+
+def stated_count(stem: str) -> int | None:
+    """The N of 「Nつ選べ」 in a stem (2つ, ２つ, 二つ; "2つ 選べ"), or None when the stem states none."""
+    m = _SELECT.search(stem)
+    if not m:
+        return None
+    ch = unicodedata.normalize("NFKC", m.group(1))
+    return int(ch) if ch.isdigit() else _KANJI_DIGITS[ch]
+
+
+def check_select_counts(questions) -> list[DataError]:
+    """The number in 「Nつ選べ」 equals the number of answers of every acceptable answer set."""
+    errors = []
+    for q in questions:
+        n = stated_count(q.stem)
+        if n is None or q.numeric or q.accept_any:
+            continue
+        wrong = [s for s in q.answer if len(s) != n]
+        if wrong:
+            m = _SELECT.search(q.stem)
+            errors.append(DataError(q.file, q.line, "answer",
+                                    f"stem says 「{m.group(0)}」 but the answer has {len(wrong[0])} "
+                                    f"letter(s): {','.join(wrong[0])}"))
+    return errors
+
+
+def norm_stem(text: str) -> str:
+    """NFKC, whitespace removed: the form in which stems are compared."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text))
+
+
+def check_same_stem(questions) -> list[DataError]:
+    """Warnings: the same stem with different choices (real IgakuQA has such pairs across years), and
+    the same stem with the same choices under another id (a duplicate question)."""
+    by_stem: dict[str, list[Question]] = defaultdict(list)
+    for q in questions:
+        by_stem[norm_stem(q.stem)].append(q)
+    warnings = []
+    for group in by_stem.values():
+        first = group[0]
+        for q in group[1:]:
+            same = [norm_stem(c) for c in q.choices] == [norm_stem(c) for c in first.choices]
+            what = "same stem and choices as" if same else "same stem as"
+            tail = "" if same else " but different choices"
+            warnings.append(DataError(q.file, q.line, "problem_text",
+                                      f"{what} {first.id} ({first.file}:{first.line}){tail}"))
+    return warnings
+
+
+def leakage_pairs(train, test, threshold: float = LEAKAGE_THRESHOLD) -> list[dict]:
+    """Near-duplicate stems between training and test questions: every pair with a rapidfuzz ratio of
+    at least `threshold` (0-100) on normalised stems, with its score, best first."""
+    import numpy as np
+    from rapidfuzz import fuzz, process
+
+    if not train or not test:
+        return []
+    a = [norm_stem(q.stem) for q in train]
+    b = [norm_stem(q.stem) for q in test]
+    scores = process.cdist(a, b, scorer=fuzz.ratio, score_cutoff=threshold, dtype=np.float32, workers=-1)
+    pairs = []
+    for i, j in zip(*np.nonzero(scores)):
+        t, s = train[i], test[j]
+        pairs.append({"score": round(float(scores[i, j]), 2), "train_id": t.id, "test_id": s.id,
+                      "same_choices": list(t.choices) == list(s.choices),
+                      "train_file": t.file, "train_line": t.line, "test_file": s.file, "test_line": s.line})
+    pairs.sort(key=lambda p: (-p["score"], p["train_id"], p["test_id"]))
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole validation.
+
+def _as_dicts(errors: list[DataError]) -> list[dict]:
+    return [asdict(e) for e in errors]
+
+
+def _split_paths(paths) -> list[str]:
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    return [p for p in paths if str(p).strip()]
+
+
+def validate(paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_THRESHOLD) -> Report:
+    """Validate every dataset in `paths` (and `against`, the test data), check leakage from `paths` to
+    `against`. Never raises on bad data: every problem is in the report."""
+    report = Report(leakage_threshold=threshold)
+    errors: list[DataError] = []
+    warnings: list[DataError] = []
+    loaded: dict[str, list] = {"data": [], "against": []}
+    skipped: dict[str, int] = {}
+    for role, group in (("data", _split_paths(paths)), ("against", _split_paths(against))):
+        for p in group:
+            ds: Dataset = read_dataset(p, fmt)
+            errors += ds.errors
+            warnings += ds.warnings
+            for reason, ids in ds.skipped.items():
+                skipped[reason] = skipped.get(reason, 0) + len(ids)
+            questions = ds.questions
+            loaded[role] += ds.items
+            report.loaded[str(p)] = ds
+            report.datasets.append({"path": str(p), "role": role, "format": ds.format, "digest": digest(ds.items),
+                                    "questions": ds.records, "files": len(ds.files)})
+            report.questions += ds.records
+            if ds.items:
+                if ds.format == "instructions":
+                    summary, gx_errors, gx_warnings = run_suite("instructions", instruction_frame(ds.items))
+                else:
+                    summary, gx_errors, gx_warnings = run_suite("questions", question_frame(questions))
+                report.expectations.append({"dataset": str(p), **summary})
+                errors += gx_errors
+                warnings += gx_warnings
+            errors += check_answers(questions) + check_select_counts(questions)
+    everything = loaded["data"] + loaded["against"]
+    # ids repeated within one dataset were reported by the reader; here, repeats across datasets too
+    known = set(errors)
+    errors += [e for e in duplicate_ids(everything) if e not in known]
+    qs = [q for q in everything if isinstance(q, Question)]
+    warnings += check_same_stem(qs)
+    train = [q for q in loaded["data"] if isinstance(q, Question)]
+    test = [q for q in loaded["against"] if isinstance(q, Question)]
+    report.leakage = leakage_pairs(train, test, threshold)
+    for p in report.leakage:
+        if p["score"] >= 100 and p["same_choices"]:
+            errors.append(DataError(p["test_file"], p["test_line"], "problem_text",
+                                    f"test question {p['test_id']} is also in the training data as "
+                                    f"{p['train_id']} ({p['train_file']}:{p['train_line']})"))
+    report.excluded = {**exclusions(qs), **skipped}
+    if "choices_unparsed" not in report.excluded:
+        report.excluded["choices_unparsed"] = 0
+    report.errors = _as_dicts(errors)
+    report.warnings = _as_dicts(warnings)
+    report.success = not errors
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# MLflow: one validate run.
+
+def log_report(report: Report, requested_format: str = "auto") -> None:
+    """Log a report into the active MLflow run: params, metrics, dataset inputs, report.json/.html."""
+    import tempfile
+
+    import mlflow
+
+    from jmed import tracking
+
+    params: dict = {"requested_format": requested_format, "leakage_threshold": report.leakage_threshold}
+    loaded = report.loaded
+    for role in ("data", "against"):
+        sets = [d for d in report.datasets if d["role"] == role]
+        if not sets:
+            continue
+        for d in sets:
+            if d["path"] not in loaded:
+                loaded[d["path"]] = read_dataset(d["path"], d["format"])
+        items = [it for d in sets for it in loaded[d["path"]].items]
+        params.update({
+            f"{role}_paths": ",".join(d["path"] for d in sets),
+            f"{role}_format": ",".join(sorted({d["format"] for d in sets})),
+            f"{role}_digest": digest(items),
+            f"{role}_questions": sum(d["questions"] for d in sets),
+        })
+    # under `mlflow run` the entry point's own parameters (data, against, format) are already logged
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    tracking.log_params({k: v for k, v in params.items() if k not in logged})
+    metrics = {"data/questions": report.questions, "data/errors": len(report.errors),
+               "data/warnings": len(report.warnings), "data/leakage_pairs": len(report.leakage)}
+    metrics.update({f"data/excluded/{k}": v for k, v in report.excluded.items()})
+    mlflow.log_metrics(metrics)
+    for d in report.datasets:
+        ds = loaded.get(d["path"])
+        if ds is not None and ds.items:
+            tracking.log_dataset(ds.items, name="/".join(Path(d["path"]).parts[-2:]), path=d["path"],
+                                 digest=d["digest"], context=d["role"])
+    with tempfile.TemporaryDirectory() as tmp:
+        json_path, html_path = report.write(Path(tmp) / "report.json")
+        mlflow.log_artifact(str(json_path))
+        mlflow.log_artifact(str(html_path))
+    mlflow.set_tags({"jmed.validation": "passed" if report.success else "failed"})
+    mlflow.set_tag("mlflow.note.content", report.summary())
