@@ -1,3 +1,3 @@
-from jmed.cli import main
+from jmed.cli import run
 
-main()
+run()

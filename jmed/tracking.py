@@ -93,11 +93,18 @@ def step_run(step: str, run_name: str | None = None, nested: bool = False, tags:
 
 
 def log_params(params: dict) -> None:
-    """Log params, stringified and truncated to MLflow's limit, skipping ones already logged equal."""
+    """Log params (stringified, truncated to MLflow's limit), skipping keys the run already has.
+
+    Under `mlflow run`, the parameters the user passed are logged before jmed starts; explicit values
+    always win over defaults and presets, so the logged value is already the resolved one.
+    """
     import mlflow
 
-    flat = {k: ("" if v is None else str(v))[:6000] for k, v in params.items()}
-    mlflow.log_params(flat)
+    run = mlflow.active_run()
+    present = mlflow.get_run(run.info.run_id).data.params if run else {}
+    flat = {k: ("" if v is None else str(v))[:6000] for k, v in params.items() if k not in present}
+    if flat:
+        mlflow.log_params(flat)
 
 
 def log_dataset(questions, name: str, path: str, digest: str, context: str) -> None:

@@ -1,0 +1,121 @@
+"""`make demo`: the whole system once, on the built-in tiny model and the bundled sample.
+
+`mlflow run . -e main` (validate → train → evaluate → promote), then `mlflow models serve` for the
+champion, one real HTTP question, and the server stopped again. Honours MLFLOW_TRACKING_URI.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from jmed import tracking
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(model_uri: str, port: int | None = None, log_path: Path | None = None, timeout: float = 180.0):
+    """Run `mlflow models serve` in its own process group until /ping answers; stop the whole group after."""
+    from jmed.registry import serve_command
+
+    port = port or free_port()
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(serve_command(model_uri, port), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow models serve exited with {proc.returncode}; see {log_path}")
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url}/ping did not answer within {timeout:.0f} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_group(proc)
+        if log is not subprocess.DEVNULL:
+            log.close()
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group (mlflow CLI + uvicorn worker), SIGKILL what is left after `grace`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def ask(url: str, question: str, choices: list[str]) -> dict:
+    body = json.dumps({"dataframe_records": [{"question": question, "choices": choices}]}).encode()
+    req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())["predictions"][0]
+
+
+def main() -> int:
+    from jmed import data, registry
+
+    started = time.monotonic()
+    uri = tracking.tracking_uri()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    print("jmed demo: the built-in tiny model (2 layers, hidden 64) shows the machinery end to end.\n"
+          "It has no medical skill: its answers are not medical advice.\n"
+          f"Tracking store: {uri}\n", flush=True)
+    mlflow_exe = Path(sys.executable).with_name("mlflow")
+    cmd = [str(mlflow_exe), "run", str(ROOT), "-e", "main", "--env-manager", "local"]
+    print("$ " + " ".join(cmd), flush=True)
+    if subprocess.run(cmd, env=env).returncode != 0:
+        print("the main pipeline failed; see the output above", file=sys.stderr)
+        return 1
+
+    model_uri = registry.champion_uri("tiny")
+    question = next(q for q in data.load_questions(str(data.SAMPLE_TEST))
+                    if q.text_only and len(q.choices) == 5 and q.n_answers == 1)
+    log_path = Path("demo-serve.log").resolve()
+    print(f"\n$ mlflow models serve -m {model_uri} --env-manager local   (log: {log_path})", flush=True)
+    with served(model_uri, log_path=log_path) as url:
+        answer = ask(url, question.stem, list(question.choices))
+    print(f"\nQuestion ({question.id}): {question.stem}")
+    for letter, choice in zip("abcde", question.choices):
+        print(f"  {letter}. {choice}")
+    print(f"Served answer: {answer.get('answer')} ({answer.get('answer_text')})   gold: "
+          f"{','.join(question.answer[0])}")
+    print("The server has been stopped.\n")
+    print("Open the MLflow UI on the same store:")
+    if uri.startswith("sqlite:"):
+        print(f"  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000   # then http://127.0.0.1:5000")
+    else:
+        print(f"  {uri}")
+    print(f"Serve the champion yourself: .venv/bin/jmed serve --base-model tiny\n"
+          f"demo finished in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

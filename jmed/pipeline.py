@@ -1,0 +1,210 @@
+"""Pipelines: `main` (validate → train → evaluate base and adapter → promote) and `study` (the papers' grid).
+
+Every step is a child run of one parent run (tag `jmed.step=pipeline` or `study`). A step whose
+identical inputs — its resolved parameters, the digests of its data and the code version — already
+finished in this tracking store is reused, not run again (tag `jmed.step_key`); `force` reruns.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+
+from jmed import tracking
+from jmed.config import EvalConfig, TrainConfig, flat
+from jmed.prompts import protocol_for
+
+STEP_KEY_TAG = "jmed.step_key"
+
+
+class PipelineFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class StepResult:
+    step: str
+    run_id: str
+    reused: bool
+
+
+@dataclass
+class Ledger:
+    """What the parent run records: every step's run id and whether it was reused."""
+
+    steps: list[StepResult] = field(default_factory=list)
+
+    def add(self, result: StepResult) -> StepResult:
+        self.steps.append(result)
+        return result
+
+    @property
+    def reused(self) -> list[str]:
+        return [f"{s.step}:{s.run_id}" for s in self.steps if s.reused]
+
+    def log(self) -> None:
+        import mlflow
+
+        mlflow.log_dict([s.__dict__ for s in self.steps], "pipeline_steps.json")
+        mlflow.set_tags({
+            "jmed.steps_run": ",".join(s.step for s in self.steps if not s.reused),
+            "jmed.steps_reused": ",".join(s.step for s in self.steps if s.reused),
+        })
+        mlflow.log_metrics({"pipeline/steps": len(self.steps),
+                            "pipeline/steps_reused": sum(s.reused for s in self.steps)})
+
+
+def step_key(step: str, params: dict, digests: dict) -> str:
+    payload = {"step": step, "params": {k: str(v) for k, v in params.items()},
+               "digests": digests, "code": tracking.code_version()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def find_finished(key: str) -> str | None:
+    """The newest FINISHED run with this step key in any experiment of the store, if one exists."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, f"tags.`{STEP_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def run_step(ledger: Ledger, step: str, key: str, fn, force: bool = False, run_name: str | None = None) -> StepResult:
+    """Run `fn()` in a child run of the active run, or reuse a finished run with the same key.
+
+    `fn` is a jmed step function (train, evaluate, …): it attaches to the active child run.
+    """
+    import mlflow
+
+    if not force:
+        found = find_finished(key)
+        if found:
+            print(f"[jmed] {step}: reusing finished run {found} (same inputs)")
+            return ledger.add(StepResult(step, found, True))
+    child = mlflow.start_run(nested=True, run_name=run_name or step, tags={STEP_KEY_TAG: key})
+    child_id = child.info.run_id
+    try:
+        fn()
+    except BaseException as exc:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == child_id:  # the step did not end it itself
+            mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == child_id:
+        mlflow.end_run("FINISHED")
+    return ledger.add(StepResult(step, child_id, False))
+
+
+def _digest_of(path: str, default) -> str:
+    from jmed import data
+
+    return data.digest(data.load_training_items(str(path or default)))
+
+
+def validate_step(ledger: Ledger, train_data: str, eval_data: str, force: bool) -> None:
+    """Stop the pipeline before training when the data is invalid; the report goes to the parent."""
+    import mlflow
+
+    from jmed import checks, data
+
+    train_path = train_data or str(data.SAMPLE_TRAIN)
+    eval_path = eval_data or str(data.SAMPLE_TEST)
+    key = step_key("validate", {"data": train_path, "against": eval_path},
+                   {"train": _digest_of(train_path, data.SAMPLE_TRAIN),
+                    "eval": _digest_of(eval_path, data.SAMPLE_TEST)})
+    holder = {}
+
+    def fn():
+        report = holder["report"] = checks.validate([train_path], against=[eval_path])
+        checks.log_report(report)
+        if not report.success:
+            raise PipelineFailed(f"validation failed, pipeline stopped before training:\n{report.summary()}")
+
+    try:
+        run_step(ledger, "validate", key, fn, force)
+    except PipelineFailed:
+        mlflow.log_dict(holder["report"].to_dict(), "validation_report.json")  # on the parent run
+        raise
+
+
+def train_step(ledger: Ledger, cfg: TrainConfig, force: bool) -> str:
+    from jmed import data, train
+
+    digest = _digest_of(cfg.train_data, data.SAMPLE_TRAIN)
+    key = step_key("train", flat(cfg), {"train": digest})
+    return run_step(ledger, "train", key, lambda: train.train(cfg), force).run_id
+
+
+def evaluate_step(ledger: Ledger, cfg: EvalConfig, force: bool, name: str) -> str:
+    from jmed import data, evaluate
+
+    digest = _digest_of(cfg.eval_data, data.SAMPLE_TEST)
+    key = step_key("evaluate", flat(cfg), {"eval": digest})
+    return run_step(ledger, name, key, lambda: evaluate.evaluate(cfg), force, run_name=name).run_id
+
+
+def promotion_state_key(base_model: str) -> str:
+    """Promotion's inputs are the registry's state: the finished adapter evaluations and the champion."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from jmed import registry
+
+    client = MlflowClient()
+    base = tracking.slug(base_model)
+    runs = sorted(r.info.run_id for r in registry.evaluate_runs(client, base))
+    try:
+        champion = client.get_model_version_by_alias(registry.model_name(base), registry.CHAMPION).version
+    except MlflowException:
+        champion = ""
+    return step_key("promote", {"base_model": base}, {"evaluate_runs": ",".join(runs), "champion": champion})
+
+
+def promote_step(ledger: Ledger, base_model: str, force: bool) -> None:
+    """Reused when a promotion already ran on the same state; promotion is idempotent, so the run is
+    keyed by the state it left behind (a rerun on that state would change nothing)."""
+    from mlflow.tracking import MlflowClient
+
+    from jmed import registry
+
+    result = run_step(ledger, "promote", promotion_state_key(base_model),
+                      lambda: registry.promote(base_model=base_model), force)
+    if not result.reused:
+        MlflowClient().set_tag(result.run_id, STEP_KEY_TAG, promotion_state_key(base_model))
+
+
+def eval_config_for(train_cfg: TrainConfig, eval_data: str, protocol: str, shots: int | None = None,
+                    adapter: str = "") -> EvalConfig:
+    return EvalConfig(model=train_cfg.model, adapter=adapter, eval_data=eval_data,
+                      protocol=protocol or protocol_for(train_cfg.prompt_format),
+                      prompt_format=train_cfg.prompt_format,
+                      shots=train_cfg.shots if shots is None else shots,
+                      quantization=train_cfg.quantization, seed=train_cfg.seed)
+
+
+def main_pipeline(train_cfg: TrainConfig, eval_data: str = "", protocol: str = "", force: bool = False) -> str:
+    """validate → train → evaluate (base, adapter) → promote. Returns the parent run id."""
+    import mlflow
+
+    ledger = Ledger()
+    with tracking.step_run("pipeline") as parent:
+        tracking.log_params({f"pipeline.{k}": v for k, v in flat(train_cfg).items()}
+                            | {"pipeline.eval_data": eval_data, "pipeline.protocol": protocol,
+                               "pipeline.force": force})
+        try:
+            validate_step(ledger, train_cfg.train_data, eval_data, force)
+            train_run = train_step(ledger, train_cfg, force)
+            base_cfg = eval_config_for(train_cfg, eval_data, protocol)
+            evaluate_step(ledger, base_cfg, force, "evaluate-base")
+            adapter_cfg = replace(base_cfg, adapter=train_run)
+            eval_run = evaluate_step(ledger, adapter_cfg, force, "evaluate-adapter")
+            promote_step(ledger, train_cfg.model, force)
+        finally:
+            ledger.log()
+        mlflow.set_tags({"jmed.train_run": train_run, "jmed.eval_run": eval_run})
+        print(f"[jmed] pipeline finished: parent run {parent.info.run_id}; reused steps: "
+              f"{', '.join(s.step for s in ledger.steps if s.reused) or 'none'}")
+        return parent.info.run_id

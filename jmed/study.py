@@ -1,0 +1,154 @@
+"""The papers' comparison in one command: models × prompt formats × shots × protocols × (untuned, tuned).
+
+`comparison(runs)` turns evaluate runs into one table (a row per cell, untuned and tuned side by side,
+with the tuning delta); `study` fills the grid through the pipeline's reusable steps, `compare` reads
+existing runs.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from jmed import tracking
+from jmed.config import TrainConfig, flat
+from jmed.prompts import protocol_for
+
+METRICS = ("accuracy", "score", "exact_match", "gestalt")
+CELL = ("base_model", "prompt_format", "shots", "protocol", "eval_data_digest")
+
+
+def _cell(run) -> tuple:
+    p, t = run.data.params, run.data.tags
+    return (t.get(tracking.BASE_TAG, p.get("model", "")), p.get("prompt_format", ""), p.get("shots", "0"),
+            p.get("protocol", ""), p.get("eval_data_digest", "")[:12])
+
+
+def comparison(runs) -> list[dict]:
+    """One row per evaluation cell: the newest untuned and tuned run's metrics and the deltas."""
+    rows: dict[tuple, dict] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time):  # newer runs overwrite older ones
+        cell = _cell(run)
+        tuned = run.data.tags.get("jmed.adapter_run", "none") not in ("", "none")
+        row = rows.setdefault(cell, dict(zip(CELL, cell)))
+        side = "tuned" if tuned else "untuned"
+        row[f"{side}_run"] = run.info.run_id
+        for m in METRICS:
+            value = run.data.metrics.get(f"eval/{m}")
+            if value is not None:
+                row[f"{side}_{m}"] = value
+    for row in rows.values():
+        for m in METRICS:
+            if f"tuned_{m}" in row and f"untuned_{m}" in row:
+                row[f"delta_{m}"] = row[f"tuned_{m}"] - row[f"untuned_{m}"]
+    return [rows[k] for k in sorted(rows)]
+
+
+COLUMNS = ["base_model", "prompt_format", "shots", "protocol"] + [
+    f"{side}_{m}" for m in METRICS for side in ("untuned", "tuned", "delta")]
+
+
+def to_markdown(rows: list[dict]) -> str:
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v if v is not None else "")
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS + ["untuned_run", "tuned_run", "eval_data_digest"],
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def chart(rows: list[dict], path) -> None:
+    """Grouped bars: untuned vs tuned accuracy per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['base_model']}\n{r['prompt_format']} {r['shots']}-shot {r['protocol']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r.get("untuned_accuracy", 0) for r in rows], 0.4, label="untuned")
+    ax.bar([x + 0.2 for x in xs], [r.get("tuned_accuracy", 0) for r in rows], 0.4, label="tuned")
+    ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate_runs(experiment: str = "", base_model: str = "", run_ids=None) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise ValueError(f"no experiment named {experiment!r} in {tracking.tracking_uri()}")
+        exps = [exp.experiment_id]
+    else:
+        exps = [e.experiment_id for e in client.search_experiments()]
+    query = "tags.`jmed.step` = 'evaluate' and attributes.status = 'FINISHED'"
+    if base_model:
+        query += f" and tags.`{tracking.BASE_TAG}` = '{tracking.slug(base_model)}'"
+    runs = client.search_runs(exps, query, max_results=5000)
+    if run_ids is not None:
+        runs = [r for r in runs if r.info.run_id in set(run_ids)]
+    return runs
+
+
+def log_comparison(rows: list[dict]) -> None:
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    mlflow.log_text(to_markdown(rows), "comparison/comparison.md")
+    mlflow.log_text(to_csv(rows), "comparison/comparison.csv")
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "accuracy.png"
+        chart(rows, png)
+        mlflow.log_artifact(str(png), "comparison")
+
+
+def study(models, prompt_formats, shots=(0,), protocols=(), train_overrides: dict | None = None,
+          eval_data: str = "", force: bool = False) -> tuple[str, list[dict]]:
+    """Run every model × prompt format × shots × protocol, untuned and tuned. Returns (parent run, table)."""
+    from jmed import config, pipeline
+
+    ledger = pipeline.Ledger()
+    eval_runs = []
+    with tracking.step_run("study") as parent:
+        tracking.log_params({"study.models": ",".join(models), "study.prompt_formats": ",".join(prompt_formats),
+                             "study.shots": ",".join(map(str, shots)), "study.protocols": ",".join(protocols),
+                             "study.eval_data": eval_data})
+        try:
+            for model in models:
+                for fmt in prompt_formats:
+                    cfg = config.build(TrainConfig, {**(train_overrides or {}), "model": model, "prompt_format": fmt})
+                    if not eval_runs and not ledger.steps:
+                        pipeline.validate_step(ledger, cfg.train_data, eval_data, force)
+                    train_run = pipeline.train_step(ledger, cfg, force)
+                    for n_shots in shots:
+                        for protocol in protocols or (protocol_for(fmt),):
+                            base = pipeline.eval_config_for(cfg, eval_data, protocol, n_shots)
+                            eval_runs.append(pipeline.evaluate_step(ledger, base, force, "evaluate-base"))
+                            eval_runs.append(pipeline.evaluate_step(
+                                ledger, replace(base, adapter=train_run), force, "evaluate-adapter"))
+        finally:
+            ledger.log()
+        rows = comparison(evaluate_runs(run_ids=eval_runs))
+        log_comparison(rows)
+        print(to_markdown(rows))
+        return parent.info.run_id, rows

@@ -1,0 +1,162 @@
+"""The `main` pipeline end to end, step reuse, validation stopping it, `reproduce`, `study` and `compare`."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jmed import data
+from jmed.config import TrainConfig
+
+STEPS = ["validate", "train", "evaluate-base", "evaluate-adapter", "promote"]
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def _runs(step):
+    client = _client()
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exps, f"tags.`jmed.step` = '{step}'")
+
+
+def _children(parent_id):
+    client = _client()
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exps, f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+@pytest.fixture
+def train_file(tmp_path):
+    """A copy of the sample's training split (and its metadata) that a test may tamper with."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("train.jsonl", "train_metadata.jsonl"):
+        shutil.copy(data.SAMPLE_DIR / name, folder / name)
+    return folder / "train.jsonl"
+
+
+CFG = dict(max_steps=12, batch_size=8)
+
+
+def test_main_pipeline_runs_every_step_then_reuses_them(tracking, train_file):
+    from jmed.pipeline import main_pipeline
+    from jmed.reproduce import ReproduceError, reproduce
+
+    cfg = TrainConfig(train_data=str(train_file), **CFG)
+    parent = main_pipeline(cfg)
+    client = _client()
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["jmed.step"] == "pipeline"
+    assert run.data.tags["jmed.steps_run"] == ",".join(STEPS)
+    assert run.data.tags["jmed.steps_reused"] == ""
+    children = _children(parent)
+    assert sorted(c.info.run_name for c in children) == sorted(STEPS)
+    assert all(c.info.status == "FINISHED" for c in children)
+    steps = {c.info.run_name: c for c in children}
+    assert steps["evaluate-adapter"].data.tags["jmed.adapter_run"] == steps["train"].info.run_id
+    champion = client.get_model_version_by_alias("jmed-tiny", "champion")
+    assert champion.tags["jmed.train_run"] == steps["train"].info.run_id
+
+    # Same inputs again: every step is reused, nothing is trained twice, the champion stays.
+    again = main_pipeline(cfg)
+    run2 = client.get_run(again)
+    assert run2.data.tags["jmed.steps_reused"] == ",".join(STEPS)
+    assert run2.data.tags["jmed.steps_run"] == ""
+    assert run2.data.metrics["pipeline/steps_reused"] == len(STEPS)
+    assert len(_runs("train")) == 1
+    assert client.get_model_version_by_alias("jmed-tiny", "champion").version == champion.version
+
+    # reproduce: exact on CPU …
+    report = reproduce("models:/jmed-tiny@champion")
+    assert report.adapter_match and report.match, report.problems
+    assert report.metrics["eval/accuracy"][0] == report.metrics["eval/accuracy"][1]
+    rep_run = _runs("reproduce")[0]
+    assert rep_run.data.tags["jmed.reproduce.match"] == "true"
+    # … and a changed training file is named, not silently retrained on.
+    lines = train_file.read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[0])
+    first["answer"] = ["a"] if first["answer"] != ["a"] else ["b"]
+    train_file.write_text("\n".join([json.dumps(first, ensure_ascii=False)] + lines[1:]) + "\n", encoding="utf-8")
+    with pytest.raises(ReproduceError, match=r"training data changed: .*train\.jsonl"):
+        reproduce("models:/jmed-tiny@champion")
+
+
+def test_force_reruns_steps(tracking, train_file):
+    from jmed.pipeline import main_pipeline
+
+    cfg = TrainConfig(train_data=str(train_file), max_steps=2, batch_size=4)
+    main_pipeline(cfg)
+    forced = main_pipeline(cfg, force=True)
+    assert _client().get_run(forced).data.tags["jmed.steps_reused"] == ""
+    assert len(_runs("train")) == 2
+
+
+def test_validation_failure_stops_before_training(tracking, tmp_path):
+    from jmed.pipeline import PipelineFailed, main_pipeline
+
+    bad = tmp_path / "bad.jsonl"
+    line = json.loads((data.SAMPLE_TRAIN).read_text(encoding="utf-8").splitlines()[0])
+    line["answer"] = ["f"]
+    bad.write_text(json.dumps(line, ensure_ascii=False) + "\n", encoding="utf-8")
+    with pytest.raises(PipelineFailed, match=r'bad\.jsonl:1: answer: letter "f"'):
+        main_pipeline(TrainConfig(train_data=str(bad), max_steps=2))
+    parents = _runs("pipeline")
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    report = json.loads(Path(_client().download_artifacts(parents[0].info.run_id, "validation_report.json"))
+                        .read_text(encoding="utf-8"))
+    assert report["success"] is False
+    assert _runs("train") == []
+    [child] = _children(parents[0].info.run_id)
+    assert child.info.status == "FAILED" and child.data.tags["jmed.step"] == "validate"
+
+
+@pytest.fixture
+def neox_model(tmp_path):
+    """A second architecture: a tiny random GPT-NeoX with the tiny model's tokenizer, saved locally."""
+    from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+    import torch
+
+    from jmed.models import tiny_model_dir
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir())
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    out = tmp_path / "tiny-neox"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def test_study_two_architectures_two_formats(tracking, neox_model):
+    from jmed.study import COLUMNS, study
+
+    parent, rows = study(["tiny", neox_model], ["alpaca_med", "medpalm"], train_overrides={"max_steps": 4})
+    assert len(rows) == 4
+    assert {(r["prompt_format"], r["protocol"]) for r in rows} == {("alpaca_med", "text"), ("medpalm", "text")}
+    for r in rows:
+        for m in ("accuracy", "exact_match", "gestalt"):
+            assert r[f"delta_{m}"] == pytest.approx(r[f"tuned_{m}"] - r[f"untuned_{m}"])
+    client = _client()
+    files = {a.path for a in client.list_artifacts(parent, "comparison")}
+    assert files == {"comparison/comparison.md", "comparison/comparison.csv", "comparison/accuracy.png"}
+    csv_text = Path(client.download_artifacts(parent, "comparison/comparison.csv")).read_text()
+    assert csv_text.splitlines()[0].startswith(",".join(COLUMNS[:4]))
+    assert len(csv_text.splitlines()) == 5
+    assert len(_runs("train")) == 2 and len(_runs("evaluate")) == 8
+
+    # `jmed compare` prints the same cells from the existing runs.
+    from click.testing import CliRunner
+
+    from jmed.cli import main
+
+    out = CliRunner().invoke(main, ["compare"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("alpaca_med") == 2 and out.output.count("medpalm") == 2
