@@ -98,10 +98,15 @@ def run_step(ledger: Ledger, step: str, key: str, fn, force: bool = False, run_n
     return ledger.add(StepResult(step, child_id, False))
 
 
-def _digest_of(path: str, default) -> str:
+def _digest_of(path: str, default, strict: bool = True) -> str:
+    """Content digest of a dataset; `strict=False` also digests invalid data (validation reports it)."""
     from jmed import data
 
-    return data.digest(data.load_training_items(str(path or default)))
+    path = str(path or default)
+    if strict:
+        return data.digest(data.load_training_items(path))
+    ds = data.read_dataset(path)
+    return data.digest(ds.items) + f"+{len(ds.errors)}-errors" if ds.errors else data.digest(ds.items)
 
 
 def validate_step(ledger: Ledger, train_data: str, eval_data: str, force: bool) -> None:
@@ -113,15 +118,16 @@ def validate_step(ledger: Ledger, train_data: str, eval_data: str, force: bool) 
     train_path = train_data or str(data.SAMPLE_TRAIN)
     eval_path = eval_data or str(data.SAMPLE_TEST)
     key = step_key("validate", {"data": train_path, "against": eval_path},
-                   {"train": _digest_of(train_path, data.SAMPLE_TRAIN),
-                    "eval": _digest_of(eval_path, data.SAMPLE_TEST)})
+                   {"train": _digest_of(train_path, data.SAMPLE_TRAIN, strict=False),
+                    "eval": _digest_of(eval_path, data.SAMPLE_TEST, strict=False)})
     holder = {}
 
     def fn():
-        report = holder["report"] = checks.validate([train_path], against=[eval_path])
-        checks.log_report(report)
-        if not report.success:
-            raise PipelineFailed(f"validation failed, pipeline stopped before training:\n{report.summary()}")
+        with tracking.step_run("validate"):
+            report = holder["report"] = checks.validate([train_path], against=[eval_path])
+            checks.log_report(report)
+            if not report.success:
+                raise PipelineFailed(f"validation failed, pipeline stopped before training:\n{report.summary()}")
 
     try:
         run_step(ledger, "validate", key, fn, force)
