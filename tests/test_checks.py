@@ -162,3 +162,26 @@ def test_report_json_and_html(tmp_path):
     assert summary.splitlines()[0] == ("FAILED: 3 questions in 1 dataset(s); 6 error(s), 0 warning(s); "
                                        "excluded: none; leakage pairs: 0")
     assert f'  error: {BROKEN / "990-A.jsonl"}:3: answer: letter "f" outside 5 choices' in summary
+
+
+def test_leakage_bound_is_exact_against_bruteforce():
+    import random
+
+    rng = random.Random(3)
+    stems = [q.stem for q in data.load_questions(data.SAMPLE_TRAIN) + data.load_questions(data.SAMPLE_TEST)]
+
+    def edit(text, n):
+        chars = list(text)
+        for _ in range(n):
+            i = rng.randrange(len(chars))
+            chars[i:i + 1] = rng.choice([[], [chr(0x4E00 + rng.randrange(500))], [chars[i], "の"]])
+        return "".join(chars) or "。"
+
+    train = [make(f"T{i}", stem=edit(rng.choice(stems), rng.randrange(0, 12))) for i in range(300)]
+    test = [make(f"S{i}", stem=edit(rng.choice(stems), rng.randrange(0, 12))) for i in range(120)]
+    test.append(make("S-long", stem="長" * 3000))
+    train.append(make("T-long", stem="長" * 2900 + "短" * 100))
+    for threshold in (98, 90, 80, 60):
+        fast = [(p["train_id"], p["test_id"], p["score"]) for p in checks.leakage_pairs(train, test, threshold)]
+        assert fast == checks.leakage_pairs_bruteforce(train, test, threshold)
+        assert fast, threshold  # every threshold finds pairs here, so the comparison means something

@@ -63,6 +63,9 @@ def test_igakuqa_leakage_between_years_matches_exact_stems():
     assert exact == {("113B18", "116D2"), ("113E2", "116B10")}
     assert {(p["train_id"], p["test_id"]) for p in report.leakage if p["score"] == 100} == exact
     assert all(p["score"] >= 90 and not p["same_choices"] for p in report.leakage)
+    for threshold in (90, 70):  # the fast bound finds exactly what scoring every pair finds
+        fast = [(p["train_id"], p["test_id"], p["score"]) for p in checks.leakage_pairs(train_qs, test_qs, threshold)]
+        assert fast == checks.leakage_pairs_bruteforce(train_qs, test_qs, threshold)
 
 
 def test_jmle2026_exact_counts():
