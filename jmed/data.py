@@ -569,10 +569,14 @@ def detect_format(path) -> str:
 def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
     """Read a file, a folder or a whole IgakuQA data/ tree. Never raises on bad input: a path that
     does not exist or cannot be detected becomes an error too."""
-    path = Path(path)
-    ds = Dataset(path=str(path), format=fmt)
     if fmt not in ("auto", *FORMATS):
         raise ValueError(f"unknown data format {fmt!r}; choose auto or one of: {', '.join(FORMATS)}")
+    if not str(path).strip():  # never read the working directory by accident
+        ds = Dataset(path="", format=fmt)
+        ds.errors.append(DataError("", 0, "", "no data path given"))
+        return ds
+    path = Path(path)
+    ds = Dataset(path=str(path), format=fmt)
     if not path.exists():
         ds.errors.append(DataError(str(path), 0, "", "no such file or folder"))
         return ds

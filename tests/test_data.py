@@ -145,6 +145,9 @@ def test_empty_and_missing(tmp_path):
     blank.write_text("\n  \n", encoding="utf-8")
     assert errors_of(blank, "igakuqa") == [f"{blank}: empty file (no records)"]
     assert errors_of(tmp_path / "nope.jsonl") == [f"{tmp_path / 'nope.jsonl'}: no such file or folder"]
+    assert errors_of("") == [": no data path given"]
+    with pytest.raises(DataLoadError, match="no data path given"):
+        data.load_questions("")
 
 
 def test_wrong_types_and_kinki(tmp_path):

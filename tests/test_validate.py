@@ -82,6 +82,18 @@ def test_validate_without_logging_and_bad_format(tracking):
     assert out.exit_code == 2 and "choose auto or one of" in out.output
 
 
+def test_validate_instructions_logs_records(tracking):
+    out = CliRunner().invoke(main, ["validate", str(data.SAMPLE_INSTRUCTIONS)])
+    assert out.exit_code == 0, out.output
+    (run,) = runs(tracking)
+    n = lines_of(data.SAMPLE_INSTRUCTIONS)
+    assert run.info.status == "FINISHED" and run.data.params["data_format"] == "instructions"
+    assert run.data.metrics["data/questions"] == n
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "sample/instructions.jsonl"
+    assert inp.dataset.digest == data.digest(data.load_instructions(data.SAMPLE_INSTRUCTIONS))[:36]
+
+
 def test_python_api_returns_report():
     from jmed.checks import validate
 
