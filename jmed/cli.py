@@ -5,6 +5,7 @@ Heavy modules (torch, peft, mlflow, great_expectations) are imported inside the 
 """
 from __future__ import annotations
 
+import re
 import sys
 
 import click
@@ -136,6 +137,56 @@ def score_cmd(data, predictions, protocol, parsing, data_format, name, as_json, 
 
 # ---- train (issue 3) ----------------------------------------------------------------------------
 
+
+@main.command("train")
+@click.option("--model", default="", help="Base model: tiny (default), an HF id or a local folder.")
+@click.option("--train-data", default="", help="Questions or instruction records (default: the bundled sample's train split).")
+@click.option("--eval-data", default="", help="Optional questions/records for eval/loss.")
+@click.option("--data-format", default="", help="Data format (default: auto-detected).")
+@filter_options
+@click.option("--prompt-format", default="", help="igakuqa (default) | alpaca_med | medpalm | chat-<format>.")
+@click.option("--shots", default="", help="Solved examples placed before each question (default: 0).")
+@click.option("--preset", default="", help="jmedlora-7b | jmedlora-70b (jmed/presets.yaml); explicit options override it.")
+@click.option("--lora-r", default="", help="LoRA rank (default: 8).")
+@click.option("--lora-alpha", default="", help="LoRA alpha (default: 16).")
+@click.option("--lora-dropout", default="", help="LoRA dropout (default: 0.05).")
+@click.option("--target-modules", default="", help="Comma-separated module names, qkv, or all-linear (default: by architecture).")
+@click.option("--quantization", default="", help="none | 8bit | 4bit (nf4, double quantisation).")
+@click.option("--learning-rate", default="", help="AdamW learning rate (default: 1e-3).")
+@click.option("--lr-schedule", default="", help="cosine (default) | linear | constant.")
+@click.option("--warmup-steps", default="", help="Linear warmup steps (default: 0).")
+@click.option("--max-steps", default="", help="Optimiser steps; > 0 wins over --epochs (default: 60).")
+@click.option("--epochs", default="", help="Epochs when --max-steps is 0 (default: 1).")
+@click.option("--batch-size", default="", help="Examples per process per micro-batch (default: 8).")
+@click.option("--grad-accum", default="", help="Micro-batches per optimiser step (default: 1).")
+@click.option("--max-length", default="", help="Maximum tokens per example (default: 512).")
+@click.option("--overlength", default="", help="Examples over --max-length: truncate_prompt (default) | drop | error.")
+@click.option("--max-grad-norm", default="", help="Gradient clipping norm (default: 1.0).")
+@click.option("--weight-decay", default="", help="AdamW weight decay (default: 0).")
+@click.option("--gradient-checkpointing", default="", help="true | false (default: false).")
+@click.option("--precision", default="", help="auto (default: bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.")
+@click.option("--seed", default="", help="Random seed (default: 42).")
+@click.option("--checkpoint-every", default="", help="Log a checkpoint every N steps (default: 0 = none).")
+@click.option("--resume-from", default="", help="A train run id: continue from its latest checkpoint (new run).")
+@click.option("--stop-after", default="", help="Stop after N steps as if interrupted (writes a checkpoint).")
+@click.option("--trust-remote-code", default="", help="true | false (default: false).")
+def train_cmd(preset, text_only, five_choices, scored_only, years, blocks, ids, **options):
+    """LoRA / QLoRA-tune a base model; logs one MLflow run (tag jmed.step=train) with adapter/."""
+    from jmed.config import TrainConfig, build
+
+    overrides = dict(options)
+    if any(v not in (None, "") for v in (text_only, five_choices, scored_only, years, blocks, ids)):
+        overrides["filters"] = build_filter(text_only, five_choices, scored_only, years, blocks, ids)
+    try:
+        cfg = build(TrainConfig, overrides, preset=preset)
+        from jmed.train import train
+
+        run_id = train(cfg)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"train run: {run_id}")
+
+
 # ---- evaluate (issue 4) -------------------------------------------------------------------------
 
 
@@ -159,35 +210,23 @@ def score_cmd(data, predictions, protocol, parsing, data_format, name, as_json, 
 def evaluate_cmd(model, adapter, eval_data, data_format, protocol, prompt_format, shots, parsing, limit, batch_size,
                  max_new_tokens, precision, quantization, seed, compare_base, **filters):
     """Evaluate a base model or an adapter on exam questions; logs one MLflow run (tag jmed.step=evaluate)."""
+    import dataclasses
+
     from jmed.config import EvalConfig, build
     from jmed.evaluate import evaluate
 
-    def num(name, value, kind=int):
-        try:
-            return kind(value) if value != "" else None
-        except ValueError:
-            raise click.BadParameter(f"{value!r} is not a number", param_hint=f"--{name}") from None
-
-    def flag(name, value):
-        if value == "":
-            return None
-        if value.lower() in ("true", "1", "yes"):
-            return True
-        if value.lower() in ("false", "0", "no"):
-            return False
-        raise click.BadParameter(f"{value!r}: expected true or false", param_hint=f"--{name}")
-
     overrides = {
-        "model": model or ("" if adapter else None), "adapter": adapter or None, "eval_data": eval_data or None,
-        "data_format": data_format or None, "protocol": protocol or None, "prompt_format": prompt_format or None,
-        "shots": num("shots", shots) if shots != "" else -1, "parsing": parsing or None,
-        "limit": num("limit", limit), "batch_size": num("batch-size", batch_size),
-        "max_new_tokens": num("max-new-tokens", max_new_tokens), "precision": precision or None,
-        "quantization": quantization or None, "seed": num("seed", seed),
-        "compare_base": flag("compare-base", compare_base), "filters": build_filter(**filters),
+        "model": model, "adapter": adapter, "eval_data": eval_data, "data_format": data_format,
+        "protocol": protocol, "prompt_format": prompt_format, "shots": shots if shots != "" else -1,
+        "parsing": parsing, "limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+        "precision": precision, "quantization": quantization, "seed": seed, "compare_base": compare_base,
+        "filters": build_filter(**filters),
     }
     try:
-        run_id = evaluate(build(EvalConfig, overrides))
+        cfg = build(EvalConfig, overrides)
+        if adapter and not model:
+            cfg = dataclasses.replace(cfg, model="")  # the adapter's own base model
+        run_id = evaluate(cfg)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"evaluate run: {run_id}")
@@ -195,8 +234,194 @@ def evaluate_cmd(model, adapter, eval_data, data_format, protocol, prompt_format
 
 # ---- promote / serve / predict (issue 5) --------------------------------------------------------
 
+
+@main.command()
+@click.option("--base-model", default="", help="Base model (HF id, folder or tiny); default: every base model.")
+@click.option("--metric", default="eval/accuracy", show_default=True, help="Metric that ranks adapters.")
+@click.option("--min-delta", default="0", show_default=True,
+              help="Move champion only when the best beats it by more than this.")
+@click.option("--bundle-base/--no-bundle-base", default=None,
+              help="Copy the base model into the served model (default: only for tiny and local bases).")
+def promote(base_model, metric, min_delta, bundle_base):
+    """Register the best evaluated adapter per base model and move the `champion` alias to it."""
+    from jmed.registry import promote as run_promote
+
+    try:
+        delta = float(min_delta or 0)
+    except ValueError:
+        raise click.BadParameter(f"{min_delta!r} is not a number", param_hint="--min-delta")
+    run_promote(base_model=base_model or "", metric=metric or "eval/accuracy", min_delta=delta,
+                bundle_base=bundle_base)
+
+
+@main.command()
+@click.option("--base-model", default="", help="Serve the champion of this base model (default: the only one).")
+@click.option("--model-uri", default="", help="Serve this model instead (models:/…, runs:/…).")
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--workers", default=1, show_default=True, type=int)
+@click.option("--timeout", default=120, show_default=True, type=int, help="Seconds per request.")
+def serve(base_model, model_uri, port, host, workers, timeout):
+    """Serve the champion with `mlflow models serve --env-manager local` (POST /invocations)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from jmed.registry import champion_uri, serve_command
+
+    try:
+        uri = model_uri or champion_uri(base_model)
+    except ValueError as e:
+        raise click.ClickException(str(e))
+    cmd = serve_command(uri, port=port, host=host, workers=workers, timeout=timeout)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # uvicorn of this env
+    click.echo(f"serving {uri} on http://{host}:{port}/invocations", err=True)
+    try:
+        sys.exit(subprocess.call(cmd, env=env))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model-uri", default="", help="models:/jmed-tiny@champion, runs:/…; default: the champion.")
+@click.option("--base-model", default="", help="With no --model-uri: the champion of this base model.")
+@click.option("--protocol", default="", type=click.Choice(["", "letter", "text", "loglik"]),
+              help="Default: the adapter's own.")
+@click.option("--max-new-tokens", default=0, type=int, help="Default: the served model's.")
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--output", "-o", default="-", help="JSONL output (default: stdout).")
+def predict(file, model_uri, base_model, protocol, max_new_tokens, batch_size, output):
+    """Answer a JSONL file of questions ({question, choices[, n_answers, id]}) offline with a served model.
+
+    Output lines carry `problem_id` and `prediction`, so `jmed score --predictions` reads them."""
+    import json
+
+    from jmed.registry import champion_uri, predict_file
+
+    try:
+        uri = model_uri or champion_uri(base_model)
+        rows = list(predict_file(uri, file, protocol, max_new_tokens, batch_size))
+    except ValueError as e:
+        raise click.ClickException(str(e))
+    with click.open_file(output, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 # ---- pipeline / study / compare / reproduce (issue 6) -------------------------------------------
 
 
+def _true(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no", ""):
+        return False
+    raise click.BadParameter(f"{value!r}: expected true or false")
+
+
+@main.command("pipeline")
+@click.option("--model", default="", help="Base model: tiny (default), an HF id or a local folder.")
+@click.option("--train-data", default="", help="Training data (default: the bundled sample's train split).")
+@click.option("--eval-data", default="", help="Evaluation data (default: the bundled sample's test split).")
+@click.option("--prompt-format", default="", help="igakuqa (default) | alpaca_med | medpalm | chat-<format>.")
+@click.option("--preset", default="", help="jmedlora-7b | jmedlora-70b; explicit options override it.")
+@click.option("--lora-r", default="")
+@click.option("--lora-alpha", default="")
+@click.option("--learning-rate", default="")
+@click.option("--max-steps", default="")
+@click.option("--quantization", default="", help="none | 8bit | 4bit.")
+@click.option("--protocol", default="", help="Evaluation protocol (default: the prompt format's own).")
+@click.option("--seed", default="")
+@click.option("--force", default="false", help="true: rerun steps even when identical finished runs exist.")
+def pipeline_cmd(eval_data, preset, protocol, force, **train_options):
+    """validate → train → evaluate (base and adapter) → promote, as child runs of one parent run."""
+    from jmed.config import TrainConfig, build
+    from jmed.pipeline import PipelineFailed, main_pipeline
+
+    try:
+        cfg = build(TrainConfig, train_options, preset=preset)
+        main_pipeline(cfg, eval_data=eval_data, protocol=protocol, force=_true(force))
+    except (PipelineFailed, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("study")
+@click.option("--models", default="tiny", help="Comma-separated base models.")
+@click.option("--prompt-formats", default="alpaca_med,medpalm", help="Comma-separated prompt formats.")
+@click.option("--shots", default="0", help="Comma-separated shot counts, e.g. 0,1.")
+@click.option("--protocols", default="", help="Comma-separated protocols (default: each format's own).")
+@click.option("--train-data", default="")
+@click.option("--eval-data", default="")
+@click.option("--max-steps", default="")
+@click.option("--force", default="false")
+def study_cmd(models, prompt_formats, shots, protocols, train_data, eval_data, max_steps, force):
+    """The papers' grid: every model × prompt format × shots × protocol, untuned and tuned, compared."""
+    from jmed.study import study
+
+    try:
+        study(_csv(models), _csv(prompt_formats), tuple(int(s) for s in _csv(shots) or ("0",)), _csv(protocols),
+              train_overrides={"train_data": train_data, "max_steps": max_steps}, eval_data=eval_data,
+              force=_true(force))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("compare")
+@click.option("--experiment", default="", help="Only runs of this experiment (default: all).")
+@click.option("--base-model", default="", help="Only this base model.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of markdown.")
+def compare_cmd(experiment, base_model, as_csv):
+    """Print the untuned/tuned comparison table from existing evaluate runs."""
+    from jmed import tracking
+    from jmed.study import comparison, evaluate_runs, to_csv, to_markdown
+
+    tracking.setup()
+    try:
+        rows = comparison(evaluate_runs(experiment, base_model))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not rows:
+        raise click.ClickException(f"no finished evaluate runs in {tracking.tracking_uri()}")
+    click.echo(to_csv(rows) if as_csv else to_markdown(rows), nl=False)
+
+
+@main.command("reproduce")
+@click.argument("model_uri")
+def reproduce_cmd(model_uri):
+    """Retrain and re-evaluate a registered version (models:/jmed-<slug>@champion) and compare."""
+    from jmed.reproduce import ReproduceError, reproduce
+
+    try:
+        report = reproduce(model_uri)
+    except ReproduceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"adapter bytes: {'identical' if report.adapter_match else 'DIFFERENT'} "
+               f"({report.adapter_sha256[:16]}… vs {report.new_adapter_sha256[:16]}…)")
+    for name, (old, new) in report.metrics.items():
+        click.echo(f"  {name}: logged {old} reproduced {new}")
+    if not report.match:
+        for problem in report.problems:
+            click.echo(f"MISMATCH: {problem}", err=True)
+        sys.exit(1)
+    click.echo(f"reproduced {model_uri} on {report.device}: match")
+
+
+
+def _dashed(arg: str) -> str:
+    """`--lora_r` -> `--lora-r`: `mlflow run -P lora_r=4` appends undeclared parameters that way."""
+    name, eq, value = arg.partition("=")
+    if re.fullmatch(r"--[A-Za-z][A-Za-z0-9_-]*", name):
+        return name.replace("_", "-") + eq + value
+    return arg
+
+
+def run():
+    """Console entry point (`jmed`, `python -m jmed`)."""
+    sys.argv[1:] = [_dashed(a) for a in sys.argv[1:]]
+    main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
