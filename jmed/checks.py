@@ -92,7 +92,7 @@ class Report:
             "<h2>Errors</h2>", table(self.errors, ["file", "line", "field", "message"]),
             "<h2>Warnings</h2>", table(self.warnings, ["file", "line", "field", "message"]),
             "<h2>Leakage (near-duplicate stems, training vs test)</h2>",
-            table(self.leakage, ["score", "train_id", "test_id", "train_file", "train_line", "test_file", "test_line"]),
+            table(self.leakage, ["score", "train_id", "test_id", "train_stem", "test_stem", "train_file", "test_file"]),
             "<h2>Great Expectations suites</h2>",
             table(self.expectations, ["dataset", "suite", "success", "evaluated", "unsuccessful", "errors", "warnings"]),
             "</body></html>",
@@ -321,7 +321,8 @@ def leakage_pairs(train, test, threshold: float = LEAKAGE_THRESHOLD) -> list[dic
         t, s = train[i], test[j]
         pairs.append({"score": round(score, 2), "train_id": t.id, "test_id": s.id,
                       "same_choices": list(t.choices) == list(s.choices),
-                      "train_file": t.file, "train_line": t.line, "test_file": s.file, "test_line": s.line})
+                      "train_file": t.file, "train_line": t.line, "test_file": s.file, "test_line": s.line,
+                      "train_stem": t.stem[:120], "test_stem": s.stem[:120]})
     pairs.sort(key=lambda p: (-p["score"], p["train_id"], p["test_id"]))
     return pairs
 
