@@ -51,12 +51,13 @@ def main():
 
 @main.command()
 @click.argument("data", nargs=-1)
+@click.option("--data", "data_opt", multiple=True, help="Same as DATA (for `mlflow run . -e validate -P data=…`).")
 @click.option("--against", multiple=True, help="Test data to check for leakage against DATA (repeatable).")
 @click.option("--report", "report_path", default="", help="Write the JSON report here (and an .html page beside it).")
 @click.option("--format", "fmt", default="auto", help="auto | igakuqa | jmle2026 | jjsimqa | jmmlu | instructions.")
 @click.option("--threshold", default=90.0, show_default=True, help="Leakage: rapidfuzz ratio (0-100) of near-duplicate stems.")
 @click.option("--log/--no-log", default=True, show_default=True, help="Log an MLflow run (jmed.step=validate).")
-def validate(data, against, report_path, fmt, threshold, log):
+def validate(data, data_opt, against, report_path, fmt, threshold, log):
     """Validate question/instruction data: formats, GX suites, answer checks, train/test leakage.
 
     DATA: files, folders or a whole IgakuQA data/ tree (comma-separated lists work too). None given:
@@ -67,7 +68,7 @@ def validate(data, against, report_path, fmt, threshold, log):
     def paths(values):
         return [p.strip() for v in values for p in str(v).split(",") if p.strip()]
 
-    data_paths, against_paths = paths(data), paths(against)
+    data_paths, against_paths = paths(data + data_opt), paths(against)
     if not data_paths:
         data_paths = [str(jdata.SAMPLE_TRAIN)]
         against_paths = against_paths or [str(jdata.SAMPLE_TEST)]

@@ -1,0 +1,585 @@
+"""LoRA / QLoRA instruction tuning with a plain, readable loop, fully tracked in MLflow.
+
+    train(cfg) -> run id
+
+1. Load the training items (questions or instruction records), apply the filters, render each one with
+   jmed.prompts (the same rendering evaluation and serving use) and tokenise: prompt tokens are masked
+   (-100), the loss is on the answer tokens and the EOS after them only.
+2. Load the base (jmed.models.load_base), wrap it with LoRA (prepared for k-bit training when quantised).
+3. AdamW, warmup + cosine/linear/constant schedule, gradient accumulation, clipping; bf16 autocast on CUDA.
+4. Log every resolved config field, the LoRA setup, versions and digests; metrics every step; a
+   checkpoint every `checkpoint_every` steps; the adapter (`adapter/`) and a loss curve at the end.
+
+Several processes (`accelerate launch` / `torchrun`, DDP or FSDP) run the same code: `accelerate`
+shards nothing by itself here — each rank takes its own slice of every global batch — and only rank 0
+talks to MLflow.
+
+Resuming: `resume_from=<run id>` starts a *new* run (tag `jmed.resumed_from`, param `resume_from`)
+that loads the latest checkpoint of that run (adapter, optimiser, scheduler, RNG states, data
+position) and the run's resolved config, then trains the remaining steps. The finished adapter has
+the same bytes as an uninterrupted run. (A new run, because `mlflow run` always opens one.)
+
+`stop_after=k` stops after k optimiser steps as if interrupted: a checkpoint is written, the run is
+tagged `jmed.stopped_at=k` and no `adapter/` is logged (it is not a finished model).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import jmed
+from jmed.config import TrainConfig, flat
+
+log = logging.getLogger("jmed.train")
+
+OVERLENGTH_POLICIES = ("truncate_prompt", "drop", "error")
+SCHEDULES = ("cosine", "linear", "constant")
+QUANTIZATIONS = ("none", "4bit", "8bit")
+# Fields that may differ between an interrupted run and its resumption.
+RESUME_FREE = ("resume_from", "stop_after", "checkpoint_every")
+
+
+class TrainError(ValueError):
+    """Bad training input: a clear message, and the run ends FAILED."""
+
+
+@dataclass
+class Example:
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+
+def load_items(path: str, fmt: str, filters, what: str) -> tuple[list, str]:
+    """Training items from `path` ("" = the bundled sample's train split), filtered; (items, path)."""
+    from jmed import data
+
+    source = str(path or data.SAMPLE_TRAIN)
+    items = data.load_training_items(source, fmt)
+    kept = data.apply_filters(items, filters)
+    if not kept:
+        raise TrainError(f"{what} set is empty after filters: {source} holds {len(items)} item(s), "
+                         f"none left after {filters}")
+    return kept, source
+
+
+def render_item(item, fmt: str, shots: list, tokenizer):
+    from jmed import prompts
+    from jmed.data import InstructionRecord
+
+    if isinstance(item, InstructionRecord):
+        return prompts.render_record(item, fmt, tokenizer)
+    return prompts.render(item, fmt, shots, tokenizer)
+
+
+def shots_for(items: list, index: int, k: int) -> list:
+    """The k solved examples placed before item `index`: the next k questions, cyclically."""
+    from jmed.data import Question
+
+    if k <= 0:
+        return []
+    pool = [q for j, q in enumerate(items[index + 1:] + items[:index]) if isinstance(q, Question)]
+    return pool[:k]
+
+
+def encode(prompt: str, target: str, tokenizer) -> tuple[list[int], list[int]]:
+    """Prompt ids (with the tokenizer's BOS unless the prompt text already has it) and target ids + EOS."""
+    bos = tokenizer.bos_token
+    special = not (bos and prompt.startswith(bos))
+    p = tokenizer(prompt, add_special_tokens=special).input_ids
+    t = tokenizer(target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return p, t
+
+
+def tokenize(items: list, cfg: TrainConfig, tokenizer) -> tuple[list[Example], dict]:
+    """Examples with the prompt masked; overlength ones handled by `cfg.overlength` and counted."""
+    examples, over, dropped, over_ids = [], 0, 0, []
+    for i, item in enumerate(items):
+        r = render_item(item, cfg.prompt_format, shots_for(items, i, cfg.shots), tokenizer)
+        p, t = encode(r.prompt, r.target, tokenizer)
+        if len(p) + len(t) > cfg.max_length:
+            over += 1
+            over_ids.append(item.id or f"#{i + 1}")
+            if cfg.overlength == "error":
+                continue
+            if cfg.overlength == "drop" or len(t) >= cfg.max_length - 1:
+                dropped += 1
+                continue
+            keep = cfg.max_length - len(t)  # truncate_prompt: keep the first token (BOS) and the end
+            p = p[:1] + p[len(p) - (keep - 1):]
+        examples.append(Example(item.id, p + t, [-100] * len(p) + t))
+    if cfg.overlength == "error" and over:
+        raise TrainError(f"{over} example(s) longer than max_length={cfg.max_length} tokens "
+                         f"(overlength=error): {', '.join(over_ids[:20])}")
+    if not examples:
+        raise TrainError(f"no training example left: all {len(items)} are longer than max_length="
+                         f"{cfg.max_length} (overlength={cfg.overlength})")
+    return examples, {"overlength_examples": over, "dropped_examples": dropped, "examples": len(examples)}
+
+
+def collate(batch: list[Example], pad_id: int):
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return ids, labels, mask
+
+
+def batch_indices(n: int, seed: int, global_step_batch: int, position: int) -> list[int]:
+    """Indices of the `global_step_batch` examples starting at data `position` (examples seen so far):
+    epochs are permutations of range(n) seeded by (seed, epoch), so a position fully defines the data."""
+    import torch
+
+    out = []
+    while len(out) < global_step_batch:
+        epoch, offset = divmod(position, n)
+        g = torch.Generator().manual_seed(seed * 100003 + epoch)
+        perm = torch.randperm(n, generator=g).tolist()
+        take = perm[offset:offset + global_step_batch - len(out)]
+        out += take
+        position += len(take)
+    return out
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+# ---- checks, model -------------------------------------------------------------------------------
+
+
+def check_config(cfg: TrainConfig) -> None:
+    from jmed.prompts import check_format
+
+    check_format(cfg.prompt_format)
+    for name, value, allowed in (("overlength", cfg.overlength, OVERLENGTH_POLICIES),
+                                 ("lr_schedule", cfg.lr_schedule, SCHEDULES),
+                                 ("quantization", cfg.quantization or "none", QUANTIZATIONS)):
+        if value not in allowed:
+            raise TrainError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+    for name in ("batch_size", "grad_accum", "max_length", "lora_r"):
+        if getattr(cfg, name) < 1:
+            raise TrainError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.max_steps <= 0 and cfg.epochs <= 0:
+        raise TrainError("set max_steps > 0 or epochs > 0")
+
+
+def wrap_lora(net, cfg: TrainConfig):
+    """The base with LoRA adapters (k-bit preparation first when quantised); returns (peft model, targets)."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from jmed.models import resolve_target_modules
+
+    try:
+        targets = resolve_target_modules(net, cfg.target_modules)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    if cfg.quantization in ("4bit", "8bit"):
+        net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        net.gradient_checkpointing_enable()
+        net.enable_input_require_grads()
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM", bias="none")
+    torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn here
+    model = get_peft_model(net, lora)
+    for p in model.parameters():  # LoRA weights train in fp32 (autocast computes in bf16 on CUDA)
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    model.peft_config["default"].base_model_name_or_path = cfg.model  # the id as given, never a local path
+    return model, targets
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"jmed_version": jmed.__version__}
+    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "mlflow"):
+        try:
+            out[f"{pkg}_version"] = version(pkg)
+        except PackageNotFoundError:
+            out[f"{pkg}_version"] = ""
+    from jmed.tracking import git_commit
+
+    out["git_commit"] = git_commit()
+    return out
+
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, position: int, cfg: TrainConfig):
+    import numpy as np
+    import torch
+
+    model.save_pretrained(folder / "adapter", save_embedding_layers=False)
+    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    torch.save(scheduler.state_dict(), folder / "scheduler.pt")
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, folder / "rng.pt")
+    state = {"step": step, "position": position, "config": flat(cfg)}
+    (folder / "trainer_state.json").write_text(json.dumps(state, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def latest_checkpoint(run_id: str) -> Path:
+    """Download the newest checkpoint of a run; a clear error when it has none."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        entries = client.list_artifacts(run_id, "checkpoints")
+    except Exception as exc:  # unknown run id
+        raise TrainError(f"resume_from={run_id}: cannot read that run's checkpoints ({exc})") from None
+    steps = sorted(e.path for e in entries if e.is_dir)
+    if not steps:
+        raise TrainError(f"resume_from={run_id}: that run has no checkpoints (train with checkpoint_every > 0)")
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=steps[-1]))
+
+
+def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
+    """The interrupted run's resolved config, with this call's resume/stop/checkpoint fields."""
+    from jmed.config import from_flat
+
+    saved = from_flat(TrainConfig, state["config"])
+    return dataclasses.replace(saved, **{k: getattr(cfg, k) for k in RESUME_FREE})
+
+
+def load_checkpoint_adapter(folder: Path, model) -> tuple[int, int]:
+    """Load the checkpoint's adapter weights; (step, data position)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(folder / "adapter" / "adapter_model.safetensors"))
+    state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    return state["step"], state["position"]
+
+
+def load_checkpoint_state(folder: Path, optimizer, scheduler) -> None:
+    """Optimiser, scheduler and RNG states (RNG last: nothing may draw random numbers after it)."""
+    import numpy as np
+    import torch
+
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+    rng = torch.load(folder / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig) -> str:
+    """Train a LoRA adapter; returns the MLflow run id (the same on every rank)."""
+    from accelerate import Accelerator
+
+    import torch
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    from jmed import tracking
+    from jmed.tracking import BASE_TAG, slug, step_run
+
+    tracking.setup()  # every rank reads the same store (checkpoints when resuming); rank 0 writes
+    tags = {BASE_TAG: slug(cfg.model)}
+    if cfg.resume_from:
+        tags["jmed.resumed_from"] = cfg.resume_from
+    ctx = step_run("train", run_name=f"train-{slug(cfg.model)}", tags=tags) if main else contextlib.nullcontext()
+    run_id = ""
+    try:
+        with ctx as run:
+            run_id = run.info.run_id if main else ""
+            _train(cfg, accelerator, run_id)
+    finally:
+        if accelerator.num_processes > 1:
+            ids = [run_id]
+            torch.distributed.broadcast_object_list(ids, src=0)
+            run_id = ids[0]
+            accelerator.wait_for_everyone()
+    return run_id
+
+
+def _train(cfg: TrainConfig, accelerator, run_id: str) -> None:
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from jmed import data, models
+    from jmed.tracking import log_dataset, log_params
+
+    main = accelerator.is_main_process
+    mlflow = None
+    if main:
+        import mlflow
+
+    checkpoint = None
+    if cfg.resume_from:
+        checkpoint = latest_checkpoint(cfg.resume_from)
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        cfg = resumed_config(cfg, state)
+        if main:
+            from jmed.tracking import BASE_TAG, slug
+
+            mlflow.set_tag(BASE_TAG, slug(cfg.model))
+    check_config(cfg)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    warnings.filterwarnings("ignore", message=".*gemv_4bit.*")
+
+    items, train_path = load_items(cfg.train_data, cfg.data_format, cfg.filters, "training")
+    eval_items, eval_path = ([], "")
+    if cfg.eval_data:
+        eval_items, eval_path = load_items(cfg.eval_data, cfg.data_format, cfg.filters, "evaluation")
+
+    device = str(accelerator.device)
+    if cfg.quantization in ("4bit", "8bit") and device.startswith("cuda"):
+        device = f"cuda:{accelerator.local_process_index}"
+    net, tokenizer, info = models.load_base(cfg.model, cfg.quantization or "none", cfg.precision,
+                                            cfg.trust_remote_code, device=device)
+    _, dtype = models.resolve_precision(cfg.precision)
+    examples, counts = tokenize(items, cfg, tokenizer)
+    eval_examples = tokenize(eval_items, dataclasses.replace(cfg, overlength="drop"), tokenizer)[0] if eval_items else []
+    model, targets = wrap_lora(net, cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+
+    world = accelerator.num_processes
+    per_step = cfg.batch_size * cfg.grad_accum * world  # examples per optimiser step, all ranks
+    max_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * len(examples) / per_step))
+    step, position = 0, 0
+    if checkpoint is not None:  # adapter weights before wrapping; optimiser, scheduler, RNG after
+        step, position = load_checkpoint_adapter(checkpoint, model)
+    model = accelerator.prepare(model)  # DDP / FSDP wrapping (nothing for one process)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, cfg.warmup_steps, max_steps))
+    if checkpoint is not None:
+        load_checkpoint_state(checkpoint, optimizer, scheduler)
+    base_dev = next(p for p in model.parameters()).device
+
+    if main:
+        train_digest = data.digest(items)
+        log_params({**flat(cfg), "train_data_path": train_path, "train_data_digest": train_digest,
+                    "train_items": len(items), "train_examples": counts["examples"],
+                    "overlength_examples": counts["overlength_examples"],
+                    "dropped_examples": counts["dropped_examples"],
+                    "eval_data_digest": data.digest(eval_items) if eval_items else "",
+                    "base_model": cfg.model, "base_revision": info["revision"], "base_architecture": info["architecture"],
+                    "tokenizer_hash": info["tokenizer_hash"], "lora_targets": ",".join(targets) if isinstance(
+                        targets, list) else targets, "trainable_params": trainable, "total_params": total,
+                    "resolved_max_steps": max_steps, "world_size": world, "device": device,
+                    "dtype": info["dtype"], **versions()})
+        log_dataset(items, "train", train_path, train_digest, "training")
+        if eval_items:
+            log_dataset(eval_items, "eval", eval_path, data.digest(eval_items), "evaluation")
+        mlflow.log_metrics({"data/overlength_examples": counts["overlength_examples"],
+                            "data/dropped_examples": counts["dropped_examples"]}, step=0)
+        if counts["overlength_examples"]:
+            log.warning("%d example(s) longer than max_length=%d: policy %s, %d dropped",
+                        counts["overlength_examples"], cfg.max_length, cfg.overlength, counts["dropped_examples"])
+    monitor = _system_metrics(run_id) if main else None
+
+    use_autocast = base_dev.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+    pad_id = tokenizer.pad_token_id
+    rank = accelerator.process_index
+    losses: list[tuple[int, float]] = []
+    pending = []
+    bar = tqdm(total=max_steps, initial=step, disable=not main, desc="train", dynamic_ncols=True)
+    stop_at = cfg.stop_after if cfg.stop_after and cfg.stop_after < max_steps else 0
+    model.train()
+    with tempfile.TemporaryDirectory(prefix="jmed-train-") as tmp:
+        while step < max_steps:
+            t0 = time.perf_counter()
+            idx = batch_indices(len(examples), cfg.seed, per_step, position)
+            position += per_step
+            loss_sum = torch.zeros((), device=base_dev)
+            tokens = torch.zeros((), device=base_dev)
+            for micro in range(cfg.grad_accum):
+                start = (micro * world + rank) * cfg.batch_size
+                ids, labels, mask = (t.to(base_dev) for t in collate([examples[i] for i in idx[start:start + cfg.batch_size]], pad_id))
+                sync = micro == cfg.grad_accum - 1
+                with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
+                    with torch.autocast(base_dev.type, dtype=dtype, enabled=use_autocast):
+                        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                    accelerator.backward(loss / cfg.grad_accum)
+                loss_sum += loss.detach() / cfg.grad_accum
+                tokens += mask.sum()
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_all = accelerator.reduce(loss_sum, "mean").item()
+            tokens_all = accelerator.reduce(tokens, "sum").item()
+            dt = time.perf_counter() - t0
+            if main:
+                tps = tokens_all / dt
+                losses.append((step, loss_all))
+                pending.append((step, {"train/loss": loss_all, "train/lr": scheduler.get_last_lr()[0],
+                                       "train/grad_norm": float(grad_norm), "train/tokens_per_s": tps,
+                                       "train/peak_memory_mb": peak_memory_mb(base_dev.type)}))
+                bar.set_postfix(loss=f"{loss_all:.4f}", tok_s=f"{tps:,.0f}")
+                bar.update(1)
+                if len(pending) >= 10:
+                    _flush(mlflow, run_id, pending)
+            ckpt_due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < max_steps
+            if ckpt_due or step == stop_at:
+                if eval_examples and ckpt_due:
+                    ev = eval_loss(model, eval_examples, cfg.batch_size, pad_id, accelerator, dtype, use_autocast)
+                    if main:
+                        pending.append((step, {"eval/loss": ev}))
+                if main:
+                    folder = Path(tmp) / f"step-{step:06d}"
+                    save_checkpoint(folder, accelerator.unwrap_model(model), optimizer, scheduler, step, position, cfg)
+                    mlflow.log_artifacts(str(folder), f"checkpoints/step-{step:06d}")
+                accelerator.wait_for_everyone()
+            if step == stop_at:
+                break
+        bar.close()
+        stopped = step < max_steps
+        if eval_examples and not stopped:
+            ev = eval_loss(model, eval_examples, cfg.batch_size, pad_id, accelerator, dtype, use_autocast)
+            if main:
+                pending.append((step, {"eval/loss": ev}))
+        if main:
+            _flush(mlflow, run_id, pending)
+            if monitor is not None:
+                monitor.finish()
+            _loss_curve(losses, Path(tmp), mlflow)
+            if stopped:
+                mlflow.set_tag("jmed.stopped_at", str(step))
+            else:
+                out = Path(tmp) / "adapter"
+                accelerator.unwrap_model(model).save_pretrained(out, save_embedding_layers=False)
+                meta = {"model": cfg.model, "base_revision": info["revision"], "prompt_format": cfg.prompt_format,
+                        "shots": cfg.shots, "protocol": _protocol(cfg.prompt_format), "train_run_id": run_id,
+                        "train_data_digest": data.digest(items), "tokenizer_hash": info["tokenizer_hash"],
+                        "lora_targets": targets, "jmed_version": jmed.__version__, "config": flat(cfg)}
+                (out / "jmed.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
+                mlflow.log_artifacts(str(out), "adapter")
+        accelerator.wait_for_everyone()
+
+
+def _protocol(fmt: str) -> str:
+    from jmed.prompts import protocol_for
+
+    return protocol_for(fmt)
+
+
+def eval_loss(model, examples, batch_size, pad_id, accelerator, dtype, use_autocast) -> float:
+    """Token-weighted mean loss on the answer tokens of `examples`, sharded over ranks."""
+    import torch
+
+    dev = next(p for p in model.parameters()).device
+    model.eval()
+    total = torch.zeros((), device=dev, dtype=torch.float64)
+    count = torch.zeros((), device=dev, dtype=torch.float64)
+    shard = examples[accelerator.process_index::accelerator.num_processes]
+    with torch.no_grad():
+        for i in range(0, len(shard), batch_size):
+            ids, labels, mask = (t.to(dev) for t in collate(shard[i:i + batch_size], pad_id))
+            with torch.autocast(dev.type, dtype=dtype, enabled=use_autocast):
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            shift, gold = logits[:, :-1], labels[:, 1:]
+            nll = torch.nn.functional.cross_entropy(shift.reshape(-1, shift.size(-1)), gold.reshape(-1),
+                                                    ignore_index=-100, reduction="sum")
+            total += nll.double()
+            count += (gold != -100).sum()
+    model.train()
+    total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
+    return (total / count.clamp(min=1)).item()
+
+
+def _flush(mlflow, run_id: str, pending: list) -> None:
+    from mlflow.entities import Metric
+
+    if not pending:
+        return
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, s) for s, d in pending for k, v in d.items()]
+    client = mlflow.MlflowClient()
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    pending.clear()
+
+
+def _system_metrics(run_id: str):
+    """MLflow system metrics (CPU, memory, GPU) for the run, where psutil is available."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1)
+        monitor.start()
+        return monitor
+    except Exception as exc:  # optional: psutil missing, unsupported platform
+        log.info("system metrics unavailable: %s", exc)
+        return None
+
+
+def _loss_curve(losses: list, folder: Path, mlflow) -> None:
+    if not losses:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([s for s, _ in losses], [v for _, v in losses], lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss (answer tokens)")
+    ax.set_title("jmed train")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = folder / "loss_curve.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    mlflow.log_artifact(str(path), "plots")

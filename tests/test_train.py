@@ -1,0 +1,268 @@
+"""jmed.train on the tiny model: the run contract, masking, determinism, resume, k-bit, bad input, CLI."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jmed import data, models
+from jmed.config import DataFilter, TrainConfig, build, flat
+from jmed.train import TrainError, encode, tokenize, train
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+QUICK = dict(max_steps=4, batch_size=4)
+# tiny: 2 layers x (q 64->64, k 64->32, v 64->32, o 64->64) with r=8 -> 8*(128+96+96+128)*2
+TINY_LORA_PARAMS = 7168
+
+
+def _client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def _adapter_sha(run_id: str) -> str:
+    import mlflow
+
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter/adapter_model.safetensors")
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _only_run(status=None):
+    runs = _client().search_runs(["0"])
+    assert len(runs) == 1
+    if status:
+        assert runs[0].info.status == status
+    return runs[0]
+
+
+def test_masking_and_eos():
+    _, tok, _ = models.load_base("tiny")
+    q = data.load_questions(data.SAMPLE_TRAIN)[2]  # 901A3: two answers c,e
+    examples, counts = tokenize([q], TrainConfig(), tok)
+    e = examples[0]
+    prompt_ids, target_ids = encode(*_render(q), tok)
+    assert e.input_ids == prompt_ids + target_ids
+    assert e.labels == [-100] * len(prompt_ids) + target_ids
+    assert tok.convert_ids_to_tokens(target_ids) == ["c", ",", "e", "</s>"]
+    assert prompt_ids[0] == tok.bos_token_id and prompt_ids.count(tok.bos_token_id) == 1
+    assert counts == {"overlength_examples": 0, "dropped_examples": 0, "examples": 1}
+
+
+def _render(q, fmt="igakuqa"):
+    from jmed.prompts import render
+
+    r = render(q, fmt)
+    return r.prompt, r.target
+
+
+def test_overlength_policies():
+    _, tok, _ = models.load_base("tiny")
+    qs = data.load_questions(data.SAMPLE_TRAIN)
+    lengths = [len(sum(encode(*_render(q), tok), [])) for q in qs]
+    limit = sorted(lengths)[len(lengths) // 2]  # about half are longer
+    n_over = sum(n > limit for n in lengths)
+    ex, counts = tokenize(qs, TrainConfig(max_length=limit, overlength="truncate_prompt"), tok)
+    assert counts == {"overlength_examples": n_over, "dropped_examples": 0, "examples": len(qs)}
+    assert max(len(e.input_ids) for e in ex) == limit
+    assert all(e.input_ids[0] == tok.bos_token_id for e in ex)
+    ex, counts = tokenize(qs, TrainConfig(max_length=limit, overlength="drop"), tok)
+    assert counts == {"overlength_examples": n_over, "dropped_examples": n_over, "examples": len(qs) - n_over}
+    with pytest.raises(TrainError, match=f"{n_over} example\\(s\\) longer than max_length={limit} tokens"):
+        tokenize(qs, TrainConfig(max_length=limit, overlength="error"), tok)
+
+
+def test_train_run_contract(tracking):
+    import mlflow
+
+    cfg = TrainConfig(eval_data=str(data.SAMPLE_TEST), checkpoint_every=2, **QUICK)
+    run_id = train(cfg)
+    run = _client().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["jmed.step"] == "train"
+    assert run.data.tags["jmed.base_model"] == "tiny"
+    params = run.data.params
+    for key, value in flat(cfg).items():
+        assert params[key] == str(value), key
+    items = data.load_training_items(str(data.SAMPLE_TRAIN))
+    folder = models.tiny_model_dir()
+    assert params["train_data_digest"] == data.digest(items)
+    assert params["eval_data_digest"] == data.digest(data.load_questions(data.SAMPLE_TEST))
+    assert params["base_revision"] == models.weights_hash(folder)
+    assert params["tokenizer_hash"] == models.tokenizer_hash(folder)
+    assert params["lora_targets"] == "q_proj,k_proj,v_proj,o_proj"
+    assert params["trainable_params"] == str(TINY_LORA_PARAMS)
+    assert params["train_examples"] == str(len(items)) and params["overlength_examples"] == "0"
+    for pkg in ("jmed", "torch", "transformers", "peft", "bitsandbytes"):
+        assert params[f"{pkg}_version"], pkg
+    assert "git_commit" in params
+    client = _client()
+    for metric in ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/peak_memory_mb"):
+        assert [m.step for m in client.get_metric_history(run_id, metric)] == [1, 2, 3, 4], metric
+    assert [m.step for m in client.get_metric_history(run_id, "eval/loss")] == [2, 4]
+    lrs = [m.value for m in client.get_metric_history(run_id, "train/lr")]
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # cosine to zero at max_steps
+    inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    assert inputs == {"train": data.digest(items)[:36], "eval": params["eval_data_digest"][:36]}
+
+    art = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter"))
+    assert sorted(p.name for p in art.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                     "jmed.json"]
+    adapter_config = json.loads((art / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "tiny"
+    assert str(folder) not in (art / "adapter_config.json").read_text()
+    assert sorted(adapter_config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    meta = json.loads((art / "jmed.json").read_text())
+    assert {k: meta[k] for k in ("model", "base_revision", "prompt_format", "shots", "protocol", "train_run_id",
+                                 "train_data_digest")} == {
+        "model": "tiny", "base_revision": params["base_revision"], "prompt_format": "igakuqa", "shots": 0,
+        "protocol": "letter", "train_run_id": run_id, "train_data_digest": data.digest(items)}
+    assert meta["config"] == json.loads(json.dumps(flat(cfg)))
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"adapter", "plots", "checkpoints"} <= names
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/step-000002"]
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/loss_curve.png"]
+
+    # the adapter loads onto the base and changes its output
+    import torch
+
+    base, tok, _ = models.load_base("tiny")
+    ids = tok("問題", return_tensors="pt").input_ids
+    before = base(ids).logits
+    tuned = models.load_adapter(base, art)
+    assert not tuned.training
+    with torch.no_grad():
+        assert not torch.equal(before, tuned(ids).logits)
+
+
+def test_determinism_and_resume(tracking):
+    cfg = TrainConfig(batch_size=4, max_steps=6)
+    a = train(cfg)
+    b = train(cfg)
+    assert _adapter_sha(a) == _adapter_sha(b)
+    other = train(TrainConfig(batch_size=4, max_steps=6, seed=7))
+    assert _adapter_sha(other) != _adapter_sha(a)
+
+    stopped = train(TrainConfig(batch_size=4, max_steps=6, checkpoint_every=2, stop_after=3))
+    client = _client()
+    run = client.get_run(stopped)
+    assert run.data.tags["jmed.stopped_at"] == "3"
+    assert sorted(a.path for a in client.list_artifacts(stopped, "checkpoints")) == [
+        "checkpoints/step-000002", "checkpoints/step-000003"]
+    assert "adapter" not in {a.path for a in client.list_artifacts(stopped)}
+    resumed = train(TrainConfig(resume_from=stopped))  # the interrupted run's own config is used
+    run = client.get_run(resumed)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["jmed.resumed_from"] == stopped
+    assert run.data.params["resume_from"] == stopped and run.data.params["max_steps"] == "6"
+    assert [m.step for m in client.get_metric_history(resumed, "train/loss")] == [4, 5, 6]
+    assert _adapter_sha(resumed) == _adapter_sha(a)
+
+
+@pytest.mark.parametrize("quant", ["4bit", "8bit"])
+def test_kbit_training_on_cpu(tracking, quant):
+    run_id = train(TrainConfig(quantization=quant, max_steps=2, batch_size=2))
+    run = _client().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["quantization"] == quant
+    assert run.data.params["trainable_params"] == str(TINY_LORA_PARAMS)
+    losses = _client().get_metric_history(run_id, "train/loss")
+    assert len(losses) == 2 and all(0 < m.value < 20 for m in losses)
+    assert len(_adapter_sha(run_id)) == 64
+
+
+def test_empty_training_set_fails_the_run(tracking):
+    with pytest.raises(TrainError, match="training set is empty after filters: .*train.jsonl holds 44 item"):
+        train(TrainConfig(filters=DataFilter(years=(1999,))))
+    run = _only_run("FAILED")
+    assert run.data.tags["jmed.step"] == "train"
+
+
+def test_unknown_target_module_fails_the_run(tracking):
+    with pytest.raises(TrainError) as err:
+        train(TrainConfig(target_modules="q_proj,attn_fused", **QUICK))
+    assert str(err.value) == ("unknown target module(s) attn_fused for llama; available: down_proj, gate_proj, "
+                              "k_proj, o_proj, q_proj, up_proj, v_proj, all-linear, qkv")
+    _only_run("FAILED")
+
+
+def test_overlength_error_fails_the_run(tracking):
+    with pytest.raises(TrainError, match="longer than max_length=16 tokens"):
+        train(TrainConfig(max_length=16, overlength="error", **QUICK))
+    _only_run("FAILED")
+
+
+def test_presets():
+    cfg = build(TrainConfig, {"learning_rate": "1e-4"}, preset="jmedlora-7b")
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.learning_rate,
+            cfg.batch_size, cfg.max_length, cfg.preset) == (8, 32, 0.05, "qkv", 1e-4, 8, 512, "jmedlora-7b")
+    cfg = build(TrainConfig, {}, preset="jmedlora-70b")
+    assert (cfg.quantization, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules,
+            cfg.learning_rate) == ("4bit", 64, 16, 0.1, "all-linear", 2e-4)
+    with pytest.raises(ValueError, match="unknown preset 'jmedlora-13b'; available: jmedlora-70b, jmedlora-7b"):
+        build(TrainConfig, {}, preset="jmedlora-13b")
+
+
+def _env(tracking_uri: str) -> dict:
+    return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+
+
+def test_cli_unknown_preset_and_interrupt(tracking, tmp_path):
+    env = _env(tracking)
+    res = subprocess.run([str(VENV_BIN / "jmed"), "train", "--preset", "nope"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert "Error: unknown preset 'nope'; available: jmedlora-70b, jmedlora-7b" in res.stderr
+    # Ctrl-C during training: the run ends KILLED, never RUNNING.
+    proc = subprocess.Popen([str(VENV_BIN / "jmed"), "train", "--max-steps", "100000", "--batch-size", "2"],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = _client()
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        runs = client.search_runs(["0"])
+        if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
+            break
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("training never logged a loss: " + proc.communicate()[1][-2000:])
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert _only_run().info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_mlflow_run_entry_point(tmp_path):
+    """`mlflow run . -e train --env-manager local` with all defaults, then -P quantization=4bit."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = _env(uri)
+    t0 = time.time()
+    res = subprocess.run([str(VENV_BIN / "mlflow"), "run", str(ROOT), "-e", "train", "--env-manager", "local"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    elapsed = time.time() - t0
+    assert res.returncode == 0, res.stderr[-3000:]
+    res4 = subprocess.run([str(VENV_BIN / "mlflow"), "run", str(ROOT), "-e", "train", "--env-manager", "local",
+                           "-P", "quantization=4bit", "-P", "max_steps=3"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res4.returncode == 0, res4.stderr[-3000:]
+    client = mlflow.MlflowClient(uri)
+    runs = sorted(client.search_runs(["0"]), key=lambda r: r.info.start_time)
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    full, quant = runs
+    assert full.data.params["max_steps"] == "60" and full.data.params["quantization"] == "none"
+    assert quant.data.params["quantization"] == "4bit" and quant.data.params["max_steps"] == "3"
+    losses = [m.value for m in client.get_metric_history(full.info.run_id, "train/loss")]
+    assert len(losses) == 60
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:5]) / 5  # the tiny model learns the answers
+    for r in runs:
+        assert "adapter" in {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert elapsed < 180, f"default train entry point took {elapsed:.0f} s"
