@@ -60,15 +60,15 @@ def encode_continuation(tokenizer, continuation: str) -> list[int]:
     return encode("", continuation, tokenizer)[1][:-1]
 
 
-def generate(model, tokenizer, prompts: list[str], batch_size: int = 8, max_new_tokens: int = 16,
-             desc: str = "generate") -> list[str]:
-    """Greedy continuations of `prompts` (decoded, special tokens skipped), in input order."""
+def generate_ids(model, tokenizer, prompts: list[str], batch_size: int = 8, max_new_tokens: int = 16,
+                 desc: str = "generate") -> list[list[int]]:
+    """Greedy new token ids per prompt (EOS and what follows cut off), in input order."""
     import torch
 
     pad = _pad_id(tokenizer)
     eos = tokenizer.eos_token_id
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    out: list[str] = [""] * len(prompts)
+    out: list[list[int]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     bar = _progress(len(prompts), desc)
     with torch.inference_mode():
@@ -82,12 +82,17 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int = 8, max_new_
             new = gen[:, ids.shape[1]:].tolist()
             for row, i in enumerate(batch):
                 toks = new[row]
-                if eos is not None and eos in toks:
-                    toks = toks[: toks.index(eos)]
-                out[i] = tokenizer.decode(toks, skip_special_tokens=True)
+                out[i] = toks[: toks.index(eos)] if eos is not None and eos in toks else toks
             bar.update(len(batch))
     bar.close()
     return out
+
+
+def generate(model, tokenizer, prompts: list[str], batch_size: int = 8, max_new_tokens: int = 16,
+             desc: str = "generate") -> list[str]:
+    """Greedy continuations of `prompts` (decoded, special tokens skipped), in input order."""
+    ids = generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, desc)
+    return [tokenizer.decode(t, skip_special_tokens=True) for t in ids]
 
 
 def loglik(model, tokenizer, prompts: list[str], continuations: list[list[str]], batch_size: int = 8,
