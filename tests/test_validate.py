@@ -124,13 +124,13 @@ def test_mlflow_run_validate_entry_point(tracking, tmp_path):
     assert ok.returncode == 0, ok.stderr[-3000:]
     n = lines_of(data.SAMPLE_TRAIN) + lines_of(data.SAMPLE_TEST)
     assert f"OK: {n} questions in 2 dataset(s); 0 error(s)" in ok.stdout
-    bad = _mlflow_run(tracking, tmp_path, f"data={BROKEN / '990-A.jsonl'}")
+    bad = _mlflow_run(tracking, tmp_path, f"data={BROKEN / '990-A.jsonl'}", "format=igakuqa")
     assert bad.returncode != 0
     done = sorted(runs(tracking), key=lambda r: r.info.start_time)
     assert [r.info.status for r in done] == ["FINISHED", "FAILED"]
     assert all(r.data.tags["jmed.step"] == "validate" for r in done)
     assert done[0].data.params["data_paths"] == str(data.SAMPLE_TRAIN)
-    assert done[1].data.params["data"] == str(BROKEN / "990-A.jsonl")
+    assert done[1].data.params["data"] == str(BROKEN / "990-A.jsonl") and done[1].data.params["format"] == "igakuqa"
     assert done[1].data.tags["mlflow.note.content"].startswith("FAILED: 3 questions")
     for r in done:
         assert artifacts(tracking, r.info.run_id) == ["report.html", "report.json"]
