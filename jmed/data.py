@@ -644,10 +644,11 @@ def load_instructions(path) -> list[InstructionRecord]:
 
 
 def load_training_items(path, fmt: str = "auto") -> list:
-    """Questions or instruction records, whichever the path holds."""
-    if fmt == "instructions" or (fmt == "auto" and detect_format(path) == "instructions"):
-        return load_instructions(path)
-    return load_questions(path, fmt)
+    """Questions or instruction records, whichever the path holds; raises DataLoadError on any error."""
+    ds = read_dataset(path, fmt)
+    if ds.errors:
+        raise DataLoadError(ds.errors)
+    return ds.items
 
 
 # ------------------------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ def test_sample_instructions():
     assert data.detect_format(data.SAMPLE_INSTRUCTIONS) == "instructions"
     assert data.load_training_items(data.SAMPLE_INSTRUCTIONS) == records
     assert data.load_training_items(data.SAMPLE_TRAIN) == data.load_questions(data.SAMPLE_TRAIN)
+    with pytest.raises(DataLoadError, match="no such file or folder"):
+        data.load_training_items(data.SAMPLE_DIR / "missing.jsonl")
 
 
 # ---- IgakuQA reading ------------------------------------------------------------------------------
