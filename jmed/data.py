@@ -198,7 +198,8 @@ def read_text(path: Path, sink: _Sink) -> str | None:
     sink.error(first_bad, "encoding", f"not UTF-8 (byte 0x{byte:02x}){more}; {looks}{hint}")
     if not bad_lines:
         return raw.decode(enc, errors="replace")
-    return "\n".join(line.decode(enc or "utf-8", errors="replace") if i in set(bad_lines) else line.decode("utf-8")
+    bad = set(bad_lines)
+    return "\n".join(line.decode(enc or "utf-8", errors="replace") if i in bad else line.decode("utf-8")
                      for i, line in enumerate(lines))
 
 
