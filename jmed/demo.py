@@ -21,6 +21,14 @@ from jmed import tracking
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def venv_env() -> dict:
+    """The environment with this interpreter's bin folder first: `mlflow run` calls `jmed`, and
+    `mlflow models serve` calls `uvicorn`, by name."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -35,7 +43,7 @@ def served(model_uri: str, port: int | None = None, log_path: Path | None = None
     port = port or free_port()
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(serve_command(model_uri, port), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, env=venv_env())
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -83,12 +91,11 @@ def main() -> int:
 
     started = time.monotonic()
     uri = tracking.tracking_uri()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env = venv_env()
     print("jmed demo: the built-in tiny model (2 layers, hidden 64) shows the machinery end to end.\n"
           "It has no medical skill: its answers are not medical advice.\n"
           f"Tracking store: {uri}\n", flush=True)
-    mlflow_exe = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow_exe), "run", str(ROOT), "-e", "main", "--env-manager", "local"]
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "run", str(ROOT), "-e", "main", "--env-manager", "local"]
     print("$ " + " ".join(cmd), flush=True)
     if subprocess.run(cmd, env=env).returncode != 0:
         print("the main pipeline failed; see the output above", file=sys.stderr)
