@@ -364,7 +364,8 @@ MATCH_PARAMS = ("model", "base_revision", "eval_data_digest", "protocol", "promp
 
 
 def _resolve(cfg, meta: dict):
-    """Fill the "" / negative defaults: the adapter's own settings, else letter / igakuqa / 0 shots."""
+    """Fill the "" / negative defaults (model "", shots < 0, quantization ""): the adapter's own settings,
+    else tiny / letter / igakuqa / 0 shots / no quantization."""
     import dataclasses
 
     from jmed.prompts import check_format, protocol_for
@@ -387,7 +388,9 @@ def _resolve(cfg, meta: dict):
         raise ValueError(f"unknown parsing {cfg.parsing!r}; choose official or lenient")
     if cfg.batch_size < 1 or cfg.max_new_tokens < 1 or cfg.limit < 0 or shots < 0:
         raise ValueError("batch_size and max_new_tokens must be >= 1; limit and shots >= 0")
-    return dataclasses.replace(cfg, model=model, prompt_format=fmt, protocol=protocol, shots=shots)
+    quantization = cfg.quantization or str((meta.get("config") or {}).get("quantization", "") or "none")
+    return dataclasses.replace(cfg, model=model, prompt_format=fmt, protocol=protocol, shots=shots,
+                               quantization=quantization)
 
 
 def load_eval_questions(cfg):
