@@ -225,8 +225,8 @@ def evaluate_cmd(model, adapter, eval_data, data_format, protocol, prompt_format
     }
     try:
         cfg = build(EvalConfig, overrides)
-        if adapter and not model:
-            cfg = dataclasses.replace(cfg, model="")  # the adapter's own base model
+        if adapter:  # unset model / quantization: the adapter's own
+            cfg = dataclasses.replace(cfg, model=model and cfg.model, quantization=quantization and cfg.quantization)
         run_id = evaluate(cfg)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
