@@ -254,7 +254,7 @@ def evaluate_runs(client, base_slug: str = "") -> list:
     runs, token = [], None
     while True:
         page = client.search_runs(exps, flt, max_results=1000, page_token=token)
-        runs += [r for r in page if r.data.tags.get("jmed.adapter_run", "none") not in ("", "none")]
+        runs += [r for r in page if r.data.tags.get("jmed.adapter_run", "none") not in ("", "none", "unknown")]
         token = page.token
         if not token:
             return runs
@@ -274,7 +274,7 @@ def _version_key(train_run: str, evaluation: tuple) -> tuple:
 
 
 def candidates(client, base_slug: str, metric: str, known: list) -> list[Candidate]:
-    by_key = {_version_key(v.tags.get("jmed.train_run", ""), _version_tag_evaluation(v.tags)): v.version
+    by_key = {_version_key(v.tags.get("jmed.train_run", ""), _version_tag_evaluation(v.tags)): str(v.version)
               for v in known}
     out = []
     for r in evaluate_runs(client, base_slug):
@@ -302,7 +302,7 @@ def champion(client, name: str, metric: str) -> Champion | None:
         pass
     if value is None and v.tags.get(metric):
         value = float(v.tags[metric])
-    return Champion(v.version, eval_run, v.tags.get("jmed.train_run", ""),
+    return Champion(str(v.version), eval_run, v.tags.get("jmed.train_run", ""),
                     _version_tag_evaluation(v.tags), value)
 
 
@@ -346,7 +346,7 @@ def register(client, name: str, cand: Candidate, metric: str = "eval/accuracy", 
     tags.update({k: f"{v:.6g}" for k, v in eval_run.data.metrics.items() if k in LINEAGE_METRICS})
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
     client.update_model_version(name, mv.version, _description(meta, tags, metric).replace("{name}", name))
-    return mv.version
+    return str(mv.version)
 
 
 # ---- promote --------------------------------------------------------------------------------------
@@ -569,3 +569,83 @@ def predict_file(model_uri: str, path, protocol: str = "", max_new_tokens: int =
         for rid, row in zip(ids[start:start + batch_size], out.to_dict("records")):
             yield {"problem_id": rid, "prediction": row["answer"], "answer_text": row["answer_text"],
                    "response": row["raw_output"]}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_uri: str, port: int, log_path=None, timeout: float = 180.0, **kwargs):
+    """Start `mlflow models serve` in its own process group and wait for /ping; returns (process, seconds).
+    Stop it with `stop_server` (kills the whole group: the mlflow CLI and its uvicorn child)."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # uvicorn of this env
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(serve_command(model_uri, port=port, **kwargs), env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow models serve exited with {proc.returncode}"
+                                   + (f"; see {log_path}" if log_path else ""))
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        return proc, time.perf_counter() - t0
+            except OSError:
+                pass
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"server for {model_uri} not ready after {timeout:.0f} s")
+            time.sleep(0.1)
+    except BaseException:
+        stop_server(proc)
+        raise
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process group still has a live (non-zombie) member."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def stop_server(proc, grace: float = 10.0) -> None:
+    """SIGTERM the server's process group, SIGKILL whatever is left after `grace` seconds."""
+    import signal
+    import subprocess
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.time() + grace
+        while time.time() < deadline and group_alive(proc.pid):
+            time.sleep(0.1)
+        if not group_alive(proc.pid):
+            break
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass

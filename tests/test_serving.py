@@ -1,11 +1,6 @@
 """The served model: input checks, then a real `mlflow models serve` process answering HTTP requests."""
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +54,145 @@ def test_params():
                             ({"temperature": 1}, "unknown param(s): temperature")]:
         with pytest.raises(MlflowException, match=message.replace("(", r"\(").replace(")", r"\)")):
             check_params(params, "letter")
+
+
+# ---- a real model in a real store, served by a real process -------------------------------------
+
+URI = "models:/jmed-tiny@champion"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One tiny adapter trained (few steps), evaluated and promoted in a fresh sqlite store."""
+    import mlflow
+
+    from jmed.config import EvalConfig, TrainConfig
+    from jmed.data import SAMPLE_TRAIN
+    from jmed.evaluate import evaluate
+    from jmed.registry import promote
+    from jmed.train import train
+
+    root = tmp_path_factory.mktemp("serving")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    mp.chdir(root)
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    try:
+        run = train(TrainConfig(max_steps=20, learning_rate=1e-2))
+        evaluate(EvalConfig(adapter=run, eval_data=str(SAMPLE_TRAIN), compare_base=False, max_new_tokens=4))
+        [record] = promote("tiny")
+        assert record["action"] == "promote" and record["champion_version"] == "1"
+        yield root
+    finally:
+        mp.undo()
+
+
+def batch(n: int) -> list[dict]:
+    from jmed.data import SAMPLE_TEST, load_questions
+
+    qs = [q for q in load_questions(SAMPLE_TEST) if q.choices][:n]
+    return [{"question": q.stem, "choices": list(q.choices)} for q in qs]
+
+
+def test_logged_model_is_code_with_pinned_requirements_and_safetensors(served):
+    import mlflow
+    import yaml
+    from importlib.metadata import version
+
+    local = Path(mlflow.artifacts.download_artifacts(URI))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    flavor = mlmodel["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.bin")) and not list(local.rglob("*.pt"))
+    assert (local / "code" / "jmed" / "serving.py").exists()
+    assert flavor["config"]["bundled"] is True and flavor["config"]["base_model"] == "tiny"
+    arts = flavor["artifacts"]
+    assert (local / arts["adapter"]["path"] / "adapter_model.safetensors").exists()
+    meta = json.loads((local / arts["adapter"]["path"] / "jmed.json").read_text())
+    assert meta["prompt_format"] == "igakuqa" and meta["protocol"] == "letter" and meta["config"]["max_steps"] == 20
+    assert (local / arts["base"]["path"] / "model.safetensors").exists()
+    reqs = (local / "requirements.txt").read_text().split()
+    assert f"mlflow=={version('mlflow')}" in reqs and f"peft=={version('peft')}" in reqs
+    assert all("==" in r for r in reqs)
+    sig = json.loads(mlmodel["signature"]["params"])
+    assert {p["name"]: p["default"] for p in sig} == {"protocol": "letter", "max_new_tokens": 32}
+    assert (local / "input_example.json").exists()
+
+
+def test_predict_offline_and_cli(served, tmp_path):
+    import mlflow
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from jmed.cli import main
+
+    model = mlflow.pyfunc.load_model(URI)
+    out = model.predict(pd.DataFrame(batch(3)), params={"max_new_tokens": 4})
+    assert list(out.columns) == ["answer", "answer_text", "raw_output"] and len(out) == 3
+    ll = model.predict(pd.DataFrame(batch(2)), params={"protocol": "loglik"})
+    assert all(a in "abcde" and len(a) == 1 for a in ll["answer"])
+    assert set(json.loads(ll["raw_output"][0])) == {"a", "b", "c", "d", "e"}
+
+    src = tmp_path / "questions.jsonl"
+    src.write_text("\n".join(json.dumps({"id": f"q{i}", **r}, ensure_ascii=False)
+                             for i, r in enumerate(batch(3))) + "\n", encoding="utf-8")
+    res = CliRunner().invoke(main, ["predict", "--model-uri", URI, "--max-new-tokens", "4", str(src)])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    assert [x["problem_id"] for x in lines] == ["q0", "q1", "q2"]
+    assert [x["prediction"] for x in lines] == list(out["answer"])
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "choices": ["a"]}\n{"question": "q", "choices": []}\nnot json\n')
+    res = CliRunner().invoke(main, ["predict", "--model-uri", URI, str(bad)])
+    assert res.exit_code == 1
+    assert f"{bad}:2: 'choices' is empty" in res.output and f"{bad}:3: invalid JSON" in res.output
+
+
+def test_served_over_http(served, tmp_path):
+    import mlflow
+    import pandas as pd
+    import requests
+
+    from jmed.registry import free_port, group_alive, start_server, stop_server
+
+    port = free_port()
+    proc, ready = start_server(URI, port, log_path=tmp_path / "serve.log")
+    url = f"http://127.0.0.1:{port}/invocations"
+    try:
+        model = mlflow.pyfunc.load_model(URI)
+        for records in (batch(1), batch(8)):
+            r = requests.post(url, json={"dataframe_records": records, "params": {"max_new_tokens": 4}}, timeout=60)
+            assert r.status_code == 200, r.text
+            got = r.json()["predictions"]
+            want = model.predict(pd.DataFrame(records), params={"max_new_tokens": 4}).to_dict("records")
+            assert got == want and len(got) == len(records)
+        bad_requests = [
+            ({"dataframe_records": [{"question": "q"}]}, "missing inputs ['choices']"),
+            ({"dataframe_records": [{"question": "q", "choices": []}]}, "'choices' is empty"),
+            # MLflow's schema parsing rejects non-string lists naming the column (a mixed list such as
+            # ["a", 2] it converts to strings before the model sees it)
+            ({"dataframe_records": [{"question": "q", "choices": [1, 2]}]}, "column choices to type 'Array(string)'"),
+            ({"dataframe_records": [{"question": "q", "choices": [str(i) for i in range(11)]}]},
+             "'choices' has 11 entries; at most 10"),
+            ({"dataframe_records": [{"question": "x" * 20001, "choices": ["a"]}]},
+             "'question' has 20001 characters; at most 20000"),
+            ({"dataframe_records": [{"question": "q", "choices": ["y" * 20001]}]},
+             "choices[0] has 20001 characters; at most 20000"),
+            ({"dataframe_records": [{"question": 5, "choices": ["a"]}]}, "'question' must be a string, got int"),
+            ({"dataframe_records": [{"question": "q", "choices": "ab"}]}, "column choices"),
+            ({"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": "two"}]}, "column n_answers"),
+            ({"dataframe_records": [{"question": "q", "choices": ["a"]}], "params": {"protocol": "vote"}},
+             "param 'protocol' is 'vote'"),
+        ]
+        for body, message in bad_requests:
+            r = requests.post(url, json=body, timeout=60)
+            assert 400 <= r.status_code < 500 and message in r.json()["message"], (body, r.status_code, r.text[:300])
+        r = requests.post(url, data='{"dataframe_records": [{"question": "q", "choices": ["a",',
+                          headers={"Content-Type": "application/json"}, timeout=60)
+        assert r.status_code == 400 and "valid JSON" in r.json()["message"]
+        r = requests.post(url, json={"dataframe_records": batch(1), "params": {"max_new_tokens": 4}}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+    finally:
+        stop_server(proc)
+    assert proc.poll() is not None and not group_alive(proc.pid)
