@@ -293,8 +293,11 @@ def quantization_config(quantization: str, dtype):
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
+        # Under FSDP the packed 4-bit weights are stored in the compute dtype so they shard with the rest.
+        storage = {"bnb_4bit_quant_storage": dtype} if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in (
+            "1", "true") else {}
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=dtype)
+                                  bnb_4bit_compute_dtype=dtype, **storage)
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     raise ModelError(f"unknown quantization {quantization!r}; choose none, 8bit or 4bit")

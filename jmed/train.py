@@ -205,20 +205,32 @@ def wrap_lora(net, cfg: TrainConfig):
         targets = resolve_target_modules(net, cfg.target_modules)
     except ValueError as exc:
         raise TrainError(str(exc)) from None
+    ckpt_kwargs = {"use_reentrant": False}  # works with DDP and frozen inputs
     if cfg.quantization in ("4bit", "8bit"):
-        net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                              gradient_checkpointing_kwargs=ckpt_kwargs)
     elif cfg.gradient_checkpointing:
-        net.gradient_checkpointing_enable()
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
         net.enable_input_require_grads()
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM", bias="none")
     torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn here
     model = get_peft_model(net, lora)
-    for p in model.parameters():  # LoRA weights train in fp32 (autocast computes in bf16 on CUDA)
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
+    if not fsdp():  # LoRA weights train in fp32 (autocast computes in bf16 on CUDA); FSDP: one dtype
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
     model.peft_config["default"].base_model_name_or_path = cfg.model  # the id as given, never a local path
     return model, targets
+
+
+def fsdp() -> bool:
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
+def adapter_state(accelerator, model):
+    """The full state dict under FSDP (a collective: every rank calls it); None otherwise."""
+    return accelerator.get_state_dict(model) if fsdp() else None
 
 
 def versions() -> dict:
@@ -249,11 +261,12 @@ def peak_memory_mb(device: str) -> float:
 # ---- checkpoints ---------------------------------------------------------------------------------
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, position: int, cfg: TrainConfig):
+def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, position: int, cfg: TrainConfig,
+                    state_dict=None):
     import numpy as np
     import torch
 
-    model.save_pretrained(folder / "adapter", save_embedding_layers=False)
+    model.save_pretrained(folder / "adapter", save_embedding_layers=False, state_dict=state_dict)
     torch.save(optimizer.state_dict(), folder / "optimizer.pt")
     torch.save(scheduler.state_dict(), folder / "scheduler.pt")
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
@@ -463,8 +476,9 @@ def _train(cfg: TrainConfig, accelerator, run_id: str) -> None:
             if main:
                 tps = tokens_all / dt
                 losses.append((step, loss_all))
-                pending.append((step, {"train/loss": loss_all, "train/lr": scheduler.get_last_lr()[0],
+                pending.append((step, time.time(), {"train/loss": loss_all, "train/lr": scheduler.get_last_lr()[0],
                                        "train/grad_norm": float(grad_norm), "train/tokens_per_s": tps,
+                                       "train/tokens": tokens_all,
                                        "train/peak_memory_mb": peak_memory_mb(base_dev.type)}))
                 bar.set_postfix(loss=f"{loss_all:.4f}", tok_s=f"{tps:,.0f}")
                 bar.update(1)
@@ -475,10 +489,12 @@ def _train(cfg: TrainConfig, accelerator, run_id: str) -> None:
                 if eval_examples and ckpt_due:
                     ev = eval_loss(model, eval_examples, cfg.batch_size, pad_id, accelerator, dtype, use_autocast)
                     if main:
-                        pending.append((step, {"eval/loss": ev}))
+                        pending.append((step, time.time(), {"eval/loss": ev}))
+                full = adapter_state(accelerator, model)
                 if main:
                     folder = Path(tmp) / f"step-{step:06d}"
-                    save_checkpoint(folder, accelerator.unwrap_model(model), optimizer, scheduler, step, position, cfg)
+                    save_checkpoint(folder, accelerator.unwrap_model(model), optimizer, scheduler, step, position, cfg,
+                                    full)
                     mlflow.log_artifacts(str(folder), f"checkpoints/step-{step:06d}")
                 accelerator.wait_for_everyone()
             if step == stop_at:
@@ -488,7 +504,8 @@ def _train(cfg: TrainConfig, accelerator, run_id: str) -> None:
         if eval_examples and not stopped:
             ev = eval_loss(model, eval_examples, cfg.batch_size, pad_id, accelerator, dtype, use_autocast)
             if main:
-                pending.append((step, {"eval/loss": ev}))
+                pending.append((step, time.time(), {"eval/loss": ev}))
+        full = adapter_state(accelerator, model) if not stopped else None
         if main:
             _flush(mlflow, run_id, pending)
             if monitor is not None:
@@ -498,7 +515,7 @@ def _train(cfg: TrainConfig, accelerator, run_id: str) -> None:
                 mlflow.set_tag("jmed.stopped_at", str(step))
             else:
                 out = Path(tmp) / "adapter"
-                accelerator.unwrap_model(model).save_pretrained(out, save_embedding_layers=False)
+                accelerator.unwrap_model(model).save_pretrained(out, save_embedding_layers=False, state_dict=full)
                 meta = {"model": cfg.model, "base_revision": info["revision"], "prompt_format": cfg.prompt_format,
                         "shots": cfg.shots, "protocol": _protocol(cfg.prompt_format), "train_run_id": run_id,
                         "train_data_digest": data.digest(items), "tokenizer_hash": info["tokenizer_hash"],
@@ -543,8 +560,7 @@ def _flush(mlflow, run_id: str, pending: list) -> None:
 
     if not pending:
         return
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, s) for s, d in pending for k, v in d.items()]
+    metrics = [Metric(k, float(v), int(ts * 1000), s) for s, ts, d in pending for k, v in d.items()]
     client = mlflow.MlflowClient()
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
