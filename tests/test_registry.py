@@ -61,3 +61,170 @@ def test_decide(name, cands, champion, min_delta, action, run, register, reason)
     assert d.register is register
     assert any(reason in r for r in d.reasons), d.reasons
     assert d == decide(list(reversed(cands)), champion, "eval/accuracy", min_delta)  # order-free, pure
+
+
+# ---- the real registry: a sqlite store, two trained and evaluated tiny adapters -------------------
+
+NAME = "jmed-tiny"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Adapter A (1 step) and adapter B (30 steps), both evaluated on the sample's training questions."""
+    import os
+
+    import mlflow
+
+    from jmed.config import EvalConfig, TrainConfig
+    from jmed.data import SAMPLE_TRAIN
+    from jmed.evaluate import evaluate
+    from jmed.train import train
+
+    root = tmp_path_factory.mktemp("registry")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    mp.chdir(root)
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    try:
+        runs = {}
+        for key, steps in (("A", 1), ("B", 30)):
+            train_run = train(TrainConfig(max_steps=steps, learning_rate=1e-2))
+            eval_run = evaluate(EvalConfig(adapter=train_run, eval_data=str(SAMPLE_TRAIN), compare_base=False,
+                                           max_new_tokens=4))
+            acc = mlflow.get_run(eval_run).data.metrics["eval/accuracy"]
+            runs[key] = {"train": train_run, "eval": eval_run, "accuracy": acc}
+        assert runs["A"]["accuracy"] < runs["B"]["accuracy"], runs  # B learned; A did not
+        yield root, runs
+    finally:
+        mp.undo()
+
+
+def fresh_registry():
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().delete_registered_model(NAME)
+    except MlflowException:
+        pass
+
+
+def state():
+    """(champion version, previous version or None, {version: train run})."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    m = client.get_registered_model(NAME)
+    versions = {str(v.version): v.tags["jmed.train_run"] for v in client.search_model_versions(f"name = '{NAME}'")}
+    try:
+        previous = str(client.get_model_version_by_alias(NAME, "previous").version)
+    except MlflowException:
+        previous = None
+    return str(m.aliases["champion"]), previous, versions
+
+
+def promote_runs():
+    import mlflow
+
+    return mlflow.search_runs(search_all_experiments=True, filter_string="tags.`jmed.step` = 'promote'",
+                              order_by=["attributes.start_time DESC"], output_format="list")
+
+
+def test_promote_registers_the_better_adapter_and_is_idempotent(store):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from jmed.registry import promote
+
+    root, runs = store
+    fresh_registry()
+    [rec] = promote("tiny")
+    assert (rec["action"], rec["champion_version"], rec["registered_model"]) == ("promote", "1", NAME)
+    champion, previous, versions = state()
+    assert (champion, previous, versions) == ("1", None, {"1": runs["B"]["train"]})
+
+    v = MlflowClient().get_model_version(NAME, "1")
+    ev = mlflow.get_run(runs["B"]["eval"])
+    assert v.tags["jmed.train_run"] == runs["B"]["train"] and v.tags["jmed.eval_run"] == runs["B"]["eval"]
+    assert v.tags["jmed.eval_data_digest"] == ev.data.params["eval_data_digest"]
+    assert v.tags["jmed.train_data_digest"] == ev.data.params["adapter_train_data_digest"]
+    assert v.tags["jmed.base_revision"] == ev.data.params["base_revision"]
+    assert (v.tags["jmed.prompt_format"], v.tags["jmed.protocol"], v.tags["jmed.shots"]) == ("igakuqa", "letter", "0")
+    assert v.tags["eval/accuracy"] == f"{runs['B']['accuracy']:.6g}"
+    assert f"Trained in run {runs['B']['train']}" in v.description
+    assert f"Evaluated in run {runs['B']['eval']}" in v.description and "eval/accuracy" in v.description
+
+    [run] = promote_runs()
+    assert run.info.status == "FINISHED"
+    assert (run.data.tags["jmed.decision.tiny"], run.data.tags["jmed.champion.tiny"]) == ("promote", "1")
+    assert "no champion yet" in run.data.tags["jmed.reasons.tiny"]
+    assert (run.data.params["metric"], run.data.params["min_delta"]) == ("eval/accuracy", "0.0")
+    logged = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/promote/decisions.json")
+    assert logged["decisions"][0]["candidate"]["eval_run"] == runs["B"]["eval"]
+
+    # again, through the MLproject entry point: nothing changes
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "run", str(repo), "-e", "promote",
+                           "--env-manager", "local", "-P", "base_model=tiny"],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert state() == ("1", None, {"1": runs["B"]["train"]})
+    latest = promote_runs()[0]
+    assert latest.info.status == "FINISHED" and latest.data.tags["jmed.decision.tiny"] == "keep"
+    assert "already the best" in latest.data.tags["jmed.reasons.tiny"]
+
+
+def test_champion_on_other_evaluation_is_not_compared_blindly(store):
+    from jmed.config import EvalConfig
+    from jmed.data import SAMPLE_TEST
+    from jmed.evaluate import evaluate
+    from jmed.registry import promote
+
+    root, runs = store
+    fresh_registry()
+    promote("tiny", eval_runs=[runs["A"]["eval"]])
+    assert state() == ("1", None, {"1": runs["A"]["train"]})
+    other = evaluate(EvalConfig(adapter=runs["B"]["train"], eval_data=str(SAMPLE_TEST), compare_base=False,
+                                max_new_tokens=4))
+    [rec] = promote("tiny", eval_runs=[other])
+    assert rec["action"] == "keep" and rec["champion_version"] == "1"
+    assert any("not compared blindly" in r for r in rec["reasons"]), rec["reasons"]
+    # all candidates: compared on the champion's evaluation only, where B beats A
+    [rec] = promote("tiny")
+    assert rec["action"] == "promote"
+    assert any("1 candidate(s) evaluated on another evaluation" in r for r in rec["reasons"]), rec["reasons"]
+    assert state() == ("2", "1", {"1": runs["A"]["train"], "2": runs["B"]["train"]})
+
+
+def test_two_concurrent_promote_processes_never_leave_the_worse_champion(store):
+    """B's promoter starts first and A's right after, both pausing between deciding and applying: without
+    the lock A's process would decide "no champion yet" too and overwrite B."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root, runs = store
+    fresh_registry()
+    env = {**os.environ, "JMED_PROMOTE_DELAY": "3"}
+    code = "import sys; from jmed.registry import promote; promote('tiny', eval_runs=[sys.argv[1]])"
+    procs = []
+    for key in ("B", "A"):
+        procs.append(subprocess.Popen([sys.executable, "-c", code, runs[key]["eval"]], env=env, cwd=root,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        time.sleep(1.0)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    print("\n".join(l for o in outs for l in o.splitlines() if "jmed-tiny" in l or l.startswith("  -")))
+    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+    champion, previous, versions = state()
+    assert versions[champion] == runs["B"]["train"]
+    assert sorted(versions.values()) == sorted([runs["A"]["train"], runs["B"]["train"]])  # each registered once
+    assert previous in (None, *[v for v, t in versions.items() if t == runs["A"]["train"]])
+    assert all(r.info.status == "FINISHED" for r in promote_runs())
