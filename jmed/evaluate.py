@@ -421,6 +421,11 @@ def evaluate(cfg) -> str:
         digest = D.digest(questions)
         torch.manual_seed(cfg.seed)
         base, tokenizer, info = models.load_base(cfg.model, cfg.quantization, cfg.precision)
+        if meta.get("base_revision") and meta["base_revision"] != info.get("revision"):
+            import warnings
+
+            warnings.warn(f"adapter {cfg.adapter} was trained on {cfg.model} revision {meta['base_revision']}, "
+                          f"evaluating on revision {info.get('revision')} (both are logged)", stacklevel=2)
         model = models.load_adapter(base, adapter_dir) if adapter_dir else base
         model.eval()
         train_run = meta.get("train_run_id", "") if adapter_dir else ""
