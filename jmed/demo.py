@@ -5,11 +5,8 @@ champion, one real HTTP question, and the server stopped again. Honours MLFLOW_T
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,56 +24,6 @@ def venv_env() -> dict:
     bin_dir = str(Path(sys.executable).parent)
     return {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
             "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def served(model_uri: str, port: int | None = None, log_path: Path | None = None, timeout: float = 180.0):
-    """Run `mlflow models serve` in its own process group until /ping answers; stop the whole group after."""
-    from jmed.registry import serve_command
-
-    port = port or free_port()
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(serve_command(model_uri, port), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=venv_env())
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow models serve exited with {proc.returncode}; see {log_path}")
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url}/ping did not answer within {timeout:.0f} s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        stop_group(proc)
-        if log is not subprocess.DEVNULL:
-            log.close()
-
-
-def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process group (mlflow CLI + uvicorn worker), SIGKILL what is left after `grace`."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def ask(url: str, question: str, choices: list[str]) -> dict:
@@ -105,9 +52,14 @@ def main() -> int:
     question = next(q for q in data.load_questions(str(data.SAMPLE_TEST))
                     if q.text_only and len(q.choices) == 5 and q.n_answers == 1)
     log_path = Path("demo-serve.log").resolve()
-    print(f"\n$ mlflow models serve -m {model_uri} --env-manager local   (log: {log_path})", flush=True)
-    with served(model_uri, log_path=log_path) as url:
-        answer = ask(url, question.stem, list(question.choices))
+    port = registry.free_port()
+    print(f"\n$ mlflow models serve -m {model_uri} --env-manager local -p {port}   (log: {log_path})", flush=True)
+    proc, seconds = registry.start_server(model_uri, port, log_path=log_path)
+    try:
+        print(f"ready in {seconds:.1f} s", flush=True)
+        answer = ask(f"http://127.0.0.1:{port}", question.stem, list(question.choices))
+    finally:
+        registry.stop_server(proc)
     print(f"\nQuestion ({question.id}): {question.stem}")
     for letter, choice in zip("abcde", question.choices):
         print(f"  {letter}. {choice}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from jmed import tracking
-from jmed.config import TrainConfig, flat
+from jmed.config import TrainConfig
 from jmed.prompts import protocol_for
 
 METRICS = ("accuracy", "score", "exact_match", "gestalt")
