@@ -146,8 +146,10 @@ class JmedModel(PythonModel):
         if want and info.get("revision") and info["revision"] != want:
             raise invalid(f"base model {base!r} has revision {info['revision']}, but the adapter was trained "
                           f"on revision {want}; fetch that revision")
-        self.model = load_adapter(model, adapter_dir)
-        self.model.eval()
+        model = load_adapter(model, adapter_dir)
+        if config.get("quantization", "none") in ("", "none"):
+            model = model.merge_and_unload()  # plain weights: no LoRA detour per layer at inference
+        self.model = model.eval()
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
