@@ -345,10 +345,15 @@ def train(cfg: TrainConfig) -> str:
         tags["jmed.resumed_from"] = cfg.resume_from
     ctx = step_run("train", run_name=f"train-{slug(cfg.model)}", tags=tags) if main else contextlib.nullcontext()
     run_id = ""
+    cleanup: list = []
     try:
         with ctx as run:
             run_id = run.info.run_id if main else ""
-            _train(cfg, accelerator, run_id)
+            try:
+                _train(cfg, accelerator, run_id, cleanup)
+            finally:
+                for finish in cleanup:  # e.g. the system-metrics thread, also on errors and Ctrl-C
+                    finish()
     finally:
         if accelerator.num_processes > 1:
             ids = [run_id]
@@ -358,7 +363,7 @@ def train(cfg: TrainConfig) -> str:
     return run_id
 
 
-def _train(cfg: TrainConfig, accelerator, run_id: str) -> None:
+def _train(cfg: TrainConfig, accelerator, run_id: str, cleanup: list) -> None:
     import numpy as np
     import torch
     from tqdm.auto import tqdm
@@ -439,12 +444,16 @@ def _train(cfg: TrainConfig, accelerator, run_id: str) -> None:
             log.warning("%d example(s) longer than max_length=%d: policy %s, %d dropped",
                         counts["overlength_examples"], cfg.max_length, cfg.overlength, counts["dropped_examples"])
     monitor = _system_metrics(run_id) if main else None
+    if monitor is not None:
+        cleanup.append(monitor.finish)
 
     use_autocast = base_dev.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
     pad_id = tokenizer.pad_token_id
     rank = accelerator.process_index
     losses: list[tuple[int, float]] = []
     pending = []
+    if main:
+        cleanup.insert(0, lambda: _flush(mlflow, run_id, pending))  # metrics up to an error or Ctrl-C
     bar = tqdm(total=max_steps, initial=step, disable=not main, desc="train", dynamic_ncols=True)
     stop_at = cfg.stop_after if cfg.stop_after and cfg.stop_after < max_steps else 0
     model.train()
@@ -508,8 +517,6 @@ def _train(cfg: TrainConfig, accelerator, run_id: str) -> None:
         full = adapter_state(accelerator, model) if not stopped else None
         if main:
             _flush(mlflow, run_id, pending)
-            if monitor is not None:
-                monitor.finish()
             _loss_curve(losses, Path(tmp), mlflow)
             if stopped:
                 mlflow.set_tag("jmed.stopped_at", str(step))

@@ -15,7 +15,7 @@ from jmed.config import DataFilter, TrainConfig, build, flat
 from jmed.train import TrainError, encode, tokenize, train
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = ROOT / ".venv" / "bin"
+VENV_BIN = Path(sys.executable).parent  # the environment running the tests (make: .venv/bin)
 QUICK = dict(max_steps=4, batch_size=4)
 # tiny: 2 layers x (q 64->64, k 64->32, v 64->32, o 64->64) with r=8 -> 8*(128+96+96+128)*2
 TINY_LORA_PARAMS = 7168
@@ -266,3 +266,27 @@ def test_mlflow_run_entry_point(tmp_path):
     for r in runs:
         assert "adapter" in {a.path for a in client.list_artifacts(r.info.run_id)}
     assert elapsed < 180, f"default train entry point took {elapsed:.0f} s"
+    # a preset that does not exist: a clear error, and the run mlflow opened ends FAILED
+    bad = subprocess.run([str(VENV_BIN / "mlflow"), "run", str(ROOT), "-e", "train", "--env-manager", "local",
+                          "-P", "preset=jmedlora-13b"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0
+    assert "unknown preset 'jmedlora-13b'; available: jmedlora-70b, jmedlora-7b" in bad.stderr
+    statuses = sorted(r.info.status for r in client.search_runs(["0"]))
+    assert statuses == ["FAILED", "FINISHED", "FINISHED"]
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_autocast_and_4bit(tracking):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    for quant in ("none", "4bit"):
+        run_id = train(TrainConfig(quantization=quant, max_steps=3, batch_size=4))
+        run = _client().get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.params["device"].startswith("cuda")
+        assert run.data.params["dtype"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+        assert run.data.metrics["train/peak_memory_mb"] > 0
+        assert len(_adapter_sha(run_id)) == 64
