@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import mlflow
 from mlflow.pyfunc import PythonModel
+
+# the signature is given explicitly when logging; MLflow's hint to use type hints instead is noise
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 MAX_CHOICES = 10
 MAX_CHARS = 20_000

@@ -196,3 +196,75 @@ def test_served_over_http(served, tmp_path):
     finally:
         stop_server(proc)
     assert proc.poll() is not None and not group_alive(proc.pid)
+
+
+def test_base_referenced_not_bundled_and_revision_checked(served, tmp_path):
+    """bundle_base=False: the base is named by id and revision, not copied; a wrong revision is refused."""
+    import mlflow
+    import pandas as pd
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    from jmed.registry import log_serving_model
+
+    champion = mlflow.pyfunc.load_model(URI)
+    train_run = mlflow.MlflowClient().get_model_version_by_alias("jmed-tiny", "champion").tags["jmed.train_run"]
+    adapter = Path(mlflow.artifacts.download_artifacts(run_id=train_run, artifact_path="adapter", dst_path=str(tmp_path)))
+    with mlflow.start_run():
+        info = log_serving_model(adapter, bundle_base=False)
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert set(flavor["artifacts"]) == {"adapter"} and flavor["config"]["bundled"] is False
+    assert flavor["config"]["base_revision"].startswith("sha256:")
+    records = pd.DataFrame(batch(3))
+    assert mlflow.pyfunc.load_model(info.model_uri).predict(records).equals(champion.predict(records))
+
+    meta = json.loads((adapter / "jmed.json").read_text())
+    (adapter / "jmed.json").write_text(json.dumps({**meta, "base_revision": "sha256:" + "0" * 64}))
+    with mlflow.start_run():
+        wrong = log_serving_model(adapter, bundle_base=False)
+    with pytest.raises(MlflowException, match="but the adapter was trained on revision sha256:0000"):
+        mlflow.pyfunc.load_model(wrong.model_uri)
+
+
+def test_served_model_uses_its_own_code_copy(served):
+    """The model carries the jmed package (code_paths): a fresh process loads jmed from the model's code/."""
+    import subprocess
+    import sys
+
+    code = ("import mlflow, sys; m = mlflow.pyfunc.load_model(sys.argv[1]); import jmed; print(jmed.__file__)")
+    out = subprocess.run([sys.executable, "-c", code, URI], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith(os.path.join("code", "jmed", "__init__.py")), out.stdout
+
+
+def test_jmed_serve_resolves_the_champion(served, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from jmed.registry import champion_uri, free_port, stop_server
+
+    assert champion_uri() == champion_uri("tiny") == URI
+    with pytest.raises(ValueError, match="registered model jmed-other has no 'champion' alias"):
+        champion_uri("other")
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "jmed"), "serve", "--port", str(port)],
+                            stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.time() < deadline, "jmed serve not ready"
+            time.sleep(0.2)
+        r = requests.post(f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": batch(2)}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 2
+    finally:
+        stop_server(proc)
