@@ -142,6 +142,21 @@ def test_predict_offline_and_cli(served, tmp_path):
     assert [x["problem_id"] for x in lines] == ["q0", "q1", "q2"]
     assert [x["prediction"] for x in lines] == list(out["answer"])
 
+    # an IgakuQA-format file works too, and `jmed score` reads the output
+    from jmed.data import SAMPLE_TEST, load_questions
+
+    qs = load_questions(SAMPLE_TEST)
+    res = CliRunner().invoke(main, ["predict", "--model-uri", URI, "--max-new-tokens", "4", str(SAMPLE_TEST),
+                                    "-o", str(tmp_path / "pred.jsonl")])
+    assert res.exit_code == 0, res.output
+    preds = [json.loads(x) for x in (tmp_path / "pred.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [p["problem_id"] for p in preds] == [q.id for q in qs if q.choices]
+    res = CliRunner().invoke(main, ["score", "--data", str(SAMPLE_TEST), "--predictions", str(tmp_path / "pred.jsonl"),
+                                    "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert (summary["questions"], summary["missing"]) == (len(qs), sum(1 for q in qs if not q.choices))
+
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "choices": ["a"]}\n{"question": "q", "choices": []}\nnot json\n')
     res = CliRunner().invoke(main, ["predict", "--model-uri", URI, str(bad)])
