@@ -466,7 +466,8 @@ def _train(cfg: TrainConfig, accelerator, run_id: str, cleanup: list) -> None:
             tokens = torch.zeros((), device=base_dev)
             for micro in range(cfg.grad_accum):
                 start = (micro * world + rank) * cfg.batch_size
-                ids, labels, mask = (t.to(base_dev) for t in collate([examples[i] for i in idx[start:start + cfg.batch_size]], pad_id))
+                micro_batch = [examples[i] for i in idx[start:start + cfg.batch_size]]  # this rank's slice
+                ids, labels, mask = (t.to(base_dev) for t in collate(micro_batch, pad_id))
                 sync = micro == cfg.grad_accum - 1
                 with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
                     with torch.autocast(base_dev.type, dtype=dtype, enabled=use_autocast):

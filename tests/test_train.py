@@ -290,3 +290,40 @@ def test_cuda_bf16_autocast_and_4bit(tracking):
         assert run.data.params["dtype"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
         assert run.data.metrics["train/peak_memory_mb"] > 0
         assert len(_adapter_sha(run_id)) == 64
+
+
+def test_shots_chat_and_instruction_rendering():
+    _, tok, _ = models.load_base("tiny")
+    qs = data.load_questions(data.SAMPLE_TRAIN)[:3]
+    ex, _ = tokenize(qs, TrainConfig(shots=1), tok)
+    first_prompt = tok.decode([t for t, lab in zip(ex[0].input_ids, ex[0].labels) if lab == -100],
+                              skip_special_tokens=True)
+    assert qs[1].stem in first_prompt and qs[0].stem in first_prompt  # the next question is the shot
+    assert first_prompt.index(qs[1].stem) < first_prompt.index(qs[0].stem)
+    ex, _ = tokenize(qs[:1], TrainConfig(prompt_format="chat-igakuqa"), tok)
+    assert tok.decode(ex[0].input_ids).startswith("<s><|user|>\n以下は医師国家試験の問題です。")
+    records = data.load_instructions(data.SAMPLE_INSTRUCTIONS)
+    ex, _ = tokenize(records[:1], TrainConfig(prompt_format="medpalm"), tok)
+    target = [t for t, lab in zip(ex[0].input_ids, ex[0].labels) if lab != -100]
+    assert tok.decode(target) == records[0].output + "</s>"
+
+
+def test_instruction_data_text_protocol(tracking):
+    import mlflow
+
+    run_id = train(TrainConfig(train_data=str(data.SAMPLE_INSTRUCTIONS), prompt_format="alpaca_med", max_steps=2,
+                               batch_size=2))
+    meta = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter/jmed.json"))
+                      .read_text())
+    assert (meta["prompt_format"], meta["protocol"]) == ("alpaca_med", "text")
+    assert meta["train_data_digest"] == data.digest(data.load_instructions(data.SAMPLE_INSTRUCTIONS))
+
+
+def test_resume_errors(tracking):
+    plain = train(TrainConfig(max_steps=1, batch_size=2))
+    with pytest.raises(TrainError, match=f"resume_from={plain}: that run has no checkpoints"):
+        train(TrainConfig(resume_from=plain))
+    with pytest.raises(TrainError, match="resume_from=0123456789abcdef: cannot read that run's checkpoints"):
+        train(TrainConfig(resume_from="0123456789abcdef"))
+    statuses = sorted(r.info.status for r in _client().search_runs(["0"]))
+    assert statuses == ["FAILED", "FAILED", "FINISHED"]
