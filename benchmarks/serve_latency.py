@@ -43,7 +43,8 @@ def log_transformers_model(adapter_dir: Path, max_new_tokens: int) -> str:
     info = mlflow.transformers.log_model(
         transformers_model={"model": merged, "tokenizer": tok}, name="merged", task="text-generation",
         pip_requirements=reqs,
-        input_example=(["問題：どれか。\na. 甲\nb. 乙\n\n答え："], {"max_new_tokens": max_new_tokens, "do_sample": False}),
+        input_example=(["問題：どれか。\na. 甲\nb. 乙\n\n答え："],
+                       {"max_new_tokens": max_new_tokens, "do_sample": False}),
     )
     return info.model_uri
 
@@ -110,7 +111,8 @@ def main() -> None:
     for n in (1, 8):
         for name in servers:
             xs = [x * 1000 for x in times[(name, n)]]
-            print(f"  {name:<13} {n} question(s): p50 {statistics.median(xs):7.1f} ms   p95 {percentile(xs, 0.95):7.1f} ms")
+            print(f"  {name:<13} {n} question(s): p50 {statistics.median(xs):7.1f} ms   "
+                  f"p95 {percentile(xs, 0.95):7.1f} ms")
         ratio = statistics.median(times[("transformers", n)]) / statistics.median(times[("jmed", n)])
         print(f"  p50 transformers / jmed at {n}: {ratio:.2f}x  (target >= 1.0)")
     print(f"(work folder {work})")

@@ -224,7 +224,8 @@ def test_base_referenced_not_bundled_and_revision_checked(served, tmp_path):
 
     champion = mlflow.pyfunc.load_model(URI)
     train_run = mlflow.MlflowClient().get_model_version_by_alias("jmed-tiny", "champion").tags["jmed.train_run"]
-    adapter = Path(mlflow.artifacts.download_artifacts(run_id=train_run, artifact_path="adapter", dst_path=str(tmp_path)))
+    adapter = Path(mlflow.artifacts.download_artifacts(run_id=train_run, artifact_path="adapter",
+                                                       dst_path=str(tmp_path)))
     with mlflow.start_run():
         info = log_serving_model(adapter, bundle_base=False)
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
