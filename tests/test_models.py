@@ -1,5 +1,6 @@
 """jmed.models: the built-in tiny model, loading, precision, LoRA targets per architecture."""
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -199,3 +200,24 @@ def test_quantized_tiny_loads_on_cpu(quant, layer):
         q = net.config.quantization_config
         q = q if isinstance(q, dict) else q.to_dict()
         assert (q["bnb_4bit_quant_type"], q["bnb_4bit_use_double_quant"]) == ("nf4", True)
+
+
+def test_hub_id_from_the_local_cache_records_the_commit(tmp_path):
+    """A hub id resolves offline from the Hugging Face cache; its snapshot commit is the revision."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--jmed-test--tiny-copy"
+    snap = repo / "snapshots" / commit
+    shutil.copytree(models.tiny_model_dir(), snap)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    script = ("import json; from jmed import models; net, tok, info = models.load_base('jmed-test/tiny-copy'); "
+              "print(json.dumps(info))")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (info["model"], info["revision"], info["slug"]) == ("jmed-test/tiny-copy", commit, "jmed-test--tiny-copy")
+    assert info["tokenizer_hash"] == models.tokenizer_hash(models.tiny_model_dir())
