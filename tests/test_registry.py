@@ -131,6 +131,7 @@ def promote_runs():
                               order_by=["attributes.start_time DESC"], output_format="list")
 
 
+@pytest.mark.slow
 def test_promote_registers_the_better_adapter_and_is_idempotent(store):
     import os
     import subprocess
@@ -181,6 +182,7 @@ def test_promote_registers_the_better_adapter_and_is_idempotent(store):
     assert "already the best" in latest.data.tags["jmed.reasons.tiny"]
 
 
+@pytest.mark.slow
 def test_champion_on_other_evaluation_is_not_compared_blindly(store):
     from jmed.config import EvalConfig
     from jmed.data import SAMPLE_TEST
@@ -203,6 +205,7 @@ def test_champion_on_other_evaluation_is_not_compared_blindly(store):
     assert state() == ("2", "1", {"1": runs["A"]["train"], "2": runs["B"]["train"]})
 
 
+@pytest.mark.slow
 def test_two_concurrent_promote_processes_never_leave_the_worse_champion(store):
     """B's promoter starts first and A's right after, both pausing 3 s between deciding and applying. With
     neither the lock nor the compare-and-set, A's process also decides "no champion yet" and overwrites B

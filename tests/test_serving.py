@@ -94,6 +94,7 @@ def batch(n: int) -> list[dict]:
     return [{"question": q.stem, "choices": list(q.choices)} for q in qs]
 
 
+@pytest.mark.slow
 def test_logged_model_is_code_with_pinned_requirements_and_safetensors(served):
     import mlflow
     import yaml
@@ -119,6 +120,7 @@ def test_logged_model_is_code_with_pinned_requirements_and_safetensors(served):
     assert (local / "input_example.json").exists()
 
 
+@pytest.mark.slow
 def test_predict_offline_and_cli(served, tmp_path):
     import mlflow
     import pandas as pd
@@ -164,6 +166,7 @@ def test_predict_offline_and_cli(served, tmp_path):
     assert f"{bad}:2: 'choices' is empty" in res.output and f"{bad}:3: invalid JSON" in res.output
 
 
+@pytest.mark.slow
 def test_served_over_http(served, tmp_path):
     import mlflow
     import pandas as pd
@@ -213,6 +216,7 @@ def test_served_over_http(served, tmp_path):
     assert proc.poll() is not None and not group_alive(proc.pid)
 
 
+@pytest.mark.slow
 def test_base_referenced_not_bundled_and_revision_checked(served, tmp_path):
     """bundle_base=False: the base is named by id and revision, not copied; a wrong revision is refused."""
     import mlflow
@@ -243,6 +247,7 @@ def test_base_referenced_not_bundled_and_revision_checked(served, tmp_path):
         mlflow.pyfunc.load_model(wrong.model_uri)
 
 
+@pytest.mark.slow
 def test_served_model_uses_its_own_code_copy(served):
     """The model carries the jmed package (code_paths): a fresh process loads jmed from the model's code/."""
     import subprocess
@@ -254,6 +259,7 @@ def test_served_model_uses_its_own_code_copy(served):
     assert out.stdout.strip().endswith(os.path.join("code", "jmed", "__init__.py")), out.stdout
 
 
+@pytest.mark.slow
 def test_jmed_serve_resolves_the_champion(served, tmp_path):
     import subprocess
     import sys
