@@ -81,6 +81,7 @@ def store(tmp_path_factory):
     from jmed.train import train
 
     root = tmp_path_factory.mktemp("registry")
+    previous_uri = mlflow.get_tracking_uri()
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     mp.chdir(root)
@@ -97,6 +98,7 @@ def store(tmp_path_factory):
         yield root, runs
     finally:
         mp.undo()
+        mlflow.set_tracking_uri(previous_uri)
 
 
 def fresh_registry():

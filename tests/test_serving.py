@@ -73,6 +73,7 @@ def served(tmp_path_factory):
     from jmed.train import train
 
     root = tmp_path_factory.mktemp("serving")
+    previous_uri = mlflow.get_tracking_uri()
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     mp.chdir(root)
@@ -85,6 +86,7 @@ def served(tmp_path_factory):
         yield root
     finally:
         mp.undo()
+        mlflow.set_tracking_uri(previous_uri)
 
 
 def batch(n: int) -> list[dict]:
