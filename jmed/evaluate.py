@@ -116,42 +116,52 @@ def loglik(model, tokenizer, prompts: list[str], continuations: list[list[str]],
     bar = _progress(len(prompts), desc)
     with torch.inference_mode():
         for batch in _sorted_batches([len(e) for e in p_ids], batch_size):
-            ids, mask = _left_pad([p_ids[i] for i in batch], pad)
+            # Prompts right-padded with no attention mask: pads come after every real token, so the plain
+            # causal mask is exact and attention takes its fast path. Logits only where a prompt ends.
+            seqs = [p_ids[i] for i in batch]
+            width = max(len(x) for x in seqs)
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for row, x in enumerate(seqs):
+                ids[row, : len(x)] = torch.tensor(x)
+                mask[row, : len(x)] = 1
             ids, mask = ids.to(device), mask.to(device)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            ends = torch.tensor([len(x) - 1 for x in seqs], device=device)
+            keep = torch.unique(ends)  # sorted
             multi = any(len(c) > 1 for i in batch for c in c_ids[i])
-            res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=multi, logits_to_keep=1)
-            first = torch.log_softmax(res.logits[:, -1, :].float(), dim=-1)  # next-token log-probs
+            res = model(input_ids=ids, use_cache=multi, logits_to_keep=keep)
+            last = res.logits[torch.arange(len(seqs), device=device), torch.searchsorted(keep, ends)]
+            first = torch.log_softmax(last.float(), dim=-1).tolist()  # next-token log-probs per prompt
             if not multi:
                 for row, i in enumerate(batch):
-                    scores[i] = [first[row, c[0]].item() for c in c_ids[i]]
+                    scores[i] = [first[row][c[0]] for c in c_ids[i]]
                 bar.update(len(batch))
                 continue
-            # Second pass: one row per (question, choice), sharing the question's prompt cache.
+            # Second pass: one row per (question, choice) on the question's prompt cache, repeated per
+            # choice; each continuation (minus its last token) starts right after its own prompt.
             rows = [(row, i, c) for row, i in enumerate(batch) for c in c_ids[i]]
+            rows_idx = torch.tensor([r for r, _, _ in rows], device=device)
             cache = res.cache
-            cache.reorder_cache(torch.tensor([r for r, _, _ in rows], device=device))
-            width = max(len(c) for _, _, c in rows) - 1
-            cont = torch.full((len(rows), max(width, 1)), pad, dtype=torch.long, device=device)
+            cache.reorder_cache(rows_idx)
+            cwidth = max(1, max(len(c) for _, _, c in rows) - 1)
+            cont = torch.full((len(rows), cwidth), pad, dtype=torch.long)
             cmask = torch.zeros_like(cont)
             for k, (_, _, c) in enumerate(rows):
                 if len(c) > 1:
-                    cont[k, : len(c) - 1] = torch.tensor(c[:-1], device=device)
+                    cont[k, : len(c) - 1] = torch.tensor(c[:-1])
                     cmask[k, : len(c) - 1] = 1
-            rows_idx = torch.tensor([r for r, _, _ in rows], device=device)
-            start = mask[rows_idx].sum(-1, keepdim=True)
-            cpos = start + torch.arange(cont.shape[1], device=device)
-            full_mask = torch.cat([mask[rows_idx], cmask], dim=1)
-            out = model(input_ids=cont, attention_mask=full_mask, position_ids=cpos,
+            cont, cmask = cont.to(device), cmask.to(device)
+            cpos = (ends[rows_idx] + 1).unsqueeze(1) + torch.arange(cwidth, device=device)
+            out = model(input_ids=cont, attention_mask=torch.cat([mask[rows_idx], cmask], dim=1), position_ids=cpos,
                         cache=cache, use_cache=False)
             logp = torch.log_softmax(out.logits.float(), dim=-1)
+            tgt = torch.full((len(rows), cwidth), 0, dtype=torch.long)
+            for k, (_, _, c) in enumerate(rows):
+                tgt[k, : len(c) - 1] = torch.tensor(c[1:], dtype=torch.long)
+            picked = (logp.gather(-1, tgt.to(device).unsqueeze(-1)).squeeze(-1) * cmask).sum(-1).tolist()
             per_q: dict[int, list[float]] = {}
             for k, (row, i, c) in enumerate(rows):
-                total = first[row, c[0]].item()
-                if len(c) > 1:
-                    tgt = torch.tensor(c[1:], device=device)
-                    total += logp[k, torch.arange(len(c) - 1, device=device), tgt].sum().item()
-                per_q.setdefault(i, []).append(total)
+                per_q.setdefault(i, []).append(first[row][c[0]] + picked[k])
             for i, vals in per_q.items():
                 scores[i] = vals
             bar.update(len(batch))
