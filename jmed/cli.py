@@ -139,47 +139,63 @@ def score_cmd(data, predictions, protocol, parsing, data_format, name, as_json, 
 # ---- train (issue 3) ----------------------------------------------------------------------------
 
 
-@main.command("train")
-@click.option("--model", default="", help="Base model: tiny (default), an HF id or a local folder.")
-@click.option("--train-data", default="", help="Questions or instruction records (default: the bundled sample's train split).")
-@click.option("--eval-data", default="", help="Optional questions/records for eval/loss.")
-@click.option("--data-format", default="", help="Data format (default: auto-detected).")
-@filter_options
-@click.option("--prompt-format", default="", help="igakuqa (default) | alpaca_med | medpalm | chat-<format>.")
-@click.option("--shots", default="", help="Solved examples placed before each question (default: 0).")
-@click.option("--preset", default="", help="jmedlora-7b | jmedlora-70b (jmed/presets.yaml); explicit options override it.")
-@click.option("--lora-r", default="", help="LoRA rank (default: 8).")
-@click.option("--lora-alpha", default="", help="LoRA alpha (default: 16).")
-@click.option("--lora-dropout", default="", help="LoRA dropout (default: 0.05).")
-@click.option("--target-modules", default="", help="Comma-separated module names, qkv, or all-linear (default: by architecture).")
-@click.option("--quantization", default="", help="none | 8bit | 4bit (nf4, double quantisation).")
-@click.option("--learning-rate", default="", help="AdamW learning rate (default: 1e-3).")
-@click.option("--lr-schedule", default="", help="cosine (default) | linear | constant.")
-@click.option("--warmup-steps", default="", help="Linear warmup steps (default: 0).")
-@click.option("--max-steps", default="", help="Optimiser steps; > 0 wins over --epochs (default: 60).")
-@click.option("--epochs", default="", help="Epochs when --max-steps is 0 (default: 1).")
-@click.option("--batch-size", default="", help="Examples per process per micro-batch (default: 8).")
-@click.option("--grad-accum", default="", help="Micro-batches per optimiser step (default: 1).")
-@click.option("--max-length", default="", help="Maximum tokens per example (default: 512).")
-@click.option("--overlength", default="", help="Examples over --max-length: truncate_prompt (default) | drop | error.")
-@click.option("--max-grad-norm", default="", help="Gradient clipping norm (default: 1.0).")
-@click.option("--weight-decay", default="", help="AdamW weight decay (default: 0).")
-@click.option("--gradient-checkpointing", default="", help="true | false (default: false).")
-@click.option("--precision", default="", help="auto (default: bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.")
-@click.option("--seed", default="", help="Random seed (default: 42).")
-@click.option("--checkpoint-every", default="", help="Log a checkpoint every N steps (default: 0 = none).")
-@click.option("--resume-from", default="", help="A train run id: continue from its latest checkpoint (new run).")
-@click.option("--stop-after", default="", help="Stop after N steps as if interrupted (writes a checkpoint).")
-@click.option("--trust-remote-code", default="", help="true | false (default: false).")
-def train_cmd(preset, text_only, five_choices, scored_only, years, blocks, ids, **options):
-    """LoRA / QLoRA-tune a base model; logs one MLflow run (tag jmed.step=train) with adapter/."""
+def train_options(f):
+    """Every TrainConfig option, shared by `train`, `pipeline` and `study` (all strings; "" = not given)."""
+    opts = [
+        click.option("--model", default="", help="Base model: tiny (default), an HF id or a local folder."),
+        click.option("--train-data", default="", help="Questions or instruction records (default: the bundled sample's train split)."),
+        click.option("--eval-data", default="", help="Optional questions/records for eval/loss."),
+        click.option("--data-format", default="", help="Data format (default: auto-detected)."),
+        filter_options,
+        click.option("--prompt-format", default="", help="igakuqa (default) | alpaca_med | medpalm | chat-<format>."),
+        click.option("--shots", default="", help="Solved examples placed before each question (default: 0)."),
+        click.option("--preset", default="", help="jmedlora-7b | jmedlora-70b (jmed/presets.yaml); explicit options override it."),
+        click.option("--lora-r", default="", help="LoRA rank (default: 8)."),
+        click.option("--lora-alpha", default="", help="LoRA alpha (default: 16)."),
+        click.option("--lora-dropout", default="", help="LoRA dropout (default: 0.05)."),
+        click.option("--target-modules", default="", help="Comma-separated module names, qkv, or all-linear (default: by architecture)."),
+        click.option("--quantization", default="", help="none | 8bit | 4bit (nf4, double quantisation)."),
+        click.option("--learning-rate", default="", help="AdamW learning rate (default: 1e-3)."),
+        click.option("--lr-schedule", default="", help="cosine (default) | linear | constant."),
+        click.option("--warmup-steps", default="", help="Linear warmup steps (default: 0)."),
+        click.option("--max-steps", default="", help="Optimiser steps; > 0 wins over --epochs (default: 60)."),
+        click.option("--epochs", default="", help="Epochs when --max-steps is 0 (default: 1)."),
+        click.option("--batch-size", default="", help="Examples per process per micro-batch (default: 8)."),
+        click.option("--grad-accum", default="", help="Micro-batches per optimiser step (default: 1)."),
+        click.option("--max-length", default="", help="Maximum tokens per example (default: 512)."),
+        click.option("--overlength", default="", help="Examples over --max-length: truncate_prompt (default) | drop | error."),
+        click.option("--max-grad-norm", default="", help="Gradient clipping norm (default: 1.0)."),
+        click.option("--weight-decay", default="", help="AdamW weight decay (default: 0)."),
+        click.option("--gradient-checkpointing", default="", help="true | false (default: false)."),
+        click.option("--precision", default="", help="auto (default: bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
+        click.option("--seed", default="", help="Random seed (default: 42)."),
+        click.option("--checkpoint-every", default="", help="Log a checkpoint every N steps (default: 0 = none)."),
+        click.option("--resume-from", default="", help="A train run id: continue from its latest checkpoint (new run)."),
+        click.option("--stop-after", default="", help="Stop after N steps as if interrupted (writes a checkpoint)."),
+        click.option("--trust-remote-code", default="", help="true | false (default: false)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def train_config(preset="", text_only=None, five_choices=None, scored_only=None, years="", blocks="", ids="",
+                 **options):
+    """TrainConfig from CLI strings: defaults < preset < explicit options."""
     from jmed.config import TrainConfig, build
 
     overrides = dict(options)
     if any(v not in (None, "") for v in (text_only, five_choices, scored_only, years, blocks, ids)):
         overrides["filters"] = build_filter(text_only, five_choices, scored_only, years, blocks, ids)
+    return build(TrainConfig, overrides, preset=preset)
+
+
+@main.command("train")
+@train_options
+def train_cmd(**options):
+    """LoRA / QLoRA-tune a base model; logs one MLflow run (tag jmed.step=train) with adapter/."""
     try:
-        cfg = build(TrainConfig, overrides, preset=preset)
+        cfg = train_config(**options)
         from jmed.train import train
 
         run_id = train(cfg)
@@ -323,26 +339,18 @@ def _true(value: str) -> bool:
 
 
 @main.command("pipeline")
-@click.option("--model", default="", help="Base model: tiny (default), an HF id or a local folder.")
-@click.option("--train-data", default="", help="Training data (default: the bundled sample's train split).")
-@click.option("--eval-data", default="", help="Evaluation data (default: the bundled sample's test split).")
-@click.option("--prompt-format", default="", help="igakuqa (default) | alpaca_med | medpalm | chat-<format>.")
-@click.option("--preset", default="", help="jmedlora-7b | jmedlora-70b; explicit options override it.")
-@click.option("--lora-r", default="")
-@click.option("--lora-alpha", default="")
-@click.option("--learning-rate", default="")
-@click.option("--max-steps", default="")
-@click.option("--quantization", default="", help="none | 8bit | 4bit.")
+@train_options
 @click.option("--protocol", default="", help="Evaluation protocol (default: the prompt format's own).")
-@click.option("--seed", default="")
 @click.option("--force", default="false", help="true: rerun steps even when identical finished runs exist.")
-def pipeline_cmd(eval_data, preset, protocol, force, **train_options):
-    """validate → train → evaluate (base and adapter) → promote, as child runs of one parent run."""
-    from jmed.config import TrainConfig, build
+def pipeline_cmd(protocol, force, eval_data, **train_opts):
+    """validate → train → evaluate (base and adapter) → promote, as child runs of one parent run.
+
+    Takes every `train` option; --eval-data is the evaluation data (default: the sample's test split).
+    """
     from jmed.pipeline import PipelineFailed, main_pipeline
 
     try:
-        cfg = build(TrainConfig, train_options, preset=preset)
+        cfg = train_config(**train_opts)
         main_pipeline(cfg, eval_data=eval_data, protocol=protocol, force=_true(force))
     except (PipelineFailed, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
