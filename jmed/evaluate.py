@@ -95,6 +95,15 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int = 8, max_new_
     return [tokenizer.decode(t, skip_special_tokens=True) for t in ids]
 
 
+def _forward_kwargs(model) -> dict:
+    """What the model's forward accepts: `logits_to_keep`, and `cache` (transformers 5) or `past_key_values`."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return {"keep": "logits_to_keep" in params, "cache": "cache" if "cache" in params else "past_key_values"}
+
+
 def loglik(model, tokenizer, prompts: list[str], continuations: list[list[str]], batch_size: int = 8,
            desc: str = "loglik") -> list[list[float]]:
     """Sum of log-probabilities of each continuation given its prompt: `scores[q][c]`.
@@ -113,6 +122,7 @@ def loglik(model, tokenizer, prompts: list[str], continuations: list[list[str]],
                 raise ValueError(f"continuation {continuations[q][c]!r} of prompt {q} encodes to no tokens")
     scores: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
+    kw = _forward_kwargs(model)
     bar = _progress(len(prompts), desc)
     with torch.inference_mode():
         for batch in _sorted_batches([len(e) for e in p_ids], batch_size):
@@ -129,8 +139,12 @@ def loglik(model, tokenizer, prompts: list[str], continuations: list[list[str]],
             ends = torch.tensor([len(x) - 1 for x in seqs], device=device)
             keep = torch.unique(ends)  # sorted
             multi = any(len(c) > 1 for i in batch for c in c_ids[i])
-            res = model(input_ids=ids, use_cache=multi, logits_to_keep=keep)
-            last = res.logits[torch.arange(len(seqs), device=device), torch.searchsorted(keep, ends)]
+            if kw["keep"]:
+                res = model(input_ids=ids, use_cache=multi, logits_to_keep=keep)
+                last = res.logits[torch.arange(len(seqs), device=device), torch.searchsorted(keep, ends)]
+            else:
+                res = model(input_ids=ids, use_cache=multi)
+                last = res.logits[torch.arange(len(seqs), device=device), ends]
             first = torch.log_softmax(last.float(), dim=-1).tolist()  # next-token log-probs per prompt
             if not multi:
                 for row, i in enumerate(batch):
@@ -141,7 +155,7 @@ def loglik(model, tokenizer, prompts: list[str], continuations: list[list[str]],
             # choice; each continuation (minus its last token) starts right after its own prompt.
             rows = [(row, i, c) for row, i in enumerate(batch) for c in c_ids[i]]
             rows_idx = torch.tensor([r for r, _, _ in rows], device=device)
-            cache = res.cache
+            cache = getattr(res, "cache", None) or res.past_key_values
             cache.reorder_cache(rows_idx)
             cwidth = max(1, max(len(c) for _, _, c in rows) - 1)
             cont = torch.full((len(rows), cwidth), pad, dtype=torch.long)
@@ -153,7 +167,7 @@ def loglik(model, tokenizer, prompts: list[str], continuations: list[list[str]],
             cont, cmask = cont.to(device), cmask.to(device)
             cpos = (ends[rows_idx] + 1).unsqueeze(1) + torch.arange(cwidth, device=device)
             out = model(input_ids=cont, attention_mask=torch.cat([mask[rows_idx], cmask], dim=1), position_ids=cpos,
-                        cache=cache, use_cache=False)
+                        use_cache=False, **{kw["cache"]: cache})
             logp = torch.log_softmax(out.logits.float(), dim=-1)
             tgt = torch.full((len(rows), cwidth), 0, dtype=torch.long)
             for k, (_, _, c) in enumerate(rows):

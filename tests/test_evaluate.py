@@ -50,6 +50,31 @@ def test_loglik_with_shared_prompt_cache_equals_scoring_each_sequence(tiny):
             assert a == pytest.approx(c, abs=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["gpt_neox", "qwen2"])
+def test_loglik_cache_sharing_on_other_architectures(tiny, arch):
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from jmed import evaluate as E
+    from jmed.prompts import LETTERS, render
+
+    _, tok, _ = tiny
+    torch.manual_seed(0)
+    if arch == "gpt_neox":  # fused query_key_value, partial rotary
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=4, intermediate_size=64, rotary_pct=0.5))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=64))
+    model.eval()
+    qs = _mc()[:6]
+    for fmt in ("igakuqa", "alpaca_med"):
+        prompts = [render(q, fmt, (), tok).prompt for q in qs]
+        conts = [list(LETTERS[:5]) if fmt == "igakuqa" else list(q.choices) for q in qs]
+        for a, b in zip(E.loglik(model, tok, prompts, conts, 4), E.loglik_concat(model, tok, prompts, conts, 3)):
+            assert a == pytest.approx(b, abs=1e-4)
+
+
 @pytest.mark.parametrize("protocol,fmt", [("letter", "igakuqa"), ("loglik", "igakuqa"), ("text", "medpalm"),
                                           ("loglik", "alpaca_med")])
 def test_batching_gives_the_same_predictions_as_one_at_a_time(tiny, protocol, fmt):
