@@ -155,7 +155,7 @@ def train_options(f):
         click.option("--lora-dropout", default="", help="LoRA dropout (default: 0.05)."),
         click.option("--target-modules", default="", help="Comma-separated module names, qkv, or all-linear (default: by architecture)."),
         click.option("--quantization", default="", help="none | 8bit | 4bit (nf4, double quantisation)."),
-        click.option("--learning-rate", default="", help="AdamW learning rate (default: 1e-2, tuned for tiny; presets set the papers' rates)."),
+        click.option("--learning-rate", default="", help="AdamW learning rate (default: 1e-2 for tiny, 2e-4 for other models; presets set the papers' rates)."),
         click.option("--lr-schedule", default="", help="cosine (default) | linear | constant."),
         click.option("--warmup-steps", default="", help="Linear warmup steps (default: 0)."),
         click.option("--max-steps", default="", help="Optimiser steps; > 0 wins over --epochs (default: 60)."),

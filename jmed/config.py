@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 PRESETS_FILE = Path(__file__).parent / "presets.yaml"
+DEFAULT_LR = {"tiny": 1e-2, "hf": 2e-4}  # AdamW rates when neither a preset nor the user sets one
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class TrainConfig:
     lora_dropout: float = 0.05
     target_modules: str = ""  # "" -> default by architecture; "all-linear"; or "q_proj,v_proj"
     quantization: str = "none"  # none | 8bit | 4bit (nf4, double quantisation)
-    learning_rate: float = 1e-2  # tuned for the tiny model's 60 steps; the presets set the papers' rates
+    learning_rate: float = 0.0  # 0 -> DEFAULT_LR by model (the presets set the papers' rates)
     lr_schedule: str = "cosine"  # cosine | linear | constant
     warmup_steps: int = 0
     max_steps: int = 60  # > 0 wins over epochs
@@ -56,6 +57,11 @@ class TrainConfig:
     stop_after: int = 0  # stop (as if interrupted) after this many steps; for resume tests and budgets
     preset: str = ""
     trust_remote_code: bool = False
+
+    def __post_init__(self):
+        # A rate that makes the tiny model learn in 60 steps would wreck a real model: resolve by model.
+        if not self.learning_rate:
+            object.__setattr__(self, "learning_rate", DEFAULT_LR["tiny" if self.model == "tiny" else "hf"])
 
 
 @dataclass(frozen=True)
