@@ -1,10 +1,19 @@
 """Evaluate a base model or an adapter on exam questions (DESIGN.md §5) and log one MLflow run.
 
-Two inference engines, both batched and written against a plain HF causal LM + tokenizer:
-- `generate`: greedy decoding, left padding, KV cache, stop at EOS or `max_new_tokens`.
-- `loglik`: each prompt is run once (KV cache kept), the cache is expanded per choice and every choice
-  continuation is scored in one more batched pass; single-token continuations (letters) need no
-  second pass at all: their scores are read from the prompt's last logits.
+    evaluate(EvalConfig) -> run id          jmed evaluate / mlflow run . -e evaluate
+
+Two inference engines, both batched and written against a plain HF causal LM + tokenizer, tokenising
+exactly as training does (`jmed.train.encode`):
+- `generate`: greedy decoding, left padding + attention mask, KV cache, stop at EOS or `max_new_tokens`.
+- `loglik`: each prompt is run once, right-padded (the causal mask alone is exact), logits taken only
+  where each prompt ends; single-token continuations (letters) are read from there. Longer ones (choice
+  text) reuse the prompt's KV cache, repeated per choice, in one more batched pass.
+
+Protocols: letter (generate, parse letters), text (generate choice text: exact match, gestalt, gestalt
+top-k), loglik (top-k choices, k = gold answer count; also k from 「Nつ選べ」). An adapter's run also
+records its delta against the base model on the same data and settings: a matching FINISHED base run
+in the store is reused, else the base (adapter disabled) is evaluated now as a child run.
+`eval/questions_per_s` counts inference only (rendering, tokenising, forward passes), not loading.
 """
 from __future__ import annotations
 
