@@ -1,4 +1,5 @@
 """Shared fixtures. Every test runs offline, with telemetry off, in its own tracking store."""
+import contextlib
 import os
 from pathlib import Path
 
@@ -39,3 +40,22 @@ def tracking(tmp_path, monkeypatch):
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@contextlib.contextmanager
+def private_store(root: Path):
+    """A fresh SQLite tracking store (and working directory) in `root`, for module-scoped fixtures
+    that train once and share the result; restores the previous store afterwards."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mp = pytest.MonkeyPatch()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.chdir(root)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        mp.undo()
+        mlflow.set_tracking_uri(previous)

@@ -1,5 +1,6 @@
 """Promotion: the pure decision (table-driven), then the real registry on a real sqlite store."""
 import pytest
+from conftest import private_store
 
 from jmed.registry import Candidate, Champion, decide
 
@@ -71,8 +72,6 @@ NAME = "jmed-tiny"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Adapter A (1 step) and adapter B (30 steps), both evaluated on the sample's training questions."""
-    import os
-
     import mlflow
 
     from jmed.config import EvalConfig, TrainConfig
@@ -81,12 +80,7 @@ def store(tmp_path_factory):
     from jmed.train import train
 
     root = tmp_path_factory.mktemp("registry")
-    previous_uri = mlflow.get_tracking_uri()
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    mp.chdir(root)
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    try:
+    with private_store(root):
         runs = {}
         for key, steps in (("A", 1), ("B", 30)):
             train_run = train(TrainConfig(max_steps=steps, learning_rate=1e-2))
@@ -96,9 +90,6 @@ def store(tmp_path_factory):
             runs[key] = {"train": train_run, "eval": eval_run, "accuracy": acc}
         assert runs["A"]["accuracy"] < runs["B"]["accuracy"], runs  # B learned; A did not
         yield root, runs
-    finally:
-        mp.undo()
-        mlflow.set_tracking_uri(previous_uri)
 
 
 def fresh_registry():

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import private_store
 
 from jmed.serving import check_inputs, check_params
 
@@ -64,8 +65,6 @@ URI = "models:/jmed-tiny@champion"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """One tiny adapter trained (few steps), evaluated and promoted in a fresh sqlite store."""
-    import mlflow
-
     from jmed.config import EvalConfig, TrainConfig
     from jmed.data import SAMPLE_TRAIN
     from jmed.evaluate import evaluate
@@ -73,20 +72,12 @@ def served(tmp_path_factory):
     from jmed.train import train
 
     root = tmp_path_factory.mktemp("serving")
-    previous_uri = mlflow.get_tracking_uri()
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    mp.chdir(root)
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    try:
+    with private_store(root):
         run = train(TrainConfig(max_steps=20, learning_rate=1e-2))
         evaluate(EvalConfig(adapter=run, eval_data=str(SAMPLE_TRAIN), compare_base=False, max_new_tokens=4))
         [record] = promote("tiny")
         assert record["action"] == "promote" and record["champion_version"] == "1"
         yield root
-    finally:
-        mp.undo()
-        mlflow.set_tracking_uri(previous_uri)
 
 
 def batch(n: int) -> list[dict]:
