@@ -282,7 +282,8 @@ def test_memorising_adapter_beats_the_untuned_model_on_its_training_questions(st
     run = mlflow.MlflowClient(store["uri"]).get_run(store["runs"][protocol])
     base = mlflow.MlflowClient(store["uri"]).get_run(run.data.params["base_eval_run"])
     acc, base_acc = run.data.metrics["eval/accuracy"], base.data.metrics["eval/accuracy"]
-    assert acc >= base_acc + 0.3, (acc, base_acc)
+    # measured: letter 1.00 vs 0.00, loglik 0.84 vs 0.11 (44 questions)
+    assert acc >= 0.7 and acc >= base_acc + 0.5, (acc, base_acc)
     assert run.data.metrics["eval/delta/accuracy"] == pytest.approx(acc - base_acc)
     assert run.data.metrics["eval/delta/score"] == pytest.approx(
         run.data.metrics["eval/score"] - base.data.metrics["eval/score"])
