@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from jmed.data import (
-    LETTERS, DataError, Dataset, InstructionRecord, Question, digest, duplicate_ids, exclusions, read_dataset,
+    LETTERS, DataError, Dataset, Question, digest, duplicate_ids, exclusions, read_dataset,
 )
 
 CHECKS_DIR = Path(__file__).resolve().parent.parent / "data_checks"

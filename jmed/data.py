@@ -222,6 +222,15 @@ def _jsonl(path: Path, sink: _Sink):
         yield n, obj
 
 
+def jsonl_objects(path) -> tuple[list[tuple[int, dict]], list[DataError]]:
+    """Every JSON object of a JSONL file with its line number, and an error per bad line or file
+    (not UTF-8, invalid JSON, not an object): for prediction and question files outside the loaders."""
+    path = Path(path)
+    ds = Dataset(str(path), "jsonl")
+    objects = list(_jsonl(path, _Sink(ds, str(path))))
+    return objects, ds.errors
+
+
 def _type(value) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)

@@ -509,33 +509,17 @@ def serve_command(model_uri: str, port: int = 5000, host: str = "127.0.0.1", wor
 def read_questions_file(path) -> tuple[list[str], list[dict]]:
     """(ids, records) from a JSONL file of {id?, question, choices, n_answers?} or any format jmed.data reads.
     Bad lines raise ValueError naming file:line:field."""
+    from jmed.data import jsonl_objects, load_questions
     from jmed.serving import check_inputs
 
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    first = next((ln for ln in lines if ln.strip()), "")
-    try:
-        plain = "question" in json.loads(first)
-    except (json.JSONDecodeError, TypeError):
-        plain = False
-    if not plain:
-        from jmed.data import load_questions
-
+    objects, bad = jsonl_objects(path)
+    if not (objects and "question" in objects[0][1]):  # not plain records: a dataset format jmed.data reads
         qs = [q for q in load_questions(path) if q.choices]
         return [q.id for q in qs], [{"question": q.stem, "choices": list(q.choices),
                                      "n_answers": q.n_answers or 1} for q in qs]
-    ids, records, errors = [], [], []
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            errors.append(f"{path}:{no}: invalid JSON: {e.msg}")
-            continue
-        if not isinstance(rec, dict):
-            errors.append(f"{path}:{no}: a line must be a JSON object")
-            continue
+    ids, records, errors = [], [], [str(e) for e in bad]
+    for no, rec in objects:
         rid = str(rec.pop("id", rec.pop("problem_id", no)))
         try:
             check_inputs([rec])

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from jmed import metrics
+from jmed.data import jsonl_objects
 
 PROTOCOLS = ("letter", "text")
 FIELDS = {"letter": "prediction", "text": "response"}
@@ -47,38 +48,29 @@ def read_predictions(path: str | Path, protocol: str = "letter") -> tuple[dict[s
     where: dict[str, str] = {}
     errors: list[str] = []
     for f in prediction_files(path):
-        with open(f, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                loc = f"{f}:{n}"
-                try:
-                    rec = json.loads(line.rstrip("\r\n"))
-                except json.JSONDecodeError as e:
-                    errors.append(f"{loc}: not valid JSON ({e.msg} at column {e.colno})")
-                    continue
-                if not isinstance(rec, dict):
-                    errors.append(f"{loc}: expected a JSON object, got {type(rec).__name__}")
-                    continue
-                pid = rec.get("problem_id")
-                if not isinstance(pid, str) or not pid:
-                    errors.append(f"{loc}: problem_id: missing or not a non-empty string")
-                    continue
-                if field not in rec:
-                    other = "response" if field == "prediction" else "prediction"
-                    hint = f" (it has `{other}`: use --protocol {'text' if other == 'response' else 'letter'})" \
-                        if other in rec else ""
-                    errors.append(f"{loc}: {field}: missing for {pid}; the {protocol} protocol reads `{field}`{hint}")
-                    continue
-                value = rec[field]
-                if not isinstance(value, str):
-                    errors.append(f"{loc}: {field}: must be a string, got {json.dumps(value, ensure_ascii=False)}")
-                    continue
-                if pid in values:
-                    errors.append(f"{loc}: problem_id: {pid} is already predicted at {where[pid]}")
-                    continue
-                values[pid] = value
-                where[pid] = loc
+        objects, bad = jsonl_objects(f)
+        errors += [str(e) for e in bad]
+        for n, rec in objects:
+            loc = f"{f}:{n}"
+            pid = rec.get("problem_id")
+            if not isinstance(pid, str) or not pid:
+                errors.append(f"{loc}: problem_id: missing or not a non-empty string")
+                continue
+            if field not in rec:
+                other = "response" if field == "prediction" else "prediction"
+                hint = f" (it has `{other}`: use --protocol {'text' if other == 'response' else 'letter'})" \
+                    if other in rec else ""
+                errors.append(f"{loc}: {field}: missing for {pid}; the {protocol} protocol reads `{field}`{hint}")
+                continue
+            value = rec[field]
+            if not isinstance(value, str):
+                errors.append(f"{loc}: {field}: must be a string, got {json.dumps(value, ensure_ascii=False)}")
+                continue
+            if pid in values:
+                errors.append(f"{loc}: problem_id: {pid} is already predicted at {where[pid]}")
+                continue
+            values[pid] = value
+            where[pid] = loc
     if errors:
         raise ScoreError(errors)
     return values, where

@@ -41,8 +41,8 @@ def test_read_predictions_errors_name_file_and_line(tmp_path):
     with pytest.raises(S.ScoreError) as e:
         S.read_predictions(f)
     assert e.value.errors == [
-        f"{f}:2: not valid JSON (Expecting value at column 36)",
-        f"{f}:3: expected a JSON object, got list",
+        f"{f}:2: invalid JSON: Expecting value (column 36)",
+        f"{f}:3: expected a JSON object, got a list",
         f"{f}:4: problem_id: missing or not a non-empty string",
         f"{f}:5: prediction: missing for X5; the letter protocol reads `prediction` "
         "(it has `response`: use --protocol text)",
@@ -131,7 +131,7 @@ def test_cli_unknown_id_and_malformed_line_exit_1(tmp_path):
     assert f"{preds}:2: problem_id: 999Z1 is not a question of {SAMPLE_TEST}" in r.output
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"problem_id": first, "prediction": "a"}, "{oops"])
     r = cli("--data", SAMPLE_TEST, "--predictions", bad)
-    assert r.exit_code == 1 and f"{bad}:2: not valid JSON" in r.output
+    assert r.exit_code == 1 and f"{bad}:2: invalid JSON" in r.output
     r = cli("--data", SAMPLE_TEST, "--predictions", preds, "--protocol", "loglik")
     assert r.exit_code == 1 and "--protocol: 'loglik' is not one of letter, text" in r.output
     r = cli("--data", SAMPLE_TEST)
