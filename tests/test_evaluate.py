@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, shared_path
+from conftest import ROOT, private_store, shared_path
 from jmed.config import EvalConfig, TrainConfig, flat
 from jmed.data import SAMPLE_TEST, SAMPLE_TRAIN, digest, load_questions
 
@@ -244,17 +244,11 @@ def trained(tmp_path_factory):
     """One tracking store: a tiny adapter trained on the sample's training questions, evaluated on
     them in the letter and loglik protocols (the base evaluated alongside), and the letter evaluation
     repeated (it must reuse the base run)."""
-    import mlflow
-
     from jmed.evaluate import evaluate
     from jmed.train import train
 
     folder = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as mp:
-        uri = f"sqlite:///{folder / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(folder)
-        mlflow.set_tracking_uri(uri)
+    with private_store(folder) as uri:
         train_run = train(TrainConfig(max_steps=100, learning_rate=5e-3, lora_r=16, lora_alpha=32,
                                       lora_dropout=0.0, target_modules="all-linear"))
         runs = {p: evaluate(EvalConfig(adapter=train_run, eval_data=str(SAMPLE_TRAIN), protocol=p))
