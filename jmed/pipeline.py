@@ -182,6 +182,11 @@ def promote_step(ledger: Ledger, base_model: str, force: bool) -> None:
         MlflowClient().set_tag(result.run_id, STEP_KEY_TAG, promotion_state_key(base_model))
 
 
+def adapter_uri(train_run: str) -> str:
+    """Steps hand each other artifact URIs: a train run's adapter as evaluate reads it."""
+    return f"runs:/{train_run}/adapter"
+
+
 def eval_config_for(train_cfg: TrainConfig, eval_data: str, protocol: str, shots: int | None = None,
                     adapter: str = "") -> EvalConfig:
     return EvalConfig(model=train_cfg.model, adapter=adapter, eval_data=eval_data,
@@ -205,12 +210,14 @@ def main_pipeline(train_cfg: TrainConfig, eval_data: str = "", protocol: str = "
             train_run = train_step(ledger, train_cfg, force)
             base_cfg = eval_config_for(train_cfg, eval_data, protocol)
             evaluate_step(ledger, base_cfg, force, "evaluate-base")
-            adapter_cfg = replace(base_cfg, adapter=train_run)
+            adapter_cfg = replace(base_cfg, adapter=adapter_uri(train_run))
             eval_run = evaluate_step(ledger, adapter_cfg, force, "evaluate-adapter")
             promote_step(ledger, train_cfg.model, force)
         finally:
             ledger.log()
-        mlflow.set_tags({"jmed.train_run": train_run, "jmed.eval_run": eval_run})
+        mlflow.set_tags({"jmed.train_run": train_run, "jmed.eval_run": eval_run,
+                         "jmed.adapter_uri": adapter_uri(train_run),
+                         "jmed.model_uri": f"models:/jmed-{tracking.slug(train_cfg.model)}@champion"})
         print(f"[jmed] pipeline finished: parent run {parent.info.run_id}; reused steps: "
               f"{', '.join(s.step for s in ledger.steps if s.reused) or 'none'}")
         return parent.info.run_id

@@ -145,7 +145,7 @@ def study(models, prompt_formats, shots=(0,), protocols=(), train_overrides: dic
                             base = pipeline.eval_config_for(cfg, eval_data, protocol, n_shots)
                             eval_runs.append(pipeline.evaluate_step(ledger, base, force, "evaluate-base"))
                             eval_runs.append(pipeline.evaluate_step(
-                                ledger, replace(base, adapter=train_run), force, "evaluate-adapter"))
+                                ledger, replace(base, adapter=pipeline.adapter_uri(train_run)), force, "evaluate-adapter"))
         finally:
             ledger.log()
         rows = comparison(evaluate_runs(run_ids=eval_runs))

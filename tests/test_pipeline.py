@@ -66,6 +66,8 @@ def test_main_pipeline_runs_every_step_then_reuses_them(tracking, train_file):
     steps = {_step_name(c): c for c in children}
     assert sorted(steps) == sorted(STEPS)
     assert steps["evaluate-adapter"].data.tags["jmed.adapter_run"] == steps["train"].info.run_id
+    assert run.data.tags["jmed.adapter_uri"] == f"runs:/{steps['train'].info.run_id}/adapter"
+    assert run.data.tags["jmed.model_uri"] == "models:/jmed-tiny@champion"
     champion = client.get_model_version_by_alias("jmed-tiny", "champion")
     assert champion.tags["jmed.train_run"] == steps["train"].info.run_id
 
