@@ -17,9 +17,13 @@ def test_readme_starts_with_the_two_commands():
 
 @pytest.mark.parametrize("target,expected", [("demo", "-m jmed.demo"), ("test", "-m pytest")])
 def test_make_targets_install_then_run(target, expected):
-    out = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert "-m venv .venv" in out and "pip install -q -e '.[test]'" in out and "torch==2.13.0" in out
-    assert expected in out.splitlines()[-1]
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under make test
+    out = subprocess.run(["make", "-n", "-B", "--no-print-directory", target], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    install = [i for i, line in enumerate(lines) if "pip install -q -e '.[test]'" in line]
+    assert "-m venv .venv" in out and "torch==2.13.0" in out and install
+    assert expected in lines[-1] and install[0] < len(lines) - 1  # installs first, then runs
 
 
 def _processes_with(marker: str) -> list[int]:
