@@ -11,7 +11,8 @@ one per line), `raw_output` (the generated text; for loglik the per-choice log-l
 Every input is checked before the model runs; a bad one raises MlflowException(INVALID_PARAMETER_VALUE),
 which `mlflow models serve` answers with HTTP 400 and the message.
 
-Imports only jmed.prompts, jmed.models and jmed.metrics (answer parsing); never train or evaluate.
+Imports only jmed.prompts, jmed.models, jmed.inference (the batched engines evaluation uses too) and
+jmed.metrics (answer parsing); never train or evaluate.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import mlflow
 from mlflow.pyfunc import PythonModel
+
+from jmed.prompts import LETTERS, base_format
 
 # the signature is given explicitly when logging; MLflow's hint to use type hints instead is noise
 warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
@@ -169,85 +172,46 @@ class JmedModel(PythonModel):
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
+        from jmed.inference import generate, loglik
+
         rows = check_inputs(model_input)
         protocol, max_new_tokens = check_params(params, self.protocol)
         prompts = [self.prompt(r) for r in rows]
         if protocol == "loglik":
-            out = [self._loglik(p, r) for p, r in zip(prompts, rows)]
+            # The same batched engine as evaluation: each prompt encoded once, letters or choice text scored.
+            letters = base_format(self.format) == "igakuqa"
+            conts = [list(LETTERS[: len(r["choices"])]) if letters else list(r["choices"]) for r in rows]
+            scores = loglik(self.model, self.tokenizer, prompts, conts, batch_size=len(rows), desc=None)
+            out = [self._picked(s, r) for s, r in zip(scores, rows)]
         else:
-            out = [self._answer(raw, r, protocol) for raw, r in zip(self._generate(prompts, max_new_tokens), rows)]
+            raws = generate(self.model, self.tokenizer, prompts, batch_size=len(rows),
+                            max_new_tokens=max_new_tokens, desc=None)
+            out = [self._answer(raw, r, protocol) for raw, r in zip(raws, rows)]
         return pd.DataFrame(out, columns=["answer", "answer_text", "raw_output"])
-
-    # ---- inference ------------------------------------------------------------------------------
-
-    def _generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        """Greedy decoding of the whole batch (left padding, KV cache)."""
-        import torch
-
-        tok = self.tokenizer
-        tok.padding_side = "left"
-        enc = tok(prompts, return_tensors="pt", padding=True)
-        device = next(self.model.parameters()).device
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
-                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
-        return tok.batch_decode(new, skip_special_tokens=True)
 
     def _answer(self, raw: str, row: dict, protocol: str) -> dict:
         from jmed.metrics import letters_of, parse_letters, topk_by_gestalt
-        from jmed.prompts import LETTERS, extract_response
+        from jmed.prompts import extract_response
 
         choices = row["choices"]
         if protocol == "letter":
             letters = parse_letters(raw, len(choices)) or ()
         else:
             letters = letters_of(topk_by_gestalt(extract_response(raw), choices, row["n_answers"]))
-        return self._row(letters, choices, raw, LETTERS)
+        return self._row(letters, choices, raw)
+
+    def _picked(self, scores: list[float], row: dict) -> dict:
+        """Top-k choices by log-likelihood; the raw output shows every choice's score."""
+        from jmed.metrics import letters_of, loglik_pick
+
+        letters = letters_of(loglik_pick(scores, row["n_answers"]))
+        return self._row(letters, row["choices"], json.dumps({a: round(s, 4) for a, s in zip(LETTERS, scores)}))
 
     @staticmethod
-    def _row(letters, choices, raw, alphabet) -> dict:
+    def _row(letters, choices, raw) -> dict:
         letters = tuple(sorted(letters))
-        text = "\n".join(choices[alphabet.index(a)] for a in letters if alphabet.index(a) < len(choices))
+        text = "\n".join(choices[LETTERS.index(a)] for a in letters if LETTERS.index(a) < len(choices))
         return {"answer": ",".join(letters), "answer_text": text, "raw_output": raw}
-
-    def _loglik(self, prompt: str, row: dict) -> dict:
-        """Sum of log-probabilities of each choice's continuation (the letter in letter formats)."""
-        import torch
-
-        from jmed.metrics import letters_of, loglik_pick
-        from jmed.prompts import LETTERS, base_format
-
-        tok = self.tokenizer
-        choices = row["choices"]
-        conts = list(LETTERS[: len(choices)]) if base_format(self.format) == "igakuqa" else choices
-        p_ids = list(tok(prompt)["input_ids"])
-        seqs = []
-        for c in conts:
-            full = list(tok(prompt + c)["input_ids"])
-            if full[: len(p_ids)] == p_ids and len(full) > len(p_ids):
-                seqs.append((p_ids, full[len(p_ids):]))
-            else:
-                seqs.append((p_ids, list(tok(c, add_special_tokens=False)["input_ids"])))
-        width = max(len(p) + len(c) for p, c in seqs)
-        pad = tok.pad_token_id
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, (p, c) in enumerate(seqs):
-            ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-            mask[i, : len(p) + len(c)] = 1
-        device = next(self.model.parameters()).device
-        with torch.inference_mode():
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logp = torch.log_softmax(logits.float().cpu(), -1)
-        scores = []
-        for i, (p, c) in enumerate(seqs):
-            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)
-            scores.append(float(logp[i, pos, torch.tensor(c)].sum()))
-        letters = letters_of(loglik_pick(scores, row["n_answers"]))
-        raw = json.dumps({a: round(s, 4) for a, s in zip(LETTERS, scores)})
-        return self._row(letters, choices, raw, LETTERS)
 
 
 mlflow.models.set_model(JmedModel())

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import jmed
 from jmed.config import TrainConfig, flat
+from jmed.inference import encode, shots_for
 
 log = logging.getLogger("jmed.train")
 
@@ -83,25 +84,6 @@ def render_item(item, fmt: str, shots: list, tokenizer):
     if isinstance(item, InstructionRecord):
         return prompts.render_record(item, fmt, tokenizer)
     return prompts.render(item, fmt, shots, tokenizer)
-
-
-def shots_for(items: list, index: int, k: int) -> list:
-    """The k solved examples placed before item `index`: the next k questions, cyclically."""
-    from jmed.data import Question
-
-    if k <= 0:
-        return []
-    pool = [q for j, q in enumerate(items[index + 1:] + items[:index]) if isinstance(q, Question)]
-    return pool[:k]
-
-
-def encode(prompt: str, target: str, tokenizer) -> tuple[list[int], list[int]]:
-    """Prompt ids (with the tokenizer's BOS unless the prompt text already has it) and target ids + EOS."""
-    bos = tokenizer.bos_token
-    special = not (bos and prompt.startswith(bos))
-    p = tokenizer(prompt, add_special_tokens=special).input_ids
-    t = tokenizer(target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    return p, t
 
 
 def tokenize(items: list, cfg: TrainConfig, tokenizer) -> tuple[list[Example], dict]:

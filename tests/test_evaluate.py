@@ -33,7 +33,7 @@ def _mc(path=SAMPLE_TEST):
 
 
 def test_loglik_with_shared_prompt_cache_equals_scoring_each_sequence(tiny):
-    from jmed import evaluate as E
+    from jmed import inference as E
     from jmed.prompts import LETTERS, render
 
     model, tok, _ = tiny
@@ -55,7 +55,7 @@ def test_loglik_cache_sharing_on_other_architectures(tiny, arch):
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from jmed import evaluate as E
+    from jmed import inference as E
     from jmed.prompts import LETTERS, render
 
     _, tok, _ = tiny
@@ -90,7 +90,7 @@ def test_batching_gives_the_same_predictions_as_one_at_a_time(tiny, protocol, fm
 
 
 def test_generation_is_greedy_and_bounded_by_max_new_tokens(tiny):
-    from jmed.evaluate import generate, generate_ids
+    from jmed.inference import generate, generate_ids
     from jmed.prompts import render
 
     model, tok, _ = tiny

@@ -12,7 +12,8 @@ import pytest
 
 from jmed import data, models
 from jmed.config import DataFilter, TrainConfig, build, flat
-from jmed.train import TrainError, encode, tokenize, train
+from jmed.inference import encode
+from jmed.train import TrainError, tokenize, train
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent  # the environment running the tests (make: .venv/bin)
