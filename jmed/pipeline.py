@@ -71,30 +71,32 @@ def find_finished(key: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def run_step(ledger: Ledger, step: str, key: str, fn, force: bool = False, run_name: str | None = None) -> StepResult:
-    """Run `fn()` in a child run of the active run, or reuse a finished run with the same key.
+def run_step(ledger: Ledger, step: str, key: str | None, fn, force: bool = False,
+             run_name: str | None = None) -> StepResult:
+    """Run `fn()` in a child run of the active run, or reuse a finished run with the same key
+    (`key=None`: always run, e.g. `reproduce`, whose point is to run again).
 
     `fn` is a jmed step function (train, evaluate, …): it attaches to the active child run.
     """
     import mlflow
 
-    if not force:
+    if key and not force:
         found = find_finished(key)
         if found:
             print(f"[jmed] {step}: reusing finished run {found} (same inputs)")
             return ledger.add(StepResult(step, found, True))
-    child = mlflow.start_run(nested=True, run_name=run_name or step, tags={STEP_KEY_TAG: key})
+    child = mlflow.start_run(nested=True, run_name=run_name or step, tags={STEP_KEY_TAG: key} if key else None)
     child_id = child.info.run_id
     try:
         fn()
     except BaseException as exc:
         active = mlflow.active_run()
         if active is not None and active.info.run_id == child_id:  # the step did not end it itself
-            mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            tracking.end(child_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     active = mlflow.active_run()
     if active is not None and active.info.run_id == child_id:
-        mlflow.end_run("FINISHED")
+        tracking.end(child_id, "FINISHED")
     return ledger.add(StepResult(step, child_id, False))
 
 

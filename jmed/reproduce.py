@@ -69,25 +69,11 @@ def adapter_sha256(run_id: str) -> tuple[str, dict]:
     return sha, json.loads((local / "jmed.json").read_text(encoding="utf-8"))
 
 
-def _nested(fn):
-    """Run a step function in a child run of the active run; returns the child's run id."""
-    import mlflow
-
-    child = mlflow.start_run(nested=True)
-    try:
-        fn()
-    finally:
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == child.info.run_id:
-            mlflow.end_run()
-    return child.info.run_id
-
-
 def reproduce(model_uri: str) -> Report:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from jmed import config, data, evaluate, train
+    from jmed import config, data, evaluate, pipeline, train
     from jmed.models import resolve_precision
 
     tracking.setup()
@@ -115,10 +101,11 @@ def reproduce(model_uri: str) -> Report:
 
     with tracking.step_run("reproduce", tags={"jmed.reproduce.of": model_uri}):
         tracking.log_params({"model_uri": model_uri, "train_run": train_run, "eval_run": eval_run})
-        report.new_train_run = _nested(lambda: train.train(train_cfg))
+        ledger = pipeline.Ledger()
+        report.new_train_run = pipeline.run_step(ledger, "train", None, lambda: train.train(train_cfg)).run_id
         report.new_adapter_sha256, _ = adapter_sha256(report.new_train_run)
         eval_cfg = replace(eval_cfg, adapter=report.new_train_run, compare_base=False)
-        report.new_eval_run = _nested(lambda: evaluate.evaluate(eval_cfg))
+        report.new_eval_run = pipeline.run_step(ledger, "evaluate", None, lambda: evaluate.evaluate(eval_cfg)).run_id
 
         logged = client.get_run(eval_run).data.metrics
         fresh = client.get_run(report.new_eval_run).data.metrics

@@ -82,14 +82,35 @@ def step_run(step: str, run_name: str | None = None, nested: bool = False, tags:
     try:
         yield run
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        end(run.info.run_id, "KILLED")
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        end(run.info.run_id, "FAILED")
         raise
     else:
         if own:
-            mlflow.end_run("FINISHED")
+            end(run.info.run_id, "FINISHED")
+
+
+def end(run_id: str, status: str, attempts: int = 5) -> None:
+    """End a run with `status`. Retried: a SQLite store busy with another writer (the system-metrics
+    thread, say) can refuse one write, and a run must never be left RUNNING."""
+    import time
+
+    import mlflow
+
+    for attempt in range(attempts):
+        try:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run_id:
+                mlflow.end_run(status)
+            else:
+                mlflow.MlflowClient().set_terminated(run_id, status)
+            return
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def log_params(params: dict) -> None:

@@ -234,9 +234,9 @@ def test_cli_unknown_preset_and_interrupt(tracking, tmp_path):
         proc.kill()
         pytest.fail("training never logged a loss: " + proc.communicate()[1][-2000:])
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
-    assert _only_run().info.status == "KILLED"
+    assert _only_run().info.status == "KILLED", err[-3000:]
 
 
 @pytest.mark.slow
