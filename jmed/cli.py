@@ -17,6 +17,13 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
+def _stack(f, options):
+    """Apply click options in the order listed (decorators apply bottom-up)."""
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
 def filter_options(f):
     """The data filters every step accepts (DESIGN.md §3)."""
     opts = [
@@ -27,9 +34,7 @@ def filter_options(f):
         click.option("--blocks", default="", help="Comma-separated blocks to keep, e.g. B,E."),
         click.option("--ids", default="", help="Comma-separated question ids to keep."),
     ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    return _stack(f, opts)
 
 
 def build_filter(text_only=None, five_choices=None, scored_only=None, years="", blocks="", ids=""):
@@ -174,9 +179,7 @@ def train_options(f):
         click.option("--stop-after", default="", help="Stop after N steps as if interrupted (writes a checkpoint)."),
         click.option("--trust-remote-code", default="", help="true | false (default: false)."),
     ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    return _stack(f, opts)
 
 
 def train_config(preset="", text_only=None, five_choices=None, scored_only=None, years="", blocks="", ids="",
