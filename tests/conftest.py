@@ -59,3 +59,20 @@ def private_store(root: Path):
     finally:
         mp.undo()
         mlflow.set_tracking_uri(previous)
+
+
+BROKEN = Path(__file__).parent / "fixtures_broken"
+# Every error in fixtures_broken/990-A.jsonl, in order: one message per kind of bad record.
+BROKEN_990A_ERRORS = [
+    "{f}:2: invalid JSON: Expecting ',' delimiter (column 65)",
+    '{f}:3: answer: letter "f" outside 5 choices',
+    "{f}:4: answer: missing field",
+    "{f}:5: choices: expected a list, got a string",
+    '{f}:6: problem_id: duplicate id "990A1" (first at line 1)',
+    '{f}:7: points: not a number: "abc"',
+]
+
+
+def broken_990a_errors() -> list[str]:
+    f = BROKEN / "990-A.jsonl"
+    return [m.format(f=f) for m in BROKEN_990A_ERRORS]

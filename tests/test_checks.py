@@ -5,7 +5,7 @@ from pathlib import Path
 from jmed import checks, data
 from jmed.data import DataError, Question
 
-BROKEN = Path(__file__).parent / "fixtures_broken"
+from conftest import BROKEN, broken_990a_errors
 
 
 def lines_of(path: Path) -> int:
@@ -115,12 +115,7 @@ def test_validate_broken_collects_every_error():
     report = checks.validate([f, counts, BROKEN / "empty.jsonl"])
     assert not report.success
     assert [str(DataError(**e)) for e in report.errors] == [
-        f"{f}:2: invalid JSON: Expecting ',' delimiter (column 65)",
-        f'{f}:3: answer: letter "f" outside 5 choices',
-        f"{f}:4: answer: missing field",
-        f"{f}:5: choices: expected a list, got a string",
-        f'{f}:6: problem_id: duplicate id "990A1" (first at line 1)',
-        f'{f}:7: points: not a number: "abc"',
+        *broken_990a_errors(),
         f"{counts}:1: answer: stem says 「2つ選べ」 but the answer has 1 letter(s): c",
         f"{counts}:2: answer: stem says 「２つ選べ」 but the answer has 3 letter(s): a,c,e",
         f"{BROKEN / 'empty.jsonl'}: empty file (no records)",

@@ -9,7 +9,7 @@ from jmed import data
 from jmed.config import DataFilter
 from jmed.data import DataError, DataLoadError, Question
 
-BROKEN = Path(__file__).parent / "fixtures_broken"
+from conftest import BROKEN, broken_990a_errors
 
 
 def lines_of(path: Path) -> int:
@@ -102,14 +102,7 @@ def test_year_precedence(tmp_path):
 
 def test_broken_igakuqa_each_error_named_and_rest_checked():
     f = BROKEN / "990-A.jsonl"
-    assert errors_of(f) == [
-        f"{f}:2: invalid JSON: Expecting ',' delimiter (column 65)",
-        f'{f}:3: answer: letter "f" outside 5 choices',
-        f"{f}:4: answer: missing field",
-        f"{f}:5: choices: expected a list, got a string",
-        f'{f}:6: problem_id: duplicate id "990A1" (first at line 1)',
-        f'{f}:7: points: not a number: "abc"',
-    ]
+    assert errors_of(f) == broken_990a_errors()
     questions, errors = data.read_questions(f)
     assert [x.id for x in questions] == ["990A1", "990A1", "990A9"]  # lines 1, 6, 9 parse
     with pytest.raises(DataLoadError) as exc:
