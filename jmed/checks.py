@@ -17,13 +17,11 @@ from pathlib import Path
 from jmed.data import (
     LETTERS, DataError, Dataset, Question, digest, duplicate_ids, exclusions, read_dataset,
 )
+from jmed.metrics import SELECT_RE, stated_count
 
 CHECKS_DIR = Path(__file__).resolve().parent.parent / "data_checks"
 LEAKAGE_THRESHOLD = 90.0  # rapidfuzz ratio (0-100) on normalised stems
-SUITE_FOR = {"instructions": "instructions"}  # data format -> suite file; every question format -> questions
 
-_SELECT = re.compile(r"([0-9０-９一二三四五六七八九])\s*つ\s*選べ")
-_KANJI_DIGITS = {c: i for i, c in enumerate("〇一二三四五六七八九")}
 
 
 @dataclass
@@ -208,15 +206,6 @@ def check_answers(questions) -> list[DataError]:
     return errors
 
 
-def stated_count(stem: str) -> int | None:
-    """The N of 「Nつ選べ」 in a stem (2つ, ２つ, 二つ; "2つ 選べ"), or None when the stem states none."""
-    m = _SELECT.search(stem)
-    if not m:
-        return None
-    ch = unicodedata.normalize("NFKC", m.group(1))
-    return int(ch) if ch.isdigit() else _KANJI_DIGITS[ch]
-
-
 def check_select_counts(questions) -> list[DataError]:
     """The number in 「Nつ選べ」 equals the number of answers of every acceptable answer set."""
     errors = []
@@ -226,7 +215,7 @@ def check_select_counts(questions) -> list[DataError]:
             continue
         wrong = [s for s in q.answer if len(s) != n]
         if wrong:
-            m = _SELECT.search(q.stem)
+            m = SELECT_RE.search(q.stem)
             errors.append(DataError(q.file, q.line, "answer",
                                     f"stem says 「{m.group(0)}」 but the answer has {len(wrong[0])} "
                                     f"letter(s): {','.join(wrong[0])}"))

@@ -271,17 +271,22 @@ def loglik_pick(scores: Sequence[float], k: int) -> tuple[int, ...]:
     return topk(scores, k)
 
 
-_N_SELECT = re.compile(r"([0-9]+|[一二三四五六七八九])つ選べ")
+SELECT_RE = re.compile(r"([0-9０-９]+|[一二三四五六七八九])\s*つ\s*選べ")
 _KANJI = {c: i for i, c in enumerate("一二三四五六七八九", start=1)}
 
 
-def n_select(stem: str) -> int:
-    """k read from the stem's 「Nつ選べ」 (NFKC, so「２つ選べ」counts); 1 when absent."""
-    m = _N_SELECT.search(unicodedata.normalize("NFKC", stem))
+def stated_count(stem: str) -> int | None:
+    """The N of 「Nつ選べ」 in a stem (2つ, ２つ, 二つ; "2つ 選べ"), or None when the stem states none."""
+    m = SELECT_RE.search(stem)
     if not m:
-        return 1
-    g = m.group(1)
+        return None
+    g = unicodedata.normalize("NFKC", m.group(1))
     return int(g) if g.isdigit() else _KANJI[g]
+
+
+def n_select(stem: str) -> int:
+    """k read from the stem's 「Nつ選べ」; 1 when absent."""
+    return stated_count(stem) or 1
 
 
 def gold_indices(question) -> tuple[tuple[int, ...], ...]:

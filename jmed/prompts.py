@@ -44,10 +44,6 @@ def check_format(fmt: str) -> None:
         raise ValueError(f"unknown prompt format {fmt!r}; choose one of: {', '.join(FORMATS)}")
 
 
-def letters_for(n: int) -> str:
-    return LETTERS[:n]
-
-
 def _n_select(question) -> int:
     return max(1, len(question.answer[0])) if question.answer else 1
 
