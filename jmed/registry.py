@@ -191,12 +191,11 @@ def _code_copy(dest: Path) -> Path:
 
 
 def _base_folder(base: str, revision: str) -> Path:
-    if base == "tiny":
-        from jmed.models import tiny_model_dir
+    from jmed.models import resolve_model
 
-        return Path(tiny_model_dir())
-    if Path(base).is_dir():
-        return Path(base)
+    source, _ = resolve_model(base)  # tiny, a local folder, a GGUF file or named model (converted)
+    if isinstance(source, Path):
+        return source
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(base, revision=revision or None))
@@ -214,7 +213,8 @@ def log_serving_model(adapter_dir, name: str = "model", bundle_base: bool | None
     adapter_dir = Path(adapter_dir)
     meta = json.loads((adapter_dir / "jmed.json").read_text(encoding="utf-8"))
     base, revision = meta["model"], meta.get("base_revision", "")
-    local = base == "tiny" or Path(base).is_dir()
+    # A named model (smollm2-135m …) is referenced like a hub id: its package installs it anywhere.
+    local = base == "tiny" or Path(base).is_dir() or Path(base).suffix.lower() == ".gguf"
     bundle = local if bundle_base is None else bool(bundle_base)
     artifacts = {"adapter": str(adapter_dir)}
     if bundle:
