@@ -46,6 +46,44 @@ def build_filter(text_only=None, five_choices=None, scored_only=None, years="", 
     )
 
 
+dry_run_option = click.option(
+    "--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit (nothing runs or is logged).")
+
+
+def echo_config(**configs) -> None:
+    """`--dry-run`: the resolved configs (defaults < preset < options), as the run would log them."""
+    import json
+
+    from jmed.config import flat
+
+    click.echo(json.dumps({k: flat(v) if not isinstance(v, dict) else v for k, v in configs.items()},
+                          ensure_ascii=False, indent=1, default=str))
+
+
+def eval_options(f):
+    """Evaluation settings of `pipeline` and `study`: which questions, and how long answers may be.
+    text-only / five-choices / scored-only (the train options) apply to the evaluation data too;
+    years, blocks and ids select training questions, --eval-* evaluation questions."""
+    opts = [
+        click.option("--eval-years", default="", help="Comma-separated exam years to evaluate on."),
+        click.option("--eval-blocks", default="", help="Comma-separated blocks to evaluate on."),
+        click.option("--eval-ids", default="", help="Comma-separated question ids to evaluate on."),
+        click.option("--limit", default="", help="Evaluate the first N questions (0 = all; biased to block A)."),
+        click.option("--sample", default="", help="Evaluate a fixed random subset of N questions (seeded by --seed)."),
+        click.option("--max-new-tokens", default="", help="Generation length (default 0: fit the answers)."),
+        click.option("--eval-batch-size", default="", help="Questions per evaluation batch (default: 8)."),
+    ]
+    return _stack(f, opts)
+
+
+def eval_settings(eval_years="", eval_blocks="", eval_ids="", limit="", sample="", max_new_tokens="",
+                  eval_batch_size="") -> dict:
+    """EvalConfig overrides from the eval options (strings; "" = not given)."""
+    out = {"limit": limit, "sample": sample, "max_new_tokens": max_new_tokens, "batch_size": eval_batch_size,
+           "years": tuple(int(y) for y in _csv(eval_years)), "blocks": _csv(eval_blocks), "ids": _csv(eval_ids)}
+    return {k: v for k, v in out.items() if v not in ("", ())}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(jmed.__version__, prog_name="jmed")
 def main():
@@ -144,61 +182,74 @@ def score_cmd(data, predictions, protocol, parsing, data_format, name, as_json, 
 # ---- train (issue 3) ----------------------------------------------------------------------------
 
 
-def train_options(f):
-    """Every TrainConfig option, shared by `train`, `pipeline` and `study` (all strings; "" = not given)."""
-    opts = [
-        click.option("--model", default="", help="Base model: tiny (default), an HF id or a local folder."),
-        click.option("--train-data", default="", help="Questions or instruction records (default: the bundled sample's train split)."),
-        click.option("--eval-data", default="", help="Optional questions/records for eval/loss."),
-        click.option("--data-format", default="", help="Data format (default: auto-detected)."),
-        filter_options,
-        click.option("--prompt-format", default="", help="igakuqa (default) | alpaca_med | medpalm | chat-<format>."),
-        click.option("--shots", default="", help="Solved examples placed before each question (default: 0)."),
-        click.option("--preset", default="", help="jmedlora-7b | jmedlora-70b (jmed/presets.yaml); explicit options override it."),
-        click.option("--lora-r", default="", help="LoRA rank (default: 8)."),
-        click.option("--lora-alpha", default="", help="LoRA alpha (default: 16)."),
-        click.option("--lora-dropout", default="", help="LoRA dropout (default: 0.05)."),
-        click.option("--target-modules", default="", help="Comma-separated module names, qkv, or all-linear (default: by architecture)."),
-        click.option("--quantization", default="", help="none | 8bit | 4bit (nf4, double quantisation)."),
-        click.option("--learning-rate", default="", help="AdamW learning rate (default: 1e-2 for tiny, 2e-4 for other models; presets set the papers' rates)."),
-        click.option("--lr-schedule", default="", help="cosine (default) | linear | constant."),
-        click.option("--warmup-steps", default="", help="Linear warmup steps (default: 0)."),
-        click.option("--max-steps", default="", help="Optimiser steps; > 0 wins over --epochs (default: 60)."),
-        click.option("--epochs", default="", help="Epochs when --max-steps is 0 (default: 1)."),
-        click.option("--batch-size", default="", help="Examples per process per micro-batch (default: 8)."),
-        click.option("--grad-accum", default="", help="Micro-batches per optimiser step (default: 1)."),
-        click.option("--max-length", default="", help="Maximum tokens per example (default: 512)."),
-        click.option("--overlength", default="", help="Examples over --max-length: truncate_prompt (default) | drop | error."),
-        click.option("--max-grad-norm", default="", help="Gradient clipping norm (default: 1.0)."),
-        click.option("--weight-decay", default="", help="AdamW weight decay (default: 0)."),
-        click.option("--gradient-checkpointing", default="", help="true | false (default: false)."),
-        click.option("--precision", default="", help="auto (default: bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
-        click.option("--seed", default="", help="Random seed (default: 42)."),
-        click.option("--checkpoint-every", default="", help="Log a checkpoint every N steps (default: 0 = none)."),
-        click.option("--resume-from", default="", help="A train run id: continue from its latest checkpoint (new run)."),
-        click.option("--stop-after", default="", help="Stop after N steps as if interrupted (writes a checkpoint)."),
-        click.option("--trust-remote-code", default="", help="true | false (default: false)."),
-    ]
-    return _stack(f, opts)
+# Every TrainConfig option, shared by `train`, `pipeline` and `study` (all strings; "" = not given).
+TRAIN_OPTIONS = [
+    ("model", click.option("--model", default="", help="Base model: tiny (default), smollm2-135m, gemma3-270m, a .gguf file, an HF id or a local folder.")),
+    ("train-data", click.option("--train-data", default="", help="Questions or instruction records (default: the bundled sample's train split).")),
+    ("eval-data", click.option("--eval-data", default="", help="Optional questions/records for eval/loss.")),
+    ("data-format", click.option("--data-format", default="", help="Data format (default: auto-detected).")),
+    ("filters", filter_options),
+    ("prompt-format", click.option("--prompt-format", default="", help="igakuqa (default) | alpaca_med | medpalm | chat-<format>.")),
+    ("shots", click.option("--shots", default="", help="Solved examples placed before each question (default: 0).")),
+    ("preset", click.option("--preset", default="", help="jmedlora-7b | jmedlora-70b (jmed/presets.yaml); explicit options override it.")),
+    ("lora-r", click.option("--lora-r", default="", help="LoRA rank (default: 8).")),
+    ("lora-alpha", click.option("--lora-alpha", default="", help="LoRA alpha (default: 16).")),
+    ("lora-dropout", click.option("--lora-dropout", default="", help="LoRA dropout (default: 0.05).")),
+    ("target-modules", click.option("--target-modules", default="", help="Comma-separated module names, qkv, or all-linear (default: by architecture).")),
+    ("quantization", click.option("--quantization", default="", help="none | 8bit | 4bit (nf4, double quantisation).")),
+    ("learning-rate", click.option("--learning-rate", default="", help="AdamW learning rate (default: 1e-2 for tiny, 2e-4 for other models; presets set the papers' rates).")),
+    ("lr-schedule", click.option("--lr-schedule", default="", help="cosine (default) | linear | constant.")),
+    ("warmup-steps", click.option("--warmup-steps", default="", help="Linear warmup steps (default: 0).")),
+    ("max-steps", click.option("--max-steps", default="", help="Optimiser steps; > 0 wins over --epochs (default: 60).")),
+    ("epochs", click.option("--epochs", default="", help="Epochs when --max-steps is 0 (default: 1).")),
+    ("batch-size", click.option("--batch-size", default="", help="Examples per process per micro-batch (default: 8).")),
+    ("grad-accum", click.option("--grad-accum", default="", help="Micro-batches per optimiser step (default: 1).")),
+    ("max-length", click.option("--max-length", default="", help="Maximum tokens per example (default: 512).")),
+    ("overlength", click.option("--overlength", default="", help="Examples over --max-length: truncate_prompt (default) | drop | error.")),
+    ("max-grad-norm", click.option("--max-grad-norm", default="", help="Gradient clipping norm (default: 1.0).")),
+    ("weight-decay", click.option("--weight-decay", default="", help="AdamW weight decay (default: 0).")),
+    ("gradient-checkpointing", click.option("--gradient-checkpointing", default="", help="true | false (default: false).")),
+    ("precision", click.option("--precision", default="", help="auto (default: bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.")),
+    ("seed", click.option("--seed", default="", help="Random seed (default: 42).")),
+    ("checkpoint-every", click.option("--checkpoint-every", default="", help="Log a checkpoint every N steps (default: 0 = none).")),
+    ("resume-from", click.option("--resume-from", default="", help="A train run id: continue from its latest checkpoint (new run).")),
+    ("stop-after", click.option("--stop-after", default="", help="Stop after N steps as if interrupted (writes a checkpoint).")),
+    ("trust-remote-code", click.option("--trust-remote-code", default="", help="true | false (default: false).")),
+]
 
 
-def train_config(preset="", text_only=None, five_choices=None, scored_only=None, years="", blocks="", ids="",
-                 **options):
-    """TrainConfig from CLI strings: defaults < preset < explicit options."""
-    from jmed.config import TrainConfig, build
+def train_options(f=None, exclude: tuple[str, ...] = ()):
+    """Decorate a command with TRAIN_OPTIONS (minus `exclude`: study sets model and format per cell)."""
+    if f is None:
+        return lambda g: train_options(g, exclude)
+    return _stack(f, [opt for name, opt in TRAIN_OPTIONS if name not in exclude])
 
+
+def train_overrides(text_only=None, five_choices=None, scored_only=None, years="", blocks="", ids="",
+                    **options) -> dict:
+    """TrainConfig overrides from CLI strings ("" = not given; filters only when one is set)."""
     overrides = dict(options)
     if any(v not in (None, "") for v in (text_only, five_choices, scored_only, years, blocks, ids)):
         overrides["filters"] = build_filter(text_only, five_choices, scored_only, years, blocks, ids)
-    return build(TrainConfig, overrides, preset=preset)
+    return overrides
+
+
+def train_config(preset="", **options):
+    """TrainConfig from CLI strings: defaults < preset < explicit options."""
+    from jmed.config import TrainConfig, build
+
+    return build(TrainConfig, train_overrides(**options), preset=preset)
 
 
 @main.command("train")
 @train_options
-def train_cmd(**options):
+@dry_run_option
+def train_cmd(dry_run, **options):
     """LoRA / QLoRA-tune a base model; logs one MLflow run (tag jmed.step=train) with adapter/."""
     try:
         cfg = train_config(**options)
+        if dry_run:
+            return echo_config(train=cfg)
         from jmed.train import train
 
         run_id = train(cfg)
@@ -220,15 +271,18 @@ def train_cmd(**options):
 @click.option("--prompt-format", default="", help="Prompt format (default: the adapter's, else igakuqa).")
 @click.option("--shots", default="", help="0 or 1 solved examples before each question (default: the adapter's, else 0).")
 @click.option("--parsing", default="", help="official | lenient answer parsing (default: lenient).")
-@click.option("--limit", default="", help="Evaluate only the first N questions (0 = all).")
+@click.option("--limit", default="", help="Evaluate only the first N questions (0 = all; biased to block A, see --sample).")
+@click.option("--sample", default="", help="Evaluate a fixed random subset of N questions (seeded by --seed; 0 = all).")
 @click.option("--batch-size", default="", help="Questions per batch (default: 8).")
-@click.option("--max-new-tokens", default="", help="Generation length (letter/text protocols; default: 16).")
+@click.option("--max-new-tokens", default="", help="Generation length (default 0: fit the answers, 16 for letters, "
+              "the longest gold text + 8 for text).")
 @click.option("--precision", default="", help="auto | fp32 | bf16 | fp16.")
 @click.option("--quantization", default="", help="none | 8bit | 4bit.")
 @click.option("--seed", default="", help="Random seed (default: 42).")
 @click.option("--compare-base", default="", help="true | false: also record the delta against the base model (default: true).")
-def evaluate_cmd(model, adapter, eval_data, data_format, protocol, prompt_format, shots, parsing, limit, batch_size,
-                 max_new_tokens, precision, quantization, seed, compare_base, **filters):
+@dry_run_option
+def evaluate_cmd(model, adapter, eval_data, data_format, protocol, prompt_format, shots, parsing, limit, sample,
+                 batch_size, max_new_tokens, precision, quantization, seed, compare_base, dry_run, **filters):
     """Evaluate a base model or an adapter on exam questions; logs one MLflow run (tag jmed.step=evaluate)."""
     import dataclasses
 
@@ -238,7 +292,8 @@ def evaluate_cmd(model, adapter, eval_data, data_format, protocol, prompt_format
     overrides = {
         "model": model, "adapter": adapter, "eval_data": eval_data, "data_format": data_format,
         "protocol": protocol, "prompt_format": prompt_format, "shots": shots if shots != "" else -1,
-        "parsing": parsing, "limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+        "parsing": parsing, "limit": limit, "sample": sample, "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
         "precision": precision, "quantization": quantization, "seed": seed, "compare_base": compare_base,
         "filters": build_filter(**filters),
     }
@@ -246,6 +301,8 @@ def evaluate_cmd(model, adapter, eval_data, data_format, protocol, prompt_format
         cfg = build(EvalConfig, overrides)
         if adapter:  # unset model / quantization: the adapter's own
             cfg = dataclasses.replace(cfg, model=model and cfg.model, quantization=quantization and cfg.quantization)
+        if dry_run:
+            return echo_config(evaluate=cfg)
         run_id = evaluate(cfg)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -343,18 +400,25 @@ def _true(value: str) -> bool:
 
 @main.command("pipeline")
 @train_options
+@eval_options
 @click.option("--protocol", default="", help="Evaluation protocol (default: the prompt format's own).")
 @click.option("--force", default="false", help="true: rerun steps even when identical finished runs exist.")
-def pipeline_cmd(protocol, force, eval_data, **train_opts):
+@dry_run_option
+def pipeline_cmd(protocol, force, eval_data, dry_run, eval_years, eval_blocks, eval_ids, limit, sample,
+                 max_new_tokens, eval_batch_size, **train_opts):
     """validate → train → evaluate (base and adapter) → promote, as child runs of one parent run.
 
     Takes every `train` option; --eval-data is the evaluation data (default: the sample's test split).
     """
-    from jmed.pipeline import PipelineFailed, main_pipeline
+    from jmed.pipeline import PipelineFailed, eval_config_for, main_pipeline
 
     try:
         cfg = train_config(**train_opts)
-        main_pipeline(cfg, eval_data=eval_data, protocol=protocol, force=_true(force))
+        settings = eval_settings(eval_years, eval_blocks, eval_ids, limit, sample, max_new_tokens, eval_batch_size)
+        if dry_run:
+            return echo_config(train=cfg, evaluate=eval_config_for(cfg, eval_data, protocol, settings=settings),
+                               pipeline={"force": _true(force)})
+        main_pipeline(cfg, eval_data=eval_data, protocol=protocol, force=_true(force), eval_settings=settings)
     except (PipelineFailed, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -364,18 +428,30 @@ def pipeline_cmd(protocol, force, eval_data, **train_opts):
 @click.option("--prompt-formats", default="alpaca_med,medpalm", help="Comma-separated prompt formats.")
 @click.option("--shots", default="0", help="Comma-separated shot counts, e.g. 0,1.")
 @click.option("--protocols", default="", help="Comma-separated protocols (default: each format's own).")
-@click.option("--train-data", default="")
-@click.option("--eval-data", default="")
-@click.option("--max-steps", default="")
-@click.option("--force", default="false")
-def study_cmd(models, prompt_formats, shots, protocols, train_data, eval_data, max_steps, force):
-    """The papers' grid: every model × prompt format × shots × protocol, untuned and tuned, compared."""
+@train_options(exclude=("model", "prompt-format", "shots"))
+@eval_options
+@click.option("--force", default="false", help="true: rerun steps even when identical finished runs exist.")
+@dry_run_option
+def study_cmd(models, prompt_formats, shots, protocols, eval_data, force, dry_run, eval_years, eval_blocks,
+              eval_ids, limit, sample, max_new_tokens, eval_batch_size, **train_opts):
+    """The papers' grid: every model × prompt format × shots × protocol, untuned and tuned, compared.
+
+    Takes every `train` option (for each cell's training) and the evaluation options of `pipeline`."""
     from jmed.study import study
 
     try:
-        study(_csv(models), _csv(prompt_formats), tuple(int(s) for s in _csv(shots) or ("0",)), _csv(protocols),
-              train_overrides={"train_data": train_data, "max_steps": max_steps}, eval_data=eval_data,
-              force=_true(force))
+        shot_list = tuple(int(s) for s in _csv(shots) or ("0",))
+        settings = eval_settings(eval_years, eval_blocks, eval_ids, limit, sample, max_new_tokens, eval_batch_size)
+        cfg = train_config(**train_opts)  # checked once here; each cell sets model and prompt format
+        preset = train_opts.pop("preset", "")
+        if dry_run:
+            from jmed.pipeline import eval_config_for
+
+            return echo_config(train=cfg, evaluate=eval_config_for(cfg, eval_data, "", settings=settings),
+                               study={"models": _csv(models), "prompt_formats": _csv(prompt_formats),
+                                      "shots": shot_list, "protocols": _csv(protocols), "force": _true(force)})
+        study(_csv(models), _csv(prompt_formats), shot_list, _csv(protocols), train_overrides(**train_opts),
+              eval_data=eval_data, force=_true(force), eval_settings=settings, preset=preset)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -429,9 +505,52 @@ def _dashed(arg: str) -> str:
     return arg
 
 
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _flags(command: click.Command) -> dict[str, tuple[str, str | None]]:
+    """Boolean flags of a command: option name -> (the name that sets it, the name that clears it)."""
+    out = {}
+    for p in command.params:
+        if isinstance(p, click.Option) and p.is_flag:
+            on, off = p.opts[0], (p.secondary_opts[0] if p.secondary_opts else None)
+            for name in p.opts + p.secondary_opts:
+                out[name] = (on, off) if name in p.opts else (off, on)
+    return out
+
+
+def mlflow_args(args: list[str]) -> list[str]:
+    """What `mlflow run -P name=value` appends (`--name value`) made into what click reads: dashes for
+    underscores, and a boolean flag given a value becomes the flag or its negation (`--text_only
+    true` -> `--text-only`, `--text_only false` -> `--no-text-only`)."""
+    args = [_dashed(a) for a in args]
+    command = main.commands.get(args[0]) if args else None
+    if command is None:
+        return args
+    flags, out, i = _flags(command), [args[0]], 1
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if name in flags and not eq and i + 1 < len(args) and args[i + 1].lower() in TRUE + FALSE:
+            value, eq = args[i + 1], "="
+            i += 1
+        if name in flags and eq:
+            if value.lower() not in TRUE + FALSE:
+                raise click.UsageError(f"{name}: expected true or false, got {value!r}")
+            chosen = flags[name][0 if value.lower() in TRUE else 1]
+            out += [chosen] if chosen else []
+        else:
+            out.append(args[i])
+        i += 1
+    return out
+
+
 def run():
     """Console entry point (`jmed`, `python -m jmed`)."""
-    sys.argv[1:] = [_dashed(a) for a in sys.argv[1:]]
+    try:
+        sys.argv[1:] = mlflow_args(sys.argv[1:])
+    except click.UsageError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
     main()
 
 

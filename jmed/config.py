@@ -75,9 +75,10 @@ class EvalConfig:
     prompt_format: str = ""  # "" -> the adapter's own, or igakuqa
     parsing: str = "lenient"  # official | lenient
     shots: int = 0
-    limit: int = 0
+    limit: int = 0  # the first N questions (after filters and sample); 0 = all
+    sample: int = 0  # a seeded random subset of N questions (after filters; stable for a seed); 0 = all
     batch_size: int = 8
-    max_new_tokens: int = 16
+    max_new_tokens: int = 0  # 0 -> fit the answers: 16 for letters, the longest gold text + 8 for text
     precision: str = "auto"
     quantization: str = "none"
     seed: int = 42

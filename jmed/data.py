@@ -537,8 +537,31 @@ def _read_instructions(path: Path, ds: Dataset) -> None:
 
 def _data_files(path: Path) -> list[Path]:
     """The question/record files under a folder (IgakuQA year folder or whole data/ tree)."""
-    files = [p for ext in ("*.jsonl", "*.json", "*.csv") for p in path.rglob(ext)]
+    files = []
+    for folder, names in _walk(path):
+        files += [folder / n for n in names if n.endswith((".jsonl", ".json", ".csv"))]
     return sorted(p for p in files if not p.name.endswith(("_metadata.jsonl", "_translate.jsonl")))
+
+
+def _walk(root: Path):
+    """(folder, file names) under `root`, following symlinked folders (a data tree of linked year
+    folders); a link back to a folder above it is an error, not an endless walk."""
+    import os
+
+    stack = [(root, (os.path.realpath(root),))]
+    while stack:
+        folder, ancestors = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise ValueError(f"{folder}: cannot list this folder: {exc.strerror or exc}") from exc
+        yield folder, [e.name for e in entries if e.is_file()]
+        for e in entries:
+            if e.is_dir():
+                real = os.path.realpath(e.path)
+                if real in ancestors:
+                    raise ValueError(f"{e.path}: symlink loop (it leads back to {real})")
+                stack.append((Path(e.path), ancestors + (real,)))
 
 
 def detect_format(path) -> str:
@@ -704,6 +727,20 @@ def apply_filters(questions, filters=None) -> list:
                 continue
         out.append(q)
     return out
+
+
+def sample_questions(questions, n: int, seed: int) -> list:
+    """A fixed random subset of `n` questions (all when n <= 0 or n >= len): the same ids for the same
+    data and seed on every machine and in every order of reading; kept in the data's order. Unlike
+    taking the first N (block A first), every block and year is represented."""
+    questions = list(questions)
+    if n <= 0 or n >= len(questions):
+        return questions
+    import random
+
+    ids = sorted(q.id for q in questions)
+    keep = set(random.Random(f"jmed-sample:{seed}").sample(ids, n))
+    return [q for q in questions if q.id in keep]
 
 
 def split_by_year(questions, test_years) -> tuple[list, list]:

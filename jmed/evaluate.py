@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from jmed.inference import generate, loglik, shots_for
+from jmed.inference import answer_budget, encode_prompt, generate, loglik, shots_for
 
 
 # ---- adapters -------------------------------------------------------------------------------------
@@ -97,12 +97,14 @@ PROTOCOLS = ("letter", "text", "loglik")
 
 
 def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str, shots: int = 0, parsing: str = "lenient",
-                  batch_size: int = 8, max_new_tokens: int = 16, desc: str = "") -> dict:
+                  batch_size: int = 8, max_new_tokens: int = 0, desc: str = "") -> dict:
     """Predict and score `questions`; returns {"rows": per-question dicts, "metrics": {...}, "summary": ...}.
 
     Numeric-entry questions are skipped (and counted) in the text and loglik protocols, which need choices.
     `shots` solved examples precede each question, chosen as training chooses them (`jmed.inference.shots_for`:
     the next questions of the same data, cyclically; never the question itself).
+    `max_new_tokens` 0 fits each question's longest possible answer (`jmed.inference.answer_budget`);
+    outputs cut off by their limit before EOS are counted as `eval/truncated`.
     """
     from jmed import metrics as M
     from jmed.prompts import LETTERS, render
@@ -127,8 +129,11 @@ def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str
         preds = {q.id: ",".join(M.letters_of(M.loglik_pick(by_id[q.id], q.n_answers))) for q in qs}
         rows = M.letter_rows(qs, preds, M.OFFICIAL)
     else:
-        outputs = generate(model, tokenizer, prompts, batch_size, max_new_tokens, desc=desc or protocol)
+        limits = [max_new_tokens or answer_budget(tokenizer, q.choices, q.n_answers, protocol) for q in qs]
+        outputs, cut = generate(model, tokenizer, prompts, batch_size, limits, desc=desc or protocol,
+                                with_truncated=True)
         seconds = time.perf_counter() - started
+        extra.update(truncated=sum(cut), max_new_tokens=max(limits, default=0))
         if protocol == "letter":
             preds = {q.id: out for q, out in zip(qs, outputs)}
             summary = M.letter_summary(qs, preds, parsing)
@@ -148,6 +153,9 @@ def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str
               "parsed": r["parsed"] or "", "gold": r["gold"], "correct": bool(r["correct"]),
               "points": float(r["points_scored"]), "max_points": float(r["points"])}
              for r, p, out in zip(rows, prompts, outputs)]
+    lengths = sorted(len(encode_prompt(tokenizer, p)) for p in prompts)
+    if lengths:
+        extra.update(prompt_tokens_median=lengths[len(lengths) // 2], prompt_tokens_max=lengths[-1])
     metrics = _metrics(summary, extra, len(qs), skipped, seconds)
     return {"rows": table, "metrics": metrics, "summary": summary, "seconds": seconds}
 
@@ -186,7 +194,7 @@ def _metrics(summary: dict, extra: dict, n: int, skipped: int, seconds: float) -
 # ---- the evaluate step ----------------------------------------------------------------------------
 
 MATCH_PARAMS = ("model", "base_revision", "eval_data_digest", "protocol", "prompt_format", "shots", "parsing",
-                "limit", "quantization")
+                "limit", "sample", "quantization")
 
 
 def _resolve(cfg, meta: dict):
@@ -212,18 +220,19 @@ def _resolve(cfg, meta: dict):
     shots = cfg.shots if cfg.shots >= 0 else int(meta.get("shots", 0) or 0)
     if cfg.parsing not in ("official", "lenient"):
         raise ValueError(f"unknown parsing {cfg.parsing!r}; choose official or lenient")
-    if cfg.batch_size < 1 or cfg.max_new_tokens < 1 or cfg.limit < 0 or shots < 0:
-        raise ValueError("batch_size and max_new_tokens must be >= 1; limit and shots >= 0")
+    if cfg.batch_size < 1 or cfg.max_new_tokens < 0 or cfg.limit < 0 or cfg.sample < 0 or shots < 0:
+        raise ValueError("batch_size must be >= 1; max_new_tokens (0 = fit the answers), limit, sample and "
+                         "shots >= 0")
     quantization = cfg.quantization or str((meta.get("config") or {}).get("quantization", "") or "none")
     return dataclasses.replace(cfg, model=model, prompt_format=fmt, protocol=protocol, shots=shots,
                                quantization=quantization)
 
 
 def load_eval_questions(cfg):
-    from jmed.data import SAMPLE_TEST, load_questions
+    from jmed.data import SAMPLE_TEST, load_questions, sample_questions
 
     path = cfg.eval_data or str(SAMPLE_TEST)
-    questions = load_questions(path, cfg.data_format, cfg.filters)
+    questions = sample_questions(load_questions(path, cfg.data_format, cfg.filters), cfg.sample, cfg.seed)
     if cfg.limit:
         questions = questions[: cfg.limit]
     if not questions:
@@ -272,7 +281,27 @@ def evaluate(cfg) -> str:
             params["base_eval_run"] = base_run
             tracking.log_params({"base_eval_run": base_run})
         _log_result(result, cfg, params, base_metrics)
+        print(result_line(info["slug"], cfg, result["metrics"], base_metrics))
         return run.info.run_id
+
+
+def result_line(slug: str, cfg, m: dict, base: dict | None = None) -> str:
+    """What the terminal shows after an evaluation: the headline figures, and what may have capped them."""
+    def pct(key):
+        return f"{100 * m[key]:.1f}%" if key in m else "n/a"
+
+    parts = [f"accuracy {pct('eval/accuracy')} of {int(m.get('eval/questions', 0))} questions"]
+    if base and "eval/accuracy" in base:
+        parts.append(f"base {100 * base['eval/accuracy']:.1f}%")
+    if "eval/exact_match" in m:
+        parts.append(f"exact match {pct('eval/exact_match')}, gestalt accuracy {pct('eval/gestalt_accuracy')}")
+    if cfg.protocol == "letter":
+        parts.append(f"unparsed {int(m.get('eval/unparsed', 0))}")
+    if "eval/truncated" in m:
+        parts.append(f"cut off by max_new_tokens {int(m['eval/truncated'])} (limit up to {int(m['eval/max_new_tokens'])})")
+    if "eval/prompt_tokens_max" in m:
+        parts.append(f"prompt tokens median {int(m['eval/prompt_tokens_median'])}, max {int(m['eval/prompt_tokens_max'])}")
+    return f"[jmed] evaluate {slug} {cfg.prompt_format}/{cfg.protocol}: " + "; ".join(parts)
 
 
 def _flat(cfg) -> dict:

@@ -77,39 +77,64 @@ def encode_continuation(tokenizer, continuation: str) -> list[int]:
     return encode("", continuation, tokenizer)[1][:-1]
 
 
-def generate_ids(model, tokenizer, prompts: list[str], batch_size: int = 8, max_new_tokens: int = 16,
-                 desc: str = "generate") -> list[list[int]]:
-    """Greedy new token ids per prompt (EOS and what follows cut off), in input order."""
+# Generation length (max_new_tokens = 0 means "fit the answer"): letters need a few tokens; choice
+# text needs the longest answer the question allows, tokenised, plus room for EOS and punctuation.
+LETTER_MAX_NEW_TOKENS = 16
+TEXT_MARGIN_TOKENS = 8
+
+
+def answer_budget(tokenizer, choices: list[str], n_answers: int, protocol: str) -> int:
+    """New tokens that let the longest possible answer finish: for the text protocol the tokenised
+    length of the `n_answers` longest choices joined by "," (as gold is written) plus a margin."""
+    if protocol != "text" or not choices:
+        return LETTER_MAX_NEW_TOKENS
+    longest = sorted(choices, key=lambda c: -len(encode_continuation(tokenizer, c)))[: max(1, n_answers)]
+    return len(encode_continuation(tokenizer, ",".join(longest))) + TEXT_MARGIN_TOKENS
+
+
+def generate_ids(model, tokenizer, prompts: list[str], batch_size: int = 8, max_new_tokens: int | list[int] = 16,
+                 desc: str = "generate") -> tuple[list[list[int]], list[bool]]:
+    """Greedy new token ids per prompt (EOS and what follows cut off), in input order, and whether each
+    was cut off by its limit before EOS. `max_new_tokens`: one limit, or one per prompt (a batch runs
+    to its longest limit; each row is cut back to its own, so results never depend on batching)."""
     import torch
 
     pad = _pad_id(tokenizer)
     eos = tokenizer.eos_token_id
+    limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     out: list[list[int]] = [[] for _ in prompts]
+    truncated = [False] * len(prompts)
     device = next(model.parameters()).device
     bar = _progress(len(prompts), desc)
     with torch.inference_mode():
         for batch in _sorted_batches([len(e) for e in encoded], batch_size):
             ids, mask = _left_pad([encoded[i] for i in batch], pad)
             gen = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                input_ids=ids.to(device), attention_mask=mask.to(device),
+                max_new_tokens=max(limits[i] for i in batch),
                 do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad, eos_token_id=eos,
                 temperature=None, top_p=None, top_k=None,
             )
             new = gen[:, ids.shape[1]:].tolist()
             for row, i in enumerate(batch):
-                toks = new[row]
-                out[i] = toks[: toks.index(eos)] if eos is not None and eos in toks else toks
+                toks = new[row][: limits[i]]
+                if eos is not None and eos in toks:
+                    out[i] = toks[: toks.index(eos)]
+                else:
+                    out[i], truncated[i] = toks, True
             bar.update(len(batch))
     bar.close()
-    return out
+    return out, truncated
 
 
-def generate(model, tokenizer, prompts: list[str], batch_size: int = 8, max_new_tokens: int = 16,
-             desc: str = "generate") -> list[str]:
-    """Greedy continuations of `prompts` (decoded, special tokens skipped), in input order."""
-    ids = generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, desc)
-    return [tokenizer.decode(t, skip_special_tokens=True) for t in ids]
+def generate(model, tokenizer, prompts: list[str], batch_size: int = 8, max_new_tokens: int | list[int] = 16,
+             desc: str = "generate", with_truncated: bool = False):
+    """Greedy continuations of `prompts` (decoded, special tokens skipped), in input order; with
+    `with_truncated`, also the cut-off flags of `generate_ids`."""
+    ids, truncated = generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, desc)
+    texts = [tokenizer.decode(t, skip_special_tokens=True) for t in ids]
+    return (texts, truncated) if with_truncated else texts
 
 
 def _forward_kwargs(model) -> dict:

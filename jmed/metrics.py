@@ -66,7 +66,11 @@ _ITEM = rf"[{_OPEN}]?[ \t]*[a-z][ \t]*[{_CLOSE}]?"
 _SEP = r"(?:\s*[,、，・/&;]\s*|\s*(?:と|および|及び)\s*|\s+)"
 # A run of single letters ("c", "c, e", "(c)", "c、e", "c と e") not followed by another Latin letter,
 # so that words ("cat", "I think") are not read as answers.
-_RUN = re.compile(rf"{_ITEM}(?:{_SEP}{_ITEM})*(?![a-z])", re.IGNORECASE)
+# Nor is a letter that starts a word in Japanese: "B群連鎖球菌", "A型", "T波" (kanji, katakana, digits).
+_WORD = r"a-z0-9\u3400-\u9fff\u30a0-\u30ff\uff66-\uff9f"
+_RUN = re.compile(rf"{_ITEM}(?:{_SEP}{_ITEM})*(?![{_WORD}])", re.IGNORECASE)
+# A re-listing of the choices is not an answer: two or more list labels ("a. …\nb. …", "1. 2. 3.").
+_LIST_LABEL = re.compile(r"(?:^|(?<=\s))([a-z]|[0-9]{1,2})[ \t]*[.:)]", re.IGNORECASE)
 _LETTER = re.compile(r"(?<![a-z])[a-z](?![a-z])", re.IGNORECASE)
 # Where an answer is announced: 「答え：c」, "答え: c", "正解はc", "Answer: c", "the answer is c".
 _MARKER = re.compile(r"(?:解答|正解|回答|答え|答|answer)\s*(?:は|:|=|is|->|→)?\s*", re.IGNORECASE)
@@ -91,6 +95,8 @@ def parse_letters(text: str | None, n_choices: int, mode: str = LENIENT) -> tupl
     "a,a" stays wrong). Items that are not letters of the question's choices make it unparseable
     (they could never be correct). lenient: NFKC and whitespace normalisation, upper case, 「答え：c」,
     "c、e", "(c)", a trailing explanation; duplicates dropped; letters outside the choices → None.
+    Not answers (→ None) in lenient mode either: a re-listing of the choices ("a. 肺炎\nb. 結核",
+    "1. … 2. …"), and a letter that begins a word ("B群連鎖球菌").
     """
     if text is None:
         return None
@@ -101,6 +107,8 @@ def parse_letters(text: str | None, n_choices: int, mode: str = LENIENT) -> tupl
     if mode != LENIENT:
         raise ValueError(f"unknown parsing {mode!r}; choose one of: {', '.join(PARSINGS)}")
     s = normalize(text)
+    if len({m.group(1).lower() for m in _LIST_LABEL.finditer(s)}) >= 2:
+        return None  # the choices (or numbered lines) listed back, not an answer
     starts = [0] + [m.end() for m in _MARKER.finditer(s)]
     for pos in starts:
         letters = _letters_at(s, pos)

@@ -190,27 +190,40 @@ def adapter_uri(train_run: str) -> str:
 
 
 def eval_config_for(train_cfg: TrainConfig, eval_data: str, protocol: str, shots: int | None = None,
-                    adapter: str = "") -> EvalConfig:
-    return EvalConfig(model=train_cfg.model, adapter=adapter, eval_data=eval_data,
-                      protocol=protocol or protocol_for(train_cfg.prompt_format),
-                      prompt_format=train_cfg.prompt_format,
-                      shots=train_cfg.shots if shots is None else shots,
-                      quantization=train_cfg.quantization, seed=train_cfg.seed)
+                    adapter: str = "", settings: dict | None = None) -> EvalConfig:
+    """The evaluation that matches a training config. The kind-of-question filters (text-only,
+    five-choices, scored-only) carry over; years/blocks/ids select training questions only, so the
+    evaluation's own come from `settings` (years, blocks, ids, limit, sample, max_new_tokens, batch_size)."""
+    from jmed.config import DataFilter, build
+
+    settings = dict(settings or {})
+    f = train_cfg.filters
+    filters = DataFilter(text_only=f.text_only, five_choices=f.five_choices, scored_only=f.scored_only,
+                         years=tuple(settings.pop("years", ())), blocks=tuple(settings.pop("blocks", ())),
+                         ids=tuple(settings.pop("ids", ())))
+    return build(EvalConfig, {
+        "model": train_cfg.model, "adapter": adapter, "eval_data": eval_data,
+        "protocol": protocol or protocol_for(train_cfg.prompt_format), "prompt_format": train_cfg.prompt_format,
+        "shots": train_cfg.shots if shots is None else shots, "quantization": train_cfg.quantization,
+        "seed": train_cfg.seed, "filters": filters, **settings})
 
 
-def main_pipeline(train_cfg: TrainConfig, eval_data: str = "", protocol: str = "", force: bool = False) -> str:
-    """validate → train → evaluate (base, adapter) → promote. Returns the parent run id."""
+def main_pipeline(train_cfg: TrainConfig, eval_data: str = "", protocol: str = "", force: bool = False,
+                  eval_settings: dict | None = None) -> str:
+    """validate → train → evaluate (base, adapter) → promote. Returns the parent run id.
+    `eval_settings`: EvalConfig overrides (see `eval_config_for`)."""
     import mlflow
 
     ledger = Ledger()
     with tracking.step_run("pipeline") as parent:
+        base_cfg = eval_config_for(train_cfg, eval_data, protocol, settings=eval_settings)
         tracking.log_params({f"pipeline.{k}": v for k, v in flat(train_cfg).items()}
+                            | {f"pipeline.eval.{k}": v for k, v in flat(base_cfg).items()}
                             | {"pipeline.eval_data": eval_data, "pipeline.protocol": protocol,
                                "pipeline.force": force})
         try:
             validate_step(ledger, train_cfg.train_data, eval_data, force)
             train_run = train_step(ledger, train_cfg, force)
-            base_cfg = eval_config_for(train_cfg, eval_data, protocol)
             evaluate_step(ledger, base_cfg, force, "evaluate-base")
             adapter_cfg = replace(base_cfg, adapter=adapter_uri(train_run))
             eval_run = evaluate_step(ledger, adapter_cfg, force, "evaluate-adapter")

@@ -33,7 +33,7 @@ MAX_CHOICES = 10
 MAX_CHARS = 20_000
 MAX_ROWS = 256
 PROTOCOLS = ("letter", "text", "loglik")
-DEFAULT_MAX_NEW_TOKENS = 32
+DEFAULT_MAX_NEW_TOKENS = 0  # 0: fit each question's answers, as evaluation does (inference.answer_budget)
 MAX_NEW_TOKENS_LIMIT = 1024
 
 
@@ -132,8 +132,9 @@ def check_params(params: dict | None, default_protocol: str) -> tuple[str, int]:
     if protocol not in PROTOCOLS:
         raise invalid(f"param 'protocol' is {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     tokens = params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= MAX_NEW_TOKENS_LIMIT:
-        raise invalid(f"param 'max_new_tokens' is {tokens!r}; must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT}")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= MAX_NEW_TOKENS_LIMIT:
+        raise invalid(f"param 'max_new_tokens' is {tokens!r}; must be an integer from 0 (fit the answers) "
+                      f"to {MAX_NEW_TOKENS_LIMIT}")
     return protocol, tokens
 
 
@@ -172,7 +173,7 @@ class JmedModel(PythonModel):
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
-        from jmed.inference import generate, loglik
+        from jmed.inference import answer_budget, generate, loglik
 
         rows = check_inputs(model_input)
         protocol, max_new_tokens = check_params(params, self.protocol)
@@ -184,8 +185,10 @@ class JmedModel(PythonModel):
             scores = loglik(self.model, self.tokenizer, prompts, conts, batch_size=len(rows), desc=None)
             out = [self._picked(s, r) for s, r in zip(scores, rows)]
         else:
-            raws = generate(self.model, self.tokenizer, prompts, batch_size=len(rows),
-                            max_new_tokens=max_new_tokens, desc=None)
+            limits = [min(max_new_tokens or answer_budget(self.tokenizer, r["choices"], r["n_answers"], protocol),
+                          MAX_NEW_TOKENS_LIMIT) for r in rows]
+            raws = generate(self.model, self.tokenizer, prompts, batch_size=len(rows), max_new_tokens=limits,
+                            desc=None)
             out = [self._answer(raw, r, protocol) for raw, r in zip(raws, rows)]
         return pd.DataFrame(out, columns=["answer", "answer_text", "raw_output"])
 

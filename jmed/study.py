@@ -123,26 +123,36 @@ def log_comparison(rows: list[dict]) -> None:
 
 
 def study(models, prompt_formats, shots=(0,), protocols=(), train_overrides: dict | None = None,
-          eval_data: str = "", force: bool = False) -> tuple[str, list[dict]]:
-    """Run every model × prompt format × shots × protocol, untuned and tuned. Returns (parent run, table)."""
+          eval_data: str = "", force: bool = False, eval_settings: dict | None = None,
+          preset: str = "") -> tuple[str, list[dict]]:
+    """Run every model × prompt format × shots × protocol, untuned and tuned. Returns (parent run, table).
+
+    `train_overrides` (+ `preset`): TrainConfig settings of every cell, which sets model and prompt
+    format itself; `eval_settings`: EvalConfig overrides (`pipeline.eval_config_for`)."""
     from jmed import config, pipeline
 
+    overrides = {k: v for k, v in (train_overrides or {}).items() if k not in ("model", "prompt_format")}
     ledger = pipeline.Ledger()
     eval_runs = []
     with tracking.step_run("study") as parent:
         tracking.log_params({"study.models": ",".join(models), "study.prompt_formats": ",".join(prompt_formats),
                              "study.shots": ",".join(map(str, shots)), "study.protocols": ",".join(protocols),
-                             "study.eval_data": eval_data})
+                             "study.eval_data": eval_data}
+                            | {f"study.train.{k}": v for k, v in config.flat(
+                                config.build(TrainConfig, overrides, preset=preset)).items()
+                               if k not in ("model", "prompt_format", "learning_rate")}
+                            | {f"study.eval.{k}": v for k, v in (eval_settings or {}).items()})
         try:
             for model in models:
                 for fmt in prompt_formats:
-                    cfg = config.build(TrainConfig, {**(train_overrides or {}), "model": model, "prompt_format": fmt})
+                    cfg = config.build(TrainConfig, {**overrides, "model": model, "prompt_format": fmt}, preset)
                     if not eval_runs and not ledger.steps:
                         pipeline.validate_step(ledger, cfg.train_data, eval_data, force)
                     train_run = pipeline.train_step(ledger, cfg, force)
                     for n_shots in shots:
                         for protocol in protocols or (protocol_for(fmt),):
-                            base = pipeline.eval_config_for(cfg, eval_data, protocol, n_shots)
+                            base = pipeline.eval_config_for(cfg, eval_data, protocol, n_shots,
+                                                            settings=eval_settings)
                             eval_runs.append(pipeline.evaluate_step(ledger, base, force, "evaluate-base"))
                             eval_runs.append(pipeline.evaluate_step(
                                 ledger, replace(base, adapter=pipeline.adapter_uri(train_run)), force, "evaluate-adapter"))

@@ -88,12 +88,13 @@ def render_item(item, fmt: str, shots: list, tokenizer):
 
 def tokenize(items: list, cfg: TrainConfig, tokenizer) -> tuple[list[Example], dict]:
     """Examples with the prompt masked; overlength ones handled by `cfg.overlength` and counted."""
-    examples, over, dropped, over_ids = [], 0, 0, []
+    examples, over, dropped, over_ids, excess = [], 0, 0, [], []
     for i, item in enumerate(items):
         r = render_item(item, cfg.prompt_format, shots_for(items, i, cfg.shots), tokenizer)
         p, t = encode(r.prompt, r.target, tokenizer)
         if len(p) + len(t) > cfg.max_length:
             over += 1
+            excess.append(len(p) + len(t) - cfg.max_length)
             over_ids.append(item.id or f"#{i + 1}")
             if cfg.overlength == "error":
                 continue
@@ -109,7 +110,10 @@ def tokenize(items: list, cfg: TrainConfig, tokenizer) -> tuple[list[Example], d
     if not examples:
         raise TrainError(f"no training example left: all {len(items)} are longer than max_length="
                          f"{cfg.max_length} (overlength={cfg.overlength})")
-    return examples, {"overlength_examples": over, "dropped_examples": dropped, "examples": len(examples)}
+    excess.sort()
+    return examples, {"overlength_examples": over, "dropped_examples": dropped, "examples": len(examples),
+                      "overlength_median_tokens": excess[len(excess) // 2] if excess else 0,
+                      "overlength_max_tokens": excess[-1] if excess else 0}
 
 
 def collate(batch: list[Example], pad_id: int):
@@ -421,10 +425,14 @@ def _train(cfg: TrainConfig, accelerator, run_id: str, cleanup: list) -> None:
         if eval_items:
             log_dataset(eval_items, "eval", eval_path, data.digest(eval_items), "evaluation")
         mlflow.log_metrics({"data/overlength_examples": counts["overlength_examples"],
-                            "data/dropped_examples": counts["dropped_examples"]}, step=0)
+                            "data/dropped_examples": counts["dropped_examples"],
+                            "data/overlength_median_tokens": counts["overlength_median_tokens"],
+                            "data/overlength_max_tokens": counts["overlength_max_tokens"]}, step=0)
         if counts["overlength_examples"]:
-            log.warning("%d example(s) longer than max_length=%d: policy %s, %d dropped",
-                        counts["overlength_examples"], cfg.max_length, cfg.overlength, counts["dropped_examples"])
+            log.warning("%d of %d example(s) longer than max_length=%d, by %d tokens (median), %d (max): "
+                        "policy %s, %d dropped; see README \"Choosing max_length\"", counts["overlength_examples"],
+                        len(items), cfg.max_length, counts["overlength_median_tokens"],
+                        counts["overlength_max_tokens"], cfg.overlength, counts["dropped_examples"])
     monitor = _system_metrics(run_id) if main else None
     if monitor is not None:
         cleanup.append(monitor.finish)

@@ -95,12 +95,28 @@ def test_generation_is_greedy_and_bounded_by_max_new_tokens(tiny):
 
     model, tok, _ = tiny
     prompts = [render(q, "igakuqa", (), tok).prompt for q in _mc()[:4]]
-    short = generate_ids(model, tok, prompts, batch_size=4, max_new_tokens=2)
-    long = generate_ids(model, tok, prompts, batch_size=3, max_new_tokens=8)
+    short, cut = generate_ids(model, tok, prompts, batch_size=4, max_new_tokens=2)
+    long, _ = generate_ids(model, tok, prompts, batch_size=3, max_new_tokens=8)
     for s, l in zip(short, long):
         assert len(s) <= 2 and len(l) <= 8 and l[: len(s)] == s
         assert tok.eos_token_id not in l
+    assert cut == [len(s) == 2 for s in short]  # cut off by the limit, not ended by EOS
     assert generate(model, tok, prompts, 4, 8) == [tok.decode(t, skip_special_tokens=True) for t in long]
+    # one limit per prompt: each row is cut back to its own, whatever it was batched with
+    mixed, _ = generate_ids(model, tok, prompts, batch_size=4, max_new_tokens=[2, 8, 2, 8])
+    assert mixed == [short[0], long[1], short[2], long[3]]
+
+
+def test_text_answer_budget_fits_the_longest_gold(tiny):
+    from jmed.inference import LETTER_MAX_NEW_TOKENS, TEXT_MARGIN_TOKENS, answer_budget, encode_continuation
+
+    _, tok, _ = tiny
+    choices = ["肺", "急性心筋梗塞と急性心筋梗塞", "結", "慢性閉塞性肺疾患の急性増悪と慢性閉塞性肺疾患", "胃"]
+    n = len(encode_continuation(tok, choices[3]))
+    assert answer_budget(tok, choices, 1, "text") == n + TEXT_MARGIN_TOKENS
+    two = len(encode_continuation(tok, f"{choices[3]},{choices[1]}"))
+    assert answer_budget(tok, choices, 2, "text") == two + TEXT_MARGIN_TOKENS
+    assert answer_budget(tok, choices, 1, "letter") == LETTER_MAX_NEW_TOKENS
 
 
 def test_numeric_entry_questions_are_skipped_and_counted_in_text_and_loglik(tiny):

@@ -248,3 +248,35 @@ def test_loglik_summary():
     assert s["protocol"] == "loglik" and s["questions"] == 3 and s["excluded_numeric"] == 1
     assert s["correct"] == 3 and s["accuracy"] == 1.0
     assert s["accuracy_stem_k"] == 2 / 3  # L3 with k=1 picks only a
+
+
+# Real outputs (verbatim, untuned models, igakuqa letter prompts on the bundled sample and IgakuQA) with
+# the answer lenient parsing must read from them. Re-listed choices and letters that begin words are
+# not answers; the official parser (unchanged) reads none of these.
+REAL_OUTPUTS = [
+    # SmolLM2-135M-Instruct
+    ("a. 統合失調症の陽性症状\nb. 感", None),                # the choices listed back
+    ("a. 胆石\nb. 低カルシウム血症\nc.", None),
+    ("1. \na. 急速進行性糸\nb. \nc. 脱水", None),
+    ("1. 24時間\n2. 24時間\n3. 24時間", None),             # numbered lines
+    ("1. トラネキサム酸\n2. ビタミンK\n3", None),
+    ("B群連鎖葉はど", None),                               # a letter that begins a word
+    ("2つ選べ。\n\n## ビタミンB12欠乏症の", None),
+    ("1\n\n答えは1である。\n\nそれは1である。\n", None),
+    ("3つ選べ。\n\nそれは、サーシャップバッ", None),
+    ("a. 僧帽弁狭窄症の原因として最も", ("a",)),            # one label: read as the answer a
+    # tiny (random weights)
+    ('\ufffdアトロ"ﾟま@c吸気が途中で止まスタン五区由', None),
+    ("\ufffd嘔卵スタン院力障害び、記号で答えてください。最終胱ｋ衝けいれん", None),
+    # answers that stay answers
+    ("正解は b. 肺炎だから", ("b",)),
+    ("答えはcとeです。", ("c", "e")),
+    ("cです", ("c",)),
+    ("d,e\n", ("d", "e")),
+]
+
+
+@pytest.mark.parametrize("text, expected", REAL_OUTPUTS)
+def test_lenient_parsing_of_real_model_outputs(text, expected):
+    assert M.parse_letters(text, 5, "lenient") == expected
+    assert M.parse_letters(text, 5, "official") is None  # IgakuQA's parser: only bare "x,y" strings

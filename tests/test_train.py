@@ -53,7 +53,8 @@ def test_masking_and_eos():
     assert e.labels == [-100] * len(prompt_ids) + target_ids
     assert tok.convert_ids_to_tokens(target_ids) == ["c", ",", "e", "</s>"]
     assert prompt_ids[0] == tok.bos_token_id and prompt_ids.count(tok.bos_token_id) == 1
-    assert counts == {"overlength_examples": 0, "dropped_examples": 0, "examples": 1}
+    assert counts == {"overlength_examples": 0, "dropped_examples": 0, "examples": 1,
+                      "overlength_median_tokens": 0, "overlength_max_tokens": 0}
 
 
 def _render(q, fmt="igakuqa"):
@@ -69,12 +70,14 @@ def test_overlength_policies():
     lengths = [len(sum(encode(*_render(q), tok), [])) for q in qs]
     limit = sorted(lengths)[len(lengths) // 2]  # about half are longer
     n_over = sum(n > limit for n in lengths)
+    excess = sorted(n - limit for n in lengths if n > limit)
+    by = {"overlength_median_tokens": excess[len(excess) // 2], "overlength_max_tokens": max(lengths) - limit}
     ex, counts = tokenize(qs, TrainConfig(max_length=limit, overlength="truncate_prompt"), tok)
-    assert counts == {"overlength_examples": n_over, "dropped_examples": 0, "examples": len(qs)}
+    assert counts == {"overlength_examples": n_over, "dropped_examples": 0, "examples": len(qs), **by}
     assert max(len(e.input_ids) for e in ex) == limit
     assert all(e.input_ids[0] == tok.bos_token_id for e in ex)
     ex, counts = tokenize(qs, TrainConfig(max_length=limit, overlength="drop"), tok)
-    assert counts == {"overlength_examples": n_over, "dropped_examples": n_over, "examples": len(qs) - n_over}
+    assert counts == {"overlength_examples": n_over, "dropped_examples": n_over, "examples": len(qs) - n_over, **by}
     with pytest.raises(TrainError, match=f"{n_over} example\\(s\\) longer than max_length={limit} tokens"):
         tokenize(qs, TrainConfig(max_length=limit, overlength="error"), tok)
 
