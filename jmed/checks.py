@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from jmed.data import (
-    LETTERS, DataError, Dataset, Question, digest, duplicate_ids, exclusions, read_dataset,
+    LETTERS, DataError, Dataset, Question, apply_filters, digest, duplicate_ids, exclusions, read_dataset,
 )
 from jmed.metrics import SELECT_RE, stated_count
 
@@ -340,9 +340,14 @@ def _split_paths(paths) -> list[str]:
     return [p for p in paths if str(p).strip()]
 
 
-def validate(paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_THRESHOLD) -> Report:
+def validate(paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_THRESHOLD, filters=None,
+             against_filters=None) -> Report:
     """Validate every dataset in `paths` (and `against`, the test data), check leakage from `paths` to
-    `against`. Never raises on bad data: every problem is in the report."""
+    `against`. Never raises on bad data: every problem is in the report.
+
+    Every record read is checked; the checks across datasets (repeated ids, leakage) see only the
+    questions a step will use: `filters` / `against_filters` (DataFilter), e.g. a whole IgakuQA tree
+    trained on with years 2018–2021 and tested on 2022."""
     report = Report(leakage_threshold=threshold)
     errors: list[DataError] = []
     warnings: list[DataError] = []
@@ -356,7 +361,7 @@ def validate(paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_TH
             for reason, ids in ds.skipped.items():
                 skipped[reason] = skipped.get(reason, 0) + len(ids)
             questions = ds.questions
-            loaded[role] += ds.items
+            loaded[role] += apply_filters(ds.items, filters if role == "data" else against_filters)
             report.loaded[str(p)] = ds
             report.datasets.append({"path": str(p), "role": role, "format": ds.format, "digest": digest(ds.items),
                                     "questions": ds.records, "files": len(ds.files)})

@@ -111,22 +111,27 @@ def _digest_of(path: str, default, strict: bool = True) -> str:
     return data.digest(ds.items) + f"+{len(ds.errors)}-errors" if ds.errors else data.digest(ds.items)
 
 
-def validate_step(ledger: Ledger, train_data: str, eval_data: str, force: bool) -> None:
-    """Stop the pipeline before training when the data is invalid; the report goes to the parent."""
+def validate_step(ledger: Ledger, train_data: str, eval_data: str, force: bool, train_filters=None,
+                  eval_filters=None) -> None:
+    """Stop the pipeline before training when the data is invalid; the report goes to the parent.
+    Repeated ids and leakage are checked between the questions the steps use (after their filters)."""
     import mlflow
 
     from jmed import checks, data
 
     train_path = train_data or str(data.SAMPLE_TRAIN)
     eval_path = eval_data or str(data.SAMPLE_TEST)
-    key = step_key("validate", {"data": train_path, "against": eval_path},
+    used = {f"{name}.{k}": v for name, f in (("filters", train_filters), ("eval_filters", eval_filters)) if f
+            for k, v in flat(f).items()}
+    key = step_key("validate", {"data": train_path, "against": eval_path, **used},
                    {"train": _digest_of(train_path, data.SAMPLE_TRAIN, strict=False),
                     "eval": _digest_of(eval_path, data.SAMPLE_TEST, strict=False)})
     holder = {}
 
     def fn():
         with tracking.step_run("validate"):
-            report = holder["report"] = checks.validate([train_path], against=[eval_path])
+            report = holder["report"] = checks.validate([train_path], against=[eval_path], filters=train_filters,
+                                                        against_filters=eval_filters)
             checks.log_report(report)
             if not report.success:
                 raise PipelineFailed(f"validation failed, pipeline stopped before training:\n{report.summary()}")
@@ -222,7 +227,7 @@ def main_pipeline(train_cfg: TrainConfig, eval_data: str = "", protocol: str = "
                             | {"pipeline.eval_data": eval_data, "pipeline.protocol": protocol,
                                "pipeline.force": force})
         try:
-            validate_step(ledger, train_cfg.train_data, eval_data, force)
+            validate_step(ledger, train_cfg.train_data, eval_data, force, train_cfg.filters, base_cfg.filters)
             train_run = train_step(ledger, train_cfg, force)
             evaluate_step(ledger, base_cfg, force, "evaluate-base")
             adapter_cfg = replace(base_cfg, adapter=adapter_uri(train_run))

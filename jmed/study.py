@@ -147,7 +147,8 @@ def study(models, prompt_formats, shots=(0,), protocols=(), train_overrides: dic
                 for fmt in prompt_formats:
                     cfg = config.build(TrainConfig, {**overrides, "model": model, "prompt_format": fmt}, preset)
                     if not eval_runs and not ledger.steps:
-                        pipeline.validate_step(ledger, cfg.train_data, eval_data, force)
+                        pipeline.validate_step(ledger, cfg.train_data, eval_data, force, cfg.filters,
+                                               pipeline.eval_config_for(cfg, eval_data, "", settings=eval_settings).filters)
                     train_run = pipeline.train_step(ledger, cfg, force)
                     for n_shots in shots:
                         for protocol in protocols or (protocol_for(fmt),):

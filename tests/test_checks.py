@@ -180,3 +180,24 @@ def test_leakage_bound_is_exact_against_bruteforce():
         fast = [(p["train_id"], p["test_id"], p["score"]) for p in checks.leakage_pairs(train, test, threshold)]
         assert fast == checks.leakage_pairs_bruteforce(train, test, threshold)
         assert fast, threshold  # every threshold finds pairs here, so the comparison means something
+
+
+def test_cross_dataset_checks_see_only_the_questions_used(tmp_path):
+    """A whole tree trained on with a year filter, tested on one of its years: not a duplicate."""
+    import shutil
+
+    from jmed.config import DataFilter
+
+    tree = tmp_path / "tree"
+    for year, name in ((2018, "train"), (2022, "test")):
+        (tree / str(year)).mkdir(parents=True)
+        qs = [json.loads(x) for x in (data.SAMPLE_DIR / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+        (tree / str(year) / f"{name}.jsonl").write_text(
+            "\n".join(json.dumps(q, ensure_ascii=False) for q in qs) + "\n", encoding="utf-8")
+        shutil.copy(data.SAMPLE_DIR / f"{name}_metadata.jsonl", tree / str(year) / f"{name}_metadata.jsonl")
+    test = tree / "2022"
+    unfiltered = checks.validate([tree], against=[test])
+    assert not unfiltered.success and any("duplicate id" in e["message"] for e in unfiltered.errors)
+    train_years = sorted({q.year for q in data.load_questions(tree / "2018")})
+    filtered = checks.validate([tree], against=[test], filters=DataFilter(years=tuple(train_years)))
+    assert not any("duplicate id" in e["message"] for e in filtered.errors), filtered.errors[:3]

@@ -302,3 +302,33 @@ def test_load_questions_applies_filters():
 def test_data_error_str():
     assert str(DataError("a.jsonl", 3, "answer", "bad")) == "a.jsonl:3: answer: bad"
     assert str(DataError("a.jsonl", 0, "", "empty file")) == "a.jsonl: empty file"
+
+
+def test_sample_is_seeded_stable_and_order_free():
+    qs = data.load_questions(data.SAMPLE_TRAIN)
+    a = data.sample_questions(qs, 10, seed=42)
+    assert len(a) == 10 and [q for q in qs if q in a] == a  # kept in the data's order
+    b = data.sample_questions(list(reversed(qs)), 10, seed=42)
+    assert sorted(q.id for q in a) == sorted(q.id for q in b)  # reading order does not matter
+    assert {q.id for q in data.sample_questions(qs, 10, seed=7)} != {q.id for q in a}
+    assert data.sample_questions(qs, 0, 42) == qs and data.sample_questions(qs, len(qs) + 5, 42) == qs
+    # the same ids on every machine: pinned (random.Random with a string seed is platform-independent)
+    assert [q.id for q in data.sample_questions(qs, 3, seed=42)] == EXPECTED_SAMPLE_3
+
+
+EXPECTED_SAMPLE_3 = ["901C2", "901C5", "901E3"]
+
+
+def test_symlinked_year_folders_are_followed_and_loops_rejected(tmp_path):
+    years = tmp_path / "years"
+    years.mkdir()
+    (years / "a").mkdir()
+    shutil.copy(data.SAMPLE_TRAIN, years / "a" / "train.jsonl")
+    shutil.copy(data.SAMPLE_DIR / "train_metadata.jsonl", years / "a" / "train_metadata.jsonl")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "2099").symlink_to(years / "a", target_is_directory=True)
+    assert [q.id for q in data.load_questions(tree)] == [q.id for q in data.load_questions(data.SAMPLE_TRAIN)]
+    (years / "a" / "back").symlink_to(tree, target_is_directory=True)
+    with pytest.raises(DataLoadError, match=r"back: symlink loop \(it leads back to "):
+        data.load_questions(tree)

@@ -169,3 +169,23 @@ def test_study_two_architectures_two_formats(tracking, neox_model):
     out = CliRunner().invoke(main, ["compare"])
     assert out.exit_code == 0, out.output
     assert out.output.count("alpaca_med") == 2 and out.output.count("medpalm") == 2
+
+
+def test_main_forwards_filters_sample_and_limit_to_evaluation(tracking, capsys):
+    """The evaluation options reach both evaluate steps, key their reuse, and show on the terminal."""
+    from jmed.config import DataFilter
+    from jmed.pipeline import main_pipeline
+
+    cfg = TrainConfig(max_steps=2, batch_size=4, filters=DataFilter(five_choices=True))
+    main_pipeline(cfg, eval_settings={"sample": 6})
+    evals = _runs("evaluate")
+    assert len(evals) == 2
+    for run in evals:
+        p = run.data.params
+        assert (p["sample"], p["filters.five_choices"], run.data.metrics["eval/questions"]) == ("6", "True", 6.0)
+    assert "[jmed] evaluate tiny igakuqa/letter: accuracy" in capsys.readouterr().out
+    # another sample is another evaluation (not reused); training is reused
+    parent = main_pipeline(cfg, eval_settings={"sample": 6, "limit": 4})
+    tags = _client().get_run(parent).data.tags
+    assert tags["jmed.steps_reused"] == "validate,train"
+    assert sorted(r.data.metrics["eval/questions"] for r in _runs("evaluate")) == [4.0, 4.0, 6.0, 6.0]
