@@ -1,6 +1,6 @@
 """Questions/s of jmed's evaluation engines against lm-evaluation-harness on the same model and questions.
 
-Both run in this process on the same tiny model object, the same rendered prompts and the same batch size:
+Both run in this process on the same model object (--model: tiny, or smollm2-135m for real scale), the same rendered prompts and the same batch size:
 - loglik, letters: igakuqa prompts, choices scored as the letters a-e (lm-eval `multiple_choice`);
 - loglik, text:    alpaca_med prompts, choices scored as their text (lm-eval `multiple_choice`);
 - letter:          greedy generation of up to 16 tokens (lm-eval `generate_until`).
@@ -8,7 +8,7 @@ lm-eval gets its tasks as YAML configs in a temp folder, reading a local JSONL; 
 outside the timed part (only `lm_eval.evaluator.evaluate` is timed). Runs alternate, best of --repeats;
 wall time and process CPU time are both reported (CPU time is steadier on a shared machine).
 
-    .venv/bin/python benchmarks/eval_throughput.py [--questions 200] [--batch-size 16] [--repeats 3]
+    .venv/bin/python benchmarks/eval_throughput.py [--model tiny] [--questions 200] [--batch-size 16] [--repeats 3]
 
 Needs the `bench` extra (lm-eval). Questions: IgakuQA 2018-2022 from ../shared/datasets when present
 (text-only, 5 choices), else the bundled sample.
@@ -84,6 +84,7 @@ def write_tasks(folder: Path, qs, tokenizer) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny", help="tiny, smollm2-135m, gemma3-270m, a folder or HF id")
     ap.add_argument("--questions", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
@@ -100,7 +101,7 @@ def main() -> None:
     from jmed.models import load_base
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    model, tokenizer, info = load_base("tiny", precision="fp32")
+    model, tokenizer, info = load_base(args.model, precision="fp32")
     model.eval()
     qs = questions(args.questions)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device="cpu", max_length=2048)
@@ -132,7 +133,7 @@ def main() -> None:
                 b = best.setdefault(label, [float("inf")] * 4)
                 best[label] = [min(b[0], jm), min(b[1], le), min(b[2], jc), min(b[3], lc)]
     n = len(qs)
-    print(f"\njmed evaluate vs lm-evaluation-harness: {n} questions, tiny model ({info['revision'][:19]}), "
+    print(f"\njmed evaluate vs lm-evaluation-harness: {n} questions, {args.model} ({info['revision'][:19]}), "
           f"batch {args.batch_size}, torch threads {torch.get_num_threads()}, best of {args.repeats}")
     print(f"{'protocol':<20}{'jmed q/s':>10}{'lm-eval q/s':>13}{'ratio':>8}{'ratio (CPU time)':>18}  agreement")
     for label, (jm, le, jc, lc) in best.items():

@@ -1,9 +1,9 @@
 """Serving latency (issue 5 §5): jmed's pyfunc model against the same adapter merged and logged with
 MLflow's transformers flavour, both served by `mlflow models serve --env-manager local`.
 
-    .venv/bin/python benchmarks/serve_latency.py [--requests 30] [--steps 20] [--max-new-tokens 4]
+    .venv/bin/python benchmarks/serve_latency.py [--model tiny] [--requests 30] [--steps 20] [--max-new-tokens 4]
 
-Trains one tiny adapter in a throw-away sqlite store, logs it both ways, starts both servers (time until
+Trains one adapter (--model: tiny, or smollm2-135m for real scale) in a throw-away sqlite store, logs it both ways, starts both servers (time until
 /ping answers), then sends 1- and 8-question requests alternately to the two servers (so that load on a
 shared machine hits both alike) and prints p50 / p95 latency. Target: jmed's p50 no slower.
 Both generate greedily with the same max_new_tokens from the same rendered prompts.
@@ -29,14 +29,14 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def log_transformers_model(adapter_dir: Path, max_new_tokens: int) -> str:
+def log_transformers_model(model: str, adapter_dir: Path, max_new_tokens: int) -> str:
     """The comparison: base + adapter merged (merge_and_unload) and logged with mlflow.transformers.
     Explicit pip_requirements (the default ones pull torchvision; stack-probe §4)."""
     import mlflow
 
     from jmed.models import load_adapter, load_base
 
-    base, tok, _ = load_base("tiny")
+    base, tok, _ = load_base(model)
     merged = load_adapter(base, adapter_dir).merge_and_unload()
     reqs = [f"{p}=={version(p).split('+')[0]}" for p in ("mlflow", "torch", "transformers", "tokenizers",
                                                             "safetensors", "accelerate")]
@@ -51,8 +51,9 @@ def log_transformers_model(adapter_dir: Path, max_new_tokens: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny", help="tiny, smollm2-135m, gemma3-270m, a folder or HF id")
     ap.add_argument("--requests", type=int, default=30, help="timed requests per server and batch size")
-    ap.add_argument("--steps", type=int, default=20, help="training steps of the tiny adapter")
+    ap.add_argument("--steps", type=int, default=20, help="training steps of the adapter")
     ap.add_argument("--max-new-tokens", type=int, default=4)
     args = ap.parse_args()
 
@@ -69,11 +70,11 @@ def main() -> None:
     from jmed.train import train
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    run = train(TrainConfig(max_steps=args.steps, learning_rate=1e-2))
+    run = train(TrainConfig(model=args.model, max_steps=args.steps, batch_size=4, max_length=384))
     adapter = Path(mlflow.artifacts.download_artifacts(run_id=run, artifact_path="adapter", dst_path=str(work)))
     with mlflow.start_run(run_name="serve-latency"):
         jmed_uri = log_serving_model(adapter).model_uri
-        hf_uri = log_transformers_model(adapter, args.max_new_tokens)
+        hf_uri = log_transformers_model(args.model, adapter, args.max_new_tokens)
 
     qs = [q for q in load_questions(SAMPLE_TEST) if q.choices][:8]
     records = [{"question": q.stem, "choices": list(q.choices)} for q in qs]
@@ -104,7 +105,7 @@ def main() -> None:
         for proc in servers.values():
             stop_server(proc)
 
-    print(f"serve latency, tiny model, max_new_tokens={args.max_new_tokens}, {args.requests} requests each, "
+    print(f"serve latency, {args.model}, max_new_tokens={args.max_new_tokens}, {args.requests} requests each, "
           f"{os.cpu_count()} CPUs visible")
     for name in servers:
         print(f"  {name:<13} ready (/ping) {ready[name]:6.2f} s")
