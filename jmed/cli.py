@@ -133,7 +133,7 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log):
         # a failed validation ends the run FAILED (step_run), with the summary as its description
         with tracking.step_run("validate", run_name="validate") as run:
             log_report(report, fmt)
-            click.echo(f"mlflow run: {run.info.run_id} ({tracking.tracking_uri()})")
+            click.echo(f"mlflow run: {run.info.run_id} ({tracking.shown_uri()})")
             if not report.success:
                 raise click.exceptions.Exit(1)
     if not report.success:
@@ -471,7 +471,7 @@ def compare_cmd(experiment, base_model, as_csv):
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     if not rows:
-        raise click.ClickException(f"no finished evaluate runs in {tracking.tracking_uri()}")
+        raise click.ClickException(f"no finished evaluate runs in {tracking.shown_uri()}")
     click.echo(to_csv(rows) if as_csv else to_markdown(rows), nl=False)
 
 

@@ -37,7 +37,7 @@ def main() -> int:
     from jmed import data, registry
 
     started = time.monotonic()
-    uri = tracking.tracking_uri()
+    uri = tracking.shown_uri()
     env = venv_env()
     print("jmed demo: the built-in tiny model (2 layers, hidden 64) shows the machinery end to end.\n"
           "It has no medical skill: its answers are not medical advice.\n"

@@ -46,7 +46,7 @@ def resolve_adapter(ref: str):
         try:
             path = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
         except Exception as exc:  # noqa: BLE001 - re-raised with the reference named
-            raise ValueError(f"adapter {ref}: cannot download it from {tracking.tracking_uri()}: {exc}") from exc
+            raise ValueError(f"adapter {ref}: cannot download it from {tracking.shown_uri()}: {tracking.masked(exc)}") from exc
         return _adapter_dir(path, ref)
     if ref.startswith("models:/"):
         try:
@@ -66,11 +66,25 @@ def _pyfunc_artifact(model_dir, name: str, ref: str):
         spec = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
         arts = (spec.get("flavors", {}).get("python_function", {}) or {}).get("artifacts", {}) or {}
         if name in arts:
-            return model_dir / arts[name]["path"]
+            return inside(model_dir, (arts[name] or {}).get("path", ""), f"adapter {ref}: MLmodel artifact {name!r}")
     for cand in (model_dir / "artifacts" / name, model_dir / name):
         if cand.is_dir():
             return cand
     raise ValueError(f"adapter {ref}: the model has no {name!r} artifact (looked in {model_dir})")
+
+
+def inside(root, relative, what: str):
+    """`root / relative`, resolved, refused unless it stays inside `root`: a path read from an artifact
+    (another user's MLmodel file) must not point anywhere else on this machine."""
+    from pathlib import Path
+
+    root = Path(root).resolve()
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
+        raise ValueError(f"{what}: path {str(relative)[:200]!r} is not a relative path inside the artifact")
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise ValueError(f"{what}: path {relative[:200]!r} leaves the artifact folder {root}")
+    return target
 
 
 def _adapter_dir(path, ref: str):

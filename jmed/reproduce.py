@@ -85,7 +85,17 @@ def reproduce(model_uri: str) -> Report:
     report = Report(model_uri, train_run, eval_run)
     report.adapter_sha256, meta = adapter_sha256(train_run)
     train_cfg = config.from_flat(config.TrainConfig, meta["config"])
+    # The adapter's jmed.json is data from a shared store: it may not switch on what only a user may.
+    refused = [k for k in train.TRUSTED_ONLY if getattr(train_cfg, k) != getattr(config.TrainConfig(), k)]
+    if refused:
+        raise ReproduceError(
+            f"{model_uri}: its adapter's jmed.json sets {', '.join(f'{k}={getattr(train_cfg, k)}' for k in refused)};"
+            f" reproduce never takes security-relevant settings from the store. Retrain it with `jmed train` "
+            f"and the option given on your own command line")
     train_cfg = replace(train_cfg, resume_from="", stop_after=0)
+    print(f"[jmed] reproduce takes from the store: the training config of {train_run} (adapter jmed.json: "
+          f"{', '.join(f'{k}={v}' for k, v in sorted(config.flat(train_cfg).items()))}) and the evaluation "
+          f"config of {eval_run}; never {', '.join(train.TRUSTED_ONLY)}")
 
     # The training data must be the data that was used: a changed file is a failure, named.
     path = train_cfg.train_data or str(data.SAMPLE_TRAIN)

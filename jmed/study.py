@@ -95,7 +95,7 @@ def evaluate_runs(experiment: str = "", base_model: str = "", run_ids=None) -> l
     if experiment:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            raise ValueError(f"no experiment named {experiment!r} in {tracking.tracking_uri()}")
+            raise ValueError(f"no experiment named {experiment!r} in {tracking.shown_uri()}")
         exps = [exp.experiment_id]
     else:
         exps = [e.experiment_id for e in client.search_experiments()]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -23,12 +24,32 @@ def tracking_uri() -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<userinfo>[^/@\s]+)@")
+
+
+def masked(text: str) -> str:
+    """Any URL in `text` with its password (or a bare token) replaced by *** (`http://alice:***@host`):
+    what jmed prints or logs about a tracking store, an error message included."""
+    def hide(m):
+        user, colon, _ = m.group("userinfo").partition(":")
+        return f"{m.group('scheme')}{user + ':***' if colon else '***'}@"
+
+    return _CREDENTIALS.sub(hide, str(text))
+
+
+def shown_uri() -> str:
+    """The tracking URI as it may be printed: credentials masked."""
+    return masked(tracking_uri())
+
+
 def setup():
     """Point mlflow at the tracking store; returns the mlflow module."""
     import mlflow
 
     uri = tracking_uri()
     os.environ["MLFLOW_TRACKING_URI"] = uri  # child processes (mlflow run, serve) see the same store
+    if masked(uri) != uri:  # MLflow prints "View run at: <uri with the password>" after each run
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(uri)
     return mlflow
 

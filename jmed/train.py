@@ -48,6 +48,9 @@ SCHEDULES = ("cosine", "linear", "constant")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 # Fields that may differ between an interrupted run and its resumption.
 RESUME_FREE = ("resume_from", "stop_after", "checkpoint_every")
+# Settings that only the user of the current step may switch on: never taken from a checkpoint, an
+# adapter or a registered version (they are read from a shared store; `reproduce` refuses them).
+TRUSTED_ONLY = ("trust_remote_code",)
 
 
 class TrainError(ValueError):
@@ -338,7 +341,7 @@ def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
     from jmed.config import from_flat
 
     saved = from_flat(TrainConfig, state["config"])
-    return dataclasses.replace(saved, **{k: getattr(cfg, k) for k in RESUME_FREE})
+    return dataclasses.replace(saved, **{k: getattr(cfg, k) for k in RESUME_FREE + TRUSTED_ONLY})
 
 
 def load_checkpoint_adapter(folder: Path, model) -> tuple[int, int]:

@@ -58,3 +58,117 @@ def test_package_source_has_no_pickle_eval_exec_or_shell():
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             hits += [f"{path.relative_to(ROOT)}:{n}: {line.strip()}" for pat in FORBIDDEN if re.search(pat, line)]
     assert hits == []
+
+
+# ---- artifacts are data, never policy ---------------------------------------------------------------
+
+def test_resume_never_takes_trust_remote_code_from_the_checkpoint():
+    from jmed.config import flat
+    from jmed.train import resumed_config
+
+    planted = {"step": 3, "position": 12, "config": {**flat(TrainConfig()), "trust_remote_code": "true"}}
+    cfg = resumed_config(TrainConfig(resume_from="abc"), planted)
+    assert cfg.trust_remote_code is False and cfg.resume_from == "abc"
+
+
+def test_a_path_in_an_mlmodel_file_cannot_leave_the_download_folder(tmp_path):
+    from jmed.evaluate import _pyfunc_artifact
+
+    outside = tmp_path / "elsewhere"
+    (outside / "adapter").mkdir(parents=True)
+    model = tmp_path / "model"
+    model.mkdir()
+    for path in ("../elsewhere/adapter", str(outside / "adapter")):
+        (model / "MLmodel").write_text(
+            f"flavors:\n  python_function:\n    artifacts:\n      adapter:\n        path: {path}\n")
+        with pytest.raises(ValueError, match="(leaves the artifact folder|is not a relative path)"):
+            _pyfunc_artifact(model, "adapter", "models:/x/1")
+    (model / "artifacts" / "adapter").mkdir(parents=True)
+    (model / "MLmodel").write_text("flavors:\n  python_function:\n    artifacts:\n      adapter:\n"
+                                   "        path: artifacts/adapter\n")
+    assert _pyfunc_artifact(model, "adapter", "models:/x/1") == (model / "artifacts" / "adapter").resolve()
+
+
+@pytest.mark.slow
+def test_reproduce_refuses_trust_remote_code_from_a_tampered_adapter(tracking, capsys):
+    import json
+
+    import mlflow
+
+    from jmed.pipeline import main_pipeline
+    from jmed.reproduce import ReproduceError, reproduce
+
+    main_pipeline(TrainConfig(max_steps=2, batch_size=4), eval_settings={"sample": 4})
+    version = mlflow.MlflowClient().get_model_version_by_alias("jmed-tiny", "champion")
+    train_run = version.tags["jmed.train_run"]
+    # tamper with the stored artifact in place (a file store: the artifact folder of the train run)
+    meta_path = Path(mlflow.MlflowClient().get_run(train_run).info.artifact_uri.removeprefix("file://")) / \
+        "adapter" / "jmed.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["config"]["trust_remote_code"] = "true"
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(ReproduceError, match="sets trust_remote_code=True; reproduce never takes security-relevant"):
+        reproduce("models:/jmed-tiny@champion")
+
+
+# ---- no secret on the terminal or in the store ------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_password_in_the_tracking_uri_is_never_printed_or_logged(tmp_path):
+    """A pipeline against a real `mlflow server` reached as http://alice:<password>@…: the password is
+    in none of the output, params, tags or artifacts."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+    from mlflow.tracking import MlflowClient
+
+    from jmed.registry import free_port
+
+    secret = "s3cretPW-4711"
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen(
+        [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+            time.sleep(0.5)
+        uri = f"http://alice:{secret}@127.0.0.1:{port}"
+        work = tmp_path / "work"
+        work.mkdir()
+        res = subprocess.run([str(bin_dir / "jmed"), "pipeline", "--max-steps", "2", "--batch-size", "4",
+                              "--sample", "4"], cwd=work, env={**env, "MLFLOW_TRACKING_URI": uri},
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert secret not in res.stdout + res.stderr
+        bad = subprocess.run([str(bin_dir / "jmed"), "evaluate", "--adapter", "runs:/" + "0" * 32 + "/adapter"],
+                             cwd=work, env={**env, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True,
+                             timeout=300)
+        assert bad.returncode != 0 and "alice:***@" in bad.stdout + bad.stderr
+        assert secret not in bad.stdout + bad.stderr
+        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert len(runs) >= 5
+        for run in runs:
+            assert secret not in repr(run.data.params) + repr(run.data.tags)
+        for path in (tmp_path / "artifacts").rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
