@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from jmed.data import (
-    LETTERS, DataError, Dataset, Question, apply_filters, digest, duplicate_ids, exclusions, read_dataset,
+    LETTERS, DataError, DataLoadError, Dataset, Question, apply_filters, digest, duplicate_ids, exclusions, read_dataset,
+    shown,
 )
 from jmed.metrics import SELECT_RE, stated_count
 
@@ -172,9 +173,9 @@ def run_suite(name: str, frame) -> tuple[dict, list[DataError], list[DataError]]
             row = frame.loc[idx]
             value = values[i] if i < len(values) else None
             show = meta.get("show_value", True) and value is not None and not isinstance(value, tuple)
-            shown = f" (got {value!r})" if show else ""
+            got = f" (got {shown(value)})" if show else ""
             out.append(DataError(row["file"], int(row["line"]), fld,
-                                 f"{message}{shown} [{r.expectation_config.type}]"))
+                                 f"{message}{got} [{r.expectation_config.type}]"))
         if not r.result.get("unexpected_index_list"):  # a table-level failure
             out.append(DataError("", 0, fld, f"{message} [{r.expectation_config.type}]"))
     stats = result.statistics
@@ -396,6 +397,18 @@ def validate(paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_TH
     report.warnings = _as_dicts(warnings)
     report.success = not errors
     return report
+
+
+def load_valid(path, fmt: str = "auto", questions_only: bool = False) -> list:
+    """What a step reads, after the checks of `jmed validate` (formats, suites, answers, 「Nつ選べ」):
+    its items, or DataLoadError naming every error (file:line: field:) before any model is loaded."""
+    report = validate([str(path)], fmt=fmt)
+    if not report.success:
+        raise DataLoadError([DataError(**e) for e in report.errors])
+    items = [it for ds in report.loaded.values() for it in ds.items]
+    if questions_only and any(not isinstance(it, Question) for it in items):
+        raise DataLoadError([DataError(str(path), 0, "", "holds instruction records, not exam questions")])
+    return items
 
 
 # ------------------------------------------------------------------------------------------------

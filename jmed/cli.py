@@ -46,6 +46,23 @@ def build_filter(text_only=None, five_choices=None, scored_only=None, years="", 
     )
 
 
+def strict_json(value) -> str:
+    """Valid JSON always: NaN and ±Infinity (which json.dumps writes bare) become null."""
+    import json
+    import math
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), ensure_ascii=False, allow_nan=False, default=str)
+
+
 dry_run_option = click.option(
     "--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit (nothing runs or is logged).")
 
@@ -56,8 +73,7 @@ def echo_config(**configs) -> None:
 
     from jmed.config import flat
 
-    click.echo(json.dumps({k: flat(v) if not isinstance(v, dict) else v for k, v in configs.items()},
-                          ensure_ascii=False, indent=1, default=str))
+    click.echo(strict_json({k: flat(v) if not isinstance(v, dict) else v for k, v in configs.items()}))
 
 
 def eval_options(f):
@@ -173,7 +189,7 @@ def score_cmd(data, predictions, protocol, parsing, data_format, name, as_json, 
     if log_run:
         summary["run_id"] = log_score(summary, questions, rows)
     if as_json:
-        click.echo(_json.dumps(summary, ensure_ascii=False))
+        click.echo(strict_json(summary))
     else:
         click.echo(format_summary(summary))
         if log_run:

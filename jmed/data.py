@@ -60,12 +60,29 @@ class InstructionRecord:
     line: int = 0
 
 
+SHOWN_CHARS = 200  # a value quoted in an error message is cut to this many characters
+
+
+def shown(value, limit: int = SHOWN_CHARS) -> str:
+    """A value as quoted in an error message: repr-like, cut to `limit` characters with its length,
+    so that a 50 MB field is named, not echoed into terminals, reports and the tracking store."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = json.dumps(text, ensure_ascii=False) if isinstance(value, str) else text
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(value) if isinstance(value, (str, list, dict)) else len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class DataError:
     file: str
     line: int  # 0 when the error concerns the whole file
     field: str
     message: str
+
+    def __post_init__(self):  # a last guard: no message carries a whole oversized value
+        if len(self.message) > 4 * SHOWN_CHARS:
+            object.__setattr__(self, "message", self.message[: 4 * SHOWN_CHARS] + f"… ({len(self.message)} characters)")
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
@@ -269,12 +286,12 @@ def _answer(value: list, n_choices: int, n: int, sink: _Sink, fld: str = "answer
         return None
     if n_choices == 0:  # numeric entry: one digit string such as "26" or "04"
         if len(value) != 1 or not _NUMERIC.match(value[0].strip()):
-            sink.error(n, fld, f"numeric-entry question (no choices) needs one number, got {value!r}")
+            sink.error(n, fld, f"numeric-entry question (no choices) needs one number, got {shown(value)}")
             return None
         return ((value[0].strip(),),)
     tokens = [a.strip().lower() for a in value]
     if any(t == "," for t in tokens):  # a stray "," between letters (seen in JJSIMQA 107_888-26)
-        sink.warn(n, fld, f"stray \",\" in answer {value!r}, read as {[t for t in tokens if t != ',']!r}")
+        sink.warn(n, fld, f"stray \",\" in answer {shown(value)}, read as {shown([t for t in tokens if t != ','])}")
         tokens = [t for t in tokens if t != ","]
     if len(tokens) == 1 and " or " in tokens[0]:
         sets = [(t.strip(),) for t in tokens[0].split(" or ")]
@@ -284,7 +301,7 @@ def _answer(value: list, n_choices: int, n: int, sink: _Sink, fld: str = "answer
     for s in sets:
         for letter in s:
             if len(letter) != 1 or letter not in allowed:
-                sink.error(n, fld, f'letter "{letter}" outside {n_choices} choices')
+                sink.error(n, fld, f'letter {shown(letter)} outside {n_choices} choices')
                 return None
         if len(set(s)) != len(s):
             sink.error(n, fld, f"repeated letter in {list(s)}")
@@ -296,10 +313,10 @@ def _points(value, n: int, sink: _Sink) -> float | None:
     try:
         points = float(value)
     except (TypeError, ValueError):
-        sink.error(n, "points", f"not a number: {json.dumps(value, ensure_ascii=False)}")
+        sink.error(n, "points", f"not a number: {shown(value)}")
         return None
-    if points < 0 or points != points:
-        sink.error(n, "points", f"must be 0 or more, got {json.dumps(value, ensure_ascii=False)}")
+    if not 0 <= points < float("inf"):  # NaN and Infinity too: they would make scores NaN
+        sink.error(n, "points", f"must be a finite number, 0 or more, got {shown(value)}")
         return None
     return points
 
@@ -329,7 +346,7 @@ def _metadata(path: Path, ds: Dataset) -> dict[str, tuple[int, dict]]:
             sink.error(n, "year", f"expected an integer year, got {_type(obj['year'])}")
             continue
         if pid in out:
-            sink.error(n, "problem_id", f'duplicate id "{pid}" (first at line {out[pid][0]})')
+            sink.error(n, "problem_id", f'duplicate id {shown(pid)} (first at line {out[pid][0]})')
             continue
         out[pid] = (n, obj)
     return out
@@ -509,7 +526,7 @@ def _read_jmmlu(path: Path, ds: Dataset) -> None:
             continue
         letter = values["answer"].upper()
         if len(letter) != 1 or letter not in "ABCD":
-            sink.error(n, "answer", f'letter "{values["answer"]}" outside 4 choices (A-D)')
+            sink.error(n, "answer", f'letter {shown(values["answer"])} outside 4 choices (A-D)')
             continue
         qid = values.get("id") or f"{path.stem}-{row_no}"
         ds.items.append(Question(
@@ -647,7 +664,7 @@ def duplicate_ids(items) -> list[DataError]:
             f = first[it.id]
             where = f"line {f.line}" if f.file == it.file else f"{f.file}:{f.line}"
             fld = "problem_id" if isinstance(it, Question) and it.source in ("igakuqa", "jjsimqa") else "id"
-            errors.append(DataError(it.file, it.line, fld, f'duplicate id "{it.id}" (first at {where})'))
+            errors.append(DataError(it.file, it.line, fld, f'duplicate id {shown(it.id)} (first at {where})'))
         else:
             first[it.id] = it
     return errors

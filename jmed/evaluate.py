@@ -243,10 +243,12 @@ def _resolve(cfg, meta: dict):
 
 
 def load_eval_questions(cfg):
-    from jmed.data import SAMPLE_TEST, load_questions, sample_questions
+    from jmed.checks import load_valid
+    from jmed.data import SAMPLE_TEST, apply_filters, sample_questions
 
     path = cfg.eval_data or str(SAMPLE_TEST)
-    questions = sample_questions(load_questions(path, cfg.data_format, cfg.filters), cfg.sample, cfg.seed)
+    valid = load_valid(path, cfg.data_format, questions_only=True)  # `jmed validate`'s checks, before the model
+    questions = sample_questions(apply_filters(valid, cfg.filters), cfg.sample, cfg.seed)
     if cfg.limit:
         questions = questions[: cfg.limit]
     if not questions:

@@ -509,13 +509,14 @@ def serve_command(model_uri: str, port: int = 5000, host: str = "127.0.0.1", wor
 def read_questions_file(path) -> tuple[list[str], list[dict]]:
     """(ids, records) from a JSONL file of {id?, question, choices, n_answers?} or any format jmed.data reads.
     Bad lines raise ValueError naming file:line:field."""
-    from jmed.data import jsonl_objects, load_questions
+    from jmed.checks import load_valid
+    from jmed.data import jsonl_objects
     from jmed.serving import check_inputs
 
     path = Path(path)
     objects, bad = jsonl_objects(path)
     if not (objects and "question" in objects[0][1]):  # not plain records: a dataset format jmed.data reads
-        qs = [q for q in load_questions(path) if q.choices]
+        qs = [q for q in load_valid(path, questions_only=True) if q.choices]  # `jmed validate`'s checks
         return [q.id for q in qs], [{"question": q.stem, "choices": list(q.choices),
                                      "n_answers": q.n_answers or 1} for q in qs]
     ids, records, errors = [], [], [str(e) for e in bad]

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from jmed import metrics
-from jmed.data import jsonl_objects
+from jmed.data import jsonl_objects, shown
 
 PROTOCOLS = ("letter", "text")
 FIELDS = {"letter": "prediction", "text": "response"}
@@ -64,7 +64,7 @@ def read_predictions(path: str | Path, protocol: str = "letter") -> tuple[dict[s
                 continue
             value = rec[field]
             if not isinstance(value, str):
-                errors.append(f"{loc}: {field}: must be a string, got {json.dumps(value, ensure_ascii=False)}")
+                errors.append(f"{loc}: {field}: must be a string, got {shown(value)}")
                 continue
             if pid in values:
                 errors.append(f"{loc}: problem_id: {pid} is already predicted at {where[pid]}")
@@ -95,7 +95,9 @@ def score(data: str, predictions: str, protocol: str = "letter", parsing: str = 
         raise ScoreError([f"--protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}"])
     if parsing not in metrics.PARSINGS:
         raise ScoreError([f"--parsing: {parsing!r} is not one of {', '.join(metrics.PARSINGS)}"])
-    questions = jdata.load_questions(data, data_format)
+    from jmed.checks import load_valid
+
+    questions = load_valid(data, data_format, questions_only=True)  # the checks of `jmed validate`
     values, where = read_predictions(predictions, protocol)
     known = {q.id for q in questions}
     unknown = [f"{where[pid]}: problem_id: {pid} is not a question of {data}" for pid in values if pid not in known]

@@ -69,10 +69,10 @@ class Example:
 
 def load_items(path: str, fmt: str, filters, what: str) -> tuple[list, str]:
     """Training items from `path` ("" = the bundled sample's train split), filtered; (items, path)."""
-    from jmed import data
+    from jmed import checks, data
 
     source = str(path or data.SAMPLE_TRAIN)
-    items = data.load_training_items(source, fmt)
+    items = checks.load_valid(source, fmt)  # the checks of `jmed validate`, before any model is loaded
     kept = data.apply_filters(items, filters)
     if not kept:
         raise TrainError(f"{what} set is empty after filters: {source} holds {len(items)} item(s), "

@@ -161,7 +161,7 @@ def test_wrong_types_and_kinki(tmp_path):
         f"{f}:1: text_only: expected a boolean (true/false), got a string",
         f"{f}:2: answer: expected a list, got a string",
         f"{f}:3: choices: choice 2 is a number, expected a string",
-        f"{f}:4: answer: numeric-entry question (no choices) needs one number, got ['26', '27']",
+        f"{f}:4: answer: numeric-entry question (no choices) needs one number, got [\"26\", \"27\"]",
         f"{f}:5: answer: repeated letter in ['a', 'a']",
         f"{f}:6: expected a JSON object, got a list",
     ]
@@ -223,7 +223,7 @@ def test_jjsimqa_schema(tmp_path):
     assert [x.answer for x in ds.questions] == [(("d",),), (("d", "e"),)]
     assert ds.questions[0].year is None and ds.questions[0].block == "" and ds.questions[0].source == "jjsimqa"
     assert [str(w) for w in ds.warnings] == [
-        f"""{f}:2: answer: stray "," in answer ['d', ',', 'e'], read as ['d', 'e']"""]
+        f'{f}:2: answer: stray "," in answer ["d", ",", "e"], read as ["d", "e"]']
 
 
 def test_instructions_errors():

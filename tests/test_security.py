@@ -172,3 +172,71 @@ def test_a_password_in_the_tracking_uri_is_never_printed_or_logged(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+# ---- every step validates what it reads ---------------------------------------------------------------
+
+def _bad_questions(tmp_path) -> Path:
+    """A file `jmed validate` rejects: 「2つ選べ」 with one answer, a blank choice, 30 choices, and a
+    50 MB points value."""
+    import json
+
+    stem = "次のうち正しいのはどれか。2つ選べ。"
+    rows = [
+        {"problem_id": "990A1", "problem_text": stem, "choices": ["甲", "乙", "丙", "丁", "戊"], "text_only": True,
+         "answer": ["a"], "points": "1"},
+        {"problem_id": "990A2", "problem_text": "どれか。", "choices": ["甲", " ", "丙", "丁", "戊"],
+         "text_only": True, "answer": ["a"], "points": "1"},
+        {"problem_id": "990A3", "problem_text": "どれか。", "choices": [f"選択肢{i}" for i in range(30)],
+         "text_only": True, "answer": ["a"], "points": "1"},
+        {"problem_id": "990A4", "problem_text": "どれか。", "choices": ["甲", "乙", "丙", "丁", "戊"],
+         "text_only": True, "answer": ["a"], "points": "x" * 50_000_000},
+    ]
+    path = tmp_path / "990-A.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_train_evaluate_score_and_predict_refuse_what_validate_rejects(tracking, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from jmed import models
+    from jmed.cli import main
+
+    bad = _bad_questions(tmp_path)
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text('{"problem_id": "990A1", "prediction": "a"}\n', encoding="utf-8")
+    loaded = []
+    monkeypatch.setattr(models, "load_base", lambda *a, **k: loaded.append(a) or (_ for _ in ()).throw(AssertionError))
+    for args in (["train", "--train-data", str(bad)], ["evaluate", "--eval-data", str(bad)],
+                 ["score", "--data", str(bad), "--predictions", str(pred)],
+                 ["predict", "--model-uri", "models:/none/1", str(bad)]):
+        res = CliRunner().invoke(main, args)
+        out = res.output
+        assert res.exit_code == 1, (args, out[-500:])
+        assert f"{bad}:1: answer: the stem says 2つ選べ" in out or f"{bad}:1:" in out, (args, out[-800:])
+        assert f"{bad}:4: points: not a number:" in out and "(50000000 characters)" in out, (args, out[-800:])
+        assert len(out) < 20_000  # the 50 MB value is named, not echoed
+    assert loaded == []  # no model was loaded for invalid data
+
+
+def test_json_output_is_always_valid_json_and_infinite_points_are_errors(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from jmed.cli import main, strict_json
+
+    assert json.loads(strict_json({"a": float("nan"), "b": [float("inf"), 1.5]})) == {"a": None, "b": [None, 1.5]}
+    q = {"problem_id": "990A1", "problem_text": "どれか。", "choices": ["甲", "乙", "丙", "丁", "戊"],
+         "text_only": True, "answer": ["a"], "points": "Infinity"}
+    data = tmp_path / "990-A.jsonl"
+    data.write_text(json.dumps(q, ensure_ascii=False) + "\n", encoding="utf-8")
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text('{"problem_id": "990A1", "prediction": "a"}\n', encoding="utf-8")
+    res = CliRunner().invoke(main, ["score", "--data", str(data), "--predictions", str(pred), "--json"])
+    assert res.exit_code == 1 and f'{data}:1: points: must be a finite number, 0 or more, got "Infinity"' in res.output
+    q["points"] = "1"
+    data.write_text(json.dumps(q, ensure_ascii=False) + "\n", encoding="utf-8")
+    res = CliRunner().invoke(main, ["score", "--data", str(data), "--predictions", str(pred), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["accuracy"] == 1.0
