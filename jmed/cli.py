@@ -560,8 +560,16 @@ def mlflow_args(args: list[str]) -> list[str]:
     return out
 
 
+def _terminated(signum, frame):
+    # `kill` (SIGTERM) unwinds like Ctrl-C: runs end KILLED, locks and leases are released.
+    raise SystemExit(128 + signum)
+
+
 def run():
     """Console entry point (`jmed`, `python -m jmed`)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         sys.argv[1:] = mlflow_args(sys.argv[1:])
     except click.UsageError as exc:

@@ -102,8 +102,8 @@ def step_run(step: str, run_name: str | None = None, nested: bool = False, tags:
                      **(tags or {})})
     try:
         yield run
-    except KeyboardInterrupt:
-        end(run.info.run_id, "KILLED")
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (jmed.cli turns it into SystemExit)
+        end(run.info.run_id, "FINISHED" if isinstance(exc, SystemExit) and not exc.code else "KILLED")
         raise
     except BaseException:
         end(run.info.run_id, "FAILED")

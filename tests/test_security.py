@@ -1,4 +1,5 @@
 """Trust boundaries: nothing read from the tracking store runs as code (issue 15)."""
+import os
 import pickle
 import re
 from pathlib import Path
@@ -240,3 +241,79 @@ def test_json_output_is_always_valid_json_and_infinite_points_are_errors(tmp_pat
     data.write_text(json.dumps(q, ensure_ascii=False) + "\n", encoding="utf-8")
     res = CliRunner().invoke(main, ["score", "--data", str(data), "--predictions", str(pred), "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["accuracy"] == 1.0
+
+
+# ---- the promotion lease on a remote store --------------------------------------------------------------
+
+def _as_remote(monkeypatch):
+    from jmed import registry
+
+    monkeypatch.setattr(registry, "_local_store_file", lambda uri: None)  # use the lease tag, as on a server
+
+
+def test_a_lease_whose_holder_is_gone_is_broken_at_once(tracking, monkeypatch):
+    import socket
+    import subprocess
+    import time
+
+    from mlflow import MlflowClient
+
+    from jmed.registry import LEASE_TAG, promote_lock
+
+    _as_remote(monkeypatch)
+    client = MlflowClient()
+    client.create_registered_model("jmed-x")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    client.set_registered_model_tag("jmed-x", LEASE_TAG, f"abc {time.time() + 600:.0f} {socket.gethostname()} {dead.pid}")
+    started = time.monotonic()
+    with promote_lock(client, "jmed-x", timeout=30) as how:
+        assert how == f"lease tag {LEASE_TAG} on jmed-x"
+        assert client.get_registered_model("jmed-x").tags[LEASE_TAG].endswith(f"{socket.gethostname()} {os.getpid()}")
+    assert time.monotonic() - started < 25  # broken at once, not after the lease's 600 s
+    assert LEASE_TAG not in client.get_registered_model("jmed-x").tags
+    # a live holder (this process, another token) is respected until the timeout
+    client.set_registered_model_tag("jmed-x", LEASE_TAG, f"abc {time.time() + 600:.0f} {socket.gethostname()} {os.getpid()}")
+    with pytest.raises(TimeoutError, match="held by abc"):
+        with promote_lock(client, "jmed-x", timeout=1):
+            pass
+
+
+def test_registry_calls_retry_on_conflicts(monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from jmed.registry import _retrying
+
+    calls = []
+
+    def flaky(x):
+        calls.append(x)
+        if len(calls) < 3:
+            raise MlflowException("UNIQUE constraint failed: registered_model_tags", error_code="BAD_REQUEST")
+        return x * 2
+
+    assert _retrying(flaky, 21) == 42 and len(calls) == 3
+    with pytest.raises(MlflowException):
+        _retrying(lambda: (_ for _ in ()).throw(MlflowException("gone", error_code="RESOURCE_DOES_NOT_EXIST")))
+
+
+def test_a_terminated_step_ends_killed_not_running(tracking, tmp_path):
+    """SIGTERM during a jmed step: the run ends KILLED."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    code = ("import time; from jmed import cli, tracking\n"
+            "import signal; signal.signal(signal.SIGTERM, cli._terminated)\n"
+            "with tracking.step_run('promote'):\n    print('started', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ})
+    assert proc.stdout.readline().strip() == "started"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    client = MlflowClient()
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "KILLED"
