@@ -317,3 +317,22 @@ def test_a_terminated_step_ends_killed_not_running(tracking, tmp_path):
     client = MlflowClient()
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "KILLED"
+
+
+def test_a_50mb_stem_is_named_not_echoed_in_the_report(tmp_path):
+    import json
+
+    from jmed import checks
+
+    row = {"problem_id": "990A1", "problem_text": "x" * 50_000_000, "choices": ["甲", "乙", "丙", "丁", "戊"],
+           "text_only": True, "answer": ["a"], "points": "1"}
+    data = tmp_path / "990-A.jsonl"
+    data.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    report = checks.validate([str(data)])
+    assert not report.success
+    [stem] = [e for e in report.errors if e["field"] == "stem"]
+    assert "question text length outside 2..20000 characters" in stem["message"]
+    assert "(50000000 characters)" in stem["message"] and len(stem["message"]) < 1000
+    json_path, html_path = report.write(tmp_path / "report.json")
+    assert json_path.stat().st_size < 100_000 and html_path.stat().st_size < 100_000
+    assert len(report.summary()) < 10_000
