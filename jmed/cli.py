@@ -116,7 +116,8 @@ def main():
 @click.option("--format", "fmt", default="auto", help="auto | igakuqa | jmle2026 | jjsimqa | jmmlu | instructions.")
 @click.option("--threshold", default=90.0, show_default=True, help="Leakage: rapidfuzz ratio (0-100) of near-duplicate stems.")
 @click.option("--log/--no-log", default=True, show_default=True, help="Log an MLflow run (jmed.step=validate).")
-def validate(data, data_opt, against, report_path, fmt, threshold, log):
+@dry_run_option
+def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run):
     """Validate question/instruction data: formats, GX suites, answer checks, train/test leakage.
 
     DATA: files, folders or a whole IgakuQA data/ tree (comma-separated lists work too). None given:
@@ -134,6 +135,9 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log):
     fmt = fmt.strip() or "auto"
     if fmt not in ("auto", *jdata.FORMATS):
         raise click.BadParameter(f"choose auto or one of: {', '.join(jdata.FORMATS)}", param_hint="--format")
+    if dry_run:
+        return echo_config(validate={"data": data_paths, "against": against_paths, "report": report_path,
+                                     "format": fmt, "threshold": threshold, "log": log})
     from jmed.checks import log_report, validate as run_validation
 
     report = run_validation(data_paths, against_paths, fmt=fmt, threshold=threshold)
@@ -169,7 +173,8 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--log", "log_run", is_flag=True, help="Log an MLflow run (tag jmed.step=score).")
 @filter_options
-def score_cmd(data, predictions, protocol, parsing, data_format, name, as_json, log_run, **filter_kw):
+@dry_run_option
+def score_cmd(data, predictions, protocol, parsing, data_format, name, as_json, log_run, dry_run, **filter_kw):
     """Score predictions made elsewhere against question data (every question of the data counts)."""
     import json as _json
 
@@ -181,6 +186,11 @@ def score_cmd(data, predictions, protocol, parsing, data_format, name, as_json, 
     if not predictions:
         raise click.UsageError("--predictions is required")
     filters = build_filter(**filter_kw) if any(v not in (None, "") for v in filter_kw.values()) else None
+    if dry_run:
+        return echo_config(score={"data": data, "predictions": predictions, "protocol": protocol or "letter",
+                                  "parsing": parsing or "official", "format": data_format or "auto", "name": name,
+                                  "json": as_json, "log": log_run},
+                           filters=filters if filters is not None else {})
     try:
         summary, questions, rows = score(data, predictions, protocol or "letter", parsing or "official",
                                          filters=filters, data_format=data_format or "auto", name=name)
@@ -335,7 +345,8 @@ def evaluate_cmd(model, adapter, eval_data, data_format, protocol, prompt_format
               help="Move champion only when the best beats it by more than this.")
 @click.option("--bundle-base/--no-bundle-base", default=None,
               help="Copy the base model into the served model (default: only for tiny and local bases).")
-def promote(base_model, metric, min_delta, bundle_base):
+@dry_run_option
+def promote(base_model, metric, min_delta, bundle_base, dry_run):
     """Register the best evaluated adapter per base model and move the `champion` alias to it."""
     from jmed.registry import promote as run_promote
 
@@ -343,6 +354,9 @@ def promote(base_model, metric, min_delta, bundle_base):
         delta = float(min_delta or 0)
     except ValueError:
         raise click.BadParameter(f"{min_delta!r} is not a number", param_hint="--min-delta")
+    if dry_run:
+        return echo_config(promote={"base_model": base_model, "metric": metric or "eval/accuracy",
+                                    "min_delta": delta, "bundle_base": bundle_base})
     run_promote(base_model=base_model or "", metric=metric or "eval/accuracy", min_delta=delta,
                 bundle_base=bundle_base)
 

@@ -93,7 +93,17 @@ EVALUATE = {
 
 
 def _options(command) -> set[str]:
-    return {p.name for p in command.params if p.name not in ("dry_run",)}
+    """The names a user passes with -P: each option's long name with underscores (`--max-steps` ->
+    max_steps, `--json` -> json), arguments by their own name."""
+    import click
+
+    names = set()
+    for p in command.params:
+        if isinstance(p, click.Option):
+            names.add(next(o for o in p.opts if o.startswith("--"))[2:].replace("-", "_"))
+        else:
+            names.add(p.name)
+    return names - {"dry_run"}
 
 
 def _mlflow_run(entry: str, params: dict, tmp_path) -> dict:
@@ -167,3 +177,28 @@ def test_a_boolean_flag_with_a_bad_value_is_an_error():
 
     with pytest.raises(click.UsageError, match="--text-only: expected true or false, got 'maybe'"):
         cli.mlflow_args(["train", "--text-only=maybe"])
+
+
+def test_every_validate_score_and_promote_option_reaches_the_step(tmp_path):
+    validate = {"data": "/data/a,/data/b", "against": "/data/test", "report": "/tmp/r.json", "format": "igakuqa",
+                "threshold": "85", "log": "false"}
+    assert set(validate) == _options(cli.main.commands["validate"])
+    out = _mlflow_run("validate", validate, tmp_path)["validate"]
+    assert out == {"data": ["/data/a", "/data/b"], "against": ["/data/test"], "report": "/tmp/r.json",
+                   "format": "igakuqa", "threshold": 85.0, "log": False}
+
+    score = {"data": "/data/2022", "predictions": "/p.jsonl", "protocol": "text", "parsing": "lenient",
+             "format": "jjsimqa", "name": "gpt-x", "json": "true", "text_only": "true", "five_choices": "true",
+             "scored_only": "true", "years": "2022", "blocks": "B,E", "ids": "116B1"}
+    assert set(score) | {"log"} == _options(cli.main.commands["score"])
+    out = _mlflow_run("score", score, tmp_path)
+    assert out["score"] == {"data": "/data/2022", "predictions": "/p.jsonl", "protocol": "text",
+                            "parsing": "lenient", "format": "jjsimqa", "name": "gpt-x", "json": True,
+                            "log": True}  # MLproject's score entry always logs
+    assert out["filters"] == {"text_only": True, "five_choices": True, "scored_only": True, "years": "2022",
+                              "blocks": "B,E", "ids": "116B1"}
+
+    promote = {"base_model": "smollm2-135m", "metric": "eval/score", "min_delta": "0.01", "bundle_base": "true"}
+    assert set(promote) == _options(cli.main.commands["promote"])
+    out = _mlflow_run("promote", promote, tmp_path)["promote"]
+    assert out == {"base_model": "smollm2-135m", "metric": "eval/score", "min_delta": 0.01, "bundle_base": True}
