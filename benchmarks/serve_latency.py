@@ -66,7 +66,8 @@ def main() -> None:
     from jmed.config import TrainConfig
     from jmed.data import SAMPLE_TEST, load_questions
     from jmed.prompts import render_prompt
-    from jmed.registry import free_port, log_serving_model, start_server, stop_server
+    from jmed.registry import log_serving_model
+    from jmed.server import free_port, start_server, stop_server
     from jmed.train import train
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])

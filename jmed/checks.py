@@ -399,13 +399,19 @@ def validate(paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_TH
     return report
 
 
-def load_valid(path, fmt: str = "auto", questions_only: bool = False) -> list:
+def load_valid(path, fmt: str = "auto", questions_only: bool = False, exclude_ids=()) -> list:
     """What a step reads, after the checks of `jmed validate` (formats, suites, answers, 「Nつ選べ」):
-    its items, or DataLoadError naming every error (file:line: field:) before any model is loaded."""
+    its items, or DataLoadError naming every error (file:line: field:) before any model is loaded.
+    Errors of records the user excluded by id (`exclude_ids`) do not block the rest."""
     report = validate([str(path)], fmt=fmt)
-    if not report.success:
-        raise DataLoadError([DataError(**e) for e in report.errors])
     items = [it for ds in report.loaded.values() for it in ds.items]
+    skipped = {(it.file, it.line) for it in items if it.id in set(exclude_ids)}
+    errors = [DataError(**e) for e in report.errors if (e["file"], e["line"]) not in skipped]
+    if errors:
+        bad_ids = sorted({it.id for it in items if (it.file, it.line) in {(e.file, e.line) for e in errors}})
+        hint = [DataError(str(path), 0, "", f"to use the rest, leave these out with --exclude-ids "
+                                            f"{','.join(bad_ids)[:200]}")] if bad_ids else []
+        raise DataLoadError(errors + hint)
     if questions_only and any(not isinstance(it, Question) for it in items):
         raise DataLoadError([DataError(str(path), 0, "", "holds instruction records, not exam questions")])
     return items

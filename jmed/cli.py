@@ -33,16 +33,18 @@ def filter_options(f):
         click.option("--years", default="", help="Comma-separated exam years to keep, e.g. 2018,2019."),
         click.option("--blocks", default="", help="Comma-separated blocks to keep, e.g. B,E."),
         click.option("--ids", default="", help="Comma-separated question ids to keep."),
+        click.option("--exclude-ids", default="", help="Comma-separated question ids to leave out."),
     ]
     return _stack(f, opts)
 
 
-def build_filter(text_only=None, five_choices=None, scored_only=None, years="", blocks="", ids=""):
+def build_filter(text_only=None, five_choices=None, scored_only=None, years="", blocks="", ids="", exclude_ids=""):
     from jmed.config import DataFilter
 
     return DataFilter(
         text_only=bool(text_only), five_choices=bool(five_choices), scored_only=bool(scored_only),
         years=tuple(int(y) for y in _csv(years)), blocks=_csv(blocks), ids=_csv(ids),
+        exclude_ids=_csv(exclude_ids),
     )
 
 
@@ -252,11 +254,12 @@ def train_options(f=None, exclude: tuple[str, ...] = ()):
 
 
 def train_overrides(text_only=None, five_choices=None, scored_only=None, years="", blocks="", ids="",
-                    **options) -> dict:
+                    exclude_ids="", **options) -> dict:
     """TrainConfig overrides from CLI strings ("" = not given; filters only when one is set)."""
     overrides = dict(options)
-    if any(v not in (None, "") for v in (text_only, five_choices, scored_only, years, blocks, ids)):
-        overrides["filters"] = build_filter(text_only, five_choices, scored_only, years, blocks, ids)
+    given = (text_only, five_choices, scored_only, years, blocks, ids, exclude_ids)
+    if any(v not in (None, "") for v in given):
+        overrides["filters"] = build_filter(*given)
     return overrides
 
 
@@ -374,7 +377,8 @@ def serve(base_model, model_uri, port, host, workers, timeout):
     import subprocess
     from pathlib import Path
 
-    from jmed.registry import champion_uri, serve_command
+    from jmed.registry import champion_uri
+    from jmed.server import serve_command
 
     try:
         uri = model_uri or champion_uri(base_model)

@@ -22,6 +22,7 @@ class DataFilter:
     years: tuple[int, ...] = ()
     blocks: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
+    exclude_ids: tuple[str, ...] = ()  # e.g. a question `jmed validate` rejects, to use the rest
 
 
 @dataclass(frozen=True)

@@ -727,9 +727,10 @@ def apply_filters(questions, filters=None) -> list:
     if filters is None:
         return list(questions)
     years, blocks, ids = set(filters.years), set(filters.blocks), set(filters.ids)
+    excluded = set(filters.exclude_ids)
     out = []
     for q in questions:
-        if ids and q.id not in ids:
+        if (ids and q.id not in ids) or q.id in excluded:
             continue
         if isinstance(q, Question):
             if filters.text_only and not q.text_only:

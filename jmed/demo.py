@@ -34,7 +34,7 @@ def ask(url: str, question: str, choices: list[str]) -> dict:
 
 
 def main() -> int:
-    from jmed import data, registry
+    from jmed import data, registry, server
 
     started = time.monotonic()
     uri = tracking.shown_uri()
@@ -52,14 +52,14 @@ def main() -> int:
     question = next(q for q in data.load_questions(str(data.SAMPLE_TEST))
                     if q.text_only and len(q.choices) == 5 and q.n_answers == 1)
     log_path = Path("demo-serve.log").resolve()
-    port = registry.free_port()
+    port = server.free_port()
     print(f"\n$ mlflow models serve -m {model_uri} --env-manager local -p {port}   (log: {log_path})", flush=True)
-    proc, seconds = registry.start_server(model_uri, port, log_path=log_path)
+    proc, seconds = server.start_server(model_uri, port, log_path=log_path)
     try:
         print(f"ready in {seconds:.1f} s", flush=True)
         answer = ask(f"http://127.0.0.1:{port}", question.stem, list(question.choices))
     finally:
-        registry.stop_server(proc)
+        server.stop_server(proc)
     print(f"\nQuestion ({question.id}): {question.stem}")
     for letter, choice in zip("abcde", question.choices):
         print(f"  {letter}. {choice}")

@@ -247,7 +247,8 @@ def load_eval_questions(cfg):
     from jmed.data import SAMPLE_TEST, apply_filters, sample_questions
 
     path = cfg.eval_data or str(SAMPLE_TEST)
-    valid = load_valid(path, cfg.data_format, questions_only=True)  # `jmed validate`'s checks, before the model
+    valid = load_valid(path, cfg.data_format, questions_only=True,  # `jmed validate`'s checks, before the model
+                       exclude_ids=cfg.filters.exclude_ids)
     questions = sample_questions(apply_filters(valid, cfg.filters), cfg.sample, cfg.seed)
     if cfg.limit:
         questions = questions[: cfg.limit]
@@ -280,7 +281,7 @@ def evaluate(cfg) -> str:
         model = models.load_adapter(base, adapter_dir) if adapter_dir else base
         model.eval()
         train_run = meta.get("train_run_id", "") if adapter_dir else ""
-        tags = {tracking.BASE_TAG: info["slug"], "jmed.adapter_run": train_run or ("unknown" if adapter_dir else "none")}
+        tags = {tracking.BASE_TAG: info["slug"], tracking.ADAPTER_RUN_TAG: train_run or ("unknown" if adapter_dir else "none")}
         mlflow.set_tags(tags)
         mlflow.set_tag("mlflow.runName", f"evaluate-{info['slug']}-{(train_run or 'base')[:8]}-{cfg.protocol}")
         params = {**_flat(cfg), "eval_data_path": path, "eval_data_digest": digest,
@@ -370,7 +371,7 @@ def _base_comparison(cfg, params, info, model, tokenizer, questions):
     base_cfg = dataclasses.replace(cfg, adapter="", compare_base=False)
     base_params = {**params, **_flat(base_cfg), "adapter_train_run": "", "adapter_train_data_digest": "",
                    "adapter_base_revision": ""}
-    tags = {tracking.BASE_TAG: info["slug"], "jmed.adapter_run": "none"}
+    tags = {tracking.BASE_TAG: info["slug"], tracking.ADAPTER_RUN_TAG: "none"}
     name = f"evaluate-{info['slug']}-base-{cfg.protocol}"
     with tracking.step_run("evaluate", run_name=name, nested=True, tags=tags) as child:
         tracking.log_params(base_params)

@@ -197,7 +197,7 @@ def adapter_uri(train_run: str) -> str:
 def eval_config_for(train_cfg: TrainConfig, eval_data: str, protocol: str, shots: int | None = None,
                     adapter: str = "", settings: dict | None = None) -> EvalConfig:
     """The evaluation that matches a training config. The kind-of-question filters (text-only,
-    five-choices, scored-only) carry over; years/blocks/ids select training questions only, so the
+    five-choices, scored-only) and excluded ids carry over; years/blocks/ids select training questions only, so the
     evaluation's own come from `settings` (years, blocks, ids, limit, sample, max_new_tokens, batch_size)."""
     from jmed.config import DataFilter, build
 
@@ -205,7 +205,7 @@ def eval_config_for(train_cfg: TrainConfig, eval_data: str, protocol: str, shots
     f = train_cfg.filters
     filters = DataFilter(text_only=f.text_only, five_choices=f.five_choices, scored_only=f.scored_only,
                          years=tuple(settings.pop("years", ())), blocks=tuple(settings.pop("blocks", ())),
-                         ids=tuple(settings.pop("ids", ())))
+                         ids=tuple(settings.pop("ids", ())), exclude_ids=f.exclude_ids)
     return build(EvalConfig, {
         "model": train_cfg.model, "adapter": adapter, "eval_data": eval_data,
         "protocol": protocol or protocol_for(train_cfg.prompt_format), "prompt_format": train_cfg.prompt_format,
@@ -235,7 +235,7 @@ def main_pipeline(train_cfg: TrainConfig, eval_data: str = "", protocol: str = "
             promote_step(ledger, train_cfg.model, force)
         finally:
             ledger.log()
-        mlflow.set_tags({"jmed.train_run": train_run, "jmed.eval_run": eval_run,
+        mlflow.set_tags({tracking.TRAIN_RUN_TAG: train_run, tracking.EVAL_RUN_TAG: eval_run,
                          "jmed.adapter_uri": adapter_uri(train_run),
                          "jmed.model_uri": f"models:/jmed-{tracking.slug(train_cfg.model)}@champion"})
         print(f"[jmed] pipeline finished: parent run {parent.info.run_id}; reused steps: "

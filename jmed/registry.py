@@ -16,6 +16,8 @@ it points to at that moment.
 """
 from __future__ import annotations
 
+from jmed import tracking  # tag names
+
 import contextlib
 import json
 import os
@@ -254,7 +256,7 @@ def evaluate_runs(client, base_slug: str = "") -> list:
     runs, token = [], None
     while True:
         page = client.search_runs(exps, flt, max_results=1000, page_token=token)
-        runs += [r for r in page if r.data.tags.get("jmed.adapter_run", "none") not in ("", "none", "unknown")]
+        runs += [r for r in page if r.data.tags.get(tracking.ADAPTER_RUN_TAG, "none") not in ("", "none", "unknown")]
         token = page.token
         if not token:
             return runs
@@ -274,11 +276,11 @@ def _version_key(train_run: str, evaluation: tuple) -> tuple:
 
 
 def candidates(client, base_slug: str, metric: str, known: list) -> list[Candidate]:
-    by_key = {_version_key(v.tags.get("jmed.train_run", ""), _version_tag_evaluation(v.tags)): str(v.version)
+    by_key = {_version_key(v.tags.get(tracking.TRAIN_RUN_TAG, ""), _version_tag_evaluation(v.tags)): str(v.version)
               for v in known}
     out = []
     for r in evaluate_runs(client, base_slug):
-        train_run = r.data.tags["jmed.adapter_run"]
+        train_run = r.data.tags[tracking.ADAPTER_RUN_TAG]
         ev = _evaluation(r.data.params)
         out.append(Candidate(
             eval_run=r.info.run_id, train_run=train_run, evaluation=ev,
@@ -294,7 +296,7 @@ def champion(client, name: str, metric: str) -> Champion | None:
         v = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
-    eval_run = v.tags.get("jmed.eval_run", "")
+    eval_run = v.tags.get(tracking.EVAL_RUN_TAG, "")
     value = None
     try:
         value = client.get_run(eval_run).data.metrics.get(metric)
@@ -302,7 +304,7 @@ def champion(client, name: str, metric: str) -> Champion | None:
         pass
     if value is None and v.tags.get(metric):
         value = float(v.tags[metric])
-    return Champion(str(v.version), eval_run, v.tags.get("jmed.train_run", ""),
+    return Champion(str(v.version), eval_run, v.tags.get(tracking.TRAIN_RUN_TAG, ""),
                     _version_tag_evaluation(v.tags), value)
 
 
@@ -338,8 +340,8 @@ def register(client, name: str, cand: Candidate, metric: str = "eval/accuracy", 
                                                            dst_path=tmp))
         meta = json.loads((adapter / "jmed.json").read_text(encoding="utf-8"))
         info = log_serving_model(adapter, bundle_base=bundle_base)
-    tags = {"jmed.train_run": cand.train_run, "jmed.eval_run": cand.eval_run,
-            "jmed.base_model": eval_run.data.tags.get("jmed.base_model", ""),
+    tags = {tracking.TRAIN_RUN_TAG: cand.train_run, tracking.EVAL_RUN_TAG: cand.eval_run,
+            tracking.BASE_TAG: eval_run.data.tags.get(tracking.BASE_TAG, ""),
             "jmed.base_revision": str(meta.get("base_revision", "")),
             "jmed.train_data_digest": str(meta.get("train_data_digest", "")),
             **{f"jmed.{k}": v for k, v in zip(EVAL_KEYS, cand.evaluation)}}
@@ -463,9 +465,6 @@ def promote_one(client, base_slug: str, metric: str = "eval/accuracy", min_delta
         if eval_runs:
             cands = [c for c in cands if c.eval_run in set(eval_runs)]
         decision = decide(cands, current, metric, min_delta)
-        delay = float(os.environ.get("JMED_PROMOTE_DELAY", "0") or 0)  # widens the race window in tests
-        if delay:
-            time.sleep(delay)
         version = decision.candidate.version if decision.candidate else None
         if decision.register:
             version = register(client, name, decision.candidate, metric, bundle_base)
@@ -500,7 +499,7 @@ def promote(base_model: str = "", metric: str = "eval/accuracy", min_delta: floa
         log_params({"base_model": base_model, "metric": metric, "min_delta": min_delta,
                     "eval_runs": ",".join(eval_runs or [])})
         slugs = [slug(base_model)] if base_model else sorted(
-            {r.data.tags.get("jmed.base_model", "") for r in evaluate_runs(client)} - {""})
+            {r.data.tags.get(tracking.BASE_TAG, "") for r in evaluate_runs(client)} - {""})
         records = []
         for s in slugs:
             rec = promote_one(client, s, metric, min_delta, eval_runs, bundle_base)
@@ -539,17 +538,6 @@ def champion_uri(base_model: str = "") -> str:
     if champion(client, names[0], "eval/accuracy") is None:
         raise ValueError(f"registered model {names[0]} has no '{CHAMPION}' alias; run `jmed promote` first")
     return f"models:/{names[0]}@{CHAMPION}"
-
-
-def serve_command(model_uri: str, port: int = 5000, host: str = "127.0.0.1", workers: int = 1,
-                  timeout: int = 120) -> list[str]:
-    import shutil
-    import sys
-
-    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
-    cmd = [exe] if exe else [sys.executable, "-m", "mlflow"]
-    return cmd + ["models", "serve", "-m", model_uri, "--env-manager", "local", "-h", host, "-p", str(port),
-                  "-w", str(workers), "-t", str(timeout)]
 
 
 def read_questions_file(path) -> tuple[list[str], list[dict]]:
@@ -600,83 +588,3 @@ def predict_file(model_uri: str, path, protocol: str = "", max_new_tokens: int =
         for rid, row in zip(ids[start:start + batch_size], out.to_dict("records")):
             yield {"problem_id": rid, "prediction": row["answer"], "answer_text": row["answer_text"],
                    "response": row["raw_output"]}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model_uri: str, port: int, log_path=None, timeout: float = 180.0, **kwargs):
-    """Start `mlflow models serve` in its own process group and wait for /ping; returns (process, seconds).
-    Stop it with `stop_server` (kills the whole group: the mlflow CLI and its uvicorn child)."""
-    import subprocess
-    import sys
-    import urllib.request
-
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # uvicorn of this env
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(serve_command(model_uri, port=port, **kwargs), env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow models serve exited with {proc.returncode}"
-                                   + (f"; see {log_path}" if log_path else ""))
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        return proc, time.perf_counter() - t0
-            except OSError:
-                pass
-            if time.perf_counter() - t0 > timeout:
-                raise TimeoutError(f"server for {model_uri} not ready after {timeout:.0f} s")
-            time.sleep(0.1)
-    except BaseException:
-        stop_server(proc)
-        raise
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether a process group still has a live (non-zombie) member."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def stop_server(proc, grace: float = 10.0) -> None:
-    """SIGTERM the server's process group, SIGKILL whatever is left after `grace` seconds."""
-    import signal
-    import subprocess
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.time() + grace
-        while time.time() < deadline and group_alive(proc.pid):
-            time.sleep(0.1)
-        if not group_alive(proc.pid):
-            break
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass

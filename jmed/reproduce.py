@@ -79,7 +79,7 @@ def reproduce(model_uri: str) -> Report:
     tracking.setup()
     client = MlflowClient()
     version = resolve_version(model_uri)
-    train_run, eval_run = version.tags.get("jmed.train_run"), version.tags.get("jmed.eval_run")
+    train_run, eval_run = version.tags.get(tracking.TRAIN_RUN_TAG), version.tags.get(tracking.EVAL_RUN_TAG)
     if not train_run or not eval_run:
         raise ReproduceError(f"{model_uri} has no jmed.train_run/jmed.eval_run lineage tags")
     report = Report(model_uri, train_run, eval_run)

@@ -97,7 +97,8 @@ def score(data: str, predictions: str, protocol: str = "letter", parsing: str = 
         raise ScoreError([f"--parsing: {parsing!r} is not one of {', '.join(metrics.PARSINGS)}"])
     from jmed.checks import load_valid
 
-    questions = load_valid(data, data_format, questions_only=True)  # the checks of `jmed validate`
+    questions = load_valid(data, data_format, questions_only=True,  # the checks of `jmed validate`
+                           exclude_ids=getattr(filters, "exclude_ids", ()))
     values, where = read_predictions(predictions, protocol)
     known = {q.id for q in questions}
     unknown = [f"{where[pid]}: problem_id: {pid} is not a question of {data}" for pid in values if pid not in known]

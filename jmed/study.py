@@ -27,7 +27,7 @@ def comparison(runs) -> list[dict]:
     rows: dict[tuple, dict] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time):  # newer runs overwrite older ones
         cell = _cell(run)
-        tuned = run.data.tags.get("jmed.adapter_run", "none") not in ("", "none")
+        tuned = run.data.tags.get(tracking.ADAPTER_RUN_TAG, "none") not in ("", "none")
         row = rows.setdefault(cell, dict(zip(CELL, cell)))
         side = "tuned" if tuned else "untuned"
         row[f"{side}_run"] = run.info.run_id

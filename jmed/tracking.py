@@ -12,8 +12,12 @@ from pathlib import Path
 
 import jmed
 
+# Tag names jmed reads back (runs and model versions); every module uses these, never the strings.
 STEP_TAG = "jmed.step"
 BASE_TAG = "jmed.base_model"
+ADAPTER_RUN_TAG = "jmed.adapter_run"  # on evaluate runs: the train run of the adapter, "none" for a base
+TRAIN_RUN_TAG = "jmed.train_run"  # on model versions and pipeline runs
+EVAL_RUN_TAG = "jmed.eval_run"
 
 
 def tracking_uri() -> str:

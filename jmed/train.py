@@ -72,7 +72,7 @@ def load_items(path: str, fmt: str, filters, what: str) -> tuple[list, str]:
     from jmed import checks, data
 
     source = str(path or data.SAMPLE_TRAIN)
-    items = checks.load_valid(source, fmt)  # the checks of `jmed validate`, before any model is loaded
+    items = checks.load_valid(source, fmt, exclude_ids=getattr(filters, "exclude_ids", ()))  # validate's checks
     kept = data.apply_filters(items, filters)
     if not kept:
         raise TrainError(f"{what} set is empty after filters: {source} holds {len(items)} item(s), "

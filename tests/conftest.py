@@ -12,6 +12,22 @@ os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is: skipped here by one hook, not each test by itself."""
+    import importlib.util
+
+    cuda = False
+    if any(item.get_closest_marker("gpu") for item in items) and importlib.util.find_spec("torch"):
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if not cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if item.get_closest_marker("gpu"):
+                item.add_marker(skip)
 SHARED = ROOT.parent / "shared" / "datasets"
 
 

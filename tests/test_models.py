@@ -137,8 +137,6 @@ def test_resolve_precision_cpu():
 def test_resolve_precision_cuda():
     import torch
 
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA")
     device, dtype = models.resolve_precision("auto")
     assert device == "cuda" and dtype in (torch.bfloat16, torch.float16)
 

@@ -29,6 +29,7 @@ TRAIN = {
     "years": ("2018,2019", "filters.years", "2018,2019"),
     "blocks": ("A,B", "filters.blocks", "A,B"),
     "ids": ("112A1", "filters.ids", "112A1"),
+    "exclude_ids": ("112A2,112A3", "filters.exclude_ids", "112A2,112A3"),
     "prompt_format": ("medpalm", "prompt_format", "medpalm"),
     "shots": ("1", "shots", 1),
     "preset": ("jmedlora-7b", "preset", "jmedlora-7b"),
@@ -77,6 +78,7 @@ EVALUATE = {
     "years": ("2022", "filters.years", "2022"),
     "blocks": ("A", "filters.blocks", "A"),
     "ids": ("116A1,116A2", "filters.ids", "116A1,116A2"),
+    "exclude_ids": ("116A3", "filters.exclude_ids", "116A3"),
     "protocol": ("text", "protocol", "text"),
     "prompt_format": ("alpaca_med", "prompt_format", "alpaca_med"),
     "shots": ("1", "shots", 1),
@@ -189,14 +191,14 @@ def test_every_validate_score_and_promote_option_reaches_the_step(tmp_path):
 
     score = {"data": "/data/2022", "predictions": "/p.jsonl", "protocol": "text", "parsing": "lenient",
              "format": "jjsimqa", "name": "gpt-x", "json": "true", "text_only": "true", "five_choices": "true",
-             "scored_only": "true", "years": "2022", "blocks": "B,E", "ids": "116B1"}
+             "scored_only": "true", "years": "2022", "blocks": "B,E", "ids": "116B1", "exclude_ids": "116B2"}
     assert set(score) | {"log"} == _options(cli.main.commands["score"])
     out = _mlflow_run("score", score, tmp_path)
     assert out["score"] == {"data": "/data/2022", "predictions": "/p.jsonl", "protocol": "text",
                             "parsing": "lenient", "format": "jjsimqa", "name": "gpt-x", "json": True,
                             "log": True}  # MLproject's score entry always logs
     assert out["filters"] == {"text_only": True, "five_choices": True, "scored_only": True, "years": "2022",
-                              "blocks": "B,E", "ids": "116B1"}
+                              "blocks": "B,E", "ids": "116B1", "exclude_ids": "116B2"}
 
     promote = {"base_model": "smollm2-135m", "metric": "eval/score", "min_delta": "0.01", "bundle_base": "true"}
     assert set(promote) == _options(cli.main.commands["promote"])

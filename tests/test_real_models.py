@@ -189,7 +189,7 @@ def test_main_pipeline_on_smollm2_serves_what_it_predicts(smol_pipeline, tmp_pat
     import requests
     from mlflow.tracking import MlflowClient
 
-    from jmed.registry import free_port, group_alive, start_server, stop_server
+    from jmed.server import free_port, group_alive, start_server, stop_server
 
     _use(smol_pipeline, monkeypatch)
     client = MlflowClient()

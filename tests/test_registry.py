@@ -210,8 +210,11 @@ def test_two_concurrent_promote_processes_never_leave_the_worse_champion(store):
 
     root, runs = store
     fresh_registry()
-    env = {**os.environ, "JMED_PROMOTE_DELAY": "3"}
-    code = "import sys; from jmed.registry import promote; promote('tiny', eval_runs=[sys.argv[1]])"
+    env = dict(os.environ)
+    # each process pauses 3 s between reading the state (decide) and applying it: a wide race window
+    code = ("import sys, time; from jmed import registry; decide = registry.decide\n"
+            "registry.decide = lambda *a, **k: (time.sleep(3), decide(*a, **k))[1]\n"
+            "registry.promote('tiny', eval_runs=[sys.argv[1]])")
     procs = []
     for key in ("B", "A"):
         procs.append(subprocess.Popen([sys.executable, "-c", code, runs[key]["eval"]], env=env, cwd=root,

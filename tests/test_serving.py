@@ -165,7 +165,7 @@ def test_served_over_http(served, tmp_path):
     import pandas as pd
     import requests
 
-    from jmed.registry import free_port, group_alive, start_server, stop_server
+    from jmed.server import free_port, group_alive, start_server, stop_server
 
     port = free_port()
     proc, ready = start_server(URI, port, log_path=tmp_path / "serve.log")
@@ -260,7 +260,8 @@ def test_jmed_serve_resolves_the_champion(served, tmp_path):
 
     import requests
 
-    from jmed.registry import champion_uri, free_port, stop_server
+    from jmed.registry import champion_uri
+    from jmed.server import free_port, stop_server
 
     assert champion_uri() == champion_uri("tiny") == URI
     with pytest.raises(ValueError, match="registered model jmed-other has no 'champion' alias"):

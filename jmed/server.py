@@ -1,0 +1,100 @@
+"""Server processes: `mlflow models serve` started in its own process group, waited for, and stopped
+with everything it started (the mlflow CLI and its uvicorn workers). Used by `jmed serve`, the demo,
+tests and benchmarks; knows nothing about the registry.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def serve_command(model_uri: str, port: int = 5000, host: str = "127.0.0.1", workers: int = 1,
+                  timeout: int = 120) -> list[str]:
+    import shutil
+    import sys
+
+    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    cmd = [exe] if exe else [sys.executable, "-m", "mlflow"]
+    return cmd + ["models", "serve", "-m", model_uri, "--env-manager", "local", "-h", host, "-p", str(port),
+                  "-w", str(workers), "-t", str(timeout)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_uri: str, port: int, log_path=None, timeout: float = 180.0, **kwargs):
+    """Start `mlflow models serve` in its own process group and wait for /ping; returns (process, seconds).
+    Stop it with `stop_server` (kills the whole group: the mlflow CLI and its uvicorn child)."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # uvicorn of this env
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(serve_command(model_uri, port=port, **kwargs), env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow models serve exited with {proc.returncode}"
+                                   + (f"; see {log_path}" if log_path else ""))
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        return proc, time.perf_counter() - t0
+            except OSError:
+                pass
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"server for {model_uri} not ready after {timeout:.0f} s")
+            time.sleep(0.1)
+    except BaseException:
+        stop_server(proc)
+        raise
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process group still has a live (non-zombie) member."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def stop_server(proc, grace: float = 10.0) -> None:
+    """SIGTERM the server's process group, SIGKILL whatever is left after `grace` seconds."""
+    import signal
+    import subprocess
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.time() + grace
+        while time.time() < deadline and group_alive(proc.pid):
+            time.sleep(0.1)
+        if not group_alive(proc.pid):
+            break
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
