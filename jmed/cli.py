@@ -71,8 +71,6 @@ dry_run_option = click.option(
 
 def echo_config(**configs) -> None:
     """`--dry-run`: the resolved configs (defaults < preset < options), as the run would log them."""
-    import json
-
     from jmed.config import flat
 
     click.echo(strict_json({k: flat(v) if not isinstance(v, dict) else v for k, v in configs.items()}))
@@ -178,8 +176,6 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run)
 @dry_run_option
 def score_cmd(data, predictions, protocol, parsing, data_format, name, as_json, log_run, dry_run, **filter_kw):
     """Score predictions made elsewhere against question data (every question of the data counts)."""
-    import json as _json
-
     from jmed.data import DataLoadError
     from jmed.score import ScoreError, format_summary, log_score, score
 

@@ -15,95 +15,11 @@ from __future__ import annotations
 
 import time
 
+from jmed import adapter
 from jmed.inference import answer_budget, encode_prompt, generate, loglik, shots_for
 
 
-# ---- adapters -------------------------------------------------------------------------------------
-
-ADAPTER_META = "jmed.json"
-
-
-def resolve_adapter(ref: str):
-    """A local adapter folder from a train run id, `runs:/<id>[/path]`, `models:/<name>/<version|@alias>`
-    (a registered pyfunc model with an `adapter` artifact), or a local folder."""
-    import re
-    from pathlib import Path
-
-    ref = (ref or "").strip()
-    if not ref:
-        raise ValueError("no adapter reference given")
-    local = Path(ref).expanduser()
-    if local.is_dir():
-        return _adapter_dir(local, ref)
-    from jmed import tracking
-
-    mlflow = tracking.setup()
-    if re.fullmatch(r"[0-9a-f]{32}", ref):
-        ref = f"runs:/{ref}/adapter"
-    if ref.startswith("runs:/"):
-        if ref.rstrip("/").count("/") == 1:  # runs:/<id> alone
-            ref = ref.rstrip("/") + "/adapter"
-        try:
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
-        except Exception as exc:  # noqa: BLE001 - re-raised with the reference named
-            raise ValueError(f"adapter {ref}: cannot download it from {tracking.shown_uri()}: {tracking.masked(exc)}") from exc
-        return _adapter_dir(path, ref)
-    if ref.startswith("models:/"):
-        try:
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"adapter {ref}: cannot download the registered model: {exc}") from exc
-        return _adapter_dir(_pyfunc_artifact(path, "adapter", ref), ref)
-    raise ValueError(f"adapter {ref!r}: expected a train run id, runs:/<id>/adapter, models:/<name>/<version "
-                     "or @alias>, or a local adapter folder")
-
-
-def _pyfunc_artifact(model_dir, name: str, ref: str):
-    import yaml
-
-    mlmodel = model_dir / "MLmodel"
-    if mlmodel.exists():
-        spec = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
-        arts = (spec.get("flavors", {}).get("python_function", {}) or {}).get("artifacts", {}) or {}
-        if name in arts:
-            return inside(model_dir, (arts[name] or {}).get("path", ""), f"adapter {ref}: MLmodel artifact {name!r}")
-    for cand in (model_dir / "artifacts" / name, model_dir / name):
-        if cand.is_dir():
-            return cand
-    raise ValueError(f"adapter {ref}: the model has no {name!r} artifact (looked in {model_dir})")
-
-
-def inside(root, relative, what: str):
-    """`root / relative`, resolved, refused unless it stays inside `root`: a path read from an artifact
-    (another user's MLmodel file) must not point anywhere else on this machine."""
-    from pathlib import Path
-
-    root = Path(root).resolve()
-    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
-        raise ValueError(f"{what}: path {str(relative)[:200]!r} is not a relative path inside the artifact")
-    target = (root / relative).resolve()
-    if target != root and root not in target.parents:
-        raise ValueError(f"{what}: path {relative[:200]!r} leaves the artifact folder {root}")
-    return target
-
-
-def _adapter_dir(path, ref: str):
-    if not (path / "adapter_config.json").exists() and (path / "adapter" / "adapter_config.json").exists():
-        path = path / "adapter"
-    if not (path / "adapter_config.json").exists():
-        raise ValueError(f"adapter {ref}: {path} holds no adapter_config.json")
-    return path
-
-
-def adapter_meta(adapter_dir) -> dict:
-    """The adapter's own record (`jmed.json`: model, prompt format, shots, protocol, train run, data digest)."""
-    import json
-
-    path = adapter_dir / ADAPTER_META
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))
-
+# ---- adapters: jmed.adapter owns the card and the references ----------------------------------------
 
 # ---- one pass over the questions ------------------------------------------------------------------
 
@@ -222,7 +138,7 @@ def _resolve(cfg, meta: dict):
     if meta.get("model") and model != meta["model"]:
         raise ValueError(f"adapter {cfg.adapter} was trained on {meta['model']!r}, not on model {model!r}; "
                          f"pass --model {meta['model']} (or leave --model empty)")
-    fmt = cfg.prompt_format or meta.get("prompt_format") or "igakuqa"
+    fmt = adapter.prompt_format(meta, cfg.prompt_format)
     check_format(fmt)
     protocol = cfg.protocol or protocol_for(fmt)
     if protocol not in PROTOCOLS:
@@ -266,8 +182,8 @@ def evaluate(cfg) -> str:
     from jmed import models, tracking
 
     with tracking.step_run("evaluate", run_name=None) as run:
-        adapter_dir = resolve_adapter(cfg.adapter) if cfg.adapter else None
-        meta = adapter_meta(adapter_dir) if adapter_dir else {}
+        adapter_dir = adapter.resolve(cfg.adapter) if cfg.adapter else None
+        meta = adapter.read(adapter_dir) if adapter_dir else {}
         cfg = _resolve(cfg, meta)
         path, questions = load_eval_questions(cfg)
         digest = D.digest(questions)

@@ -16,10 +16,9 @@ it points to at that moment.
 """
 from __future__ import annotations
 
-from jmed import tracking  # tag names
+from jmed import adapter, tracking
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -213,7 +212,7 @@ def log_serving_model(adapter_dir, name: str = "model", bundle_base: bool | None
     import pandas as pd
 
     adapter_dir = Path(adapter_dir)
-    meta = json.loads((adapter_dir / "jmed.json").read_text(encoding="utf-8"))
+    meta = adapter.read(adapter_dir)
     base, revision = meta["model"], meta.get("base_revision", "")
     # A named model (smollm2-135m …) is referenced like a hub id: its package installs it anywhere.
     local = base == "tiny" or Path(base).is_dir() or Path(base).suffix.lower() == ".gguf"
@@ -227,7 +226,7 @@ def log_serving_model(adapter_dir, name: str = "model", bundle_base: bool | None
         artifacts["base"] = str(folder)
     quant = str(meta.get("config", {}).get("quantization", "none"))
     config = {"base_model": base, "base_revision": revision, "bundled": bundle, "quantization": quant}
-    protocol = meta.get("protocol") or "letter"
+    protocol = adapter.protocol(meta)
     with tempfile.TemporaryDirectory() as tmp:
         return mlflow.pyfunc.log_model(
             name=name, python_model=str(SERVING_FILE), artifacts=artifacts, model_config=config,
@@ -336,10 +335,10 @@ def register(client, name: str, cand: Candidate, metric: str = "eval/accuracy", 
 
     eval_run = client.get_run(cand.eval_run)
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = Path(mlflow.artifacts.download_artifacts(run_id=cand.train_run, artifact_path="adapter",
-                                                           dst_path=tmp))
-        meta = json.loads((adapter / "jmed.json").read_text(encoding="utf-8"))
-        info = log_serving_model(adapter, bundle_base=bundle_base)
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=cand.train_run, artifact_path="adapter",
+                                                          dst_path=tmp))
+        meta = adapter.read(folder)
+        info = log_serving_model(folder, bundle_base=bundle_base)
     tags = {tracking.TRAIN_RUN_TAG: cand.train_run, tracking.EVAL_RUN_TAG: cand.eval_run,
             tracking.BASE_TAG: eval_run.data.tags.get(tracking.BASE_TAG, ""),
             "jmed.base_revision": str(meta.get("base_revision", "")),

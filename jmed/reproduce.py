@@ -7,11 +7,10 @@ Exact on CPU. On CUDA, kernels are not bitwise deterministic, so metrics must ag
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from jmed import tracking
+from jmed import adapter, tracking
 
 GPU_TOLERANCE = 0.02  # absolute, on eval/* fractions
 
@@ -66,7 +65,7 @@ def adapter_sha256(run_id: str) -> tuple[str, dict]:
 
     local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter"))
     sha = hashlib.sha256((local / "adapter_model.safetensors").read_bytes()).hexdigest()
-    return sha, json.loads((local / "jmed.json").read_text(encoding="utf-8"))
+    return sha, adapter.read(local)
 
 
 def reproduce(model_uri: str) -> Report:

@@ -24,6 +24,7 @@ from pathlib import Path
 import mlflow
 from mlflow.pyfunc import PythonModel
 
+from jmed import adapter
 from jmed.prompts import LETTERS, base_format
 
 # the signature is given explicitly when logging; MLflow's hint to use type hints instead is noise
@@ -145,7 +146,7 @@ class JmedModel(PythonModel):
         from jmed.models import load_adapter, load_base
 
         adapter_dir = Path(context.artifacts["adapter"])
-        self.meta = json.loads((adapter_dir / "jmed.json").read_text(encoding="utf-8"))
+        self.meta = adapter.read(adapter_dir)
         config = dict(context.model_config or {})
         base = context.artifacts.get("base") or config.get("base_model") or self.meta["model"]
         model, tokenizer, info = load_base(base, quantization=config.get("quantization", "none"),
@@ -161,8 +162,8 @@ class JmedModel(PythonModel):
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        self.format = self.meta["prompt_format"]
-        self.protocol = self.meta.get("protocol") or "letter"
+        self.format = adapter.prompt_format(self.meta)
+        self.protocol = adapter.protocol(self.meta)
 
     def prompt(self, row: dict) -> str:
         from jmed.prompts import apply_chat, render_prompt

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jmed
+from jmed import adapter
 from jmed.config import TrainConfig, flat
 from jmed.inference import encode, shots_for
 
@@ -606,7 +607,7 @@ def _train(cfg: TrainConfig, accelerator, run_id: str, cleanup: list) -> None:
                         "shots": cfg.shots, "protocol": _protocol(cfg.prompt_format), "train_run_id": run_id,
                         "train_data_digest": data.digest(items), "tokenizer_hash": info["tokenizer_hash"],
                         "lora_targets": targets, "jmed_version": jmed.__version__, "config": flat(cfg)}
-                (out / "jmed.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
+                adapter.write(out, meta)
                 mlflow.log_artifacts(str(out), "adapter")
         accelerator.wait_for_everyone()
 

@@ -351,7 +351,7 @@ def test_a_matching_base_run_is_reused(store):
 def test_resolve_adapter_from_run_id_run_uri_and_registered_model(store):
     import mlflow
 
-    from jmed.evaluate import resolve_adapter
+    from jmed.adapter import resolve as resolve_adapter
     from jmed.registry import log_serving_model
 
     rid = store["train_run"]

@@ -73,7 +73,7 @@ def test_resume_never_takes_trust_remote_code_from_the_checkpoint():
 
 
 def test_a_path_in_an_mlmodel_file_cannot_leave_the_download_folder(tmp_path):
-    from jmed.evaluate import _pyfunc_artifact
+    from jmed.adapter import _pyfunc_artifact
 
     outside = tmp_path / "elsewhere"
     (outside / "adapter").mkdir(parents=True)
@@ -300,7 +300,6 @@ def test_a_terminated_step_ends_killed_not_running(tracking, tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     from mlflow import MlflowClient
 

@@ -279,6 +279,8 @@ def test_mlflow_run_entry_point(tmp_path):
 
 @pytest.mark.gpu
 def test_cuda_bf16_autocast_and_4bit(tracking):
+    import torch
+
     for quant in ("none", "4bit"):
         run_id = train(TrainConfig(quantization=quant, max_steps=3, batch_size=4))
         run = _client().get_run(run_id)
