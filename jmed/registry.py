@@ -247,18 +247,8 @@ def _version_tag_evaluation(tags: dict) -> tuple:
 
 
 def evaluate_runs(client, base_slug: str = "") -> list:
-    """FINISHED evaluate runs of an adapter (any experiment), optionally for one base model."""
-    exps = [e.experiment_id for e in client.search_experiments()]
-    flt = "tags.`jmed.step` = 'evaluate' and attributes.status = 'FINISHED'"
-    if base_slug:
-        flt += f" and tags.`jmed.base_model` = '{base_slug}'"
-    runs, token = [], None
-    while True:
-        page = client.search_runs(exps, flt, max_results=1000, page_token=token)
-        runs += [r for r in page if r.data.tags.get(tracking.ADAPTER_RUN_TAG, "none") not in ("", "none", "unknown")]
-        token = page.token
-        if not token:
-            return runs
+    """FINISHED evaluate runs of an adapter with a known train run (any experiment)."""
+    return tracking.evaluate_runs(client, base_slug=base_slug, adapters_only=True)
 
 
 def versions(client, name: str) -> list:

@@ -92,17 +92,13 @@ def evaluate_runs(experiment: str = "", base_model: str = "", run_ids=None) -> l
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
+    exps = None
     if experiment:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             raise ValueError(f"no experiment named {experiment!r} in {tracking.shown_uri()}")
         exps = [exp.experiment_id]
-    else:
-        exps = [e.experiment_id for e in client.search_experiments()]
-    query = "tags.`jmed.step` = 'evaluate' and attributes.status = 'FINISHED'"
-    if base_model:
-        query += f" and tags.`{tracking.BASE_TAG}` = '{tracking.slug(base_model)}'"
-    runs = client.search_runs(exps, query, max_results=5000)
+    runs = tracking.evaluate_runs(client, exps, tracking.slug(base_model) if base_model else "")
     if run_ids is not None:
         runs = [r for r in runs if r.info.run_id in set(run_ids)]
     return runs

@@ -166,3 +166,21 @@ def log_dataset(questions, name: str, path: str, digest: str, context: str) -> N
     )
     ds = mlflow.data.from_pandas(df, source=str(path), name=name, digest=digest[:36])
     mlflow.log_input(ds, context=context)
+
+
+def evaluate_runs(client, experiment_ids=None, base_slug: str = "", adapters_only: bool = False) -> list:
+    """The one query for FINISHED evaluate runs (all experiments unless given; optionally one base
+    model). `adapters_only`: runs of an adapter whose train run is known (what promotion compares);
+    otherwise base-model runs and adapters of unknown origin too (what a comparison table shows)."""
+    exps = experiment_ids or [e.experiment_id for e in client.search_experiments()]
+    flt = f"tags.`{STEP_TAG}` = 'evaluate' and attributes.status = 'FINISHED'"
+    if base_slug:
+        flt += f" and tags.`{BASE_TAG}` = '{base_slug}'"
+    runs, token = [], None
+    while True:
+        page = client.search_runs(exps, flt, max_results=1000, page_token=token)
+        runs += [r for r in page if not adapters_only
+                 or r.data.tags.get(ADAPTER_RUN_TAG, "none") not in ("", "none", "unknown")]
+        token = page.token
+        if not token:
+            return runs
