@@ -166,7 +166,7 @@ def signature(protocol: str):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
-    from jmed.serving import DEFAULT_MAX_NEW_TOKENS
+    from jmed.contract import DEFAULT_MAX_NEW_TOKENS
 
     return ModelSignature(
         inputs=Schema([ColSpec("string", "question"), ColSpec(Array("string"), "choices"),
@@ -534,7 +534,7 @@ def read_questions_file(path) -> tuple[list[str], list[dict]]:
     Bad lines raise ValueError naming file:line:field."""
     from jmed.checks import load_valid
     from jmed.data import jsonl_objects
-    from jmed.serving import check_inputs
+    from jmed.contract import check_inputs
 
     path = Path(path)
     objects, bad = jsonl_objects(path)

@@ -11,13 +11,13 @@ one per line), `raw_output` (the generated text; for loglik the per-choice log-l
 Every input is checked before the model runs; a bad one raises MlflowException(INVALID_PARAMETER_VALUE),
 which `mlflow models serve` answers with HTTP 400 and the message.
 
-Imports only jmed.prompts, jmed.models, jmed.inference (the batched engines evaluation uses too) and
-jmed.metrics (answer parsing); never train or evaluate.
+Imports only jmed.contract (the input checks), jmed.adapter, jmed.prompts, jmed.models, jmed.inference
+(the batched engines evaluation uses too) and jmed.metrics (answer parsing); never train or evaluate.
+Importing this file registers the model with MLflow (models-from-code): nothing else imports it.
 """
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 
@@ -25,118 +25,11 @@ import mlflow
 from mlflow.pyfunc import PythonModel
 
 from jmed import adapter
+from jmed.contract import MAX_NEW_TOKENS_LIMIT, check_inputs, check_params, invalid
 from jmed.prompts import LETTERS, base_format
 
 # the signature is given explicitly when logging; MLflow's hint to use type hints instead is noise
 warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
-
-MAX_CHOICES = 10
-MAX_CHARS = 20_000
-MAX_ROWS = 256
-PROTOCOLS = ("letter", "text", "loglik")
-DEFAULT_MAX_NEW_TOKENS = 0  # 0: fit each question's answers, as evaluation does (inference.answer_budget)
-MAX_NEW_TOKENS_LIMIT = 1024
-
-
-def invalid(message: str):
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def check_inputs(model_input) -> list[dict]:
-    """Rows as {"question", "choices", "n_answers"}; every problem found is reported at once."""
-    import numpy as np
-    import pandas as pd
-
-    from jmed.metrics import n_select
-
-    if isinstance(model_input, dict):
-        model_input = [model_input]
-    if isinstance(model_input, list):
-        if not all(isinstance(r, dict) for r in model_input):
-            raise invalid("input must be a list of records {question, choices[, n_answers]}")
-        model_input = pd.DataFrame(model_input)
-    if not isinstance(model_input, pd.DataFrame):
-        raise invalid(f"input must be a table of questions, got {type(model_input).__name__}")
-    missing = [c for c in ("question", "choices") if c not in model_input.columns]
-    if missing:
-        raise invalid(f"missing input field(s): {', '.join(missing)}")
-    if len(model_input) == 0:
-        raise invalid("no questions in the input")
-    if len(model_input) > MAX_ROWS:
-        raise invalid(f"{len(model_input)} questions in one request; at most {MAX_ROWS}")
-    unknown = sorted(set(model_input.columns) - {"question", "choices", "n_answers"})
-    errors = [f"unknown input field(s): {', '.join(map(str, unknown))}"] if unknown else []
-    rows = []
-    for i, rec in enumerate(model_input.to_dict("records")):
-        where = f"record {i}"
-        q, ch, n = rec.get("question"), rec.get("choices"), rec.get("n_answers")
-        if _missing(q):
-            errors.append(f"{where}: 'question' is missing")
-        elif not isinstance(q, str):
-            errors.append(f"{where}: 'question' must be a string, got {type(q).__name__}")
-        elif not q.strip():
-            errors.append(f"{where}: 'question' is empty")
-        elif len(q) > MAX_CHARS:
-            errors.append(f"{where}: 'question' has {len(q)} characters; at most {MAX_CHARS}")
-        if isinstance(ch, np.ndarray):
-            ch = ch.tolist()
-        if _missing(ch):
-            errors.append(f"{where}: 'choices' is missing")
-            ch = None
-        elif not isinstance(ch, (list, tuple)):
-            errors.append(f"{where}: 'choices' must be a list of strings, got {type(ch).__name__}")
-            ch = None
-        elif not ch:
-            errors.append(f"{where}: 'choices' is empty")
-            ch = None
-        elif len(ch) > MAX_CHOICES:
-            errors.append(f"{where}: 'choices' has {len(ch)} entries; at most {MAX_CHOICES}")
-            ch = None
-        else:
-            for j, c in enumerate(ch):
-                if not isinstance(c, str):
-                    errors.append(f"{where}: choices[{j}] must be a string, got {type(c).__name__}")
-                    ch = None
-                elif not c.strip():
-                    errors.append(f"{where}: choices[{j}] is empty")
-                elif len(c) > MAX_CHARS:
-                    errors.append(f"{where}: choices[{j}] has {len(c)} characters; at most {MAX_CHARS}")
-        if _missing(n):
-            n = n_select(q) if isinstance(q, str) else 1
-        elif isinstance(n, bool) or not isinstance(n, (int, np.integer, float)) or float(n) != int(n):
-            errors.append(f"{where}: 'n_answers' must be an integer, got {n!r}")
-            n = None
-        else:
-            n = int(n)
-        if ch is not None and n is not None and not 1 <= n <= len(ch):
-            errors.append(f"{where}: 'n_answers' is {n}; must be between 1 and the {len(ch)} choices")
-        rows.append({"question": q, "choices": list(ch or []), "n_answers": n})
-    if errors:
-        raise invalid("invalid input: " + "; ".join(errors[:20])
-                      + (f"; … and {len(errors) - 20} more" if len(errors) > 20 else ""))
-    return rows
-
-
-def check_params(params: dict | None, default_protocol: str) -> tuple[str, int]:
-    params = params or {}
-    unknown = sorted(set(params) - {"protocol", "max_new_tokens"})
-    if unknown:
-        raise invalid(f"unknown param(s): {', '.join(unknown)}; known: protocol, max_new_tokens")
-    protocol = params.get("protocol") or default_protocol
-    if protocol not in PROTOCOLS:
-        raise invalid(f"param 'protocol' is {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
-    tokens = params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= MAX_NEW_TOKENS_LIMIT:
-        raise invalid(f"param 'max_new_tokens' is {tokens!r}; must be an integer from 0 (fit the answers) "
-                      f"to {MAX_NEW_TOKENS_LIMIT}")
-    return protocol, tokens
 
 
 class JmedModel(PythonModel):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import private_store
 
-from jmed.serving import check_inputs, check_params
+from jmed.contract import check_inputs, check_params
 
 Q = {"question": "どれか。", "choices": ["甲", "乙", "丙"]}
 
