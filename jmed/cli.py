@@ -24,28 +24,51 @@ def _stack(f, options):
     return f
 
 
+def config_options(cls, names=None, exclude=(), rename=None) -> list:
+    """click options generated from a config's fields (jmed.config): `--lora-r` for `lora_r`, with the
+    field's help and default. Every value is a string and "" means "not given", so an unset option never
+    overrides a preset or the adapter's own setting, and `mlflow run` parameters left empty stay unset.
+    Returns (field name, option) pairs in field order; `rename` maps a field to another option name."""
+    from dataclasses import fields
+
+    from jmed.config import help_text
+
+    rename = rename or {}
+    out = []
+    for fld in fields(cls):
+        if (names is not None and fld.name not in names) or fld.name in exclude:
+            continue
+        if fld.name == "filters":
+            out.append((fld.name, filter_options))
+            continue
+        flag = "--" + rename.get(fld.name, fld.name).replace("_", "-")
+        out.append((fld.name, click.option(flag, default="", help=help_text(fld))))
+    return out
+
+
+def _filter_option(fld, prefix: str = ""):
+    from jmed.config import help_text
+
+    name = prefix + fld.name.replace("_", "-")
+    if fld.type in (bool, "bool"):  # a flag pair; None = not given
+        return click.option(f"--{name}/--no-{name}", default=None, help=help_text(fld))
+    return click.option(f"--{name}", default="", help=help_text(fld))
+
+
 def filter_options(f):
-    """The data filters every step accepts (DESIGN.md §3)."""
-    opts = [
-        click.option("--text-only/--no-text-only", default=None, help="Keep only questions without figures."),
-        click.option("--five-choices/--no-five-choices", default=None, help="Keep only 5-choice questions."),
-        click.option("--scored-only/--no-scored-only", default=None, help="Drop questions worth 0 points."),
-        click.option("--years", default="", help="Comma-separated exam years to keep, e.g. 2018,2019."),
-        click.option("--blocks", default="", help="Comma-separated blocks to keep, e.g. B,E."),
-        click.option("--ids", default="", help="Comma-separated question ids to keep."),
-        click.option("--exclude-ids", default="", help="Comma-separated question ids to leave out."),
-    ]
-    return _stack(f, opts)
+    """The data filters every step accepts (DESIGN.md §3), from jmed.config.DataFilter."""
+    from dataclasses import fields
 
-
-def build_filter(text_only=None, five_choices=None, scored_only=None, years="", blocks="", ids="", exclude_ids=""):
     from jmed.config import DataFilter
 
-    return DataFilter(
-        text_only=bool(text_only), five_choices=bool(five_choices), scored_only=bool(scored_only),
-        years=tuple(int(y) for y in _csv(years)), blocks=_csv(blocks), ids=_csv(ids),
-        exclude_ids=_csv(exclude_ids),
-    )
+    return _stack(f, [_filter_option(fld) for fld in fields(DataFilter)])
+
+
+def build_filter(**given):
+    """A DataFilter from filter option values (flags None, lists "" when not given)."""
+    from jmed.config import DataFilter, build
+
+    return build(DataFilter, {k: v for k, v in given.items() if v is not None})
 
 
 def strict_json(value) -> str:
@@ -76,27 +99,29 @@ def echo_config(**configs) -> None:
     click.echo(strict_json({k: flat(v) if not isinstance(v, dict) else v for k, v in configs.items()}))
 
 
+# The evaluation settings of `pipeline` and `study` (EvalConfig fields; the evaluation's own question
+# selection is --eval-years/--eval-blocks/--eval-ids, since --years etc. select training questions).
+EVAL_SETTINGS = ("limit", "sample", "max_new_tokens", "batch_size")
+EVAL_RENAME = {"batch_size": "eval_batch_size"}
+EVAL_FILTERS = ("years", "blocks", "ids")
+
+
 def eval_options(f):
-    """Evaluation settings of `pipeline` and `study`: which questions, and how long answers may be.
-    text-only / five-choices / scored-only (the train options) apply to the evaluation data too;
-    years, blocks and ids select training questions, --eval-* evaluation questions."""
-    opts = [
-        click.option("--eval-years", default="", help="Comma-separated exam years to evaluate on."),
-        click.option("--eval-blocks", default="", help="Comma-separated blocks to evaluate on."),
-        click.option("--eval-ids", default="", help="Comma-separated question ids to evaluate on."),
-        click.option("--limit", default="", help="Evaluate the first N questions (0 = all; biased to block A)."),
-        click.option("--sample", default="", help="Evaluate a fixed random subset of N questions (seeded by --seed)."),
-        click.option("--max-new-tokens", default="", help="Generation length (default 0: fit the answers)."),
-        click.option("--eval-batch-size", default="", help="Questions per evaluation batch (default: 8)."),
-    ]
+    """Evaluation settings of `pipeline` and `study`. text-only / five-choices / scored-only (the train
+    options) apply to the evaluation data too."""
+    from dataclasses import fields
+
+    from jmed.config import DataFilter, EvalConfig
+
+    opts = [_filter_option(fld, "eval-") for fld in fields(DataFilter) if fld.name in EVAL_FILTERS]
+    opts += [opt for _, opt in config_options(EvalConfig, names=EVAL_SETTINGS, rename=EVAL_RENAME)]
     return _stack(f, opts)
 
 
-def eval_settings(eval_years="", eval_blocks="", eval_ids="", limit="", sample="", max_new_tokens="",
-                  eval_batch_size="") -> dict:
-    """EvalConfig overrides from the eval options (strings; "" = not given)."""
-    out = {"limit": limit, "sample": sample, "max_new_tokens": max_new_tokens, "batch_size": eval_batch_size,
-           "years": tuple(int(y) for y in _csv(eval_years)), "blocks": _csv(eval_blocks), "ids": _csv(eval_ids)}
+def eval_settings(options: dict) -> dict:
+    """Pop the eval options out of a command's options: EvalConfig overrides ("" = not given)."""
+    out = {name: options.pop(EVAL_RENAME.get(name, name)) for name in EVAL_SETTINGS}
+    out |= {name: options.pop(f"eval_{name}") for name in EVAL_FILTERS}
     return {k: v for k, v in out.items() if v not in ("", ())}
 
 
@@ -206,64 +231,34 @@ def score_cmd(data, predictions, protocol, parsing, data_format, name, as_json, 
 # ---- train (issue 3) ----------------------------------------------------------------------------
 
 
-# Every TrainConfig option, shared by `train`, `pipeline` and `study` (all strings; "" = not given).
-TRAIN_OPTIONS = [
-    ("model", click.option("--model", default="", help="Base model: tiny (default), smollm2-135m, gemma3-270m, a .gguf file, an HF id or a local folder.")),
-    ("train-data", click.option("--train-data", default="", help="Questions or instruction records (default: the bundled sample's train split).")),
-    ("eval-data", click.option("--eval-data", default="", help="Optional questions/records for eval/loss.")),
-    ("data-format", click.option("--data-format", default="", help="Data format (default: auto-detected).")),
-    ("filters", filter_options),
-    ("prompt-format", click.option("--prompt-format", default="", help="igakuqa (default) | alpaca_med | medpalm | chat-<format>.")),
-    ("shots", click.option("--shots", default="", help="Solved examples placed before each question (default: 0).")),
-    ("preset", click.option("--preset", default="", help="jmedlora-7b | jmedlora-70b (jmed/presets.yaml); explicit options override it.")),
-    ("lora-r", click.option("--lora-r", default="", help="LoRA rank (default: 8).")),
-    ("lora-alpha", click.option("--lora-alpha", default="", help="LoRA alpha (default: 16).")),
-    ("lora-dropout", click.option("--lora-dropout", default="", help="LoRA dropout (default: 0.05).")),
-    ("target-modules", click.option("--target-modules", default="", help="Comma-separated module names, qkv, or all-linear (default: by architecture).")),
-    ("quantization", click.option("--quantization", default="", help="none | 8bit | 4bit (nf4, double quantisation).")),
-    ("learning-rate", click.option("--learning-rate", default="", help="AdamW learning rate (default: 1e-2 for tiny, 2e-4 for other models; presets set the papers' rates).")),
-    ("lr-schedule", click.option("--lr-schedule", default="", help="cosine (default) | linear | constant.")),
-    ("warmup-steps", click.option("--warmup-steps", default="", help="Linear warmup steps (default: 0).")),
-    ("max-steps", click.option("--max-steps", default="", help="Optimiser steps; > 0 wins over --epochs (default: 60).")),
-    ("epochs", click.option("--epochs", default="", help="Epochs when --max-steps is 0 (default: 1).")),
-    ("batch-size", click.option("--batch-size", default="", help="Examples per process per micro-batch (default: 8).")),
-    ("grad-accum", click.option("--grad-accum", default="", help="Micro-batches per optimiser step (default: 1).")),
-    ("max-length", click.option("--max-length", default="", help="Maximum tokens per example (default: 512).")),
-    ("overlength", click.option("--overlength", default="", help="Examples over --max-length: truncate_prompt (default) | drop | error.")),
-    ("max-grad-norm", click.option("--max-grad-norm", default="", help="Gradient clipping norm (default: 1.0).")),
-    ("weight-decay", click.option("--weight-decay", default="", help="AdamW weight decay (default: 0).")),
-    ("gradient-checkpointing", click.option("--gradient-checkpointing", default="", help="true | false (default: false).")),
-    ("precision", click.option("--precision", default="", help="auto (default: bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.")),
-    ("seed", click.option("--seed", default="", help="Random seed (default: 42).")),
-    ("checkpoint-every", click.option("--checkpoint-every", default="", help="Log a checkpoint every N steps (default: 0 = none).")),
-    ("resume-from", click.option("--resume-from", default="", help="A train run id: continue from its latest checkpoint (new run).")),
-    ("stop-after", click.option("--stop-after", default="", help="Stop after N steps as if interrupted (writes a checkpoint).")),
-    ("trust-remote-code", click.option("--trust-remote-code", default="", help="true | false (default: false).")),
-]
-
-
 def train_options(f=None, exclude: tuple[str, ...] = ()):
-    """Decorate a command with TRAIN_OPTIONS (minus `exclude`: study sets model and format per cell)."""
+    """Decorate a command with every TrainConfig option (minus `exclude`: study sets model and format
+    per cell). Shared by `train`, `pipeline` and `study`."""
+    from jmed.config import TrainConfig
+
     if f is None:
         return lambda g: train_options(g, exclude)
-    return _stack(f, [opt for name, opt in TRAIN_OPTIONS if name not in exclude])
+    return _stack(f, [opt for _, opt in config_options(TrainConfig, exclude=exclude)])
 
 
-def train_overrides(text_only=None, five_choices=None, scored_only=None, years="", blocks="", ids="",
-                    exclude_ids="", **options) -> dict:
-    """TrainConfig overrides from CLI strings ("" = not given; filters only when one is set)."""
+FILTER_FIELDS = ("text_only", "five_choices", "scored_only", "years", "blocks", "ids", "exclude_ids")
+
+
+def config_overrides(options: dict) -> dict:
+    """Config overrides from CLI values: the filter options become one `filters` entry when any is given."""
+    given = {k: options.pop(k) for k in FILTER_FIELDS if k in options}
     overrides = dict(options)
-    given = (text_only, five_choices, scored_only, years, blocks, ids, exclude_ids)
-    if any(v not in (None, "") for v in given):
-        overrides["filters"] = build_filter(*given)
+    if any(v not in (None, "") for v in given.values()):
+        overrides["filters"] = build_filter(**given)
     return overrides
 
 
-def train_config(preset="", **options):
+def train_config(**options):
     """TrainConfig from CLI strings: defaults < preset < explicit options."""
     from jmed.config import TrainConfig, build
 
-    return build(TrainConfig, train_overrides(**options), preset=preset)
+    overrides = config_overrides(options)
+    return build(TrainConfig, overrides, preset=overrides.pop("preset", None))
 
 
 @main.command("train")
@@ -286,48 +281,25 @@ def train_cmd(dry_run, **options):
 # ---- evaluate (issue 4) -------------------------------------------------------------------------
 
 
+def evaluate_options(f):
+    from jmed.config import EvalConfig
+
+    return _stack(f, [opt for _, opt in config_options(EvalConfig)])
+
+
 @main.command("evaluate")
-@click.option("--model", default="", help="Base model: tiny, an HF id or a local folder (default: the adapter's, else tiny).")
-@click.option("--adapter", default="", help="Train run id, runs:/<id>/adapter, models:/<name>/<version|@alias>, or a folder.")
-@click.option("--eval-data", default="", help="Questions to evaluate (default: the bundled sample's test split).")
-@click.option("--data-format", default="", help="Data format (default: auto-detected).")
-@filter_options
-@click.option("--protocol", default="", help="letter | text | loglik (default: the prompt format's own).")
-@click.option("--prompt-format", default="", help="Prompt format (default: the adapter's, else igakuqa).")
-@click.option("--shots", default="", help="0 or 1 solved examples before each question (default: the adapter's, else 0).")
-@click.option("--parsing", default="", help="official | lenient answer parsing (default: lenient).")
-@click.option("--limit", default="", help="Evaluate only the first N questions (0 = all; biased to block A, see --sample).")
-@click.option("--sample", default="", help="Evaluate a fixed random subset of N questions (seeded by --seed; 0 = all).")
-@click.option("--batch-size", default="", help="Questions per batch (default: 8).")
-@click.option("--max-new-tokens", default="", help="Generation length (default 0: fit the answers, 16 for letters, "
-              "the longest gold text + 8 for text).")
-@click.option("--precision", default="", help="auto | fp32 | bf16 | fp16.")
-@click.option("--quantization", default="", help="none | 8bit | 4bit.")
-@click.option("--seed", default="", help="Random seed (default: 42).")
-@click.option("--compare-base", default="", help="true | false: also record the delta against the base model (default: true).")
+@evaluate_options
 @dry_run_option
-def evaluate_cmd(model, adapter, eval_data, data_format, protocol, prompt_format, shots, parsing, limit, sample,
-                 batch_size, max_new_tokens, precision, quantization, seed, compare_base, dry_run, **filters):
+def evaluate_cmd(dry_run, **options):
     """Evaluate a base model or an adapter on exam questions; logs one MLflow run (tag jmed.step=evaluate)."""
-    import dataclasses
-
     from jmed.config import EvalConfig, build
-    from jmed.evaluate import evaluate
 
-    overrides = {
-        "model": model, "adapter": adapter, "eval_data": eval_data, "data_format": data_format,
-        "protocol": protocol, "prompt_format": prompt_format, "shots": shots if shots != "" else -1,
-        "parsing": parsing, "limit": limit, "sample": sample, "batch_size": batch_size,
-        "max_new_tokens": max_new_tokens,
-        "precision": precision, "quantization": quantization, "seed": seed, "compare_base": compare_base,
-        "filters": build_filter(**filters),
-    }
     try:
-        cfg = build(EvalConfig, overrides)
-        if adapter:  # unset model / quantization: the adapter's own
-            cfg = dataclasses.replace(cfg, model=model and cfg.model, quantization=quantization and cfg.quantization)
+        cfg = build(EvalConfig, config_overrides(options))
         if dry_run:
             return echo_config(evaluate=cfg)
+        from jmed.evaluate import evaluate
+
         run_id = evaluate(cfg)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -434,8 +406,7 @@ def _true(value: str) -> bool:
 @click.option("--protocol", default="", help="Evaluation protocol (default: the prompt format's own).")
 @click.option("--force", default="false", help="true: rerun steps even when identical finished runs exist.")
 @dry_run_option
-def pipeline_cmd(protocol, force, eval_data, dry_run, eval_years, eval_blocks, eval_ids, limit, sample,
-                 max_new_tokens, eval_batch_size, **train_opts):
+def pipeline_cmd(protocol, force, eval_data, dry_run, **options):
     """validate → train → evaluate (base and adapter) → promote, as child runs of one parent run.
 
     Takes every `train` option; --eval-data is the evaluation data (default: the sample's test split).
@@ -443,8 +414,8 @@ def pipeline_cmd(protocol, force, eval_data, dry_run, eval_years, eval_blocks, e
     from jmed.pipeline import PipelineFailed, eval_config_for, main_pipeline
 
     try:
-        cfg = train_config(**train_opts)
-        settings = eval_settings(eval_years, eval_blocks, eval_ids, limit, sample, max_new_tokens, eval_batch_size)
+        settings = eval_settings(options)
+        cfg = train_config(**options)
         if dry_run:
             return echo_config(train=cfg, evaluate=eval_config_for(cfg, eval_data, protocol, settings=settings),
                                pipeline={"force": _true(force)})
@@ -458,12 +429,11 @@ def pipeline_cmd(protocol, force, eval_data, dry_run, eval_years, eval_blocks, e
 @click.option("--prompt-formats", default="alpaca_med,medpalm", help="Comma-separated prompt formats.")
 @click.option("--shots", default="0", help="Comma-separated shot counts, e.g. 0,1.")
 @click.option("--protocols", default="", help="Comma-separated protocols (default: each format's own).")
-@train_options(exclude=("model", "prompt-format", "shots"))
+@train_options(exclude=("model", "prompt_format", "shots"))
 @eval_options
 @click.option("--force", default="false", help="true: rerun steps even when identical finished runs exist.")
 @dry_run_option
-def study_cmd(models, prompt_formats, shots, protocols, eval_data, force, dry_run, eval_years, eval_blocks,
-              eval_ids, limit, sample, max_new_tokens, eval_batch_size, **train_opts):
+def study_cmd(models, prompt_formats, shots, protocols, eval_data, force, dry_run, **options):
     """The papers' grid: every model × prompt format × shots × protocol, untuned and tuned, compared.
 
     Takes every `train` option (for each cell's training) and the evaluation options of `pipeline`."""
@@ -471,16 +441,19 @@ def study_cmd(models, prompt_formats, shots, protocols, eval_data, force, dry_ru
 
     try:
         shot_list = tuple(int(s) for s in _csv(shots) or ("0",))
-        settings = eval_settings(eval_years, eval_blocks, eval_ids, limit, sample, max_new_tokens, eval_batch_size)
-        cfg = train_config(**train_opts)  # checked once here; each cell sets model and prompt format
-        preset = train_opts.pop("preset", "")
+        settings = eval_settings(options)
+        overrides = config_overrides(options)
+        preset = overrides.pop("preset", None)
+        from jmed.config import TrainConfig, build
+
+        cfg = build(TrainConfig, overrides, preset=preset)  # checked once here; each cell sets model and format
         if dry_run:
             from jmed.pipeline import eval_config_for
 
             return echo_config(train=cfg, evaluate=eval_config_for(cfg, eval_data, "", settings=settings),
                                study={"models": _csv(models), "prompt_formats": _csv(prompt_formats),
                                       "shots": shot_list, "protocols": _csv(protocols), "force": _true(force)})
-        study(_csv(models), _csv(prompt_formats), shot_list, _csv(protocols), train_overrides(**train_opts),
+        study(_csv(models), _csv(prompt_formats), shot_list, _csv(protocols), overrides,
               eval_data=eval_data, force=_true(force), eval_settings=settings, preset=preset)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -1,93 +1,214 @@
-"""Frozen configuration per step. Defaults live here, once; the CLI, MLproject and tests all build these.
+"""Frozen configuration per step. Each field owns its default, help text and allowed values once
+(dataclass field metadata); the CLI options, MLproject parameters, `--dry-run` and tests all come from here.
 
-`flat(cfg)` gives the flat dict that is logged as MLflow params (names as in the dataclass).
+Unset is `None`: "the adapter's own" or "by model", resolved where that is known. A config checks
+itself when built and reports every problem at once (`ConfigError`). `flat(cfg)` gives the flat dict
+logged as MLflow params (None is logged as "", as jmed 0.1 logged its unset values).
 """
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 PRESETS_FILE = Path(__file__).parent / "presets.yaml"
 DEFAULT_LR = {"tiny": 1e-2, "hf": 2e-4}  # AdamW rates when neither a preset nor the user sets one
 
+# The allowed values, once. Prompt formats live with their renderers (jmed.prompts.FORMATS).
+PROTOCOLS = ("letter", "text", "loglik")
+QUANTIZATIONS = ("none", "8bit", "4bit")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LR_SCHEDULES = ("cosine", "linear", "constant")
+OVERLENGTH_POLICIES = ("truncate_prompt", "drop", "error")
+PARSINGS = ("official", "lenient")
+PROMPT_FORMATS = "prompt formats"  # marker: checked against jmed.prompts.FORMATS
+
+
+class ConfigError(ValueError):
+    """Every problem of one config, one per line (`field: message`)."""
+
+    def __init__(self, cls_name: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"invalid {cls_name}: " + "; ".join(problems))
+
+
+def setting(default, help: str, choices=None, minimum=None, unset: str = ""):
+    """A config field: its default, the help text the CLI shows, and what values it allows.
+    `unset` says what None means; `minimum` is inclusive."""
+    meta = {"help": help, "choices": choices, "minimum": minimum, "unset": unset}
+    if isinstance(default, (tuple, list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _base_type(hint):
+    """`int | None` -> int; other hints unchanged."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
+
+
+def _problems(cfg) -> list[str]:
+    """Type, choice and range checks from the field metadata."""
+    hints = typing.get_type_hints(type(cfg))
+    out = []
+    for f in fields(cfg):
+        value, typ = getattr(cfg, f.name), _base_type(hints[f.name])
+        if value is None:
+            if not f.metadata.get("unset"):
+                out.append(f"{f.name}: must be set")
+            continue
+        if typ is bool and not isinstance(value, bool):
+            out.append(f"{f.name}: expected true or false, got {value!r}")
+            continue
+        if typ in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                    or (typ is int and not isinstance(value, int))):
+            out.append(f"{f.name}: expected {'an integer' if typ is int else 'a number'}, got {value!r}")
+            continue
+        if typ is str and not isinstance(value, str):
+            out.append(f"{f.name}: expected text, got {value!r}")
+            continue
+        choices = f.metadata.get("choices")
+        if choices == PROMPT_FORMATS:
+            from jmed.prompts import FORMATS as choices
+        if choices and value not in choices:
+            out.append(f"{f.name}: unknown {f.name.replace('_', ' ')} {value!r}; choose one of: {', '.join(choices)}")
+        minimum = f.metadata.get("minimum")
+        if minimum is not None and value < minimum:
+            out.append(f"{f.name}: must be at least {minimum}, got {value}")
+    return out
+
+
+class Checked:
+    """Mixin: a frozen config that validates itself in __post_init__, collecting every problem."""
+
+    def __post_init__(self):
+        problems = _problems(self) + self.extra_problems()
+        if problems:
+            raise ConfigError(type(self).__name__, problems)
+
+    def extra_problems(self) -> list[str]:
+        return []
+
 
 @dataclass(frozen=True)
-class DataFilter:
+class DataFilter(Checked):
     """Question filters usable by every step (DESIGN.md §3). Empty tuples mean "no restriction"."""
 
-    text_only: bool = False
-    five_choices: bool = False
-    scored_only: bool = False
-    years: tuple[int, ...] = ()
-    blocks: tuple[str, ...] = ()
-    ids: tuple[str, ...] = ()
-    exclude_ids: tuple[str, ...] = ()  # e.g. a question `jmed validate` rejects, to use the rest
+    text_only: bool = setting(False, "Keep only questions without figures.")
+    five_choices: bool = setting(False, "Keep only 5-choice questions.")
+    scored_only: bool = setting(False, "Drop questions worth 0 points.")
+    years: tuple[int, ...] = setting((), "Comma-separated exam years to keep, e.g. 2018,2019.")
+    blocks: tuple[str, ...] = setting((), "Comma-separated blocks to keep, e.g. B,E.")
+    ids: tuple[str, ...] = setting((), "Comma-separated question ids to keep.")
+    # e.g. a question `jmed validate` rejects, to use the rest
+    exclude_ids: tuple[str, ...] = setting((), "Comma-separated question ids to leave out.")
+
+    def extra_problems(self) -> list[str]:
+        out = []
+        for name in ("years", "blocks", "ids", "exclude_ids"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                out.append(f"filters.{name}: expected a tuple, got {value!r}")
+        return out
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    model: str = "tiny"
-    train_data: str = ""  # "" -> the bundled sample's train split
-    eval_data: str = ""  # optional, for eval loss
-    data_format: str = "auto"
-    filters: DataFilter = field(default_factory=DataFilter)
-    prompt_format: str = "igakuqa"
-    shots: int = 0
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: str = ""  # "" -> default by architecture; "all-linear"; or "q_proj,v_proj"
-    quantization: str = "none"  # none | 8bit | 4bit (nf4, double quantisation)
-    learning_rate: float = 0.0  # 0 -> DEFAULT_LR by model (the presets set the papers' rates)
-    lr_schedule: str = "cosine"  # cosine | linear | constant
-    warmup_steps: int = 0
-    max_steps: int = 60  # > 0 wins over epochs
-    epochs: float = 1.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 512
-    overlength: str = "truncate_prompt"  # truncate_prompt | drop | error: examples longer than max_length
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-    gradient_checkpointing: bool = False
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    seed: int = 42
-    checkpoint_every: int = 0  # 0 -> no intermediate checkpoints
-    resume_from: str = ""  # a train run id to continue
-    stop_after: int = 0  # stop (as if interrupted) after this many steps; for resume tests and budgets
-    preset: str = ""
-    trust_remote_code: bool = False
+class TrainConfig(Checked):
+    model: str = setting("tiny", "Base model: tiny, smollm2-135m, gemma3-270m, a .gguf file, an HF id or a local folder.")
+    train_data: str | None = setting(None, "Questions or instruction records.", unset="the bundled sample's train split")
+    eval_data: str | None = setting(None, "Optional questions/records for eval/loss.", unset="none")
+    data_format: str = setting("auto", "Data format (auto: detected).")
+    filters: DataFilter = setting(DataFilter(), "Question filters.")
+    prompt_format: str = setting("igakuqa", "Prompt format: igakuqa | alpaca_med | medpalm | chat-<format>.",
+                                 choices=PROMPT_FORMATS)
+    shots: int = setting(0, "Solved examples placed before each question.", minimum=0)
+    preset: str | None = setting(None, "jmedlora-7b | jmedlora-70b (jmed/presets.yaml); explicit options override it.",
+                                 unset="none")
+    lora_r: int = setting(8, "LoRA rank.", minimum=1)
+    lora_alpha: int = setting(16, "LoRA alpha.", minimum=1)
+    lora_dropout: float = setting(0.05, "LoRA dropout.", minimum=0)
+    target_modules: str | None = setting(None, "Comma-separated module names, qkv, or all-linear.",
+                                         unset="by architecture")
+    quantization: str = setting("none", "none | 8bit | 4bit (nf4, double quantisation).", choices=QUANTIZATIONS)
+    learning_rate: float | None = setting(None, "AdamW learning rate (presets set the papers' rates).",
+                                          unset="1e-2 for tiny, 2e-4 for other models")
+    lr_schedule: str = setting("cosine", "Learning-rate schedule.", choices=LR_SCHEDULES)
+    warmup_steps: int = setting(0, "Linear warmup steps.", minimum=0)
+    max_steps: int = setting(60, "Optimiser steps; > 0 wins over --epochs.", minimum=0)
+    epochs: float = setting(1.0, "Epochs when --max-steps is 0.", minimum=0)
+    batch_size: int = setting(8, "Examples per process per micro-batch.", minimum=1)
+    grad_accum: int = setting(1, "Micro-batches per optimiser step.", minimum=1)
+    max_length: int = setting(512, "Maximum tokens per example.", minimum=1)
+    overlength: str = setting("truncate_prompt", "Examples over --max-length.", choices=OVERLENGTH_POLICIES)
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm.", minimum=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", minimum=0)
+    gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass (less memory).")
+    precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
+    seed: int = setting(42, "Random seed.")
+    checkpoint_every: int = setting(0, "Log a checkpoint every N steps (0: none).", minimum=0)
+    resume_from: str | None = setting(None, "A train run id: continue from its latest checkpoint (new run).",
+                                      unset="a fresh start")
+    stop_after: int = setting(0, "Stop after N steps as if interrupted, writing a checkpoint (0: never).", minimum=0)
+    trust_remote_code: bool = setting(False, "Run the model repository's own Python code.")
 
     def __post_init__(self):
         # A rate that makes the tiny model learn in 60 steps would wreck a real model: resolve by model.
-        if not self.learning_rate:
+        if self.learning_rate is None:
             object.__setattr__(self, "learning_rate", DEFAULT_LR["tiny" if self.model == "tiny" else "hf"])
+        super().__post_init__()
+
+    def extra_problems(self) -> list[str]:
+        out = []
+        if isinstance(self.learning_rate, (int, float)) and self.learning_rate <= 0:
+            out.append(f"learning_rate: must be above 0, got {self.learning_rate}")
+        if isinstance(self.max_steps, int) and isinstance(self.epochs, (int, float)) \
+                and self.max_steps <= 0 and self.epochs <= 0:
+            out.append("max_steps, epochs: set max_steps > 0 or epochs > 0")
+        return out
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    model: str = "tiny"
-    adapter: str = ""  # train run id | runs:/… | models:/…
-    eval_data: str = ""  # "" -> the bundled sample's test split
-    data_format: str = "auto"
-    filters: DataFilter = field(default_factory=DataFilter)
-    protocol: str = ""  # letter | text | loglik; "" -> the adapter's own, or letter for a bare base
-    prompt_format: str = ""  # "" -> the adapter's own, or igakuqa
-    parsing: str = "lenient"  # official | lenient
-    shots: int = 0
-    limit: int = 0  # the first N questions (after filters and sample); 0 = all
-    sample: int = 0  # a seeded random subset of N questions (after filters; stable for a seed); 0 = all
-    batch_size: int = 8
-    max_new_tokens: int = 0  # 0 -> fit the answers: 16 for letters, the longest gold text + 8 for text
-    precision: str = "auto"
-    quantization: str = "none"
-    seed: int = 42
-    compare_base: bool = True  # an adapter's evaluation also records its delta against the base
+class EvalConfig(Checked):
+    model: str | None = setting(None, "Base model: tiny, an HF id or a local folder.", unset="the adapter's, else tiny")
+    adapter: str | None = setting(None, "Train run id, runs:/<id>/adapter, models:/<name>/<version|@alias>, or a folder.",
+                                  unset="none: the base model alone")
+    eval_data: str | None = setting(None, "Questions to evaluate.", unset="the bundled sample's test split")
+    data_format: str = setting("auto", "Data format (auto: detected).")
+    filters: DataFilter = setting(DataFilter(), "Question filters.")
+    protocol: str | None = setting(None, "letter | text | loglik.", choices=PROTOCOLS, unset="the prompt format's own")
+    prompt_format: str | None = setting(None, "Prompt format.", choices=PROMPT_FORMATS,
+                                        unset="the adapter's, else igakuqa")
+    parsing: str = setting("lenient", "Answer parsing: official (IgakuQA's reference) | lenient.", choices=PARSINGS)
+    shots: int | None = setting(None, "Solved examples before each question.", minimum=0, unset="the adapter's, else 0")
+    limit: int = setting(0, "Evaluate only the first N questions (0: all; biased to block A, see --sample).", minimum=0)
+    sample: int = setting(0, "Evaluate a fixed random subset of N questions (seeded by --seed; 0: all).", minimum=0)
+    batch_size: int = setting(8, "Questions per batch.", minimum=1)
+    max_new_tokens: int = setting(0, "Generation length (0: fit the answers, 16 for letters, the longest gold "
+                                     "text + 8 for text).", minimum=0)
+    precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
+    quantization: str | None = setting(None, "none | 8bit | 4bit.", choices=QUANTIZATIONS,
+                                       unset="the adapter's, else none")
+    seed: int = setting(42, "Random seed.")
+    compare_base: bool = setting(True, "Also record the delta against the base model.")
+
+
+def help_text(f: dataclasses.Field) -> str:
+    """A field's help with its default (or what unset means), for the CLI and the README."""
+    text = f.metadata.get("help", "")
+    if f.metadata.get("unset") and (f.default is None):
+        return f"{text} (default: {f.metadata['unset']})"
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if isinstance(default, bool):
+        default = str(default).lower()
+    return f"{text} (default: {default})" if default not in (None, "") else text
 
 
 def flat(cfg, prefix: str = "") -> dict:
-    """Flatten a config (nested dataclasses become `filters.text_only`, tuples become "a,b")."""
+    """Flatten a config (nested dataclasses become `filters.text_only`, tuples become "a,b", None "")."""
     out = {}
     for f in fields(cfg):
         value = getattr(cfg, f.name)
@@ -96,7 +217,7 @@ def flat(cfg, prefix: str = "") -> dict:
         elif isinstance(value, (tuple, list)):
             out[f"{prefix}{f.name}"] = ",".join(str(v) for v in value)
         else:
-            out[f"{prefix}{f.name}"] = value
+            out[f"{prefix}{f.name}"] = "" if value is None else value
     return out
 
 
@@ -108,11 +229,11 @@ def load_presets() -> dict:
     return yaml.safe_load(PRESETS_FILE.read_text(encoding="utf-8")) or {}
 
 
-def build(cls, overrides: dict | None = None, preset: str = ""):
+def build(cls, overrides: dict | None = None, preset: str | None = None):
     """Defaults < preset < explicit overrides (strings are converted to the field types).
 
-    Unknown keys and presets are errors, never ignored."""
-    # None and "" mean "not given" (MLflow passes "" for unset parameters), so presets are not overridden
+    None and "" mean "not given" (MLflow passes "" for unset parameters), so they never override a
+    preset. Unknown keys and presets are errors, never ignored; all problems are reported together."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None and v != ""}
     values: dict = {}
     if preset:
@@ -122,38 +243,56 @@ def build(cls, overrides: dict | None = None, preset: str = ""):
         values.update(presets[preset])
         values["preset"] = preset
     values.update(overrides)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
     if isinstance(values.get("filters"), dict):
-        values["filters"] = DataFilter(**values["filters"])
-    import typing
-
-    hints = typing.get_type_hints(cls)
+        values["filters"] = build(DataFilter, values["filters"])
+    problems, good = [], {}
     for key, value in values.items():  # CLI and MLproject values arrive as strings
         try:
-            values[key] = _coerce(value, hints[key])
+            good[key] = _coerce(value, hints[key])
         except ValueError as exc:
-            raise ValueError(f"{key}: {exc}") from None
-    return cls(**values)
+            problems.append(f"{key}: {exc}")
+    try:  # built even when some values did not convert, to report the others' problems too
+        cfg = cls(**good)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(cls.__name__, problems)
+    return cfg
 
 
-def _coerce(value, typ):
-    if isinstance(value, str):
-        if typ is bool:
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"expected true or false, got {value!r}")
-            return value.lower() in ("true", "1", "yes")
-        if typ in (int, float):
-            return typ(value)
+def _coerce(value, hint):
+    """A string from the command line, MLproject or logged params, as the field's type."""
+    typ = _base_type(hint)
+    if not isinstance(value, str):
+        return value
+    if typing.get_origin(typ) is tuple:
+        item = typing.get_args(typ)[0]
+        return tuple(_coerce(x.strip(), item) for x in value.split(",") if x.strip())
+    if typ is bool:
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    if typ is int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if typ is float:
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
     return value
 
 
 def from_flat(cls, values: dict):
-    """Inverse of `flat`: rebuild a config from logged params (strings), e.g. for `reproduce`."""
-    import typing
-
+    """Inverse of `flat`: rebuild a config from logged params (strings), e.g. for `reproduce`.
+    Keys the config does not know (params of later jmed versions, or other steps) are ignored;
+    "" is unset (None) where a field may be unset."""
     hints = typing.get_type_hints(cls)
     kwargs, nested = {}, {}
     for key, value in values.items():
@@ -161,17 +300,11 @@ def from_flat(cls, values: dict):
         if rest:
             nested.setdefault(head, {})[rest] = value
         elif head in hints:
-            kwargs[head] = _coerce(value, hints[head])
+            optional = _base_type(hints[head]) is not hints[head]
+            kwargs[head] = None if optional and value == "" else _coerce(value, hints[head])
     for head, sub in nested.items():
-        sub_cls = hints[head]
-        sub_hints = typing.get_type_hints(sub_cls)
-        parsed = {}
-        for k, v in sub.items():
-            typ = sub_hints[k]
-            if typing.get_origin(typ) is tuple:
-                item = typing.get_args(typ)[0]
-                parsed[k] = tuple(item(x) for x in str(v).split(",") if x != "")
-            else:
-                parsed[k] = _coerce(v, typ)
-        kwargs[head] = sub_cls(**parsed)
+        if head in hints:
+            sub_cls = hints[head]
+            sub_hints = typing.get_type_hints(sub_cls)
+            kwargs[head] = sub_cls(**{k: _coerce(v, sub_hints[k]) for k, v in sub.items() if k in sub_hints})
     return cls(**kwargs)

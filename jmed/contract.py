@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 
+from jmed.config import PROTOCOLS, EvalConfig
+
 MAX_CHOICES = 10
 MAX_CHARS = 20_000
 MAX_ROWS = 256
-PROTOCOLS = ("letter", "text", "loglik")
-DEFAULT_MAX_NEW_TOKENS = 0  # 0: fit each question's answers, as evaluation does (inference.answer_budget)
+# 0: fit each question's answers, as evaluation does (inference.answer_budget); the default is EvalConfig's
+DEFAULT_MAX_NEW_TOKENS = EvalConfig.max_new_tokens
 MAX_NEW_TOKENS_LIMIT = 1024
 
 

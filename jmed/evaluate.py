@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 
 from jmed import adapter
+from jmed.config import PROTOCOLS
 from jmed.inference import answer_budget, encode_prompt, generate, loglik, shots_for
 
 
@@ -23,7 +24,6 @@ from jmed.inference import answer_budget, encode_prompt, generate, loglik, shots
 
 # ---- one pass over the questions ------------------------------------------------------------------
 
-PROTOCOLS = ("letter", "text", "loglik")
 
 
 def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str, shots: int = 0, parsing: str = "lenient",
@@ -128,31 +128,24 @@ MATCH_PARAMS = ("model", "base_revision", "eval_data_digest", "protocol", "promp
 
 
 def _resolve(cfg, meta: dict):
-    """Fill the "" / negative defaults (model "", shots < 0, quantization ""): the adapter's own settings,
-    else tiny / letter / igakuqa / 0 shots / no quantization."""
+    """Fill the unset (None) settings: the adapter's own, else tiny / the format's protocol / igakuqa /
+    0 shots / no quantization. The config checked its own values when built; what is left to check
+    is how they combine with the adapter."""
     import dataclasses
 
-    from jmed.prompts import check_format, protocol_for
+    from jmed.prompts import protocol_for
 
     model = cfg.model or meta.get("model") or "tiny"
     if meta.get("model") and model != meta["model"]:
         raise ValueError(f"adapter {cfg.adapter} was trained on {meta['model']!r}, not on model {model!r}; "
                          f"pass --model {meta['model']} (or leave --model empty)")
     fmt = adapter.prompt_format(meta, cfg.prompt_format)
-    check_format(fmt)
     protocol = cfg.protocol or protocol_for(fmt)
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     if protocol in ("letter", "text") and protocol != protocol_for(fmt):
         raise ValueError(f"protocol {protocol!r} cannot read answers of prompt format {fmt!r} (its answers are "
                          f"{'letters' if protocol_for(fmt) == 'letter' else 'choice text'}); use protocol "
                          f"{protocol_for(fmt)!r} or loglik")
-    shots = cfg.shots if cfg.shots >= 0 else int(meta.get("shots", 0) or 0)
-    if cfg.parsing not in ("official", "lenient"):
-        raise ValueError(f"unknown parsing {cfg.parsing!r}; choose official or lenient")
-    if cfg.batch_size < 1 or cfg.max_new_tokens < 0 or cfg.limit < 0 or cfg.sample < 0 or shots < 0:
-        raise ValueError("batch_size must be >= 1; max_new_tokens (0 = fit the answers), limit, sample and "
-                         "shots >= 0")
+    shots = cfg.shots if cfg.shots is not None else int(meta.get("shots", 0) or 0)
     quantization = cfg.quantization or str((meta.get("config") or {}).get("quantization", "") or "none")
     return dataclasses.replace(cfg, model=model, prompt_format=fmt, protocol=protocol, shots=shots,
                                quantization=quantization)
@@ -284,7 +277,7 @@ def _base_comparison(cfg, params, info, model, tokenizer, questions):
     found = find_base_run(params, cfg.protocol != "loglik")
     if found is not None:
         return found.info.run_id, dict(found.data.metrics)
-    base_cfg = dataclasses.replace(cfg, adapter="", compare_base=False)
+    base_cfg = dataclasses.replace(cfg, adapter=None, compare_base=False)
     base_params = {**params, **_flat(base_cfg), "adapter_train_run": "", "adapter_train_data_digest": "",
                    "adapter_base_revision": ""}
     tags = {tracking.BASE_TAG: info["slug"], tracking.ADAPTER_RUN_TAG: "none"}

@@ -19,11 +19,10 @@ import unicodedata
 from difflib import SequenceMatcher
 from typing import Iterable, Mapping, Sequence
 
+from jmed.config import PARSINGS
 from jmed.prompts import LETTERS, extract_response
 
-OFFICIAL = "official"
-LENIENT = "lenient"
-PARSINGS = (OFFICIAL, LENIENT)
+OFFICIAL, LENIENT = PARSINGS
 
 REQUIRED_BLOCKS = ("B", "E")  # 必修 (required) section of the JMLE
 REQUIRED_LINE = 0.80  # required section: at least 80 % of its points

@@ -203,9 +203,9 @@ def eval_config_for(train_cfg: TrainConfig, eval_data: str, protocol: str, shots
 
     settings = dict(settings or {})
     f = train_cfg.filters
-    filters = DataFilter(text_only=f.text_only, five_choices=f.five_choices, scored_only=f.scored_only,
-                         years=tuple(settings.pop("years", ())), blocks=tuple(settings.pop("blocks", ())),
-                         ids=tuple(settings.pop("ids", ())), exclude_ids=f.exclude_ids)
+    filters = build(DataFilter, {"text_only": f.text_only, "five_choices": f.five_choices,
+                                 "scored_only": f.scored_only, "exclude_ids": f.exclude_ids,
+                                 **{k: settings.pop(k) for k in ("years", "blocks", "ids") if k in settings}})
     return build(EvalConfig, {
         "model": train_cfg.model, "adapter": adapter, "eval_data": eval_data,
         "protocol": protocol or protocol_for(train_cfg.prompt_format), "prompt_format": train_cfg.prompt_format,

@@ -91,7 +91,7 @@ def reproduce(model_uri: str) -> Report:
             f"{model_uri}: its adapter's jmed.json sets {', '.join(f'{k}={getattr(train_cfg, k)}' for k in refused)};"
             f" reproduce never takes security-relevant settings from the store. Retrain it with `jmed train` "
             f"and the option given on your own command line")
-    train_cfg = replace(train_cfg, resume_from="", stop_after=0)
+    train_cfg = replace(train_cfg, resume_from=None, stop_after=0)
     print(f"[jmed] reproduce takes from the store: the training config of {train_run} (adapter jmed.json: "
           f"{', '.join(f'{k}={v}' for k, v in sorted(config.flat(train_cfg).items()))}) and the evaluation "
           f"config of {eval_run}; never {', '.join(train.TRUSTED_ONLY)}")

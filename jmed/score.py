@@ -12,10 +12,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from jmed import metrics
+from jmed import config, metrics
 from jmed.data import jsonl_objects, shown
 
-PROTOCOLS = ("letter", "text")
+# Predictions made elsewhere come as letters or as text; loglik scores need the model.
+PROTOCOLS = tuple(p for p in config.PROTOCOLS if p != "loglik")
 FIELDS = {"letter": "prediction", "text": "response"}
 
 

@@ -120,7 +120,7 @@ def log_comparison(rows: list[dict]) -> None:
 
 def study(models, prompt_formats, shots=(0,), protocols=(), train_overrides: dict | None = None,
           eval_data: str = "", force: bool = False, eval_settings: dict | None = None,
-          preset: str = "") -> tuple[str, list[dict]]:
+          preset: str | None = None) -> tuple[str, list[dict]]:
     """Run every model × prompt format × shots × protocol, untuned and tuned. Returns (parent run, table).
 
     `train_overrides` (+ `preset`): TrainConfig settings of every cell, which sets model and prompt

@@ -2,13 +2,17 @@
 
     train(cfg) -> run id
 
-1. Load the training items (questions or instruction records), apply the filters, render each one with
-   jmed.prompts (the same rendering evaluation and serving use) and tokenise: prompt tokens are masked
-   (-100), the loss is on the answer tokens and the EOS after them only.
-2. Load the base (jmed.models.load_base), wrap it with LoRA (prepared for k-bit training when quantised).
-3. AdamW, warmup + cosine/linear/constant schedule, gradient accumulation, clipping; bf16 autocast on CUDA.
-4. Log every resolved config field, the LoRA setup, versions and digests; metrics every step; a
-   checkpoint every `checkpoint_every` steps; the adapter (`adapter/`) and a loss curve at the end.
+The recipe, in named steps (`_train` calls them in order):
+
+1. `setup`: load the training items (questions or instruction records), apply the filters, render each
+   one with jmed.prompts (the same rendering evaluation and serving use) and tokenise: prompt tokens
+   are masked (-100), the loss is on the answer tokens and the EOS after them only. Load the base
+   (jmed.models.load_base), wrap it with LoRA (prepared for k-bit training when quantised); AdamW with
+   a warmup + cosine/linear/constant schedule.
+2. `log_setup`: every resolved config field, the LoRA setup, versions, digests and datasets.
+3. `fit`: `optimizer_step` (gradient accumulation, clipping, bf16 autocast on CUDA) with metrics every
+   step, and a `checkpoint` every `checkpoint_every` steps.
+4. `finish`: the loss curve and the adapter (`adapter/`, its card written by jmed.adapter).
 
 Several processes (`accelerate launch` / `torchrun`, DDP or FSDP) run the same code: `accelerate`
 shards nothing by itself here — each rank takes its own slice of every global batch — and only rank 0
@@ -44,9 +48,6 @@ from jmed.inference import encode, shots_for
 
 log = logging.getLogger("jmed.train")
 
-OVERLENGTH_POLICIES = ("truncate_prompt", "drop", "error")
-SCHEDULES = ("cosine", "linear", "constant")
-QUANTIZATIONS = ("none", "4bit", "8bit")
 # Fields that may differ between an interrupted run and its resumption.
 RESUME_FREE = ("resume_from", "stop_after", "checkpoint_every")
 # Settings that only the user of the current step may switch on: never taken from a checkpoint, an
@@ -166,22 +167,6 @@ def lr_lambda(schedule: str, warmup: int, total: int):
 
 
 # ---- checks, model -------------------------------------------------------------------------------
-
-
-def check_config(cfg: TrainConfig) -> None:
-    from jmed.prompts import check_format
-
-    check_format(cfg.prompt_format)
-    for name, value, allowed in (("overlength", cfg.overlength, OVERLENGTH_POLICIES),
-                                 ("lr_schedule", cfg.lr_schedule, SCHEDULES),
-                                 ("quantization", cfg.quantization or "none", QUANTIZATIONS)):
-        if value not in allowed:
-            raise TrainError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
-    for name in ("batch_size", "grad_accum", "max_length", "lora_r"):
-        if getattr(cfg, name) < 1:
-            raise TrainError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.max_steps <= 0 and cfg.epochs <= 0:
-        raise TrainError("set max_steps > 0 or epochs > 0")
 
 
 def wrap_lora(net, cfg: TrainConfig):
@@ -439,18 +424,71 @@ def train(cfg: TrainConfig) -> str:
 
 
 def _train(cfg: TrainConfig, accelerator, run_id: str, cleanup: list) -> None:
+    """The recipe: set up, log the setup, fit, finish. Each step is one function below."""
+    s = setup(cfg, accelerator)
+    if s.main:
+        log_setup(s)
+        monitor = _system_metrics(run_id)
+        if monitor is not None:
+            cleanup.append(monitor.finish)
+        cleanup.insert(0, lambda: _flush(s.mlflow, run_id, s.pending))  # metrics up to an error or Ctrl-C
+    with tempfile.TemporaryDirectory(prefix="jmed-train-") as tmp:
+        stopped = fit(s, accelerator, run_id, Path(tmp))
+        finish(s, accelerator, run_id, Path(tmp), stopped)
+
+
+@dataclass
+class Setup:
+    """What the fit loop and the finish step need, built once by `setup`."""
+
+    cfg: TrainConfig
+    main: bool
+    mlflow: object  # the mlflow module on rank 0, else None: only rank 0 talks to MLflow
+    items: list
+    train_path: str
+    eval_items: list
+    eval_path: str
+    examples: list
+    counts: dict
+    eval_examples: list
+    model: object
+    tokenizer: object
+    info: dict
+    targets: object
+    optimizer: object
+    scheduler: object
+    max_steps: int
+    step: int
+    position: int
+    device: str
+    dtype: object
+    world: int  # processes (DDP / FSDP ranks)
+    losses: list = dataclasses.field(default_factory=list)  # (step, loss) for the curve
+    pending: list = dataclasses.field(default_factory=list)  # metrics not yet sent to MLflow
+
+    @property
+    def base_dev(self):
+        return next(p for p in self.model.parameters()).device
+
+    @property
+    def autocast(self) -> bool:
+        import torch
+
+        return self.base_dev.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16)
+
+
+def setup(cfg: TrainConfig, accelerator) -> Setup:
+    """Model, data and optimiser: the resumed config and state when resuming, seeds, tokenised data,
+    the base wrapped with LoRA (and DDP/FSDP), AdamW and its schedule."""
     import numpy as np
     import torch
-    from tqdm.auto import tqdm
 
-    from jmed import data, models
-    from jmed.tracking import log_dataset, log_params
+    from jmed import models
 
     main = accelerator.is_main_process
     mlflow = None
     if main:
         import mlflow
-
     checkpoint = None
     if cfg.resume_from:
         checkpoint = latest_checkpoint(cfg.resume_from)
@@ -460,11 +498,10 @@ def _train(cfg: TrainConfig, accelerator, run_id: str, cleanup: list) -> None:
             from jmed.tracking import BASE_TAG, slug
 
             mlflow.set_tag(BASE_TAG, slug(cfg.model))
-    check_config(cfg)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")  # bitsandbytes on CPU: known, harmless
     warnings.filterwarnings("ignore", message=".*gemv_4bit.*")
 
     items, train_path = load_items(cfg.train_data, cfg.data_format, cfg.filters, "training")
@@ -475,141 +512,161 @@ def _train(cfg: TrainConfig, accelerator, run_id: str, cleanup: list) -> None:
     device = str(accelerator.device)
     if cfg.quantization in ("4bit", "8bit") and device.startswith("cuda"):
         device = f"cuda:{accelerator.local_process_index}"
-    net, tokenizer, info = models.load_base(cfg.model, cfg.quantization or "none", cfg.precision,
+    net, tokenizer, info = models.load_base(cfg.model, cfg.quantization, cfg.precision,
                                             cfg.trust_remote_code, device=device)
-    _, dtype = models.resolve_precision(cfg.precision)
     examples, counts = tokenize(items, cfg, tokenizer)
     eval_examples = tokenize(eval_items, dataclasses.replace(cfg, overlength="drop"), tokenizer)[0] if eval_items else []
     model, targets = wrap_lora(net, cfg)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
 
-    world = accelerator.num_processes
-    per_step = cfg.batch_size * cfg.grad_accum * world  # examples per optimiser step, all ranks
+    per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes  # examples per optimiser step
     max_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * len(examples) / per_step))
     step, position = 0, 0
     if checkpoint is not None:  # adapter weights before wrapping; optimiser, scheduler, RNG after
         step, position = load_checkpoint_adapter(checkpoint, model)
+    info["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    info["total"] = sum(p.numel() for p in model.parameters())
     model = accelerator.prepare(model)  # DDP / FSDP wrapping (nothing for one process)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, cfg.warmup_steps, max_steps))
     if checkpoint is not None:
         load_checkpoint_state(checkpoint, optimizer, scheduler)
-    base_dev = next(p for p in model.parameters()).device
+    return Setup(cfg, main, mlflow, items, train_path, eval_items, eval_path, examples, counts, eval_examples,
+                 model, tokenizer, info, targets, optimizer, scheduler, max_steps, step, position, device,
+                 models.resolve_precision(cfg.precision)[1], accelerator.num_processes)
 
-    if main:
-        train_digest = data.digest(items)
-        log_params({**flat(cfg), "train_data_path": train_path, "train_data_digest": train_digest,
-                    "train_items": len(items), "train_examples": counts["examples"],
-                    "overlength_examples": counts["overlength_examples"],
-                    "dropped_examples": counts["dropped_examples"],
-                    "eval_data_digest": data.digest(eval_items) if eval_items else "",
-                    "base_model": cfg.model, "base_revision": info["revision"], "base_architecture": info["architecture"],
-                    "tokenizer_hash": info["tokenizer_hash"], "lora_targets": ",".join(targets) if isinstance(
-                        targets, list) else targets, "trainable_params": trainable, "total_params": total,
-                    "resolved_max_steps": max_steps, "world_size": world, "device": device,
-                    "dtype": info["dtype"], **versions()})
-        log_dataset(items, "train", train_path, train_digest, "training")
-        if eval_items:
-            log_dataset(eval_items, "eval", eval_path, data.digest(eval_items), "evaluation")
-        mlflow.log_metrics({"data/overlength_examples": counts["overlength_examples"],
-                            "data/dropped_examples": counts["dropped_examples"],
-                            "data/overlength_median_tokens": counts["overlength_median_tokens"],
-                            "data/overlength_max_tokens": counts["overlength_max_tokens"]}, step=0)
-        if counts["overlength_examples"]:
-            log.warning("%d of %d example(s) longer than max_length=%d, by %d tokens (median), %d (max): "
-                        "policy %s, %d dropped; see README \"Choosing max_length\"", counts["overlength_examples"],
-                        len(items), cfg.max_length, counts["overlength_median_tokens"],
-                        counts["overlength_max_tokens"], cfg.overlength, counts["dropped_examples"])
-    monitor = _system_metrics(run_id) if main else None
-    if monitor is not None:
-        cleanup.append(monitor.finish)
 
-    use_autocast = base_dev.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
-    pad_id = tokenizer.pad_token_id
-    rank = accelerator.process_index
-    losses: list[tuple[int, float]] = []
-    pending = []
-    if main:
-        cleanup.insert(0, lambda: _flush(mlflow, run_id, pending))  # metrics up to an error or Ctrl-C
-    bar = tqdm(total=max_steps, initial=step, disable=not main, desc="train", dynamic_ncols=True)
-    stop_at = cfg.stop_after if cfg.stop_after and cfg.stop_after < max_steps else 0
-    model.train()
-    with tempfile.TemporaryDirectory(prefix="jmed-train-") as tmp:
-        while step < max_steps:
-            t0 = time.perf_counter()
-            idx = batch_indices(len(examples), cfg.seed, per_step, position)
-            position += per_step
-            loss_sum = torch.zeros((), device=base_dev)
-            tokens = torch.zeros((), device=base_dev)
-            for micro in range(cfg.grad_accum):
-                start = (micro * world + rank) * cfg.batch_size
-                micro_batch = [examples[i] for i in idx[start:start + cfg.batch_size]]  # this rank's slice
-                ids, labels, mask = (t.to(base_dev) for t in collate(micro_batch, pad_id))
-                sync = micro == cfg.grad_accum - 1
-                with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
-                    with torch.autocast(base_dev.type, dtype=dtype, enabled=use_autocast):
-                        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                    accelerator.backward(loss / cfg.grad_accum)
-                loss_sum += loss.detach() / cfg.grad_accum
-                tokens += mask.sum()
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loss_all = accelerator.reduce(loss_sum, "mean").item()
-            tokens_all = accelerator.reduce(tokens, "sum").item()
-            dt = time.perf_counter() - t0
-            if main:
-                tps = tokens_all / dt
-                losses.append((step, loss_all))
-                pending.append((step, time.time(), {"train/loss": loss_all, "train/lr": scheduler.get_last_lr()[0],
-                                       "train/grad_norm": float(grad_norm), "train/tokens_per_s": tps,
-                                       "train/tokens": tokens_all,
-                                       "train/peak_memory_mb": peak_memory_mb(base_dev.type)}))
-                bar.set_postfix(loss=f"{loss_all:.4f}", tok_s=f"{tps:,.0f}")
-                bar.update(1)
-                if len(pending) >= 10:
-                    _flush(mlflow, run_id, pending)
-            ckpt_due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < max_steps
-            if ckpt_due or step == stop_at:
-                if eval_examples and ckpt_due:
-                    ev = eval_loss(model, eval_examples, cfg.batch_size, pad_id, accelerator, dtype, use_autocast)
-                    if main:
-                        pending.append((step, time.time(), {"eval/loss": ev}))
-                full = adapter_state(accelerator, model)
-                if main:
-                    folder = Path(tmp) / f"step-{step:06d}"
-                    save_checkpoint(folder, accelerator.unwrap_model(model), optimizer, scheduler, step, position, cfg,
-                                    full)
-                    mlflow.log_artifacts(str(folder), f"checkpoints/step-{step:06d}")
-                accelerator.wait_for_everyone()
-            if step == stop_at:
-                break
-        bar.close()
-        stopped = step < max_steps
-        if eval_examples and not stopped:
-            ev = eval_loss(model, eval_examples, cfg.batch_size, pad_id, accelerator, dtype, use_autocast)
-            if main:
-                pending.append((step, time.time(), {"eval/loss": ev}))
-        full = adapter_state(accelerator, model) if not stopped else None
-        if main:
-            _flush(mlflow, run_id, pending)
-            _loss_curve(losses, Path(tmp), mlflow)
-            if stopped:
-                mlflow.set_tag("jmed.stopped_at", str(step))
-            else:
-                out = Path(tmp) / "adapter"
-                accelerator.unwrap_model(model).save_pretrained(out, save_embedding_layers=False, state_dict=full)
-                meta = {"model": cfg.model, "base_revision": info["revision"], "prompt_format": cfg.prompt_format,
-                        "shots": cfg.shots, "protocol": _protocol(cfg.prompt_format), "train_run_id": run_id,
-                        "train_data_digest": data.digest(items), "tokenizer_hash": info["tokenizer_hash"],
-                        "lora_targets": targets, "jmed_version": jmed.__version__, "config": flat(cfg)}
-                adapter.write(out, meta)
-                mlflow.log_artifacts(str(out), "adapter")
-        accelerator.wait_for_everyone()
+def log_setup(s: Setup) -> None:
+    """Rank 0: every resolved setting, digest and version as params; the datasets; data metrics."""
+    from jmed import data
+    from jmed.tracking import log_dataset, log_params
+
+    cfg, counts, info = s.cfg, s.counts, s.info
+    train_digest = data.digest(s.items)
+    log_params({**flat(cfg), "train_data_path": s.train_path, "train_data_digest": train_digest,
+                "train_items": len(s.items), "train_examples": counts["examples"],
+                "overlength_examples": counts["overlength_examples"], "dropped_examples": counts["dropped_examples"],
+                "eval_data_digest": data.digest(s.eval_items) if s.eval_items else "",
+                "base_model": cfg.model, "base_revision": info["revision"], "base_architecture": info["architecture"],
+                "tokenizer_hash": info["tokenizer_hash"],
+                "lora_targets": ",".join(s.targets) if isinstance(s.targets, list) else s.targets,
+                "trainable_params": info["trainable"], "total_params": info["total"],
+                "resolved_max_steps": s.max_steps, "world_size": s.world, "device": s.device,
+                "dtype": info["dtype"], **versions()})
+    log_dataset(s.items, "train", s.train_path, train_digest, "training")
+    if s.eval_items:
+        log_dataset(s.eval_items, "eval", s.eval_path, data.digest(s.eval_items), "evaluation")
+    s.mlflow.log_metrics({f"data/{k}": counts[k] for k in ("overlength_examples", "dropped_examples",
+                                                           "overlength_median_tokens", "overlength_max_tokens")},
+                         step=0)
+    if counts["overlength_examples"]:
+        log.warning("%d of %d example(s) longer than max_length=%d, by %d tokens (median), %d (max): "
+                    "policy %s, %d dropped; see README \"Choosing max_length\"", counts["overlength_examples"],
+                    len(s.items), cfg.max_length, counts["overlength_median_tokens"],
+                    counts["overlength_max_tokens"], cfg.overlength, counts["dropped_examples"])
+
+
+def fit(s: Setup, accelerator, run_id: str, tmp: Path) -> bool:
+    """Optimiser steps up to max_steps, with checkpoints; True when stopped early (`stop_after`)."""
+    from tqdm.auto import tqdm
+
+    cfg = s.cfg
+    bar = tqdm(total=s.max_steps, initial=s.step, disable=not s.main, desc="train", dynamic_ncols=True)
+    stop_at = cfg.stop_after if cfg.stop_after and cfg.stop_after < s.max_steps else 0
+    s.model.train()
+    while s.step < s.max_steps:
+        t0 = time.perf_counter()
+        loss, tokens, grad_norm = optimizer_step(s, accelerator)
+        if s.main:
+            tps = tokens / (time.perf_counter() - t0)
+            s.losses.append((s.step, loss))
+            s.pending.append((s.step, time.time(), {
+                "train/loss": loss, "train/lr": s.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
+                "train/tokens_per_s": tps, "train/tokens": tokens,
+                "train/peak_memory_mb": peak_memory_mb(s.base_dev.type)}))
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
+            bar.update(1)
+            if len(s.pending) >= 10:
+                _flush(s.mlflow, run_id, s.pending)
+        ckpt_due = cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and s.step < s.max_steps
+        if ckpt_due or s.step == stop_at:
+            checkpoint(s, accelerator, tmp, with_eval_loss=bool(ckpt_due))
+        if s.step == stop_at:
+            break
+    bar.close()
+    return s.step < s.max_steps
+
+
+def optimizer_step(s: Setup, accelerator) -> tuple[float, float, float]:
+    """One optimiser step over grad_accum micro-batches; (mean loss, tokens, grad norm) over all ranks."""
+    import torch
+
+    cfg, world, rank, dev = s.cfg, accelerator.num_processes, accelerator.process_index, s.base_dev
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    idx = batch_indices(len(s.examples), cfg.seed, per_step, s.position)
+    s.position += per_step
+    loss_sum, tokens = torch.zeros((), device=dev), torch.zeros((), device=dev)
+    for micro in range(cfg.grad_accum):
+        start = (micro * world + rank) * cfg.batch_size
+        micro_batch = [s.examples[i] for i in idx[start:start + cfg.batch_size]]  # this rank's slice
+        ids, labels, mask = (t.to(dev) for t in collate(micro_batch, s.tokenizer.pad_token_id))
+        sync = micro == cfg.grad_accum - 1
+        with (contextlib.nullcontext() if sync else accelerator.no_sync(s.model)):
+            with torch.autocast(dev.type, dtype=s.dtype, enabled=s.autocast):
+                loss = s.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            accelerator.backward(loss / cfg.grad_accum)
+        loss_sum += loss.detach() / cfg.grad_accum
+        tokens += mask.sum()
+    grad_norm = accelerator.clip_grad_norm_(s.model.parameters(), cfg.max_grad_norm)
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.step += 1
+    return (accelerator.reduce(loss_sum, "mean").item(), accelerator.reduce(tokens, "sum").item(),
+            float(grad_norm))
+
+
+def checkpoint(s: Setup, accelerator, tmp: Path, with_eval_loss: bool) -> None:
+    """Log a checkpoint (and the eval loss, when there is eval data) at the current step."""
+    if s.eval_examples and with_eval_loss:
+        ev = eval_loss(s.model, s.eval_examples, s.cfg.batch_size, s.tokenizer.pad_token_id, accelerator,
+                       s.dtype, s.autocast)
+        if s.main:
+            s.pending.append((s.step, time.time(), {"eval/loss": ev}))
+    full = adapter_state(accelerator, s.model)
+    if s.main:
+        folder = tmp / f"step-{s.step:06d}"
+        save_checkpoint(folder, accelerator.unwrap_model(s.model), s.optimizer, s.scheduler, s.step, s.position,
+                        s.cfg, full)
+        s.mlflow.log_artifacts(str(folder), f"checkpoints/step-{s.step:06d}")
+    accelerator.wait_for_everyone()
+
+
+def finish(s: Setup, accelerator, run_id: str, tmp: Path, stopped: bool) -> None:
+    """The final eval loss, the loss curve, and, unless stopped early, the adapter with its card."""
+    from jmed import data
+
+    if s.eval_examples and not stopped:
+        ev = eval_loss(s.model, s.eval_examples, s.cfg.batch_size, s.tokenizer.pad_token_id, accelerator,
+                       s.dtype, s.autocast)
+        if s.main:
+            s.pending.append((s.step, time.time(), {"eval/loss": ev}))
+    full = adapter_state(accelerator, s.model) if not stopped else None
+    if s.main:
+        _flush(s.mlflow, run_id, s.pending)
+        _loss_curve(s.losses, tmp, s.mlflow)
+        if stopped:
+            s.mlflow.set_tag("jmed.stopped_at", str(s.step))
+        else:
+            cfg, out = s.cfg, tmp / "adapter"
+            accelerator.unwrap_model(s.model).save_pretrained(out, save_embedding_layers=False, state_dict=full)
+            adapter.write(out, {
+                "model": cfg.model, "base_revision": s.info["revision"], "prompt_format": cfg.prompt_format,
+                "shots": cfg.shots, "protocol": _protocol(cfg.prompt_format), "train_run_id": run_id,
+                "train_data_digest": data.digest(s.items), "tokenizer_hash": s.info["tokenizer_hash"],
+                "lora_targets": s.targets, "jmed_version": jmed.__version__, "config": flat(cfg)})
+            s.mlflow.log_artifacts(str(out), "adapter")
+    accelerator.wait_for_everyone()
 
 
 def _protocol(fmt: str) -> str:

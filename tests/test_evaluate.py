@@ -211,7 +211,8 @@ def test_base_evaluation_run_logs_params_metrics_table_and_artifacts(tracking):
     assert tags["jmed.step"] == "evaluate" and tags["jmed.base_model"] == "tiny"
     assert tags["jmed.adapter_run"] == "none"
     questions = load_questions(SAMPLE_TEST)
-    expected = flat(EvalConfig(protocol="loglik", prompt_format="igakuqa"))
+    # logged: every setting resolved (unset model, shots and quantization: tiny, 0, none)
+    expected = flat(EvalConfig(model="tiny", protocol="loglik", prompt_format="igakuqa", shots=0, quantization="none"))
     for key, value in expected.items():
         assert params[key] == str(value), key
     assert params["eval_data_digest"] == digest(questions)
@@ -254,8 +255,6 @@ def test_text_protocol_run_reports_exact_match_and_gestalt(tracking):
 
 @pytest.mark.parametrize("overrides,message", [
     ({"protocol": "letter", "prompt_format": "alpaca_med"}, "cannot read answers"),
-    ({"protocol": "ranking"}, "unknown protocol"),
-    ({"prompt_format": "plain"}, "unknown prompt format"),
     ({"adapter": "not-a-run"}, "expected a train run id"),
 ])
 def test_bad_settings_are_clear_errors_and_the_run_ends_failed(tracking, overrides, message):
@@ -267,6 +266,26 @@ def test_bad_settings_are_clear_errors_and_the_run_ends_failed(tracking, overrid
         evaluate(EvalConfig(limit=2, **overrides))
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_bad_values_fail_when_the_config_is_built_all_at_once():
+    """A config checks itself: every bad value is named, before any run starts."""
+    from jmed.config import ConfigError, build
+
+    with pytest.raises(ConfigError) as err:
+        build(EvalConfig, {"protocol": "ranking", "prompt_format": "plain", "shots": "-1", "batch_size": "0",
+                           "compare_base": "maybe", "limit": "ten"})
+    assert err.value.problems == [
+        "compare_base: expected true or false, got 'maybe'",
+        "limit: expected an integer, got 'ten'",
+        "protocol: unknown protocol 'ranking'; choose one of: letter, text, loglik",
+        "prompt_format: unknown prompt format 'plain'; choose one of: igakuqa, alpaca_med, medpalm, "
+        "chat-igakuqa, chat-alpaca_med, chat-medpalm, chat",
+        "shots: must be at least 0, got -1",
+        "batch_size: must be at least 1, got 0",
+    ]
+    with pytest.raises(ConfigError, match="shots: expected an integer, got True"):
+        EvalConfig(shots=True)  # a bool is not a number
 
 
 # ---- an adapter trained to memorise the training questions ---------------------------------------
