@@ -11,6 +11,8 @@ import sys
 import click
 
 import jmed
+from jmed.batcher import DEFAULT_MAX_ROWS, DEFAULT_WAIT_S
+from jmed.contract import DEFAULT_POLL_S
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -337,24 +339,34 @@ def promote(base_model, metric, min_delta, bundle_base, dry_run):
 @click.option("--model-uri", default="", help="Serve this model instead (models:/…, runs:/…).")
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--workers", default=1, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int,
+              help="Processes, each with its own copy of the model (batching works within each).")
 @click.option("--timeout", default=120, show_default=True, type=int, help="Seconds per request.")
-def serve(base_model, model_uri, port, host, workers, timeout):
-    """Serve the champion with `mlflow models serve --env-manager local` (POST /invocations)."""
-    import os
+@click.option("--poll-seconds", default=DEFAULT_POLL_S, show_default=True, type=float,
+              help="Served from models:/…@alias: check the alias this often and follow it (0: never).")
+@click.option("--max-batch-rows", default=DEFAULT_MAX_ROWS, show_default=True, type=int,
+              help="Questions answered together from concurrent requests.")
+@click.option("--batch-wait-ms", default=DEFAULT_WAIT_S * 1000, show_default=True, type=float,
+              help="How long a batch waits for more requests when the server is idle.")
+def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max_batch_rows, batch_wait_ms):
+    """Serve the champion with `mlflow models serve --env-manager local` (POST /invocations).
+
+    Concurrent requests are batched; a `models:/…@alias` is followed when it moves; requests may ask
+    for another registered version with the `version` or `alias` param."""
     import subprocess
-    from pathlib import Path
 
     from jmed.registry import champion_uri
-    from jmed.server import serve_command
+    from jmed.server import serve_command, serve_env
 
+    if poll_seconds < 0 or max_batch_rows < 1 or batch_wait_ms < 0:
+        raise click.UsageError("--poll-seconds and --batch-wait-ms must be >= 0, --max-batch-rows >= 1")
     try:
         uri = model_uri or champion_uri(base_model)
     except ValueError as e:
         raise click.ClickException(str(e))
     cmd = serve_command(uri, port=port, host=host, workers=workers, timeout=timeout)
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # uvicorn of this env
+    env = serve_env(uri, {"JMED_SERVE_POLL_S": poll_seconds, "JMED_SERVE_MAX_ROWS": max_batch_rows,
+                          "JMED_SERVE_WAIT_MS": batch_wait_ms})
     click.echo(f"serving {uri} on http://{host}:{port}/invocations", err=True)
     try:
         sys.exit(subprocess.call(cmd, env=env))

@@ -15,6 +15,7 @@ MAX_ROWS = 256
 # 0: fit each question's answers, as evaluation does (inference.answer_budget); the default is EvalConfig's
 DEFAULT_MAX_NEW_TOKENS = EvalConfig.max_new_tokens
 MAX_NEW_TOKENS_LIMIT = 1024
+DEFAULT_POLL_S = 10.0  # served from models:/…@alias: how often the alias is checked (0: never)
 
 
 def invalid(message: str):
@@ -103,11 +104,16 @@ def check_inputs(model_input) -> list[dict]:
     return rows
 
 
+PARAMS = ("protocol", "max_new_tokens", "version", "alias")
+
+
 def check_params(params: dict | None, default_protocol: str) -> tuple[str, int]:
+    """(protocol, max_new_tokens) of a request. `version` and `alias` (which registered version answers)
+    are checked by the served model, which knows the versions (`selected_version`)."""
     params = params or {}
-    unknown = sorted(set(params) - {"protocol", "max_new_tokens"})
+    unknown = sorted(set(params) - set(PARAMS))
     if unknown:
-        raise invalid(f"unknown param(s): {', '.join(unknown)}; known: protocol, max_new_tokens")
+        raise invalid(f"unknown param(s): {', '.join(unknown)}; known: {', '.join(PARAMS)}")
     protocol = params.get("protocol") or default_protocol
     if protocol not in PROTOCOLS:
         raise invalid(f"param 'protocol' is {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
@@ -118,3 +124,15 @@ def check_params(params: dict | None, default_protocol: str) -> tuple[str, int]:
     return protocol, tokens
 
 
+def selected_version(params: dict | None) -> tuple[str, str]:
+    """(version, alias) asked for by a request; ("", "") means the server's default."""
+    params = params or {}
+    version, alias = params.get("version") or "", params.get("alias") or ""
+    for name, value in (("version", version), ("alias", alias)):
+        if not isinstance(value, str) or len(value) > 64:
+            raise invalid(f"param {name!r} is {value!r}; must be a string (a registered version or alias)")
+    if version and alias:
+        raise invalid("give param 'version' or 'alias', not both")
+    if version and not version.isdigit():
+        raise invalid(f"param 'version' is {version!r}; must be a registered version number")
+    return version, alias

@@ -172,9 +172,10 @@ def signature(protocol: str):
         inputs=Schema([ColSpec("string", "question"), ColSpec(Array("string"), "choices"),
                        ColSpec("long", "n_answers", required=False)]),
         outputs=Schema([ColSpec("string", "answer"), ColSpec("string", "answer_text"),
-                        ColSpec("string", "raw_output")]),
+                        ColSpec("string", "raw_output"), ColSpec("string", "model_version")]),
         params=ParamSchema([ParamSpec("protocol", "string", protocol),
-                            ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]),
+                            ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS),
+                            ParamSpec("version", "string", ""), ParamSpec("alias", "string", "")]),
     )
 
 
@@ -569,11 +570,18 @@ def predict_file(model_uri: str, path, protocol: str = "", max_new_tokens: int =
 
     ids, records = read_questions_file(path)
     setup()
-    model = mlflow.pyfunc.load_model(model_uri)
+    # the served model learns its URI (for `model_version`) from JMED_MODEL_URI; no alias polling here
+    saved = {k: os.environ.get(k) for k in ("JMED_MODEL_URI", "JMED_SERVE_POLL_S")}
+    os.environ.update({"JMED_MODEL_URI": model_uri, "JMED_SERVE_POLL_S": "0"})
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     params = {k: v for k, v in {"protocol": protocol, "max_new_tokens": max_new_tokens}.items() if v}
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
         out = model.predict(pd.DataFrame(chunk), params=params or None)
         for rid, row in zip(ids[start:start + batch_size], out.to_dict("records")):
             yield {"problem_id": rid, "prediction": row["answer"], "answer_text": row["answer_text"],
-                   "response": row["raw_output"]}
+                   "response": row["raw_output"], "model_version": row["model_version"]}

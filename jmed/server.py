@@ -28,15 +28,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_uri: str, port: int, log_path=None, timeout: float = 180.0, **kwargs):
-    """Start `mlflow models serve` in its own process group and wait for /ping; returns (process, seconds).
-    Stop it with `stop_server` (kills the whole group: the mlflow CLI and its uvicorn child)."""
-    import subprocess
+def serve_env(model_uri: str, extra: dict | None = None) -> dict:
+    """The server's environment: this Python's uvicorn first on PATH, and JMED_MODEL_URI so the served
+    model knows which registered version (or alias to follow) it serves (jmed.serving)."""
     import sys
-    import urllib.request
 
     env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # uvicorn of this env
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["JMED_MODEL_URI"] = model_uri
+    env.update({k: str(v) for k, v in (extra or {}).items()})
+    return env
+
+
+def start_server(model_uri: str, port: int, log_path=None, timeout: float = 180.0, env: dict | None = None,
+                 **kwargs):
+    """Start `mlflow models serve` in its own process group and wait for /ping; returns (process, seconds).
+    `env`: extra environment (JMED_SERVE_POLL_S …). Stop it with `stop_server` (kills the whole group:
+    the mlflow CLI and its uvicorn child)."""
+    import subprocess
+    import urllib.request
+
+    env = serve_env(model_uri, env)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     t0 = time.perf_counter()
     proc = subprocess.Popen(serve_command(model_uri, port=port, **kwargs), env=env, stdout=log,

@@ -6,85 +6,245 @@ base is not copied: `model_config` names it by id and pinned revision, and loadi
 
 Input (one row per question): `question` (string), `choices` (list of strings), optional `n_answers`
 (int; default: 「Nつ選べ」 in the stem, else 1). Params: `protocol` (letter | text | loglik; default the
-adapter's) and `max_new_tokens`. Output: `answer` (letters, "d,e"), `answer_text` (the chosen choices,
-one per line), `raw_output` (the generated text; for loglik the per-choice log-likelihoods as JSON).
+adapter's), `max_new_tokens`, and `version` or `alias` (which registered version answers; default the
+served one). Output: `answer` (letters, "d,e"), `answer_text` (the chosen choices, one per line),
+`raw_output` (the generated text; for loglik the per-choice log-likelihoods as JSON) and
+`model_version` (the registered version that answered; "" when served from a run or a folder).
 Every input is checked before the model runs; a bad one raises MlflowException(INVALID_PARAMETER_VALUE),
 which `mlflow models serve` answers with HTTP 400 and the message.
 
-Imports only jmed.contract (the input checks), jmed.adapter, jmed.prompts, jmed.models, jmed.inference
-(the batched engines evaluation uses too) and jmed.metrics (answer parsing); never train or evaluate.
-Importing this file registers the model with MLflow (models-from-code): nothing else imports it.
+Serving for real traffic:
+- Concurrent requests are batched (jmed.batcher): MLflow runs each request's `predict` in a thread, and
+  the threads' rows are answered by one engine call per version and generation settings.
+- Several registered versions of the same `jmed-<slug>` model share one base (peft multi-adapter):
+  a request's `version` or `alias` loads that version's adapter beside the others (memory grows by
+  the adapter, not the base). Versions trained on another base revision are refused.
+- Served from `models:/<name>@<alias>`, a thread polls the registry every JMED_SERVE_POLL_S seconds
+  (default contract.DEFAULT_POLL_S; 0 = never) and, when the alias moves, loads the new version beside the old one and then
+  switches the default in one assignment. Requests already submitted finish on the version they were
+  given; a version that fails to load is logged and the old one keeps serving.
+  The served URI comes from $JMED_MODEL_URI (`jmed serve` sets it) or from the `mlflow models serve -m`
+  command line this process descends from.
+- JMED_SERVE_MAX_ROWS and JMED_SERVE_WAIT_MS size the batches (jmed.batcher's defaults).
+
+Imports only jmed.contract (the input checks), jmed.adapter, jmed.batcher, jmed.prompts, jmed.models,
+jmed.inference (the batched engines evaluation uses too) and jmed.metrics (answer parsing); never train
+or evaluate. Importing this file registers the model with MLflow (models-from-code): nothing else
+imports it.
 """
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
+import threading
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 from mlflow.pyfunc import PythonModel
 
 from jmed import adapter
-from jmed.contract import MAX_NEW_TOKENS_LIMIT, check_inputs, check_params, invalid
+from jmed.contract import DEFAULT_POLL_S, MAX_NEW_TOKENS_LIMIT, check_inputs, check_params, invalid, selected_version
 from jmed.prompts import LETTERS, base_format
 
 # the signature is given explicitly when logging; MLflow's hint to use type hints instead is noise
 warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
+OUTPUT_COLUMNS = ["answer", "answer_text", "raw_output", "model_version"]
+log = logging.getLogger("jmed.serving")
+
+
+def served_uri() -> str:
+    """The model URI this server serves: $JMED_MODEL_URI, else the `-m`/`--model-uri` of the
+    `mlflow models serve` command this process descends from (read from /proc; "" elsewhere)."""
+    uri = os.environ.get("JMED_MODEL_URI", "")
+    pid = os.getpid()
+    for _ in range(8):
+        if uri or pid <= 1:
+            return uri
+        try:
+            args = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return ""
+        if "models" in args and "serve" in args:
+            for i, a in enumerate(args):
+                if a in ("-m", "--model-uri") and i + 1 < len(args):
+                    uri = args[i + 1]
+                elif a.startswith("--model-uri="):
+                    uri = a.split("=", 1)[1]
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent
+    return uri
+
+
+def parse_models_uri(uri: str) -> tuple[str, str, str]:
+    """models:/<name>/<version> or models:/<name>@<alias> -> (name, version, alias); else ("", "", "")."""
+    m = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))/?", uri or "")
+    return (m.group(1), m.group(2) or "", m.group(3) or "") if m else ("", "", "")
+
+
+@dataclass
+class Served:
+    """One adapter held by the server: its peft adapter name, card, prompt format and protocol."""
+
+    adapter_name: str
+    meta: dict
+    format: str
+    protocol: str
+
+
 class JmedModel(PythonModel):
-    """A base model plus a LoRA adapter answering exam questions in the adapter's prompt format."""
+    """A base model plus LoRA adapters (one per registered version) answering exam questions."""
 
     def load_context(self, context):
+        from jmed.batcher import DEFAULT_MAX_ROWS, DEFAULT_WAIT_S, Batcher
         from jmed.models import load_adapter, load_base
 
         adapter_dir = Path(context.artifacts["adapter"])
-        self.meta = adapter.read(adapter_dir)
+        meta = adapter.read(adapter_dir)
         config = dict(context.model_config or {})
-        base = context.artifacts.get("base") or config.get("base_model") or self.meta["model"]
+        base = context.artifacts.get("base") or config.get("base_model") or meta["model"]
         model, tokenizer, info = load_base(base, quantization=config.get("quantization", "none"),
                                            precision=config.get("precision", "auto"))
-        want = config.get("base_revision") or self.meta.get("base_revision")
+        want = config.get("base_revision") or meta.get("base_revision")
         if want and info.get("revision") and info["revision"] != want:
             raise invalid(f"base model {base!r} has revision {info['revision']}, but the adapter was trained "
                           f"on revision {want}; fetch that revision")
-        model = load_adapter(model, adapter_dir)
-        if config.get("quantization", "none") in ("", "none"):
-            model = model.merge_and_unload()  # plain weights: no LoRA detour per layer at inference
-        self.model = model.eval()
+        self.base_model, self.base_revision = meta.get("model"), want or info.get("revision")
+        # Not merged: other versions' adapters can join this base (set_adapter picks one per batch).
+        self.model = load_adapter(model, adapter_dir)
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        self.format = adapter.prompt_format(self.meta)
-        self.protocol = adapter.protocol(self.meta)
+        self.lock = threading.RLock()  # the model: one engine call or adapter load at a time
+        self.name, version, alias = parse_models_uri(served_uri())
+        if alias:
+            version = self._alias_version(alias) or ""
+        self.adapters = {version: self._served("default", meta)}
+        self.default = version  # replaced in one assignment when the followed alias moves
+        self.batcher = Batcher(self._run_batch, int(os.environ.get("JMED_SERVE_MAX_ROWS", DEFAULT_MAX_ROWS)),
+                               float(os.environ.get("JMED_SERVE_WAIT_MS", DEFAULT_WAIT_S * 1000)) / 1000)
+        poll = float(os.environ.get("JMED_SERVE_POLL_S", DEFAULT_POLL_S))
+        if alias and poll > 0:
+            threading.Thread(target=self._follow, args=(alias, poll), name="jmed-follow", daemon=True).start()
 
-    def prompt(self, row: dict) -> str:
+    @staticmethod
+    def _served(adapter_name: str, meta: dict) -> Served:
+        return Served(adapter_name, meta, adapter.prompt_format(meta), adapter.protocol(meta))
+
+    # ---- registered versions --------------------------------------------------------------------
+
+    def _client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient()
+
+    def _alias_version(self, alias: str) -> str | None:
+        try:
+            return str(self._client().get_model_version_by_alias(self.name, alias).version)
+        except Exception as exc:  # noqa: BLE001 - the registry may be unreachable; serving goes on
+            log.warning("cannot resolve %s@%s: %s", self.name, alias, exc)
+            return None
+
+    def _follow(self, alias: str, poll: float) -> None:
+        """Poll the alias; when it moves, load the new version beside the old one, then switch."""
+        while True:
+            time.sleep(poll)
+            version = self._alias_version(alias)
+            if version is None or version == self.default:
+                continue
+            try:
+                self._ensure(version)
+            except Exception:  # noqa: BLE001 - a broken version must not stop serving
+                log.exception("alias %s@%s moved to version %s, which failed to load; still serving version %s",
+                              self.name, alias, version, self.default)
+                continue
+            log.info("alias %s@%s moved: serving version %s (was %s)", self.name, alias, version, self.default)
+            self.default = version
+
+    def _ensure(self, version: str) -> str:
+        """Load a registered version's adapter beside the others (once); refuse another base."""
+        if version in self.adapters:
+            return version
+        import tempfile
+
+        import mlflow
+
+        if not self.name:
+            raise invalid(f"version {version} asked for, but this server was not started from a models:/ URI; "
+                          f"it serves only its own adapter")
+        client = self._client()
+        registered = sorted((str(v.version) for v in client.search_model_versions(f"name = '{self.name}'")), key=int)
+        if version not in registered:
+            raise invalid(f"version {version} of {self.name} is not registered; available: {', '.join(registered)}")
+        folder = Path(mlflow.artifacts.download_artifacts(f"models:/{self.name}/{version}",
+                                                          dst_path=tempfile.mkdtemp(prefix="jmed-serve-")))
+        adapter_dir = folder / "artifacts" / "adapter"
+        meta = adapter.read(adapter_dir)
+        if meta.get("model") != self.base_model or (meta.get("base_revision") or self.base_revision) != self.base_revision:
+            raise invalid(f"version {version} of {self.name} was trained on {meta.get('model')!r} revision "
+                          f"{meta.get('base_revision')}, not on this server's base {self.base_model!r} revision "
+                          f"{self.base_revision}; serve it from its own server")
+        with self.lock:
+            if version not in self.adapters:
+                self.model.load_adapter(str(adapter_dir), adapter_name=f"v{version}", is_trainable=False)
+                self.adapters[version] = self._served(f"v{version}", meta)
+        return version
+
+    def _select(self, params) -> str:
+        version, alias = selected_version(params)
+        if alias:
+            if not self.name:
+                raise invalid(f"alias {alias!r} asked for, but this server was not started from a models:/ URI")
+            version = self._alias_version(alias)
+            if version is None:
+                raise invalid(f"alias {alias!r} is not set on {self.name}")
+        return self._ensure(version) if version else self.default
+
+    # ---- answering ------------------------------------------------------------------------------
+
+    def prompt(self, row: dict, fmt: str) -> str:
         from jmed.prompts import apply_chat, render_prompt
 
-        text = render_prompt(row["question"], row["choices"], self.format, row["n_answers"])
-        return apply_chat(text, self.tokenizer) if self.format.startswith("chat") else text
+        text = render_prompt(row["question"], row["choices"], fmt, row["n_answers"])
+        return apply_chat(text, self.tokenizer) if fmt.startswith("chat") else text
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
+        rows = check_inputs(model_input)  # in the request's own thread: a bad request fails alone
+        version = self._select(params)
+        protocol, max_new_tokens = check_params(params, self.adapters[version].protocol)
+        out = self.batcher.submit((version, protocol, max_new_tokens), rows)
+        return pd.DataFrame(out, columns=OUTPUT_COLUMNS)
+
+    def _run_batch(self, key: tuple, rows: list) -> list[dict]:
+        """One engine call (on the batcher's thread) for rows of one version and one setting."""
         from jmed.inference import answer_budget, generate, loglik
 
-        rows = check_inputs(model_input)
-        protocol, max_new_tokens = check_params(params, self.protocol)
-        prompts = [self.prompt(r) for r in rows]
-        if protocol == "loglik":
-            # The same batched engine as evaluation: each prompt encoded once, letters or choice text scored.
-            letters = base_format(self.format) == "igakuqa"
-            conts = [list(LETTERS[: len(r["choices"])]) if letters else list(r["choices"]) for r in rows]
-            scores = loglik(self.model, self.tokenizer, prompts, conts, batch_size=len(rows), desc=None)
-            out = [self._picked(s, r) for s, r in zip(scores, rows)]
-        else:
-            limits = [min(max_new_tokens or answer_budget(self.tokenizer, r["choices"], r["n_answers"], protocol),
-                          MAX_NEW_TOKENS_LIMIT) for r in rows]
-            raws = generate(self.model, self.tokenizer, prompts, batch_size=len(rows), max_new_tokens=limits,
-                            desc=None)
-            out = [self._answer(raw, r, protocol) for raw, r in zip(raws, rows)]
-        return pd.DataFrame(out, columns=["answer", "answer_text", "raw_output"])
+        version, protocol, max_new_tokens = key
+        served = self.adapters[version]
+        with self.lock:
+            self.model.set_adapter(served.adapter_name)
+            prompts = [self.prompt(r, served.format) for r in rows]
+            if protocol == "loglik":
+                # The same batched engine as evaluation: each prompt encoded once, letters or text scored.
+                letters = base_format(served.format) == "igakuqa"
+                conts = [list(LETTERS[: len(r["choices"])]) if letters else list(r["choices"]) for r in rows]
+                scores = loglik(self.model, self.tokenizer, prompts, conts, batch_size=len(rows), desc=None)
+                out = [self._picked(s, r) for s, r in zip(scores, rows)]
+            else:
+                limits = [min(max_new_tokens or answer_budget(self.tokenizer, r["choices"], r["n_answers"], protocol),
+                              MAX_NEW_TOKENS_LIMIT) for r in rows]
+                raws = generate(self.model, self.tokenizer, prompts, batch_size=len(rows), max_new_tokens=limits,
+                                desc=None)
+                out = [self._answer(raw, r, protocol) for raw, r in zip(raws, rows)]
+        return [{**o, "model_version": version} for o in out]
 
     def _answer(self, raw: str, row: dict, protocol: str) -> dict:
         from jmed.metrics import letters_of, parse_letters, topk_by_gestalt

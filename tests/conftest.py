@@ -14,9 +14,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# End-to-end modules: every test starts processes, servers or trainings. Elsewhere a test is slow when
+# it opens an MLflow store (`tracking`) or is marked by itself. `make test-fast` runs the rest.
+E2E_MODULES = {"test_options", "test_pipeline", "test_quickstart", "test_real_models", "test_registry",
+               "test_security", "test_serving", "test_train", "test_train_ddp"}
+SLOW_FIXTURES = {"tracking", "trained"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests run only where CUDA is: skipped here by one hook, not each test by itself."""
+    """Mark end-to-end tests `slow` (by module or fixture), and skip `gpu` tests where CUDA is not:
+    one hook, not each test by itself."""
     import importlib.util
+
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in E2E_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
     cuda = False
     if any(item.get_closest_marker("gpu") for item in items) and importlib.util.find_spec("torch"):

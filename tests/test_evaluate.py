@@ -407,6 +407,7 @@ def test_cli_evaluates_a_registered_adapter_with_its_own_defaults(store):
 # ---- the MLproject entry point -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mlflow_run_evaluate_entry_point(tmp_path):
     import mlflow
 

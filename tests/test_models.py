@@ -27,6 +27,7 @@ def _build_in(cache: Path, **env) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_tiny_build_is_deterministic_across_processes(tmp_path):
     # Separate caches, different hash seeds and thread counts: the same bytes.
     a = _build_in(tmp_path / "a", PYTHONHASHSEED="1", RAYON_NUM_THREADS="2")
@@ -41,6 +42,7 @@ def test_tiny_build_is_deterministic_across_processes(tmp_path):
                      "tokenizer.json", "tokenizer_config.json"]
 
 
+@pytest.mark.slow
 def test_concurrent_builds_share_one_complete_folder(tmp_path):
     procs = [_build_in(tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
@@ -200,6 +202,7 @@ def test_quantized_tiny_loads_on_cpu(quant, layer):
         assert (q["bnb_4bit_quant_type"], q["bnb_4bit_use_double_quant"]) == ("nf4", True)
 
 
+@pytest.mark.slow
 def test_hub_id_from_the_local_cache_records_the_commit(tmp_path):
     """A hub id resolves offline from the Hugging Face cache; its snapshot commit is the revision."""
     import shutil

@@ -223,6 +223,7 @@ def test_cli_log_run(tmp_path, tracking):
     assert [i.dataset.digest for i in run.inputs.dataset_inputs] == [s["data_digest"][:36]]
 
 
+@pytest.mark.slow
 def test_mlflow_run_score_entry_point(tmp_path):
     recs = raw(SAMPLE_TEST)
     preds = write_jsonl(tmp_path / "p.jsonl", [{"problem_id": r["problem_id"], "prediction": ",".join(r["answer"])}

@@ -64,7 +64,8 @@ URI = "models:/jmed-tiny@champion"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """One tiny adapter trained (few steps), evaluated and promoted in a fresh sqlite store."""
+    """One tiny adapter trained (2 steps: barely learned, so a better one can replace it), evaluated and
+    promoted in a fresh sqlite store."""
     from jmed.config import EvalConfig, TrainConfig
     from jmed.data import SAMPLE_TRAIN
     from jmed.evaluate import evaluate
@@ -73,7 +74,7 @@ def served(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serving")
     with private_store(root):
-        run = train(TrainConfig(max_steps=20, learning_rate=1e-2))
+        run = train(TrainConfig(max_steps=2, learning_rate=1e-2))
         evaluate(EvalConfig(adapter=run, eval_data=str(SAMPLE_TRAIN), compare_base=False, max_new_tokens=4))
         [record] = promote("tiny")
         assert record["action"] == "promote" and record["champion_version"] == "1"
@@ -103,13 +104,14 @@ def test_logged_model_is_code_with_pinned_requirements_and_safetensors(served):
     arts = flavor["artifacts"]
     assert (local / arts["adapter"]["path"] / "adapter_model.safetensors").exists()
     meta = json.loads((local / arts["adapter"]["path"] / "jmed.json").read_text())
-    assert meta["prompt_format"] == "igakuqa" and meta["protocol"] == "letter" and meta["config"]["max_steps"] == 20
+    assert meta["prompt_format"] == "igakuqa" and meta["protocol"] == "letter" and meta["config"]["max_steps"] == 2
     assert (local / arts["base"]["path"] / "model.safetensors").exists()
     reqs = (local / "requirements.txt").read_text().split()
     assert f"mlflow=={version('mlflow')}" in reqs and f"peft=={version('peft')}" in reqs
     assert all("==" in r for r in reqs)
     sig = json.loads(mlmodel["signature"]["params"])
-    assert {p["name"]: p["default"] for p in sig} == {"protocol": "letter", "max_new_tokens": 0}
+    assert {p["name"]: p["default"] for p in sig} == {"protocol": "letter", "max_new_tokens": 0, "version": "",
+                                                      "alias": ""}
     assert (local / "input_example.json").exists()
 
 
@@ -123,7 +125,8 @@ def test_predict_offline_and_cli(served, tmp_path):
 
     model = mlflow.pyfunc.load_model(URI)
     out = model.predict(pd.DataFrame(batch(3)), params={"max_new_tokens": 4})
-    assert list(out.columns) == ["answer", "answer_text", "raw_output"] and len(out) == 3
+    assert list(out.columns) == ["answer", "answer_text", "raw_output", "model_version"] and len(out) == 3
+    assert set(out["model_version"]) == {""}  # loaded without a models:/ URI known to it
     ll = model.predict(pd.DataFrame(batch(2)), params={"protocol": "loglik"})
     assert all(a in "abcde" and len(a) == 1 for a in ll["answer"])
     assert set(json.loads(ll["raw_output"][0])) == {"a", "b", "c", "d", "e"}
@@ -136,6 +139,7 @@ def test_predict_offline_and_cli(served, tmp_path):
     lines = [json.loads(x) for x in res.stdout.splitlines()]
     assert [x["problem_id"] for x in lines] == ["q0", "q1", "q2"]
     assert [x["prediction"] for x in lines] == list(out["answer"])
+    assert {x["model_version"] for x in lines} == {"1"}  # predict knows the URI: the champion is version 1
 
     # an IgakuQA-format file works too, and `jmed score` reads the output
     from jmed.data import SAMPLE_TEST, load_questions
@@ -177,7 +181,8 @@ def test_served_over_http(served, tmp_path):
             assert r.status_code == 200, r.text
             got = r.json()["predictions"]
             want = model.predict(pd.DataFrame(records), params={"max_new_tokens": 4}).to_dict("records")
-            assert got == want and len(got) == len(records)
+            # the server knows it serves models:/jmed-tiny@champion, version 1
+            assert got == [{**w, "model_version": "1"} for w in want] and len(got) == len(records)
         bad_requests = [
             ({"dataframe_records": [{"question": "q"}]}, "missing inputs ['choices']"),
             ({"dataframe_records": [{"question": "q", "choices": []}]}, "'choices' is empty"),
@@ -284,3 +289,106 @@ def test_jmed_serve_resolves_the_champion(served, tmp_path):
         assert r.status_code == 200 and len(r.json()["predictions"]) == 2
     finally:
         stop_server(proc)
+
+
+def post(url: str, records: list, params: dict | None = None):
+    import requests
+
+    return requests.post(url, json={"dataframe_records": records, "params": {"max_new_tokens": 4, **(params or {})}},
+                         timeout=120)
+
+
+@pytest.mark.slow
+def test_concurrent_requests_are_batched_the_champion_is_followed_and_versions_chosen(served, tmp_path):
+    """One real server: concurrent requests get their own answers; a bad one in a burst fails alone;
+    `promote` moving the alias is followed without a restart and without a failed request; `version`
+    and `alias` params choose the adapter; unknown versions and versions of another base get 4xx."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mlflow
+    import pandas as pd
+
+    from jmed.config import EvalConfig, TrainConfig
+    from jmed.data import SAMPLE_TRAIN
+    from jmed.evaluate import evaluate
+    from jmed.registry import log_serving_model, promote
+    from jmed.server import free_port, group_alive, start_server, stop_server
+    from jmed.train import train
+
+    port = free_port()
+    proc, _ = start_server(URI, port, log_path=tmp_path / "serve.log", env={"JMED_SERVE_POLL_S": "0.5"})
+    url = f"http://127.0.0.1:{port}/invocations"
+    try:
+        # 1. eight concurrent requests, each its own question: each gets exactly its own answer
+        v1 = mlflow.pyfunc.load_model("models:/jmed-tiny/1")
+        records = batch(8)
+        want = [v1.predict(pd.DataFrame([r]), params={"max_new_tokens": 4}).to_dict("records")[0] for r in records]
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda r: post(url, [r]), records))
+        assert [r.status_code for r in got] == [200] * 8
+        assert [r.json()["predictions"][0] for r in got] == [{**w, "model_version": "1"} for w in want]
+
+        # 2. a bad request inside a burst gets 400; the others 200
+        bodies = [[r] for r in records[:6]] + [[{"question": "q", "choices": []}]] + [[records[6]]]
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda b: post(url, b), bodies))
+        assert [r.status_code for r in got] == [200] * 6 + [400, 200]
+        assert "'choices' is empty" in got[6].json()["message"]
+
+        # 3. promote moves champion to a better adapter under a steady background load: followed, 0 failures
+        statuses, versions, stop = [], [], threading.Event()
+
+        def load():
+            while not stop.is_set():
+                r = post(url, records[:2])
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    versions.append(r.json()["predictions"][0]["model_version"])
+
+        loaders = [threading.Thread(target=load) for _ in range(2)]
+        for t in loaders:
+            t.start()
+        try:
+            better = train(TrainConfig(max_steps=30, learning_rate=1e-2))
+            evaluate(EvalConfig(adapter=better, eval_data=str(SAMPLE_TRAIN), compare_base=False, max_new_tokens=4))
+            [record] = promote("tiny")
+            assert record["action"] == "promote" and record["champion_version"] == "2", record
+            deadline = time.time() + 120
+            while "2" not in versions[-4:]:
+                assert time.time() < deadline, "the server did not follow the alias"
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            for t in loaders:
+                t.join()
+        assert statuses and set(statuses) == {200}, statuses  # no request failed during the switch
+        switched = versions.index("2")
+        assert set(versions[:switched]) == {"1"} and versions[-1] == "2"
+        assert post(url, records[:1]).json()["predictions"][0]["model_version"] == "2"
+
+        # 4. version and alias params pick the adapter; the old version still answers as it did
+        r = post(url, records, {"version": "1"})
+        assert r.status_code == 200 and r.json()["predictions"] == [
+            {**w, "model_version": "1"} for w in v1.predict(pd.DataFrame(records), params={"max_new_tokens": 4})
+            .to_dict("records")]
+        assert {p["model_version"] for p in post(url, records[:2], {"alias": "champion"}).json()["predictions"]} == {"2"}
+        r = post(url, records[:1], {"version": "9"})
+        assert r.status_code == 400 and "version 9 of jmed-tiny is not registered; available: 1, 2" in r.json()["message"]
+        r = post(url, records[:1], {"alias": "nightly"})
+        assert r.status_code == 400 and "alias 'nightly' is not set on jmed-tiny" in r.json()["message"]
+
+        # 5. a version trained on another revision of the base is refused, naming both
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=better, artifact_path="adapter", dst_path=str(tmp_path)))
+        meta = json.loads((folder / "jmed.json").read_text())
+        (folder / "jmed.json").write_text(json.dumps({**meta, "base_revision": "sha256:" + "0" * 64}))
+        with mlflow.start_run():
+            info = log_serving_model(folder)
+        assert str(mlflow.register_model(info.model_uri, "jmed-tiny").version) == "3"
+        r = post(url, records[:1], {"version": "3"})
+        assert r.status_code == 400 and "revision sha256:0000" in r.json()["message"], r.text
+        assert post(url, records[:1]).status_code == 200  # still serving
+    finally:
+        stop_server(proc)
+    assert proc.poll() is not None and not group_alive(proc.pid)

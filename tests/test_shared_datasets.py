@@ -5,6 +5,8 @@ Skipped with a reason when the folder is absent; failing under JMED_REQUIRE_SHAR
 import collections
 import json
 
+import pytest
+
 from conftest import shared_path
 
 from jmed import checks, data
@@ -49,6 +51,7 @@ def test_igakuqa_folders_and_files():
     assert data.detect_format(f) == "igakuqa"
 
 
+@pytest.mark.slow
 def test_igakuqa_leakage_between_years_matches_exact_stems():
     root = shared_path("igakuqa", "data")
     train = [root / str(y) for y in (2018, 2019, 2020, 2021)]
