@@ -116,8 +116,13 @@ class JmedModel(PythonModel):
             raise invalid(f"base model {base!r} has revision {info['revision']}, but the adapter was trained "
                           f"on revision {want}; fetch that revision")
         self.base_model, self.base_revision = meta.get("model"), want or info.get("revision")
-        # Not merged: other versions' adapters can join this base (set_adapter picks one per batch).
         self.model = load_adapter(model, adapter_dir)
+        # While it holds one adapter, the served model has it merged into the base (no LoRA detour per
+        # layer: as fast as a merged export). A second version unmerges it: then set_adapter picks the
+        # adapter per batch. Quantised bases are never merged.
+        self.merged = config.get("quantization", "none") in ("", "none")
+        if self.merged:
+            self.model.merge_adapter()
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -192,6 +197,9 @@ class JmedModel(PythonModel):
                           f"{self.base_revision}; serve it from its own server")
         with self.lock:
             if version not in self.adapters:
+                if self.merged:
+                    self.model.unmerge_adapter()
+                    self.merged = False
                 self.model.load_adapter(str(adapter_dir), adapter_name=f"v{version}", is_trainable=False)
                 self.adapters[version] = self._served(f"v{version}", meta)
         return version
@@ -230,7 +238,8 @@ class JmedModel(PythonModel):
         version, protocol, max_new_tokens = key
         served = self.adapters[version]
         with self.lock:
-            self.model.set_adapter(served.adapter_name)
+            if self.model.active_adapter != served.adapter_name:
+                self.model.set_adapter(served.adapter_name)
             prompts = [self.prompt(r, served.format) for r in rows]
             if protocol == "loglik":
                 # The same batched engine as evaluation: each prompt encoded once, letters or text scored.
