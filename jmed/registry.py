@@ -6,13 +6,19 @@
   with the aliases `champion` and `previous`, under a lock, and logs a `jmed.step=promote` run.
 - `serve(...)` / `predict_file(...)`: `jmed serve` and `jmed predict`.
 
-Concurrency guarantee: for a local store (sqlite file or ./mlruns folder) the whole read-decide-apply
-sequence of one base model runs under an OS file lock (fcntl.flock) beside the store, so concurrent
-promote processes are serialised and each decides on what the previous one left. For a remote store
-the lock is a lease tag on the registered model (best effort: two writers racing within milliseconds
-could both take it), and right before moving `champion` the alias is re-read and the decision is taken
-again if it changed (compare-and-set); `champion` then only moves to a version that beats the version
-it points to at that moment.
+Concurrency guarantee, by design rather than by locking. A promoter reads the champion and the
+candidates, decides with the pure function `decide`, applies, and repeats until a round changes
+nothing (`promote_one`). Three rules make racing promoters converge on any store, local or remote:
+1. Decisions depend only on the store's state: every promoter that reads the same state decides the
+   same; a promoter that read a stale state sees the newer one in its next round.
+2. Registration is idempotent per (adapter, evaluation): a duplicate registered by a race is deleted by
+   its own registrant, and the lowest version, which every later registrant sees, is kept (`_canonical`).
+3. `champion` only moves to a candidate that beats, by more than min_delta, the champion read in the
+   same round. If a stale promoter moves it to a worse candidate, its own next round (or any later
+   promoter's) moves it back to the best, so the final champion is the best candidate of the
+   champion's evaluation within min_delta.
+The lock only saves work: an OS file lock (fcntl.flock) beside a local store, a lease tag (token,
+expiry, host, pid) on the registered model for remote stores.
 """
 from __future__ import annotations
 
@@ -445,30 +451,51 @@ def promote_lock(client, name: str, timeout: float = 600.0):
             _retrying(client.delete_registered_model_tag, name, LEASE_TAG)
 
 
+SETTLE_ROUNDS = 5  # decide-apply rounds until a re-read changes nothing (racing promoters converge)
+
+
+def _canonical(client, name: str, cand: "Candidate", mine: str) -> str:
+    """Registration is idempotent per (adapter, evaluation): when racing promoters registered the same
+    candidate more than once, the lowest version wins and every other registrant deletes its own copy.
+    Version numbers grow in commit order, so a later registrant always sees the earlier version."""
+    key = _version_key(cand.train_run, cand.evaluation)
+    same = sorted(int(v.version) for v in versions(client, name)
+                  if _version_key(v.tags.get(tracking.TRAIN_RUN_TAG, ""), _version_tag_evaluation(v.tags)) == key)
+    first = str(same[0]) if same else mine
+    if first != mine:
+        _retrying(client.delete_model_version, name, mine)
+    return first
+
+
 def promote_one(client, base_slug: str, metric: str = "eval/accuracy", min_delta: float = 0.0,
                 eval_runs: list[str] | None = None, bundle_base: bool | None = None) -> dict:
-    """Decide and apply for one base model, under the lock; returns the decision record."""
+    """Decide and apply for one base model; returns the decision record (the first round's decision,
+    and the champion as finally read).
+
+    Rounds of read-decide-apply repeat until a round changes nothing. The lock serialises promoters
+    where the store allows it; correctness does not depend on it: decisions are a pure function of
+    the store's state (`decide`), registration is idempotent (`_canonical`), and the alias only moves
+    to a candidate that beats the champion read in the same round, so concurrent promoters converge
+    on the best candidate of the champion's evaluation."""
     name = model_name(base_slug)
     with promote_lock(client, name) as how:
-        current = champion(client, name, metric)
-        cands = candidates(client, base_slug, metric, versions(client, name))
-        if eval_runs:
-            cands = [c for c in cands if c.eval_run in set(eval_runs)]
-        decision = decide(cands, current, metric, min_delta)
-        version = decision.candidate.version if decision.candidate else None
-        if decision.register:
-            version = register(client, name, decision.candidate, metric, bundle_base)
-        if decision.action == "promote":
-            # compare-and-set: decide again if champion moved since it was read (possible on remote stores)
-            now = champion(client, name, metric)
-            if (now.version if now else None) != (current.version if current else None):
-                cand = Candidate(**{**asdict(decision.candidate), "version": version})
-                decision = decide([cand], now, metric, min_delta)
-                current = now
-            if decision.action == "promote":
-                if current is not None:
-                    client.set_registered_model_alias(name, PREVIOUS, current.version)
-                client.set_registered_model_alias(name, CHAMPION, version)
+        decision = version = None
+        for _ in range(SETTLE_ROUNDS):
+            current = champion(client, name, metric)
+            cands = candidates(client, base_slug, metric, versions(client, name))
+            if eval_runs:
+                cands = [c for c in cands if c.eval_run in set(eval_runs)]
+            d = decide(cands, current, metric, min_delta)
+            v = d.candidate.version if d.candidate else None
+            if d.register:
+                v = _canonical(client, name, d.candidate, register(client, name, d.candidate, metric, bundle_base))
+            if decision is None:
+                decision, version = d, v
+            if d.action != "promote":
+                break
+            if current is not None:
+                _retrying(client.set_registered_model_alias, name, PREVIOUS, current.version)
+            _retrying(client.set_registered_model_alias, name, CHAMPION, v)
         final = champion(client, name, metric)
     record = decision.to_dict()
     record.update(base_model=base_slug, registered_model=name, version=version, lock=how,

@@ -35,7 +35,8 @@ def serve_env(model_uri: str, extra: dict | None = None) -> dict:
 
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["JMED_MODEL_URI"] = model_uri
+    if model_uri:
+        env["JMED_MODEL_URI"] = model_uri
     env.update({k: str(v) for k, v in (extra or {}).items()})
     return env
 
@@ -45,27 +46,44 @@ def start_server(model_uri: str, port: int, log_path=None, timeout: float = 180.
     """Start `mlflow models serve` in its own process group and wait for /ping; returns (process, seconds).
     `env`: extra environment (JMED_SERVE_POLL_S …). Stop it with `stop_server` (kills the whole group:
     the mlflow CLI and its uvicorn child)."""
+    env = serve_env(model_uri, env)
+    return _started(serve_command(model_uri, port=port, **kwargs), env, port, "/ping", log_path, timeout,
+                    f"server for {model_uri}")
+
+
+def start_tracking_server(backend_store_uri: str, artifacts: Path, port: int, log_path=None,
+                          timeout: float = 180.0):
+    """Start `mlflow server` (a team tracking server: PostgreSQL or SQLite backend, proxied artifacts in
+    `artifacts`) on 127.0.0.1 in its own process group and wait for /health; returns (process, seconds)."""
+    import shutil
+    import sys
+
+    exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    env = serve_env("", {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job-runner processes
+    cmd = [exe, "server", "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    return _started(cmd, env, port, "/health", log_path, timeout, "mlflow server")
+
+
+def _started(cmd: list[str], env: dict, port: int, probe: str, log_path, timeout: float, what: str):
     import subprocess
     import urllib.request
 
-    env = serve_env(model_uri, env)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     t0 = time.perf_counter()
-    proc = subprocess.Popen(serve_command(model_uri, port=port, **kwargs), env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"mlflow models serve exited with {proc.returncode}"
-                                   + (f"; see {log_path}" if log_path else ""))
+                raise RuntimeError(f"{what} exited with {proc.returncode}" + (f"; see {log_path}" if log_path else ""))
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe}", timeout=2) as r:
                     if r.status == 200:
                         return proc, time.perf_counter() - t0
             except OSError:
                 pass
             if time.perf_counter() - t0 > timeout:
-                raise TimeoutError(f"server for {model_uri} not ready after {timeout:.0f} s")
+                raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
             time.sleep(0.1)
     except BaseException:
         stop_server(proc)
