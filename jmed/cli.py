@@ -560,7 +560,8 @@ def mlflow_args(args: list[str]) -> list[str]:
 
 
 def _terminated(signum, frame):
-    # `kill` (SIGTERM) unwinds like Ctrl-C: runs end KILLED, locks and leases are released.
+    # `kill` (SIGTERM) and a closed terminal (SIGHUP) unwind like Ctrl-C: runs end KILLED, locks and
+    # leases are released.
     raise SystemExit(128 + signum)
 
 
@@ -569,6 +570,8 @@ def run():
     import signal
 
     signal.signal(signal.SIGTERM, _terminated)
+    if hasattr(signal, "SIGHUP"):  # the terminal or SSH session closed: the same
+        signal.signal(signal.SIGHUP, _terminated)
     try:
         sys.argv[1:] = mlflow_args(sys.argv[1:])
     except click.UsageError as exc:

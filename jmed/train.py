@@ -307,8 +307,18 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, positi
     (folder / "trainer_state.json").write_text(json.dumps(state, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
+CHECKPOINT_DONE = "CHECKPOINT_COMPLETE"  # uploaded after every other file of a checkpoint
+
+
+def _complete(client, run_id: str, path: str) -> bool:
+    names = {e.path.rsplit("/", 1)[-1] for e in client.list_artifacts(run_id, path)}
+    return CHECKPOINT_DONE in names
+
+
 def latest_checkpoint(run_id: str) -> Path:
-    """Download the newest checkpoint of a run; a clear error when it has none."""
+    """Download the newest complete checkpoint of a run. A checkpoint is complete when its marker file,
+    uploaded after everything else, is there: a process killed while uploading leaves a checkpoint
+    without one, which is skipped with a warning. A clear error when there is none."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -316,10 +326,19 @@ def latest_checkpoint(run_id: str) -> Path:
         entries = client.list_artifacts(run_id, "checkpoints")
     except Exception as exc:  # unknown run id
         raise TrainError(f"resume_from={run_id}: cannot read that run's checkpoints ({exc})") from None
-    steps = sorted(e.path for e in entries if e.is_dir)
+    steps = sorted((e.path for e in entries if e.is_dir), reverse=True)
     if not steps:
         raise TrainError(f"resume_from={run_id}: that run has no checkpoints (train with checkpoint_every > 0)")
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=steps[-1]))
+    partial = []
+    for path in steps:
+        if _complete(client, run_id, path):
+            if partial:
+                log.warning("resume_from=%s: skipping incomplete checkpoint(s) %s (the run was killed while "
+                            "writing them); resuming from %s", run_id, ", ".join(partial), path)
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+        partial.append(path)
+    raise TrainError(f"resume_from={run_id}: no complete checkpoint; {', '.join(reversed(partial))} were only "
+                     f"partly written (no {CHECKPOINT_DONE} marker)")
 
 
 def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
@@ -639,6 +658,9 @@ def checkpoint(s: Setup, accelerator, tmp: Path, with_eval_loss: bool) -> None:
         save_checkpoint(folder, accelerator.unwrap_model(s.model), s.optimizer, s.scheduler, s.step, s.position,
                         s.cfg, full)
         s.mlflow.log_artifacts(str(folder), f"checkpoints/step-{s.step:06d}")
+        done = tmp / CHECKPOINT_DONE  # last, on its own: its presence means every file above is there
+        done.write_text(f"step {s.step}\n", encoding="utf-8")
+        s.mlflow.log_artifact(str(done), f"checkpoints/step-{s.step:06d}")
     accelerator.wait_for_everyone()
 
 

@@ -334,3 +334,53 @@ def test_resume_errors(tracking):
         train(TrainConfig(resume_from="0123456789abcdef"))
     statuses = sorted(r.info.status for r in _client().search_runs(["0"]))
     assert statuses == ["FAILED", "FAILED", "FINISHED"]
+
+
+def _checkpoints(run_id: str) -> list[str]:
+    try:
+        return sorted(e.path for e in _client().list_artifacts(run_id, "checkpoints") if e.is_dir)
+    except Exception:  # noqa: BLE001 - the run's artifact folder does not exist yet
+        return []
+
+
+def test_resume_after_sigkill_anywhere_is_byte_identical(tracking, tmp_path, caplog):
+    """kill -9 at random points of a checkpointing run (4 trials, the first with its newest checkpoint
+    only partly uploaded): resuming takes the newest complete checkpoint and ends with the bytes of an
+    uninterrupted run."""
+    import random
+    from urllib.parse import urlparse
+
+    import mlflow
+
+    from jmed.train import CHECKPOINT_DONE
+
+    args = dict(batch_size=4, max_steps=8, checkpoint_every=1)
+    want = _adapter_sha(train(TrainConfig(**args)))
+    rng = random.Random(7)
+    cli = [str(VENV_BIN / "jmed"), "train", "--batch-size", "4", "--max-steps", "8", "--checkpoint-every", "1"]
+    for trial in range(4):
+        before = {r.info.run_id for r in _client().search_runs(["0"])}
+        proc = subprocess.Popen(cli, env=_env(tracking), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline, run_id, wanted = time.time() + 300, None, rng.randint(1, 6)
+            while run_id is None or len(_checkpoints(run_id)) < wanted:
+                assert proc.poll() is None and time.time() < deadline, "the training ended before the kill"
+                new = {r.info.run_id for r in _client().search_runs(["0"])} - before
+                run_id = next(iter(new), None)
+                time.sleep(0.02)
+            time.sleep(rng.random() * 0.3)  # anywhere: in a step, or while a checkpoint is uploaded
+        finally:
+            proc.kill()
+            proc.wait(30)
+        _client().set_terminated(run_id, "KILLED")  # what `kill -9` leaves RUNNING
+        if trial == 0:  # the newest checkpoint as a kill during its upload leaves it
+            newest = _checkpoints(run_id)[-1]
+            folder = Path(urlparse(mlflow.get_run(run_id).info.artifact_uri).path) / newest
+            (folder / CHECKPOINT_DONE).unlink(missing_ok=True)
+            (folder / "trainer_state.json").unlink()
+        caplog.clear()
+        resumed = train(TrainConfig(resume_from=run_id))
+        assert _adapter_sha(resumed) == want, trial
+        if trial == 0:
+            assert f"skipping incomplete checkpoint(s) {newest}" in caplog.text
