@@ -565,13 +565,18 @@ def _terminated(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def run():
-    """Console entry point (`jmed`, `python -m jmed`)."""
+def handle_signals() -> None:
+    """SIGTERM, and SIGHUP (the terminal or SSH session closed), end a step like Ctrl-C."""
     import signal
 
     signal.signal(signal.SIGTERM, _terminated)
-    if hasattr(signal, "SIGHUP"):  # the terminal or SSH session closed: the same
+    if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, _terminated)
+
+
+def run():
+    """Console entry point (`jmed`, `python -m jmed`)."""
+    handle_signals()
     try:
         sys.argv[1:] = mlflow_args(sys.argv[1:])
     except click.UsageError as exc:

@@ -295,8 +295,9 @@ def test_registry_calls_retry_on_conflicts(monkeypatch):
         _retrying(lambda: (_ for _ in ()).throw(MlflowException("gone", error_code="RESOURCE_DOES_NOT_EXIST")))
 
 
-def test_a_terminated_step_ends_killed_not_running(tracking, tmp_path):
-    """SIGTERM during a jmed step: the run ends KILLED."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_terminated_step_ends_killed_not_running(tracking, tmp_path, signame):
+    """SIGTERM (kill, systemd, schedulers) or SIGHUP (a closed terminal) during a jmed step: KILLED."""
     import signal
     import subprocess
     import sys
@@ -304,13 +305,14 @@ def test_a_terminated_step_ends_killed_not_running(tracking, tmp_path):
     from mlflow import MlflowClient
 
     code = ("import time; from jmed import cli, tracking\n"
-            "import signal; signal.signal(signal.SIGTERM, cli._terminated)\n"
+            "cli.handle_signals()\n"
             "with tracking.step_run('promote'):\n    print('started', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path,
                             env={**os.environ})
     assert proc.stdout.readline().strip() == "started"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    sig = getattr(signal, signame)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 128 + sig
     client = MlflowClient()
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "KILLED"
