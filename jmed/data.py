@@ -115,6 +115,8 @@ INSTRUCTION_FIELDS = {"instruction": str, "output": str}
 JMLE_FIELDS = {"question_id": str, "block": str, "number": int, "question_type": str,
                "question_text": str, "requires_image": bool, "answer": list}
 JMMLU_COLUMNS = ("question", "optionA", "optionB", "optionC", "optionD", "answer")
+JMLE_TYPES = ("multiple_choice", "calculation")
+NOT_REGULAR = "not a regular file (a named pipe, device or socket); jmed reads only files and folders"
 
 _EXAM_ID = re.compile(r"^(\d{3})([A-Z])-?(\d+)")  # 112A1, 901B3, 120A-1
 _NUMERIC = re.compile(r"^-?[0-9][0-9.,]*$")
@@ -189,7 +191,14 @@ def read_text(path: Path, sink: _Sink) -> str | None:
     """The file's text. Lines that are not UTF-8: one error naming the first such line and the encoding
     they look like; they are then decoded with that guess so that the rest of the file is still checked.
     An empty file is an error and gives None."""
-    raw = path.read_bytes()
+    if not path.is_file():  # a named pipe would block for ever, a device never end: refused before reading
+        sink.error(0, "", NOT_REGULAR)
+        return None
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        sink.error(0, "", f"cannot read: {exc.strerror or exc}")
+        return None
     if not raw.strip():
         sink.error(0, "", "empty file (no records)")
         return None
@@ -228,15 +237,58 @@ def _jsonl(path: Path, sink: _Sink):
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            sink.error(n, "", f"invalid JSON: {exc.msg} (column {exc.colno})")
+        obj = _loads(line, n, sink)
+        if obj is _BAD:
             continue
         if not isinstance(obj, dict):
             sink.error(n, "", f"expected a JSON object, got {_type(obj)}")
             continue
-        yield n, obj
+        if _text_ok(obj, n, sink):
+            yield n, obj
+
+
+_BAD = object()
+
+
+def _loads(text: str, n: int, sink: "_Sink"):
+    """json.loads, with its failures as errors at line `n` (returns _BAD): invalid JSON, and nesting
+    deeper than Python's parser can follow (which raises RecursionError, not a JSON error)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        sink.error(exc.lineno + n - 1, "", f"invalid JSON: {exc.msg} (column {exc.colno})")
+    except RecursionError:
+        sink.error(n, "", "invalid JSON: nested too deeply (thousands of levels of [ or {)")
+    return _BAD
+
+
+def _bad_text(value, path: str = "") -> tuple[str, str] | None:
+    """(field, problem) for the first string that no later step could handle: a lone surrogate
+    (JSON's "\\ud800" escape decodes to one, and it cannot be encoded as UTF-8) or a NUL character."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return path, "contains a NUL character (\\u0000)"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return path, f"not valid Unicode: lone surrogate \\u{ord(value[exc.start]):04x}"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, v in items:
+        if isinstance(key, str) and (found := _bad_text(key, path)):
+            return found
+        found = _bad_text(v, f"{path}.{key}" if path and isinstance(key, str) else
+                          f"{path}[{key}]" if path else str(key))
+        if found:
+            return found
+    return None
+
+
+def _text_ok(obj, n: int, sink: "_Sink") -> bool:
+    found = _bad_text(obj)
+    if found:
+        sink.error(n, found[0], found[1])
+    return found is None
 
 
 def jsonl_objects(path) -> tuple[list[tuple[int, dict]], list[DataError]]:
@@ -310,6 +362,9 @@ def _answer(value: list, n_choices: int, n: int, sink: _Sink, fld: str = "answer
 
 
 def _points(value, n: int, sink: _Sink) -> float | None:
+    if isinstance(value, bool):  # JSON true is not 1 point
+        sink.error(n, "points", f"expected a number or a numeric string, got a boolean ({shown(value)})")
+        return None
     try:
         points = float(value)
     except (TypeError, ValueError):
@@ -417,6 +472,10 @@ def _json_records(path: Path, sink: _Sink):
     except json.JSONDecodeError as exc:
         sink.error(exc.lineno, "", f"invalid JSON: {exc.msg} (column {exc.colno}); the file cannot be read further")
         return
+    except RecursionError:
+        sink.error(1, "", "invalid JSON: nested too deeply (thousands of levels of [ or {); the file cannot be "
+                          "read further")
+        return
     if not isinstance(data, list):
         sink.error(1, "", f"expected a JSON list of questions, got {_type(data)}")
         return
@@ -430,7 +489,8 @@ def _json_records(path: Path, sink: _Sink):
         if not isinstance(obj, dict):
             sink.error(line, "", f"expected a JSON object, got {_type(obj)}")
             continue
-        yield line, obj
+        if _text_ok(obj, line, sink):
+            yield line, obj
 
 
 def split_jmle_choices(text: str) -> tuple[str, tuple[str, ...]] | None:
@@ -462,7 +522,9 @@ def _read_jmle2026(path: Path, ds: Dataset) -> None:
         m = _EXAM_ID.match(qid)
         exam = m.group(1) if m else ""
         block, number = obj["block"], obj["number"]
-        context = (obj.get("serial_group") or {}).get("context_text", "")
+        context = _jmle_context(obj, n, sink)
+        if context is None:
+            continue
         if obj["question_type"] == "calculation":
             stem, choices = _QUESTION_NO.sub("", obj["question_text"].strip(), count=1), ()
         else:
@@ -475,6 +537,11 @@ def _read_jmle2026(path: Path, ds: Dataset) -> None:
         answer = _answer(obj["answer"], len(choices), n, sink)
         if answer is None:
             continue
+        select = obj.get("num_choices_to_select")
+        if choices and select is not None and len(answer) == 1 and select != len(answer[0]):
+            sink.error(n, "answer", f"num_choices_to_select is {select} but the answer has {len(answer[0])} "
+                                    f"letter(s): {','.join(answer[0])}")
+            continue
         ds.items.append(Question(
             id=qid, stem=f"{context.strip()}\n{stem}" if context else stem, choices=choices, answer=answer,
             # required blocks B and E: questions 26-50 are 3-point clinical questions (as in IgakuQA)
@@ -482,6 +549,29 @@ def _read_jmle2026(path: Path, ds: Dataset) -> None:
             block=block, exam=exam, year=exam_year(exam), text_only=not obj["requires_image"],
             source="jmle2026", file=str(path), line=n,
         ))
+
+
+def _jmle_context(obj: dict, n: int, sink: _Sink) -> str | None:
+    """The shared case text of a serial question group ("" for none); None after an error. Also checks
+    the fields `_fields` cannot: question_type's values and num_choices_to_select's type."""
+    if obj["question_type"] not in JMLE_TYPES:
+        sink.error(n, "question_type", f"{shown(obj['question_type'])} is not one of {', '.join(JMLE_TYPES)}")
+        return None
+    select = obj.get("num_choices_to_select")
+    if select is not None and (isinstance(select, bool) or not isinstance(select, int) or select < 1):
+        sink.error(n, "num_choices_to_select", f"expected an integer of at least 1, got {shown(select)}")
+        return None
+    group = obj.get("serial_group")
+    if group is None:
+        return ""
+    if not isinstance(group, dict):
+        sink.error(n, "serial_group", f"expected an object or null, got {_type(group)}")
+        return None
+    context = group.get("context_text", "")
+    if not isinstance(context, str):
+        sink.error(n, "serial_group.context_text", f"expected a string, got {_type(context)}")
+        return None
+    return context
 
 
 def _read_jmmlu(path: Path, ds: Dataset) -> None:
@@ -519,6 +609,8 @@ def _read_jmmlu(path: Path, ds: Dataset) -> None:
             sink.error(n, "", f"expected {len(header)} columns, got {len(row)}")
             continue
         values = {name: row[i].strip() for name, i in col.items()}
+        if not _text_ok(values, n, sink):
+            continue
         empty = [c for c in JMMLU_COLUMNS if not values[c]]
         if empty:
             for c in empty:
@@ -603,7 +695,7 @@ def detect_format(path) -> str:
     for line in head.splitlines():
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # the reader reports it, line by line
             continue
         if isinstance(obj, dict):
             if "instruction" in obj and "output" in obj:
@@ -630,6 +722,9 @@ def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
     if not path.exists():
         ds.errors.append(DataError(str(path), 0, "", "no such file or folder"))
         return ds
+    if not path.is_dir() and not path.is_file():
+        ds.errors.append(DataError(str(path), 0, "", NOT_REGULAR))
+        return ds
     if fmt == "auto":
         try:
             ds.format = detect_format(path)
@@ -650,6 +745,10 @@ def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
         else:
             _read_instructions(f, ds)
     ds.errors.extend(duplicate_ids(ds.items))
+    if not ds.items and not ds.errors:  # "OK: 0 questions" would pass an empty file on to training
+        excluded = sum(len(v) for v in ds.skipped.values())
+        ds.errors.append(DataError(str(path), 0, "", "no questions or records in the data" +
+                                   (f" ({excluded} excluded)" if excluded else "")))
     order = {f: i for i, f in enumerate(ds.files)}
     ds.errors.sort(key=lambda e: (order.get(e.file, -1), e.file, e.line))
     return ds
