@@ -512,6 +512,24 @@ def reproduce_cmd(model_uri):
 
 
 
+@main.group("runs")
+def runs_group():
+    """Housekeeping of the tracking store's runs."""
+
+
+@runs_group.command("reap")
+def reap_cmd():
+    """End as KILLED the RUNNING runs of this host whose process is gone (every jmed step does this too).
+
+    Runs of other hosts, and runs whose process is alive, are never touched."""
+    from jmed import tracking
+
+    tracking.setup()
+    ended = tracking.reap()
+    if not ended:
+        click.echo(f"no abandoned runs of this host in {tracking.shown_uri()}")
+
+
 def _dashed(arg: str) -> str:
     """`--lora_r` -> `--lora-r`: `mlflow run -P lora_r=4` appends undeclared parameters that way."""
     name, eq, value = arg.partition("=")

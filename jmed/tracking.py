@@ -18,6 +18,8 @@ BASE_TAG = "jmed.base_model"
 ADAPTER_RUN_TAG = "jmed.adapter_run"  # on evaluate runs: the train run of the adapter, "none" for a base
 TRAIN_RUN_TAG = "jmed.train_run"  # on model versions and pipeline runs
 EVAL_RUN_TAG = "jmed.eval_run"
+HOST_TAG, PID_TAG = "jmed.host", "jmed.pid"  # the process a step's run belongs to (for `reap`)
+REAPED_TAG = "jmed.reaped"
 
 
 def tracking_uri() -> str:
@@ -102,8 +104,9 @@ def step_run(step: str, run_name: str | None = None, nested: bool = False, tags:
     else:
         run = mlflow.start_run(run_name=run_name, nested=nested)
         own = True
+    reap(quiet=True)  # cheap: one query for RUNNING runs of this host whose process is gone
     mlflow.set_tags({STEP_TAG: step, "jmed.version": jmed.__version__, "jmed.code_version": code_version(),
-                     **(tags or {})})
+                     HOST_TAG: _host(), PID_TAG: str(os.getpid()), **(tags or {})})
     try:
         yield run
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (jmed.cli turns it into SystemExit)
@@ -115,6 +118,55 @@ def step_run(step: str, run_name: str | None = None, nested: bool = False, tags:
     else:
         if own:
             end(run.info.run_id, "FINISHED")
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def reap(quiet: bool = False) -> list[str]:
+    """End as KILLED the RUNNING runs of jmed steps on this host whose process is gone (kill -9, a
+    crash, a power cut), tagged `jmed.reaped` with why. Runs of other hosts, runs without jmed's host
+    and pid tags, and runs whose process lives are never touched. Returns the run ids ended.
+    `quiet`: a store that cannot be searched is reported, not raised (every step calls this)."""
+    import time
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client, host, ended = mlflow.MlflowClient(), _host(), []
+    try:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(experiments, f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+                                  max_results=1000) if experiments else []
+    except MlflowException as exc:
+        if not quiet:
+            raise
+        print(f"[jmed] could not look for abandoned runs: {exc}")
+        return []
+    for run in runs:
+        pid = run.data.tags.get(PID_TAG, "")
+        if not pid.isdigit() or _alive(int(pid)) or run.info.status != "RUNNING":
+            continue
+        client.set_tag(run.info.run_id, REAPED_TAG, f"process {pid} on {host} was gone at "
+                                                    f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}; ended KILLED")
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended.append(run.info.run_id)
+    if ended:
+        print(f"[jmed] ended {len(ended)} abandoned run(s) KILLED (their process was gone): {', '.join(ended)}")
+    return ended
 
 
 def end(run_id: str, status: str, attempts: int = 5) -> None:

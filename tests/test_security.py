@@ -335,3 +335,44 @@ def test_a_50mb_stem_is_named_not_echoed_in_the_report(tmp_path):
     json_path, html_path = report.write(tmp_path / "report.json")
     assert json_path.stat().st_size < 100_000 and html_path.stat().st_size < 100_000
     assert len(report.summary()) < 10_000
+
+
+def test_runs_of_dead_processes_are_reaped_and_nothing_else(tracking, tmp_path):
+    """kill -9 leaves a run RUNNING; `jmed runs reap` (and the next step) ends it KILLED with a tag
+    saying why, and leaves live runs and runs of other hosts alone."""
+    import signal
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    from jmed.cli import main
+
+    code = ("import time; from jmed import tracking\n"
+            "with tracking.step_run('promote'):\n    print('started', flush=True); time.sleep(120)\n")
+    procs = []
+    try:
+        for _ in range(2):  # one after the other: two processes creating one SQLite store race
+            procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                          cwd=tmp_path, env={**os.environ}))
+            assert procs[-1].stdout.readline().strip() == "started"
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(30)
+        client = MlflowClient()
+        runs = {r.data.tags["jmed.pid"]: r for r in client.search_runs(["0"])}
+        dead, live = runs[str(procs[0].pid)].info.run_id, runs[str(procs[1].pid)].info.run_id
+        other = client.create_run("0", tags={"jmed.host": "another-host", "jmed.pid": str(procs[0].pid)}).info.run_id
+        res = CliRunner().invoke(main, ["runs", "reap"])
+        assert res.exit_code == 0 and f"ended 1 abandoned run(s) KILLED (their process was gone): {dead}" in res.output
+        assert client.get_run(dead).info.status == "KILLED"
+        assert f"process {procs[0].pid} on " in client.get_run(dead).data.tags["jmed.reaped"]
+        assert client.get_run(live).info.status == "RUNNING" and client.get_run(other).info.status == "RUNNING"
+        res = CliRunner().invoke(main, ["runs", "reap"])
+        assert res.exit_code == 0 and "no abandoned runs of this host" in res.output
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(30)
+    client.set_terminated(live, "KILLED")
+    client.set_terminated(other, "KILLED")
