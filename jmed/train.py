@@ -675,7 +675,7 @@ def finish(s: Setup, accelerator, run_id: str, tmp: Path, stopped: bool) -> None
             s.pending.append((s.step, time.time(), {"eval/loss": ev}))
     full = adapter_state(accelerator, s.model) if not stopped else None
     if s.main:
-        _flush(s.mlflow, run_id, s.pending)
+        _flush(s.mlflow, run_id, s.pending, final=True)
         _loss_curve(s.losses, tmp, s.mlflow)
         if stopped:
             s.mlflow.set_tag("jmed.stopped_at", str(s.step))
@@ -721,16 +721,25 @@ def eval_loss(model, examples, batch_size, pad_id, accelerator, dtype, use_autoc
     return (total / count.clamp(min=1)).item()
 
 
-def _flush(mlflow, run_id: str, pending: list) -> None:
+def _flush(mlflow, run_id: str, pending: list, final: bool = False) -> None:
+    """Send the pending step metrics, oldest first, removing what was sent. A tracking server that stays
+    unreachable after MLflow's own retries keeps the rest pending for the next flush (training goes
+    on, nothing is lost); only the `final` flush raises."""
     from mlflow.entities import Metric
 
-    if not pending:
-        return
-    metrics = [Metric(k, float(v), int(ts * 1000), s) for s, ts, d in pending for k, v in d.items()]
     client = mlflow.MlflowClient()
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i:i + 1000])
-    pending.clear()
+    while pending:
+        chunk = pending[:100]  # at most 100 steps x 6 metrics: under MLflow's 1000 per batch
+        try:
+            client.log_batch(run_id, metrics=[Metric(k, float(v), int(ts * 1000), s)
+                                              for s, ts, d in chunk for k, v in d.items()])
+        except Exception as exc:  # noqa: BLE001 - the server is away: keep the metrics, say so
+            if final:
+                raise
+            log.warning("tracking server unreachable (%s); %d step(s) of metrics kept for the next flush",
+                        str(exc)[:200], len(pending))
+            return
+        del pending[:len(chunk)]
 
 
 def _system_metrics(run_id: str):

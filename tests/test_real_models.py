@@ -213,7 +213,7 @@ def test_main_pipeline_on_smollm2_serves_what_it_predicts(smol_pipeline, tmp_pat
     try:
         r = requests.post(f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": records}, timeout=300)
         assert r.status_code == 200, r.text
-        assert r.json()["predictions"] == want
+        assert r.json()["predictions"] == [{**w, "model_version": "1"} for w in want]  # the server knows its version
         r = requests.post(f"http://127.0.0.1:{port}/invocations",
                           json={"dataframe_records": [{"question": "q", "choices": []}]}, timeout=60)
         assert r.status_code == 400 and "'choices' is empty" in r.json()["message"]

@@ -376,3 +376,46 @@ def test_runs_of_dead_processes_are_reaped_and_nothing_else(tracking, tmp_path):
             p.wait(30)
     client.set_terminated(live, "KILLED")
     client.set_terminated(other, "KILLED")
+
+
+def test_a_tracking_server_restart_mid_training_loses_nothing(tmp_path):
+    """`mlflow server` killed and restarted while `jmed train` logs to it: the run finishes with every
+    step's metrics (MLflow's client retries; jmed keeps what it could not send)."""
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    from jmed.server import free_port, start_tracking_server, stop_server
+
+    port, db = free_port(), f"sqlite:///{tmp_path / 'server.db'}"
+    server, _ = start_tracking_server(db, tmp_path / "artifacts", port, log_path=tmp_path / "server.log")
+    uri = f"http://127.0.0.1:{port}"
+    train = subprocess.Popen([str(Path(sys.executable).parent / "jmed"), "train", "--max-steps", "300",
+                              "--batch-size", "2", "--max-length", "128"], cwd=tmp_path,
+                             env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        client = MlflowClient(uri)
+        deadline = time.time() + 300
+        while True:  # the first metrics have arrived: training is under way
+            runs = client.search_runs(["0"])
+            if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
+                break
+            assert train.poll() is None and time.time() < deadline, "training did not start logging"
+            time.sleep(0.2)
+        stop_server(server)
+        time.sleep(3)  # steps go on while the server is down
+        server, _ = start_tracking_server(db, tmp_path / "artifacts", port, log_path=tmp_path / "server.log")
+        out, _ = train.communicate(timeout=600)
+        assert train.returncode == 0, out[-3000:]
+        [run] = client.search_runs(["0"])
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, 301))  # every step's loss, none lost, none twice
+        assert "adapter" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    finally:
+        if train.poll() is None:
+            train.kill()
+        stop_server(server)
