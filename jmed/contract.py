@@ -29,6 +29,14 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def _plain(value):
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return value.item() if value.ndim == 0 else value.tolist()
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def check_inputs(model_input) -> list[dict]:
     """Rows as {"question", "choices", "n_answers"}; every problem found is reported at once."""
     import numpy as np
@@ -37,7 +45,13 @@ def check_inputs(model_input) -> list[dict]:
     from jmed.metrics import n_select
 
     if isinstance(model_input, dict):
-        model_input = [model_input]
+        columns = [v for v in model_input.values() if isinstance(v, (list, tuple, np.ndarray))]
+        if model_input and len(columns) == len(model_input) and len({len(v) for v in columns}) == 1 \
+                and "question" in model_input and not isinstance(model_input["question"], str):
+            # columnar: {"question": [...], "choices": [[...], ...]} (`inputs` or `instances` by column)
+            model_input = pd.DataFrame({k: list(v) for k, v in model_input.items()})
+        else:
+            model_input = [model_input]
     if isinstance(model_input, list):
         if not all(isinstance(r, dict) for r in model_input):
             raise invalid("input must be a list of records {question, choices[, n_answers]}")
@@ -56,7 +70,8 @@ def check_inputs(model_input) -> list[dict]:
     rows = []
     for i, rec in enumerate(model_input.to_dict("records")):
         where = f"record {i}"
-        q, ch, n = rec.get("question"), rec.get("choices"), rec.get("n_answers")
+        # MLflow's request forms hand values over as numpy arrays and scalars; plain Python from here on
+        q, ch, n = (_plain(rec.get(k)) for k in ("question", "choices", "n_answers"))
         if _missing(q):
             errors.append(f"{where}: 'question' is missing")
         elif not isinstance(q, str):
@@ -65,8 +80,6 @@ def check_inputs(model_input) -> list[dict]:
             errors.append(f"{where}: 'question' is empty")
         elif len(q) > MAX_CHARS:
             errors.append(f"{where}: 'question' has {len(q)} characters; at most {MAX_CHARS}")
-        if isinstance(ch, np.ndarray):
-            ch = ch.tolist()
         if _missing(ch):
             errors.append(f"{where}: 'choices' is missing")
             ch = None

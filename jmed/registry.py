@@ -170,13 +170,16 @@ def pip_requirements(quantized: bool = False) -> list[str]:
 
 def signature(protocol: str):
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     from jmed.contract import DEFAULT_MAX_NEW_TOKENS
 
+    # No input schema: MLflow would convert before the model sees the request (objects and nulls in
+    # `choices` became strings, "1", 1.5 and true became n_answers, extra columns were dropped), so bad
+    # input got 200. jmed.contract checks the raw rows instead, naming record and field (HTTP 400), and
+    # accepts every request form MLflow documents (records, split, instances, columnar inputs).
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "question"), ColSpec(Array("string"), "choices"),
-                       ColSpec("long", "n_answers", required=False)]),
+        inputs=None,
         outputs=Schema([ColSpec("string", "answer"), ColSpec("string", "answer_text"),
                         ColSpec("string", "raw_output"), ColSpec("string", "model_version")]),
         params=ParamSchema([ParamSpec("protocol", "string", protocol),

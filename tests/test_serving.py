@@ -184,11 +184,22 @@ def test_served_over_http(served, tmp_path):
             # the server knows it serves models:/jmed-tiny@champion, version 1
             assert got == [{**w, "model_version": "1"} for w in want] and len(got) == len(records)
         bad_requests = [
-            ({"dataframe_records": [{"question": "q"}]}, "missing inputs ['choices']"),
+            ({"dataframe_records": [{"question": "q"}]}, "missing input field(s): choices"),
             ({"dataframe_records": [{"question": "q", "choices": []}]}, "'choices' is empty"),
-            # MLflow's schema parsing rejects non-string lists naming the column (a mixed list such as
-            # ["a", 2] it converts to strings before the model sees it)
-            ({"dataframe_records": [{"question": "q", "choices": [1, 2]}]}, "column choices to type 'Array(string)'"),
+            # the model sees the raw rows (no input schema to convert them first): record and field named
+            ({"dataframe_records": [{"question": "q", "choices": [1, 2]}]}, "record 0: choices[0] must be a string, got int"),
+            ({"dataframe_records": [{"question": "q", "choices": ["a", 2]}]}, "record 0: choices[1] must be a string, got int"),
+            ({"dataframe_records": [{"question": "q", "choices": [{"a": 1}, "b"]}]},
+             "record 0: choices[0] must be a string, got dict"),
+            ({"dataframe_records": [{"question": "q", "choices": ["a", None]}]},
+             "record 0: choices[1] must be a string, got NoneType"),
+            ({"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": "1"}]},
+             "record 0: 'n_answers' must be an integer, got '1'"),
+            ({"dataframe_records": [{"question": "q", "choices": ["a", "b"], "n_answers": 1.5}]},
+             "record 0: 'n_answers' must be an integer, got 1.5"),
+            ({"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": True}]},
+             "record 0: 'n_answers' must be an integer, got True"),
+            ({"dataframe_records": [{"question": "q", "choices": ["a"], "foo": 1}]}, "unknown input field(s): foo"),
             ({"dataframe_records": [{"question": "q", "choices": [str(i) for i in range(11)]}]},
              "'choices' has 11 entries; at most 10"),
             ({"dataframe_records": [{"question": "x" * 20001, "choices": ["a"]}]},
@@ -196,14 +207,25 @@ def test_served_over_http(served, tmp_path):
             ({"dataframe_records": [{"question": "q", "choices": ["y" * 20001]}]},
              "choices[0] has 20001 characters; at most 20000"),
             ({"dataframe_records": [{"question": 5, "choices": ["a"]}]}, "'question' must be a string, got int"),
-            ({"dataframe_records": [{"question": "q", "choices": "ab"}]}, "column choices"),
-            ({"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": "two"}]}, "column n_answers"),
+            ({"dataframe_records": [{"question": "q", "choices": "ab"}]}, "'choices' must be a list of strings, got str"),
+            ({"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": "two"}]},
+             "record 0: 'n_answers' must be an integer, got 'two'"),
             ({"dataframe_records": [{"question": "q", "choices": ["a"]}], "params": {"protocol": "vote"}},
              "param 'protocol' is 'vote'"),
         ]
         for body, message in bad_requests:
             r = requests.post(url, json=body, timeout=60)
             assert 400 <= r.status_code < 500 and message in r.json()["message"], (body, r.status_code, r.text[:300])
+        # every request form MLflow documents for pyfunc gives the same answers
+        want = [{**w, "model_version": "1"} for w in
+                model.predict(pd.DataFrame(batch(2)), params={"max_new_tokens": 4}).to_dict("records")]
+        two = batch(2)
+        for body in ({"instances": two}, {"inputs": two},
+                     {"inputs": {"question": [r["question"] for r in two], "choices": [r["choices"] for r in two]}},
+                     {"dataframe_split": {"columns": ["question", "choices"],
+                                          "data": [[r["question"], r["choices"]] for r in two]}}):
+            r = requests.post(url, json={**body, "params": {"max_new_tokens": 4}}, timeout=60)
+            assert r.status_code == 200 and r.json()["predictions"] == want, (list(body), r.text[:300])
         r = requests.post(url, data='{"dataframe_records": [{"question": "q", "choices": ["a",',
                           headers={"Content-Type": "application/json"}, timeout=60)
         assert r.status_code == 400 and "valid JSON" in r.json()["message"]
