@@ -12,6 +12,7 @@ import click
 
 import jmed
 from jmed.batcher import DEFAULT_MAX_ROWS, DEFAULT_WAIT_S
+from jmed.config import FALSE_WORDS as FALSE, TRUE_WORDS as TRUE
 from jmed.contract import DEFAULT_POLL_S
 
 
@@ -405,11 +406,13 @@ def predict(file, model_uri, base_model, protocol, max_new_tokens, batch_size, o
 
 
 def _true(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no", ""):
-        return False
-    raise click.BadParameter(f"{value!r}: expected true or false")
+    """--force: "" is false; otherwise jmed's one boolean parser."""
+    from jmed.config import parse_bool
+
+    try:
+        return bool(value) and parse_bool(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @main.command("pipeline")
@@ -536,9 +539,6 @@ def _dashed(arg: str) -> str:
     if re.fullmatch(r"--[A-Za-z][A-Za-z0-9_-]*", name):
         return name.replace("_", "-") + eq + value
     return arg
-
-
-TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 def _flags(command: click.Command) -> dict[str, tuple[str, str | None]]:

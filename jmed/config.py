@@ -26,6 +26,17 @@ PARSINGS = ("official", "lenient")
 PROMPT_FORMATS = "prompt formats"  # marker: checked against jmed.prompts.FORMATS
 
 
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_bool(value: str) -> bool:
+    """A boolean from the command line, MLproject or logged params: the one parser jmed has."""
+    word = str(value).strip().lower()
+    if word not in TRUE_WORDS + FALSE_WORDS:
+        raise ValueError(f"expected true or false, got {value!r}")
+    return word in TRUE_WORDS
+
+
 class ConfigError(ValueError):
     """Every problem of one config, one per line (`field: message`)."""
 
@@ -273,9 +284,7 @@ def _coerce(value, hint):
         item = typing.get_args(typ)[0]
         return tuple(_coerce(x.strip(), item) for x in value.split(",") if x.strip())
     if typ is bool:
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"expected true or false, got {value!r}")
-        return value.lower() in ("true", "1", "yes")
+        return parse_bool(value)
     if typ is int:
         try:
             return int(value)

@@ -357,7 +357,9 @@ def tokenizer_hash(folder: Path | None, tokenizer=None) -> str:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    from jmed.config import TRUE_WORDS
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in TRUE_WORDS
 
 
 def resolve_model(model: str) -> tuple[Path | str, str]:

@@ -11,10 +11,12 @@ class Engine:
 
     def __init__(self, fail_on=None):
         self.calls, self.gate, self.fail_on = [], threading.Event(), fail_on
+        self.entered = threading.Event()  # set when a batch reaches the engine
         self.gate.set()
 
     def __call__(self, key, rows):
-        self.gate.wait(10)
+        self.entered.set()
+        self.gate.wait(60)
         self.calls.append((key, list(rows)))
         if self.fail_on is not None and self.fail_on in rows:
             raise RuntimeError(f"engine failed on {self.fail_on}")
@@ -38,16 +40,16 @@ def submit_all(batcher, jobs):
 
 
 def until(condition):
-    for _ in range(1000):
+    for _ in range(6000):
         if condition():
             return
         threading.Event().wait(0.01)
     raise AssertionError("timed out")
 
 
-def engine_busy(batcher):
-    """The engine thread has taken the queued job (and is held at the gate)."""
-    until(lambda: batcher._thread is not None and not batcher._queue)
+def engine_busy(engine):
+    """The engine thread has taken the queued job and is held at the gate."""
+    assert engine.entered.wait(60)
 
 
 def test_requests_arriving_during_a_batch_are_answered_together_each_with_its_own_rows():
@@ -55,7 +57,7 @@ def test_requests_arriving_during_a_batch_are_answered_together_each_with_its_ow
     batcher = Batcher(engine, max_rows=32, wait_s=0)
     engine.gate.clear()  # the first request occupies the engine while 7 more arrive
     first, first_out = submit_all(batcher, [(("v1",), ["q0"])])
-    engine_busy(batcher)
+    engine_busy(engine)
     threads, out = submit_all(batcher, [(("v1",), [f"q{i}a", f"q{i}b"]) for i in range(1, 8)])
     until(lambda: len(batcher._queue) == 7)  # all seven queued behind the running batch
     engine.gate.set()
@@ -72,7 +74,7 @@ def test_settings_are_never_mixed_and_a_batch_never_exceeds_max_rows():
     batcher = Batcher(engine, max_rows=4, wait_s=0)
     engine.gate.clear()
     blocker, _ = submit_all(batcher, [(("v1", "letter"), ["x"])])
-    engine_busy(batcher)
+    engine_busy(engine)
     jobs = [(("v1", "letter"), ["a1", "a2"]), (("v2", "letter"), ["b1"]), (("v1", "loglik"), ["c1"]),
             (("v1", "letter"), ["a3", "a4"]), (("v1", "letter"), ["a5"]), (("v1", "letter"), list("123456"))]
     threads, out = [], [None] * len(jobs)
