@@ -12,7 +12,7 @@ import click
 
 import jmed
 from jmed.batcher import DEFAULT_MAX_ROWS, DEFAULT_WAIT_S
-from jmed.config import FALSE_WORDS as FALSE, TRUE_WORDS as TRUE
+from jmed.config import FALSE_WORDS as FALSE, PROTOCOLS, TRUE_WORDS as TRUE
 from jmed.contract import DEFAULT_POLL_S
 
 
@@ -379,7 +379,7 @@ def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model-uri", default="", help="models:/jmed-tiny@champion, runs:/…; default: the champion.")
 @click.option("--base-model", default="", help="With no --model-uri: the champion of this base model.")
-@click.option("--protocol", default="", type=click.Choice(["", "letter", "text", "loglik"]),
+@click.option("--protocol", default=None, type=click.Choice(PROTOCOLS),
               help="Default: the adapter's own.")
 @click.option("--max-new-tokens", default=0, type=int, help="Default: the served model's.")
 @click.option("--batch-size", default=8, show_default=True, type=int)
@@ -394,7 +394,7 @@ def predict(file, model_uri, base_model, protocol, max_new_tokens, batch_size, o
 
     try:
         uri = model_uri or champion_uri(base_model)
-        rows = list(predict_file(uri, file, protocol, max_new_tokens, batch_size))
+        rows = list(predict_file(uri, file, protocol or "", max_new_tokens, batch_size))
     except ValueError as e:
         raise click.ClickException(str(e))
     with click.open_file(output, "w", encoding="utf-8") as fh:

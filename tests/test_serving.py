@@ -156,6 +156,21 @@ def test_predict_offline_and_cli(served, tmp_path):
     summary = json.loads(res.stdout)
     assert (summary["questions"], summary["missing"]) == (len(qs), sum(1 for q in qs if not q.choices))
 
+    # lines with different optional fields (n_answers on some, id on some): allowed, so no traceback
+    mixed = tmp_path / "mixed.jsonl"
+    three = batch(3)
+    mixed.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in (
+        {**three[0], "n_answers": 2, "id": "x1"}, three[1], {**three[2], "id": "x3"})) + "\n", encoding="utf-8")
+    res = CliRunner().invoke(main, ["predict", "--model-uri", URI, "--protocol", "loglik", str(mixed)])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    assert [x["problem_id"] for x in lines] == ["x1", "2", "x3"]  # no id: the line number
+    from jmed.metrics import n_select
+
+    # loglik picks n_answers choices: given, else 「Nつ選べ」 in the stem
+    assert [len(x["prediction"].split(",")) for x in lines] == [2, n_select(three[1]["question"]),
+                                                                 n_select(three[2]["question"])]
+
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "choices": ["a"]}\n{"question": "q", "choices": []}\nnot json\n')
     res = CliRunner().invoke(main, ["predict", "--model-uri", URI, str(bad)])
