@@ -13,17 +13,18 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from jmed.prompts import FORMATS as PROMPT_FORMATS
+
 PRESETS_FILE = Path(__file__).parent / "presets.yaml"
 DEFAULT_LR = {"tiny": 1e-2, "hf": 2e-4}  # AdamW rates when neither a preset nor the user sets one
 
-# The allowed values, once. Prompt formats live with their renderers (jmed.prompts.FORMATS).
+# The allowed values, once. Prompt formats live with their renderers (jmed.prompts, stdlib only).
 PROTOCOLS = ("letter", "text", "loglik")
 QUANTIZATIONS = ("none", "8bit", "4bit")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 OVERLENGTH_POLICIES = ("truncate_prompt", "drop", "error")
 PARSINGS = ("official", "lenient")
-PROMPT_FORMATS = "prompt formats"  # marker: checked against jmed.prompts.FORMATS
 
 
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -83,8 +84,6 @@ def _problems(cfg) -> list[str]:
             out.append(f"{f.name}: expected text, got {value!r}")
             continue
         choices = f.metadata.get("choices")
-        if choices == PROMPT_FORMATS:
-            from jmed.prompts import FORMATS as choices
         if choices and value not in choices:
             out.append(f"{f.name}: unknown {f.name.replace('_', ' ')} {value!r}; choose one of: {', '.join(choices)}")
         minimum = f.metadata.get("minimum")
