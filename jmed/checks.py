@@ -46,8 +46,9 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, indent=2)
 
-    def summary(self, max_errors: int = 20) -> str:
-        """A short human summary: one line of counts, then the first errors."""
+    def summary(self, max_errors: int = 20, max_listed: int = 10) -> str:
+        """A short human summary: one line of counts, the datasets, then the first errors, warnings and
+        leakage pairs (each list cut at its limit with "and N more in report.json")."""
         excl = ", ".join(f"{k} {v}" for k, v in self.excluded.items() if v) or "none"
         what = "records" if any(d["format"] == "instructions" for d in self.datasets) else "questions"
         lines = [
@@ -58,10 +59,16 @@ class Report:
         for d in self.datasets:
             lines.append(f"  {d['role']}: {d['path']} ({d['format']}, {d['questions']} records, "
                          f"digest {d['digest'][:12]})")
-        for e in self.errors[:max_errors]:
-            lines.append("  error: " + str(DataError(**e)))
-        if len(self.errors) > max_errors:
-            lines.append(f"  … and {len(self.errors) - max_errors} more errors (see the report)")
+
+        def listed(kind: str, items: list, limit: int, show) -> None:
+            lines.extend(f"  {kind}: {show(x)}" for x in items[:limit])
+            if len(items) > limit:
+                lines.append(f"  … and {len(items) - limit} more {kind}s in report.json (--report PATH writes it)")
+
+        listed("error", self.errors, max_errors, lambda e: str(DataError(**e)))
+        listed("warning", self.warnings, max_listed, lambda e: str(DataError(**e)))
+        listed("leakage", self.leakage, max_listed,
+               lambda p: f"train {p['train_id']} ~ test {p['test_id']} (similarity {p['score']:g})")
         return "\n".join(lines)
 
     def to_html(self) -> str:

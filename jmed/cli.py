@@ -130,8 +130,13 @@ def eval_settings(options: dict) -> dict:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(jmed.__version__, prog_name="jmed")
-def main():
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show third-party warnings, MLflow's info lines and progress bars (also JMED_VERBOSE=1).")
+def main(verbose):
     """jmed: adapt open LLMs to Japanese medicine — validate, train, evaluate, promote, serve."""
+    from jmed.console import quiet
+
+    quiet(verbose)  # before any command imports mlflow, which reads its log level once
 
 
 # ---- validate (issue 2) -------------------------------------------------------------------------
@@ -319,9 +324,15 @@ def evaluate_cmd(dry_run, **options):
               help="Move champion only when the best beats it by more than this.")
 @click.option("--bundle-base/--no-bundle-base", default=None,
               help="Copy the base model into the served model (default: only for tiny and local bases).")
+@click.option("--evaluation", default="",
+              help="Rank on this evaluation from now on: an evaluate run id, or data (evaluated with the champion's "
+                   "settings). The champion is evaluated there first unless it already was.")
 @dry_run_option
-def promote(base_model, metric, min_delta, bundle_base, dry_run):
-    """Register the best evaluated adapter per base model and move the `champion` alias to it."""
+def promote(base_model, metric, min_delta, bundle_base, evaluation, dry_run):
+    """Register the best evaluated adapter per base model and move the `champion` alias to it.
+
+    Versions are compared on one evaluation (data digest, protocol, prompt format, shots): the one the
+    first promotion declared, or the one chosen with --evaluation."""
     from jmed.registry import promote as run_promote
 
     try:
@@ -330,9 +341,12 @@ def promote(base_model, metric, min_delta, bundle_base, dry_run):
         raise click.BadParameter(f"{min_delta!r} is not a number", param_hint="--min-delta")
     if dry_run:
         return echo_config(promote={"base_model": base_model, "metric": metric or "eval/accuracy",
-                                    "min_delta": delta, "bundle_base": bundle_base})
-    run_promote(base_model=base_model or "", metric=metric or "eval/accuracy", min_delta=delta,
-                bundle_base=bundle_base)
+                                    "min_delta": delta, "bundle_base": bundle_base, "evaluation": evaluation})
+    try:
+        run_promote(base_model=base_model or "", metric=metric or "eval/accuracy", min_delta=delta,
+                    bundle_base=bundle_base, evaluation=evaluation.strip())
+    except ValueError as exc:  # data errors (jmed.data.DataLoadError) included
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()

@@ -821,28 +821,40 @@ def digest(items) -> str:
     return h.hexdigest()
 
 
+def filter_reason(q, filters) -> str | None:
+    """Why a DataFilter leaves `q` out (the option that does), or None when it keeps it."""
+    if filters is None:
+        return None
+    if filters.ids and q.id not in set(filters.ids):
+        return "not in --ids"
+    if q.id in set(filters.exclude_ids):
+        return "--exclude-ids"
+    if isinstance(q, Question):
+        if filters.text_only and not q.text_only:
+            return "--text-only (has images)"
+        if filters.five_choices and len(q.choices) != 5:
+            return "--five-choices (not 5 choices)"
+        if filters.scored_only and q.points <= 0:
+            return "--scored-only (unscored)"
+        if filters.years and q.year not in set(filters.years):
+            return "not in --years"
+        if filters.blocks and q.block not in set(filters.blocks):
+            return "not in --blocks"
+    return None
+
+
 def apply_filters(questions, filters=None) -> list:
     """Keep what a DataFilter allows (None or an empty filter keeps everything)."""
-    if filters is None:
-        return list(questions)
-    years, blocks, ids = set(filters.years), set(filters.blocks), set(filters.ids)
-    excluded = set(filters.exclude_ids)
-    out = []
+    return [q for q in questions if filter_reason(q, filters) is None]
+
+
+def left_out_counts(questions, filters) -> dict[str, int]:
+    """{reason: questions} for what a DataFilter leaves out (every question counted once, by its first reason)."""
+    out: dict[str, int] = {}
     for q in questions:
-        if (ids and q.id not in ids) or q.id in excluded:
-            continue
-        if isinstance(q, Question):
-            if filters.text_only and not q.text_only:
-                continue
-            if filters.five_choices and len(q.choices) != 5:
-                continue
-            if filters.scored_only and q.points <= 0:
-                continue
-            if years and q.year not in years:
-                continue
-            if blocks and q.block not in blocks:
-                continue
-        out.append(q)
+        why = filter_reason(q, filters)
+        if why:
+            out[why] = out.get(why, 0) + 1
     return out
 
 

@@ -79,15 +79,16 @@ def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str
             for year, ys in text["by_year"].items():
                 for key in ("exact_match", "gestalt", "gestalt_accuracy"):
                     extra[f"{year}/{key}"] = ys[key]
-    table = [{"id": r["id"], "year": r["year"] or 0, "category": r["category"], "prompt": p, "output": out,
-              "parsed": r["parsed"] or "", "gold": r["gold"], "correct": bool(r["correct"]),
-              "points": float(r["points_scored"]), "max_points": float(r["points"])}
+    # What a reader compares first (id, parsed, gold, correct) leads; the long prompt comes last.
+    table = [{"id": r["id"], "parsed": r["parsed"] or "", "gold": r["gold"], "correct": bool(r["correct"]),
+              "points": float(r["points_scored"]), "max_points": float(r["points"]), "year": r["year"] or 0,
+              "category": r["category"], "output": out, "prompt": p}
              for r, p, out in zip(rows, prompts, outputs)]
     lengths = sorted(len(encode_prompt(tokenizer, p)) for p in prompts)
     if lengths:
         extra.update(prompt_tokens_median=lengths[len(lengths) // 2], prompt_tokens_max=lengths[-1])
     metrics = _metrics(summary, extra, len(qs), skipped, seconds)
-    return {"rows": table, "metrics": metrics, "summary": summary, "seconds": seconds}
+    return {"rows": table, "metrics": metrics, "summary": summary, "seconds": seconds, "skipped": skipped}
 
 
 def _is_letter_format(fmt: str) -> bool:
@@ -151,18 +152,28 @@ def _resolve(cfg, meta: dict):
                                quantization=quantization)
 
 
-def load_eval_questions(cfg):
+def load_eval_questions(cfg, left_out: dict | None = None):
+    """(data path, questions) after `jmed validate`'s checks, the filters, --sample and --limit.
+    `left_out` (a dict) receives {reason: questions} for every question not evaluated."""
     from jmed.checks import load_valid
-    from jmed.data import SAMPLE_TEST, apply_filters, sample_questions
+    from jmed.data import SAMPLE_TEST, apply_filters, left_out_counts, sample_questions
 
     path = cfg.eval_data or str(SAMPLE_TEST)
     valid = load_valid(path, cfg.data_format, questions_only=True,  # `jmed validate`'s checks, before the model
                        exclude_ids=cfg.filters.exclude_ids)
-    questions = sample_questions(apply_filters(valid, cfg.filters), cfg.sample, cfg.seed)
-    if cfg.limit:
+    kept = apply_filters(valid, cfg.filters)
+    questions = sample_questions(kept, cfg.sample, cfg.seed)
+    reasons = left_out_counts(valid, cfg.filters)
+    if len(questions) < len(kept):
+        reasons[f"not in --sample {cfg.sample}"] = len(kept) - len(questions)
+    if cfg.limit and len(questions) > cfg.limit:
+        reasons[f"beyond --limit {cfg.limit}"] = len(questions) - cfg.limit
         questions = questions[: cfg.limit]
+    if left_out is not None:
+        left_out.update(reasons)
     if not questions:
-        raise ValueError(f"no questions to evaluate in {path} after filters")
+        raise ValueError(f"no questions to evaluate in {path} after filters"
+                         + (f" ({', '.join(f'{why}: {n}' for why, n in reasons.items())})" if reasons else ""))
     return path, questions
 
 
@@ -178,7 +189,8 @@ def evaluate(cfg) -> str:
         adapter_dir = adapter.resolve(cfg.adapter) if cfg.adapter else None
         meta = adapter.read(adapter_dir) if adapter_dir else {}
         cfg = _resolve(cfg, meta)
-        path, questions = load_eval_questions(cfg)
+        left_out: dict = {}
+        path, questions = load_eval_questions(cfg, left_out)
         digest = D.digest(questions)
         torch.manual_seed(cfg.seed)
         base, tokenizer, info = models.load_base(cfg.model, cfg.quantization, cfg.precision)
@@ -206,28 +218,74 @@ def evaluate(cfg) -> str:
             base_run, base_metrics = _base_comparison(cfg, params, info, model, tokenizer, questions)
             params["base_eval_run"] = base_run
             tracking.log_params({"base_eval_run": base_run})
+        if result["skipped"]:
+            left_out["numeric-entry (the text and loglik protocols need choices)"] = result["skipped"]
+        result["left_out"] = left_out
         _log_result(result, cfg, params, base_metrics)
-        print(result_line(info["slug"], cfg, result["metrics"], base_metrics))
+        from jmed.console import say
+
+        say(summary(info["slug"], cfg, result, base_metrics, run.info.run_id, len(questions) + sum(
+            n for why, n in left_out.items() if not why.startswith("numeric-entry"))))
+        mlflow.set_tag("mlflow.note.content", description(info["slug"], cfg, result, params, base_metrics))
         return run.info.run_id
 
 
-def result_line(slug: str, cfg, m: dict, base: dict | None = None) -> str:
-    """What the terminal shows after an evaluation: the headline figures, and what may have capped them."""
-    def pct(key):
-        return f"{100 * m[key]:.1f}%" if key in m else "n/a"
+def verdict(m: dict) -> str:
+    """The exam's pass verdict per year in the data, or why there is none."""
+    years = sorted(k.split("/")[1] for k in m if k.count("/") == 2 and k.endswith("/passed"))
+    if not years:
+        return "none: not a whole exam (the pass rule needs both the required and the general blocks)"
+    return ", ".join(f"{y} {'PASS' if m[f'eval/{y}/passed'] else 'FAIL'}" for y in years)
 
-    parts = [f"accuracy {pct('eval/accuracy')} of {int(m.get('eval/questions', 0))} questions"]
-    if base and "eval/accuracy" in base:
-        parts.append(f"base {100 * base['eval/accuracy']:.1f}%")
-    if "eval/exact_match" in m:
-        parts.append(f"exact match {pct('eval/exact_match')}, gestalt accuracy {pct('eval/gestalt_accuracy')}")
-    if cfg.protocol == "letter":
-        parts.append(f"unparsed {int(m.get('eval/unparsed', 0))}")
-    if "eval/truncated" in m:
-        parts.append(f"cut off by max_new_tokens {int(m['eval/truncated'])} (limit up to {int(m['eval/max_new_tokens'])})")
-    if "eval/prompt_tokens_max" in m:
-        parts.append(f"prompt tokens median {int(m['eval/prompt_tokens_median'])}, max {int(m['eval/prompt_tokens_max'])}")
-    return f"[jmed] evaluate {slug} {cfg.prompt_format}/{cfg.protocol}: " + "; ".join(parts)
+
+def summary(slug: str, cfg, result: dict, base: dict | None, run_id: str, in_data: int) -> str:
+    """What the terminal shows after an evaluation: the headline figures, what may have capped them,
+    and every question left out with its reason."""
+    from jmed.console import block, pct, signed_pct
+
+    m, left_out = result["metrics"], result.get("left_out", {})
+    n = int(m.get("eval/questions", 0))
+
+    def vs_base(key):
+        if not base or key not in base or key not in m:
+            return ""
+        return f" (base {pct(base[key])}, {signed_pct(m[key] - base[key])})"
+
+    rows = [
+        ("questions", f"{n} evaluated of {in_data} in the data"
+                      + "".join(f"; {k} left out: {why}" for why, k in left_out.items())),
+        ("accuracy", pct(m.get("eval/accuracy")) + vs_base("eval/accuracy")),
+        ("exam score", f"{pct(m.get('eval/score'))} ({m.get('eval/points', 0):g} of {m.get('eval/points_total', 0):g} "
+                       f"points)" + vs_base("eval/score") if "eval/score" in m else None),
+        ("required", pct(m["eval/required_score"]) if "eval/required_score" in m else None),
+        ("pass", verdict(m)),
+        ("exact match", f"{pct(m['eval/exact_match'])}, gestalt accuracy {pct(m['eval/gestalt_accuracy'])}"
+         if "eval/exact_match" in m else None),
+        ("unparsed", f"{int(m.get('eval/unparsed', 0))} of {n}" if cfg.protocol == "letter" else None),
+        ("cut off", f"{int(m['eval/truncated'])} answers reached max_new_tokens (up to {int(m['eval/max_new_tokens'])})"
+         if m.get("eval/truncated") else None),
+        ("run", run_id),
+    ]
+    what = f"adapter of train run {_train_run_of(cfg)}" if cfg.adapter else "base model"
+    return block(f"evaluate {slug} {what}: {cfg.prompt_format}/{cfg.protocol}, {cfg.shots}-shot", rows)
+
+
+def _train_run_of(cfg) -> str:
+    return str(cfg.adapter).removeprefix("runs:/").split("/")[0][:12]
+
+
+def description(slug: str, cfg, result: dict, params: dict, base: dict | None) -> str:
+    """The run's description in the MLflow UI (markdown): what ran, on what data, and the result."""
+    from jmed.console import pct, signed_pct
+
+    m = result["metrics"]
+    what = f"adapter `{cfg.adapter}`" if cfg.adapter else "the base model"
+    delta = (f" ({signed_pct(m['eval/accuracy'] - base['eval/accuracy'])} vs the base model, run "
+             f"`{params.get('base_eval_run', '')}`)" if base and "eval/accuracy" in base else "")
+    return (f"Evaluated {what} of `{cfg.model}` on `{params['eval_data_path']}` ({params['questions']} questions, "
+            f"data digest `{params['eval_data_digest'][:12]}`), prompt format `{cfg.prompt_format}`, protocol "
+            f"`{cfg.protocol}`, {cfg.shots}-shot.\n\nAccuracy {pct(m.get('eval/accuracy'))}{delta}; exam score "
+            f"{pct(m.get('eval/score'))}; pass: {verdict(m)}. Details: `summary.md`, `predictions.json`.")
 
 
 def _flat(cfg) -> dict:
@@ -307,6 +365,7 @@ def _log_result(result: dict, cfg, params: dict, base_metrics: dict | None) -> N
             parts = key.split("/")
             if len(parts) == 3 and parts[1].isdigit() and parts[2] == "accuracy" and key in base_metrics:
                 metrics[f"eval/delta/{parts[1]}/accuracy"] = value - base_metrics[key]
+    metrics["eval/left_out"] = float(sum(result.get("left_out", {}).values()))
     mlflow.log_metrics(metrics)
     mlflow.log_table(pd.DataFrame(result["rows"]), artifact_file="predictions.json")
     fig = plot_categories(result["rows"])
@@ -325,18 +384,19 @@ def category_accuracy(rows: list[dict]) -> list[tuple[str, int, float]]:
     return sorted(((c, len(v), sum(v) / len(v)) for c, v in groups.items()), key=lambda t: (-t[1], t[0]))
 
 
-def _cjk_font() -> str | None:
+def _cjk_font():
+    """IPAex Gothic from the matplotlib-fontja package (a pinned dependency), so category names render
+    on any machine, whatever fonts it has."""
     from matplotlib import font_manager
+    from matplotlib_fontja import get_font_ttf_path
 
-    for f in font_manager.fontManager.ttflist:
-        if any(k in f.name for k in ("CJK", "Noto Sans JP", "IPA", "Takao", "Hiragino", "Yu Gothic", "Meiryo")):
-            return f.name
-    return None
+    path = get_font_ttf_path()
+    font_manager.fontManager.addfont(path)
+    return font_manager.FontProperties(fname=path)
 
 
 def plot_categories(rows: list[dict]):
-    """Horizontal bars of accuracy per category. Without a Japanese font the bars are numbered and
-    summary.md maps numbers to names."""
+    """Horizontal bars of accuracy per category, labelled with the (Japanese) category names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -344,13 +404,12 @@ def plot_categories(rows: list[dict]):
 
     cats = category_accuracy(rows)
     font = _cjk_font()
-    labels = [f"{c} (n={n})" if font or c.isascii() else f"#{i + 1} (n={n})" for i, (c, n, _) in enumerate(cats)]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(cats) + 1.2))
     ax.barh(range(len(cats)), [a for _, _, a in cats], color="#4C72B0")
-    ax.set_yticks(range(len(cats)), labels, fontfamily=font or "sans-serif")
+    ax.set_yticks(range(len(cats)), [f"{c} (n={n})" for c, n, _ in cats], fontproperties=font)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("accuracy" if font or all(c.isascii() for c, _, _ in cats) else "accuracy (#: see summary.md)")
+    ax.set_xlabel("accuracy")
     ax.set_title("Accuracy per category")
     fig.tight_layout()
     return fig
@@ -365,6 +424,8 @@ def summary_markdown(result: dict, cfg, params: dict, metrics: dict) -> str:
              f"`{cfg.parsing}`, {metrics['eval/questions_per_s']:.1f} questions/s", ""]
     if params.get("base_eval_run"):
         lines.insert(4, f"- compared with base run `{params['base_eval_run']}`")
+    for why, n in result.get("left_out", {}).items():
+        lines.insert(-1, f"- left out: {n} ({why})")
     lines += ["| metric | value | delta vs base |", "|---|---|---|"]
     for key in DELTA_KEYS:
         if f"eval/{key}" in metrics:

@@ -55,7 +55,10 @@ def _progress(total: int, desc: str | None):
     """A questions/s bar; none when `desc` is None (serving answers requests, not a run)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="q", dynamic_ncols=True, leave=False, disable=desc is None)
+    from jmed.console import progress_disabled
+
+    return tqdm(total=total, desc=desc, unit="q", dynamic_ncols=True, leave=False,
+                disable=True if desc is None else progress_disabled())
 
 
 def _pad_id(tokenizer) -> int:

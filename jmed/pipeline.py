@@ -33,10 +33,17 @@ class Ledger:
     """What the parent run records: every step's run id and whether it was reused."""
 
     steps: list[StepResult] = field(default_factory=list)
+    total: int = 0  # steps planned, for the headers ("step 2/5")
 
     def add(self, result: StepResult) -> StepResult:
         self.steps.append(result)
         return result
+
+    def header(self, step: str, what: str) -> None:
+        from jmed.console import say
+
+        n = len(self.steps) + 1
+        say(f"\n[jmed] ── step {n}/{self.total or n} {step}: {what}")
 
     @property
     def reused(self) -> list[str]:
@@ -83,8 +90,9 @@ def run_step(ledger: Ledger, step: str, key: str | None, fn, force: bool = False
     if key and not force:
         found = find_finished(key)
         if found:
-            print(f"[jmed] {step}: reusing finished run {found} (same inputs)")
+            ledger.header(step, f"reused finished run {found} (same inputs; --force true reruns it)")
             return ledger.add(StepResult(step, found, True))
+    ledger.header(step, "running")
     child = mlflow.start_run(nested=True, run_name=run_name or step, tags={STEP_KEY_TAG: key} if key else None)
     child_id = child.info.run_id
     try:
@@ -133,6 +141,9 @@ def validate_step(ledger: Ledger, train_data: str, eval_data: str, force: bool, 
             report = holder["report"] = checks.validate([train_path], against=[eval_path], filters=train_filters,
                                                         against_filters=eval_filters)
             checks.log_report(report)
+            from jmed.console import say
+
+            say(f"[jmed] validate: {report.summary()}")
             if not report.success:
                 raise PipelineFailed(f"validation failed, pipeline stopped before training:\n{report.summary()}")
 
@@ -219,8 +230,10 @@ def main_pipeline(train_cfg: TrainConfig, eval_data: str = "", protocol: str = "
     `eval_settings`: EvalConfig overrides (see `eval_config_for`)."""
     import mlflow
 
-    ledger = Ledger()
-    with tracking.step_run("pipeline") as parent:
+    ledger = Ledger(total=5)
+    name = f"pipeline-{tracking.slug(train_cfg.model)}-{train_cfg.prompt_format}"
+    with tracking.step_run("pipeline", run_name=name) as parent:
+        mlflow.set_tag("mlflow.runName", name)  # also under `mlflow run`, whose run already has a random name
         base_cfg = eval_config_for(train_cfg, eval_data, protocol, settings=eval_settings)
         tracking.log_params({f"pipeline.{k}": v for k, v in flat(train_cfg).items()}
                             | {f"pipeline.eval.{k}": v for k, v in flat(base_cfg).items()}
@@ -229,15 +242,78 @@ def main_pipeline(train_cfg: TrainConfig, eval_data: str = "", protocol: str = "
         try:
             validate_step(ledger, train_cfg.train_data, eval_data, force, train_cfg.filters, base_cfg.filters)
             train_run = train_step(ledger, train_cfg, force)
-            evaluate_step(ledger, base_cfg, force, "evaluate-base")
+            base_run = evaluate_step(ledger, base_cfg, force, "evaluate-base")
             adapter_cfg = replace(base_cfg, adapter=adapter_uri(train_run))
             eval_run = evaluate_step(ledger, adapter_cfg, force, "evaluate-adapter")
             promote_step(ledger, train_cfg.model, force)
         finally:
             ledger.log()
+        results = outcome(train_cfg.model, base_run, eval_run)
         mlflow.set_tags({tracking.TRAIN_RUN_TAG: train_run, tracking.EVAL_RUN_TAG: eval_run,
                          "jmed.adapter_uri": adapter_uri(train_run),
-                         "jmed.model_uri": f"models:/jmed-{tracking.slug(train_cfg.model)}@champion"})
-        print(f"[jmed] pipeline finished: parent run {parent.info.run_id}; reused steps: "
-              f"{', '.join(s.step for s in ledger.steps if s.reused) or 'none'}")
+                         "jmed.model_uri": f"models:/jmed-{tracking.slug(train_cfg.model)}@champion",
+                         "mlflow.note.content": describe(train_cfg, eval_data, ledger, results)})
+        from jmed.console import say
+
+        say("\n" + final_table(train_cfg, results, parent.info.run_id, ledger))
         return parent.info.run_id
+
+
+def outcome(model: str, base_run: str, eval_run: str) -> list[dict]:
+    """Rows of the pipeline's final table: the base model, this adapter and the champion, with the
+    figures of their evaluate runs (the champion's on its ranking evaluation)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from jmed import registry
+
+    client = MlflowClient()
+    rows = [{"what": "base model", "run": base_run}, {"what": "adapter (this pipeline)", "run": eval_run}]
+    name = registry.model_name(tracking.slug(model))
+    try:
+        v = client.get_model_version_by_alias(name, registry.CHAMPION)
+        rows.append({"what": f"champion {name} v{v.version}", "run": v.tags.get(tracking.EVAL_RUN_TAG, ""),
+                     "version": v.version, "name": name, "this": v.tags.get(tracking.EVAL_RUN_TAG) == eval_run})
+    except MlflowException:
+        rows.append({"what": f"champion {name}: none", "run": ""})
+    for row in rows:
+        m = client.get_run(row["run"]).data.metrics if row["run"] else {}
+        row.update(accuracy=m.get("eval/accuracy"), score=m.get("eval/score"), unparsed=m.get("eval/unparsed"),
+                   questions=m.get("eval/questions"),
+                   passed=[v for k, v in sorted(m.items()) if k.count("/") == 2 and k.endswith("/passed")])
+    return rows
+
+
+def final_table(cfg: TrainConfig, rows: list[dict], parent: str, ledger: Ledger) -> str:
+    from jmed.console import pct, table
+
+    def verdict(passed):
+        return "n/a" if not passed else "/".join("PASS" if p else "FAIL" for p in passed)
+
+    body = [[r["what"], r["run"][:12], pct(r["accuracy"]), pct(r["score"]),
+             "" if r["unparsed"] is None else int(r["unparsed"]), verdict(r["passed"])] for r in rows]
+    champ = rows[-1]
+    who = ("this pipeline's adapter" if champ.get("this") else "an earlier adapter") if champ.get("version") else "none"
+    reused = [s.step for s in ledger.steps if s.reused]
+    return "\n".join([
+        f"[jmed] pipeline {cfg.model} ({cfg.prompt_format}) finished: parent run {parent}",
+        table(["model", "eval run", "accuracy", "exam score", "unparsed", "pass"], body),
+        f"  champion: {who}" + (f" (models:/{champ['name']}@champion)" if champ.get("version") else ""),
+        f"  reused steps: {', '.join(reused) or 'none'}",
+    ])
+
+
+def describe(cfg: TrainConfig, eval_data: str, ledger: Ledger, rows: list[dict]) -> str:
+    """The parent run's description in the MLflow UI: what ran, on what data, and the result."""
+    from jmed import data
+    from jmed.console import pct
+
+    base, tuned, champ = rows
+    steps = ", ".join(f"{s.step}{' (reused)' if s.reused else ''}" for s in ledger.steps)
+    # the MLflow UI routes model versions at #/models/<name>/versions/<n>: the description links there
+    link = (f"[{champ['name']} v{champ['version']}](#/models/{champ['name']}/versions/{champ['version']})"
+            if champ.get("version") else "none")
+    return (f"Pipeline for `{cfg.model}`, prompt format `{cfg.prompt_format}`: trained on "
+            f"`{cfg.train_data or data.SAMPLE_TRAIN.name}`, evaluated on `{eval_data or data.SAMPLE_TEST.name}`.\n\n"
+            f"Accuracy: base {pct(base['accuracy'])}, adapter {pct(tuned['accuracy'])}. Champion: "
+            f"{link}{' (this adapter)' if champ.get('this') else ''}.\n\nSteps: {steps}.")

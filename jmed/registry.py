@@ -92,14 +92,29 @@ def _rank(c: Candidate):
     return (c.metric, sec, c.start_time, c.eval_run)
 
 
+def on_evaluation(champion: Champion | None, candidates: list[Candidate], evaluation: tuple) -> Champion | None:
+    """The champion as measured on `evaluation`: its adapter's newest evaluate run there when one exists
+    (a champion is ranked by its adapter, whichever run measured it), else unchanged."""
+    if champion is None or tuple(champion.evaluation) == tuple(evaluation):
+        return champion
+    there = [c for c in candidates if c.train_run == champion.train_run and tuple(c.evaluation) == tuple(evaluation)
+             and c.metric is not None]
+    if not there:
+        return champion
+    best = max(there, key=lambda c: (c.start_time, c.eval_run))
+    return Champion(champion.version, best.eval_run, champion.train_run, tuple(evaluation), best.metric)
+
+
 def decide(candidates: list[Candidate], champion: Champion | None, metric: str = "eval/accuracy",
-           min_delta: float = 0.0) -> Decision:
+           min_delta: float = 0.0, evaluation: tuple | None = None) -> Decision:
     """Which candidate (if any) becomes champion. Pure: same inputs, same decision and reasons.
 
     Candidates are compared only on one evaluation (same data digest, protocol, prompt format, shots):
-    the champion's, or, without a champion, the evaluation of the newest candidate. The best is the
-    highest `metric`, then the higher secondary metric, then the newer run. It becomes champion only if
-    there is none or it beats the champion's `metric` by more than `min_delta`.
+    `evaluation`, the one the registered model declares (`jmed promote --evaluation`); without one, the
+    champion's, or, without a champion, the evaluation of the newest candidate. The champion counts with
+    its adapter's result on that evaluation (`on_evaluation`). The best is the highest `metric`, then the
+    higher secondary metric, then the newer run. It becomes champion only if there is none or it beats
+    the champion's `metric` by more than `min_delta`.
     """
     reasons: list[str] = []
     scored = [c for c in candidates if c.metric is not None]
@@ -108,21 +123,31 @@ def decide(candidates: list[Candidate], champion: Champion | None, metric: str =
     if not scored:
         reasons.append("no evaluated adapter to consider")
         return Decision("none", None, champion, False, tuple(reasons))
-    if champion is not None:
+    if evaluation:
+        target = tuple(evaluation)
+    elif champion is not None:
         target = tuple(champion.evaluation)
     else:
         target = tuple(max(scored, key=lambda c: (c.start_time, c.eval_run)).evaluation)
+    champion = on_evaluation(champion, scored, target)
     same = [c for c in scored if tuple(c.evaluation) == target]
-    others = len(scored) - len(same)
-    if champion is not None and not same:
+    others = [c for c in scored if tuple(c.evaluation) != target  # the champion's own runs elsewhere do not compete
+              and (champion is None or c.train_run != champion.train_run)]
+    switch = (f"`jmed promote --evaluation {max(others, key=lambda c: (c.start_time, c.eval_run)).eval_run}` ranks on "
+              "the newest of theirs (the champion is re-evaluated there)") if others else ""
+    if champion is not None and tuple(champion.evaluation) != target:
         reasons.append(
-            f"champion v{champion.version} was evaluated on another evaluation ({describe_evaluation(target)}) "
-            f"than all {len(scored)} candidate(s); not compared blindly — evaluate its adapter "
-            f"(train run {champion.train_run}) on the same data and settings, then promote again")
+            f"champion v{champion.version} has no evaluation on the ranking evaluation ({describe_evaluation(target)}); "
+            f"not compared blindly: `jmed promote --evaluation <an eval run on that data>` evaluates it there and "
+            f"compares")
+        return Decision("keep", None, champion, False, tuple(reasons))
+    if not same:
+        reasons.append(f"no candidate was evaluated on the ranking evaluation ({describe_evaluation(target)}); "
+                       f"{switch}")
         return Decision("keep", None, champion, False, tuple(reasons))
     if others:
-        reasons.append(f"{others} candidate(s) evaluated on another evaluation than "
-                       f"({describe_evaluation(target)}) not compared")
+        reasons.append(f"{len(others)} candidate(s) evaluated on another evaluation than the ranking one "
+                       f"({describe_evaluation(target)}) not compared; {switch}")
     best = max(same, key=_rank)
     ties = [c for c in same if c.metric == best.metric and c is not best]
     what = f"eval run {best.eval_run} (train run {best.train_run}) {metric}={best.metric:.6g}"
@@ -212,10 +237,11 @@ def _base_folder(base: str, revision: str) -> Path:
     return Path(snapshot_download(base, revision=revision or None))
 
 
-def log_serving_model(adapter_dir, name: str = "model", bundle_base: bool | None = None):
+def log_serving_model(adapter_dir, name: str = "model", bundle_base: bool | None = None, run_id: str | None = None):
     """Log jmed/serving.py as a pyfunc model (models-from-code) with the adapter and, for a small or local
     base (or `bundle_base=True`), the base model's folder; a hub base is referenced by id and revision.
-    Needs an active run; returns mlflow's ModelInfo."""
+    Logged into `run_id` (promotion: the evaluate run that ranked it, so that run's page links to the
+    registered version), else the active run; returns mlflow's ModelInfo."""
     import tempfile
 
     import mlflow
@@ -238,8 +264,10 @@ def log_serving_model(adapter_dir, name: str = "model", bundle_base: bool | None
     config = {"base_model": base, "base_revision": revision, "bundled": bundle, "quantization": quant}
     protocol = adapter.protocol(meta)
     with tempfile.TemporaryDirectory() as tmp:
-        return mlflow.pyfunc.log_model(
-            name=name, python_model=str(SERVING_FILE), artifacts=artifacts, model_config=config,
+        # mlflow.models.Model.log is what pyfunc.log_model calls; it alone takes a run other than the active one
+        return mlflow.models.Model.log(
+            artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, python_model=str(SERVING_FILE), artifacts=artifacts,
+            model_config=config,
             code_paths=[str(_code_copy(Path(tmp)))], pip_requirements=pip_requirements(quant != "none"),
             signature=signature(protocol), input_example=(pd.DataFrame([EXAMPLE]), {"max_new_tokens": 4}),
         )
@@ -328,7 +356,7 @@ def _description(meta: dict, tags: dict, metric: str) -> str:
 
 
 def register(client, name: str, cand: Candidate, metric: str = "eval/accuracy", bundle_base: bool | None = None):
-    """Log the serving model of `cand`'s adapter in the active run and register it as a version of `name`."""
+    """Log the serving model of `cand`'s adapter into its evaluate run and register it as a version of `name`."""
     import tempfile
 
     import mlflow
@@ -338,15 +366,16 @@ def register(client, name: str, cand: Candidate, metric: str = "eval/accuracy", 
         folder = Path(mlflow.artifacts.download_artifacts(run_id=cand.train_run, artifact_path="adapter",
                                                           dst_path=tmp))
         meta = adapter.read(folder)
-        info = log_serving_model(folder, bundle_base=bundle_base)
+        info = log_serving_model(folder, name="served-model", bundle_base=bundle_base, run_id=cand.eval_run)
     tags = {tracking.TRAIN_RUN_TAG: cand.train_run, tracking.EVAL_RUN_TAG: cand.eval_run,
             tracking.BASE_TAG: eval_run.data.tags.get(tracking.BASE_TAG, ""),
             "jmed.base_revision": str(meta.get("base_revision", "")),
             "jmed.train_data_digest": str(meta.get("train_data_digest", "")),
             **{f"jmed.{k}": v for k, v in zip(EVAL_KEYS, cand.evaluation)}}
     tags.update({k: f"{v:.6g}" for k, v in eval_run.data.metrics.items() if k in LINEAGE_METRICS})
-    mv = mlflow.register_model(info.model_uri, name, tags=tags)
-    client.update_model_version(name, mv.version, _description(meta, tags, metric).replace("{name}", name))
+    # Created from the evaluate run that ranked it (run_id), so that run's page links to the version.
+    mv = client.create_model_version(name, info.model_uri, run_id=cand.eval_run, tags=tags, model_id=info.model_id,
+                                     description=_description(meta, tags, metric).replace("{name}", name))
     return str(mv.version)
 
 
@@ -470,6 +499,56 @@ def _canonical(client, name: str, cand: "Candidate", mine: str) -> str:
     return first
 
 
+EVALUATION_TAG = "jmed.evaluation"  # on the registered model: the ranking evaluation, JSON [digest, protocol, format, shots]
+EVALUATION_DATA_TAG = "jmed.evaluation_data"  # its data path and the eval run that declared it (for messages)
+
+
+def declared_evaluation(client, name: str) -> tuple | None:
+    """The evaluation a registered model ranks its versions on, or None before the first promotion."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        raw = client.get_registered_model(name).tags.get(EVALUATION_TAG, "")
+    except MlflowException:
+        return None
+    return tuple(json.loads(raw)) if raw else None
+
+
+def declare_evaluation(client, name: str, evaluation: tuple, data: str, eval_run: str) -> None:
+    import json
+
+    _retrying(client.set_registered_model_tag, name, EVALUATION_TAG, json.dumps(list(evaluation)))
+    _retrying(client.set_registered_model_tag, name, EVALUATION_DATA_TAG, f"{data} (eval run {eval_run})")
+
+
+def _ensure_model(client, name: str, base_slug: str) -> None:
+    """Create the registered model with its description (MLflow would create it bare on first register)."""
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):
+        client.create_registered_model(name, description=(
+            f"LoRA adapters of base model `{base_slug}` for Japanese medical exam questions, trained and "
+            f"evaluated by jmed. The `{CHAMPION}` alias is the best version on the ranking evaluation (tag "
+            f"`{EVALUATION_TAG}`); `{PREVIOUS}` is the one it replaced. Change the ranking evaluation with "
+            f"`jmed promote --base-model {base_slug} --evaluation <eval run id or data>`."))
+
+
+def _note_promotion(client, name: str, version: str, d: Decision, metric: str) -> None:
+    """A promoted version's description says which version it replaced and by how much."""
+    if d.champion is None:
+        note = "Promoted to champion: the first one of this model."
+    elif d.champion.metric is None or d.candidate is None:
+        note = f"Promoted to champion, replacing v{d.champion.version} (which had no {metric})."
+    else:
+        note = (f"Promoted to champion, replacing v{d.champion.version}: {metric} {d.candidate.metric:.6g} vs "
+                f"{d.champion.metric:.6g} ({d.candidate.metric - d.champion.metric:+.6g}) on "
+                f"{describe_evaluation(d.candidate.evaluation)}.")
+    old = _retrying(client.get_model_version, name, version).description or ""
+    _retrying(client.update_model_version, name, version, f"{old}\n\n{time.strftime('%Y-%m-%d')}: {note}".strip())
+
+
 def promote_one(client, base_slug: str, metric: str = "eval/accuracy", min_delta: float = 0.0,
                 eval_runs: list[str] | None = None, bundle_base: bool | None = None) -> dict:
     """Decide and apply for one base model; returns the decision record (the first round's decision,
@@ -479,16 +558,18 @@ def promote_one(client, base_slug: str, metric: str = "eval/accuracy", min_delta
     where the store allows it; correctness does not depend on it: decisions are a pure function of
     the store's state (`decide`), registration is idempotent (`_canonical`), and the alias only moves
     to a candidate that beats the champion read in the same round, so concurrent promoters converge
-    on the best candidate of the champion's evaluation."""
+    on the best candidate of the ranking evaluation. The first promotion declares that evaluation."""
     name = model_name(base_slug)
+    _ensure_model(client, name, base_slug)
     with promote_lock(client, name) as how:
         decision = version = None
         for _ in range(SETTLE_ROUNDS):
             current = champion(client, name, metric)
+            declared = declared_evaluation(client, name)
             cands = candidates(client, base_slug, metric, versions(client, name))
             if eval_runs:
                 cands = [c for c in cands if c.eval_run in set(eval_runs)]
-            d = decide(cands, current, metric, min_delta)
+            d = decide(cands, current, metric, min_delta, evaluation=declared)
             v = d.candidate.version if d.candidate else None
             if d.register:
                 v = _canonical(client, name, d.candidate, register(client, name, d.candidate, metric, bundle_base))
@@ -496,9 +577,13 @@ def promote_one(client, base_slug: str, metric: str = "eval/accuracy", min_delta
                 decision, version = d, v
             if d.action != "promote":
                 break
+            if declared is None:
+                data = client.get_run(d.candidate.eval_run).data.params.get("eval_data_path", "")
+                declare_evaluation(client, name, d.candidate.evaluation, data, d.candidate.eval_run)
             if current is not None:
                 _retrying(client.set_registered_model_alias, name, PREVIOUS, current.version)
             _retrying(client.set_registered_model_alias, name, CHAMPION, v)
+            _note_promotion(client, name, v, d, metric)
         final = champion(client, name, metric)
     record = decision.to_dict()
     record.update(base_model=base_slug, registered_model=name, version=version, lock=how,
@@ -506,20 +591,86 @@ def promote_one(client, base_slug: str, metric: str = "eval/accuracy", min_delta
     return record
 
 
+def _looks_like_run_id(ref: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[0-9a-f]{32}", ref))
+
+
+def switch_evaluation(client, base_slug: str, ref: str, metric: str = "eval/accuracy") -> tuple:
+    """`jmed promote --evaluation REF`: rank versions on the evaluation of eval run REF, or on data
+    REF with the champion's own evaluation settings. The champion's adapter is evaluated there unless
+    an evaluation of it exists (then it is reused), so the comparison that follows is like for like.
+    Returns the declared evaluation."""
+    import dataclasses
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from jmed import data as D
+    from jmed.config import EvalConfig, flat, from_flat
+    from jmed.evaluate import evaluate, load_eval_questions
+
+    name = model_name(base_slug)
+    _ensure_model(client, name, base_slug)
+    current = champion(client, name, metric)
+    if _looks_like_run_id(ref):
+        try:
+            run = client.get_run(ref)
+        except MlflowException as exc:
+            raise ValueError(f"--evaluation {ref}: no such run in {tracking.shown_uri()}") from exc
+        if run.data.tags.get(tracking.STEP_TAG) != "evaluate":
+            raise ValueError(f"--evaluation {ref}: run is a {run.data.tags.get(tracking.STEP_TAG, 'non-jmed')} run, "
+                             "not an evaluate run")
+        cfg, path = from_flat(EvalConfig, run.data.params), run.data.params.get("eval_data_path", "")
+        evaluation, defined_by = _evaluation(run.data.params), ref
+    else:
+        if current is None:
+            raise ValueError(f"--evaluation {ref}: {name} has no champion whose settings could evaluate that data; "
+                             f"evaluate an adapter on it (jmed evaluate --eval-data {ref} …) and pass that run id")
+        cfg = dataclasses.replace(from_flat(EvalConfig, client.get_run(current.eval_run).data.params), eval_data=ref)
+        path, questions = load_eval_questions(cfg)
+        evaluation = _evaluation({**flat(cfg), "eval_data_digest": D.digest(questions)})
+        defined_by = ""
+    if current is not None:
+        there = [c for c in candidates(client, base_slug, metric, []) if c.train_run == current.train_run
+                 and c.evaluation == evaluation]
+        if there:
+            print(f"[jmed] champion v{current.version} was already evaluated there: eval run {there[0].eval_run}")
+            defined_by = defined_by or there[0].eval_run
+        else:
+            print(f"[jmed] evaluating champion v{current.version} (train run {current.train_run}) on {path}")
+            cfg = dataclasses.replace(cfg, adapter=f"runs:/{current.train_run}/adapter", compare_base=False)
+            with mlflow.start_run(nested=mlflow.active_run() is not None,
+                                  run_name=f"evaluate-champion-v{current.version}"):
+                there_run = evaluate(cfg)
+            defined_by = defined_by or there_run
+    declare_evaluation(client, name, evaluation, path, defined_by)
+    return evaluation
+
+
 def promote(base_model: str = "", metric: str = "eval/accuracy", min_delta: float = 0.0,
-            eval_runs: list[str] | None = None, bundle_base: bool | None = None) -> list[dict]:
-    """`jmed promote`: one decision per base model (or the one given), logged in a `jmed.step=promote` run."""
+            eval_runs: list[str] | None = None, bundle_base: bool | None = None, evaluation: str = "") -> list[dict]:
+    """`jmed promote`: one decision per base model (or the one given), logged in a `jmed.step=promote` run.
+    `evaluation` (an eval run id or data): first switch the ranking evaluation (`switch_evaluation`)."""
     from mlflow import MlflowClient
 
     import mlflow
+    from jmed.console import say
     from jmed.tracking import log_params, slug, step_run
 
     with step_run("promote", run_name="promote"):
         client = MlflowClient()
         log_params({"base_model": base_model, "metric": metric, "min_delta": min_delta,
-                    "eval_runs": ",".join(eval_runs or [])})
+                    "eval_runs": ",".join(eval_runs or []), "evaluation": evaluation})
         slugs = [slug(base_model)] if base_model else sorted(
             {r.data.tags.get(tracking.BASE_TAG, "") for r in evaluate_runs(client)} - {""})
+        if evaluation:
+            if len(slugs) != 1:
+                raise ValueError("--evaluation needs one base model: pass --base-model"
+                                 + (f" (evaluated: {', '.join(slugs)})" if slugs else ""))
+            ranked = switch_evaluation(client, slugs[0], evaluation, metric)
+            say(f"[jmed] {model_name(slugs[0])} is now ranked on {describe_evaluation(ranked)}")
         records = []
         for s in slugs:
             rec = promote_one(client, s, metric, min_delta, eval_runs, bundle_base)
@@ -527,13 +678,25 @@ def promote(base_model: str = "", metric: str = "eval/accuracy", min_delta: floa
             mlflow.set_tags({f"jmed.decision.{s}": rec["action"],
                              f"jmed.champion.{s}": str(rec["champion_version"] or ""),
                              f"jmed.reasons.{s}": " | ".join(rec["reasons"])[:5000]})
-            print(f"{rec['registered_model']}: {rec['action']} -> champion v{rec['champion_version']}")
-            for r in rec["reasons"]:
-                print(f"  - {r}")
+            say(sentence(rec))
         if not slugs:
-            print("no evaluated adapters in this tracking store: nothing to promote")
+            say("[jmed] promote: no evaluated adapters in this tracking store, nothing to promote")
+        mlflow.set_tag("mlflow.note.content", "\n\n".join(sentence(r) for r in records) or "nothing to promote")
         mlflow.log_dict({"metric": metric, "min_delta": min_delta, "decisions": records}, "promote/decisions.json")
     return records
+
+
+def sentence(rec: dict) -> str:
+    """A promotion decision and its reasons in one sentence."""
+    name, now = rec["registered_model"], rec["champion_version"]
+    before = (rec.get("champion") or {}).get("version")
+    if rec["action"] == "promote":
+        head = f"v{now} is the new champion" + (f" (was v{before})" if before else "")
+    elif now:
+        head = f"champion stays v{now}"
+    else:
+        head = "no champion"
+    return f"[jmed] promote {name}: {head}: " + "; ".join(rec["reasons"]) + "."
 
 
 # ---- serve and predict ----------------------------------------------------------------------------

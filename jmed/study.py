@@ -42,7 +42,8 @@ def comparison(runs) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-COLUMNS = ["base_model", "prompt_format", "shots", "protocol"] + [
+# eval_data_digest: cells evaluated on different data are different rows, and the table says so
+COLUMNS = ["base_model", "prompt_format", "shots", "protocol", "eval_data_digest"] + [
     f"{side}_{m}" for m in METRICS for side in ("untuned", "tuned", "delta")]
 
 
@@ -60,7 +61,7 @@ def to_csv(rows: list[dict]) -> str:
     import io
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS + ["untuned_run", "tuned_run", "eval_data_digest"],
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS + ["untuned_run", "tuned_run"],
                             extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
@@ -128,9 +129,13 @@ def study(models, prompt_formats, shots=(0,), protocols=(), train_overrides: dic
     from jmed import config, pipeline
 
     overrides = {k: v for k, v in (train_overrides or {}).items() if k not in ("model", "prompt_format")}
-    ledger = pipeline.Ledger()
+    ledger = pipeline.Ledger(total=1 + len(models) * len(prompt_formats) * (1 + 2 * len(shots) * max(1, len(protocols))))
     eval_runs = []
-    with tracking.step_run("study") as parent:
+    name = f"study-{len(models)}x{len(prompt_formats)}"
+    with tracking.step_run("study", run_name=name) as parent:
+        import mlflow
+
+        mlflow.set_tag("mlflow.runName", name)  # also under `mlflow run`, whose run already has a random name
         tracking.log_params({"study.models": ",".join(models), "study.prompt_formats": ",".join(prompt_formats),
                              "study.shots": ",".join(map(str, shots)), "study.protocols": ",".join(protocols),
                              "study.eval_data": eval_data}
@@ -157,5 +162,20 @@ def study(models, prompt_formats, shots=(0,), protocols=(), train_overrides: dic
             ledger.log()
         rows = comparison(evaluate_runs(run_ids=eval_runs))
         log_comparison(rows)
+        mlflow.set_tag("mlflow.note.content", describe(models, prompt_formats, shots, eval_data, rows))
         print(to_markdown(rows))
         return parent.info.run_id, rows
+
+
+def describe(models, prompt_formats, shots, eval_data: str, rows: list[dict]) -> str:
+    """The study parent's description in the MLflow UI: the grid, the data, and the best tuned cell."""
+    from jmed.console import pct
+
+    tuned = [r for r in rows if r.get("tuned_accuracy") is not None]
+    best = max(tuned, key=lambda r: r["tuned_accuracy"], default=None)  # rows: see `comparison`
+    return (f"Study grid: {len(models)} model(s) ({', '.join(models)}) × {len(prompt_formats)} prompt format(s) "
+            f"({', '.join(prompt_formats)}) × shots {', '.join(map(str, shots))}, each untuned and tuned, evaluated "
+            f"on `{eval_data or 'the bundled sample test split'}`.\n\n"
+            + (f"Best tuned cell: {best['base_model']} / {best['prompt_format']} / {best['shots']}-shot, accuracy "
+               f"{pct(best['tuned_accuracy'])} (untuned {pct(best.get('untuned_accuracy'))}). " if best else "")
+            + "Table: `comparison/comparison.md`.")

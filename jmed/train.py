@@ -483,6 +483,9 @@ class Setup:
     dtype: object
     world: int  # processes (DDP / FSDP ranks)
     losses: list = dataclasses.field(default_factory=list)  # (step, loss) for the curve
+    tokens: float = 0.0  # tokens trained on by this process's fit loop, and its seconds (the summary)
+    seconds: float = 0.0
+    eval_loss: float | None = None
     pending: list = dataclasses.field(default_factory=list)  # metrics not yet sent to MLflow
 
     @property
@@ -590,14 +593,18 @@ def fit(s: Setup, accelerator, run_id: str, tmp: Path) -> bool:
     from tqdm.auto import tqdm
 
     cfg = s.cfg
-    bar = tqdm(total=s.max_steps, initial=s.step, disable=not s.main, desc="train", dynamic_ncols=True)
+    from jmed.console import progress_disabled
+
+    bar = tqdm(total=s.max_steps, initial=s.step, disable=True if not s.main else progress_disabled(), desc="train",
+               dynamic_ncols=True, leave=False)
     stop_at = cfg.stop_after if cfg.stop_after and cfg.stop_after < s.max_steps else 0
     s.model.train()
     while s.step < s.max_steps:
         t0 = time.perf_counter()
         loss, tokens, grad_norm = optimizer_step(s, accelerator)
         if s.main:
-            tps = tokens / (time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            tps, s.tokens, s.seconds = tokens / took, s.tokens + tokens, s.seconds + took
             s.losses.append((s.step, loss))
             s.pending.append((s.step, time.time(), {
                 "train/loss": loss, "train/lr": s.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
@@ -672,6 +679,7 @@ def finish(s: Setup, accelerator, run_id: str, tmp: Path, stopped: bool) -> None
         ev = eval_loss(s.model, s.eval_examples, s.cfg.batch_size, s.tokenizer.pad_token_id, accelerator,
                        s.dtype, s.autocast)
         if s.main:
+            s.eval_loss = ev
             s.pending.append((s.step, time.time(), {"eval/loss": ev}))
     full = adapter_state(accelerator, s.model) if not stopped else None
     if s.main:
@@ -688,7 +696,29 @@ def finish(s: Setup, accelerator, run_id: str, tmp: Path, stopped: bool) -> None
                 "train_data_digest": data.digest(s.items), "tokenizer_hash": s.info["tokenizer_hash"],
                 "lora_targets": s.targets, "jmed_version": jmed.__version__, "config": flat(cfg)})
             s.mlflow.log_artifacts(str(out), "adapter")
+        from jmed.console import say
+
+        say(summary(s, run_id, stopped))
     accelerator.wait_for_everyone()
+
+
+def summary(s: Setup, run_id: str, stopped: bool) -> str:
+    """What the terminal shows when training ends: final loss and throughput, and what was left out."""
+    from jmed.console import block
+
+    last = [loss for _, loss in s.losses[-10:]]
+    dropped = s.counts.get("dropped_examples", 0)
+    return block(f"train {s.cfg.model} ({s.cfg.prompt_format}): {'stopped at' if stopped else 'finished'} "
+                 f"step {s.step} of {s.max_steps}", [
+        ("final loss", f"{last[-1]:.4f} (mean of the last {len(last)} steps {sum(last) / len(last):.4f})"
+         if last else None),
+        ("eval loss", None if s.eval_loss is None else f"{s.eval_loss:.4f} on {len(s.eval_examples)} examples"),
+        ("tokens/s", f"{s.tokens / s.seconds:,.0f} ({s.tokens:,.0f} tokens in {s.seconds:.1f} s)" if s.seconds else None),
+        ("examples", f"{len(s.examples)} from {len(s.items)} items"
+                     + (f"; {dropped} left out: longer than max_length={s.cfg.max_length} (--overlength drop)" if dropped else "")),
+        ("adapter", "not written (stopped early; resume with --resume-from)" if stopped else f"runs:/{run_id}/adapter"),
+        ("run", run_id),
+    ])
 
 
 def _protocol(fmt: str) -> str:

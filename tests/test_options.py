@@ -200,7 +200,9 @@ def test_every_validate_score_and_promote_option_reaches_the_step(tmp_path):
     assert out["filters"] == {"text_only": True, "five_choices": True, "scored_only": True, "years": "2022",
                               "blocks": "B,E", "ids": "116B1", "exclude_ids": "116B2"}
 
-    promote = {"base_model": "smollm2-135m", "metric": "eval/score", "min_delta": "0.01", "bundle_base": "true"}
+    promote = {"base_model": "smollm2-135m", "metric": "eval/score", "min_delta": "0.01", "bundle_base": "true",
+               "evaluation": "igakuqa-2022.json"}
     assert set(promote) == _options(cli.main.commands["promote"])
     out = _mlflow_run("promote", promote, tmp_path)["promote"]
-    assert out == {"base_model": "smollm2-135m", "metric": "eval/score", "min_delta": 0.01, "bundle_base": True}
+    assert out == {"base_model": "smollm2-135m", "metric": "eval/score", "min_delta": 0.01, "bundle_base": True,
+                   "evaluation": "igakuqa-2022.json"}

@@ -183,9 +183,61 @@ def test_main_forwards_filters_sample_and_limit_to_evaluation(tracking, capsys):
     for run in evals:
         p = run.data.params
         assert (p["sample"], p["filters.five_choices"], run.data.metrics["eval/questions"]) == ("6", "True", 6.0)
-    assert "[jmed] evaluate tiny igakuqa/letter: accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # every step's header, each evaluation's summary with what it left out and why, the final table
+    for n, step in enumerate(("validate", "train", "evaluate-base", "evaluate-adapter", "promote"), 1):
+        assert f"[jmed] ── step {n}/5 {step}: running" in out
+    assert "[jmed] evaluate tiny adapter of train run" in out
+    assert out.count("questions   6 evaluated of 20 in the data; 1 left out: --five-choices (not 5 choices); "
+                     "13 left out: not in --sample 6") == 2, out
+    assert "[jmed] promote jmed-tiny: v1 is the new champion: no champion yet" in out
+    assert "model                    eval run      accuracy  exam score  unparsed  pass" in out
+    assert "champion: this pipeline's adapter (models:/jmed-tiny@champion)" in out
     # another sample is another evaluation (not reused); training is reused
     parent = main_pipeline(cfg, eval_settings={"sample": 6, "limit": 4})
     tags = _client().get_run(parent).data.tags
     assert tags["jmed.steps_reused"] == "validate,train"
     assert sorted(r.data.metrics["eval/questions"] for r in _runs("evaluate")) == [4.0, 4.0, 6.0, 6.0]
+
+
+@pytest.mark.slow
+def test_mlflow_ui_rest_api_shows_the_parent_run_named_described_and_linked_to_its_version(tracking, tmp_path):
+    """What a user sees in the MLflow UI, read through the REST API the UI itself calls: the pipeline's
+    parent run has a name from what it did and a description, which links to the registered version; that
+    version was created from the evaluate run (its page lists it) and says what it is."""
+    import re
+
+    import requests
+
+    from jmed.pipeline import main_pipeline
+    from jmed.server import free_port, start_tracking_server, stop_server
+
+    parent = main_pipeline(TrainConfig(max_steps=5, batch_size=4), eval_settings={"limit": 6})
+    port = free_port()
+    server, _ = start_tracking_server(tracking, tmp_path / "ui-artifacts", port, log_path=tmp_path / "ui.log")
+    try:
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+        run = requests.get(f"{api}/runs/get", params={"run_id": parent}, timeout=30)
+        assert run.status_code == 200
+        info, tags = run.json()["run"]["info"], {t["key"]: t["value"] for t in run.json()["run"]["data"]["tags"]}
+        assert info["run_name"] == "pipeline-tiny-igakuqa"
+        note = tags["mlflow.note.content"]
+        assert note.startswith("Pipeline for `tiny`, prompt format `igakuqa`")
+        assert "Accuracy: base " in note and "Steps: validate, train, evaluate-base, evaluate-adapter, promote." in note
+        name, version = re.search(r"\(#/models/([\w-]+)/versions/(\d+)\)", note).groups()
+        mv = requests.get(f"{api}/model-versions/get", params={"name": name, "version": version}, timeout=30)
+        assert mv.status_code == 200
+        mv = mv.json()["model_version"]
+        assert mv["run_id"] == tags["jmed.eval_run"]  # the evaluate run's page lists this version
+        assert mv["description"].startswith("LoRA adapter for base model tiny")
+        assert "Promoted to champion: the first one of this model." in mv["description"]
+        found = requests.get(f"{api}/model-versions/search", params={"filter": f"run_id='{tags['jmed.eval_run']}'"},
+                             timeout=30)
+        assert [v["version"] for v in found.json()["model_versions"]] == [version]
+        model = requests.get(f"{api}/registered-models/get", params={"name": name}, timeout=30).json()
+        assert "--evaluation" in model["registered_model"]["description"]
+        evaluation = requests.get(f"{api}/runs/get", params={"run_id": tags["jmed.eval_run"]}, timeout=30).json()
+        eval_tags = {t["key"]: t["value"] for t in evaluation["run"]["data"]["tags"]}
+        assert eval_tags["mlflow.note.content"].startswith("Evaluated adapter `runs:/")
+    finally:
+        stop_server(server)

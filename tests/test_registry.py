@@ -43,8 +43,8 @@ CASES = [
      "promote", "e2", True, "> min_delta 0.1"),
     ("worse registered candidate", [cand("e2", "t2", 0.3, version="2")], champ("1", "e1", "t1", 0.5), 0,
      "keep", "e2", False, "does not beat"),
-    ("champion on other evaluation: not compared blindly", [cand("e2", "t2", 0.99, evaluation=E2)],
-     champ("1", "e1", "t1", 0.1), 0, "keep", None, False, "not compared blindly"),
+    ("candidates only on another evaluation: not compared, the switch named", [cand("e2", "t2", 0.99, evaluation=E2)],
+     champ("1", "e1", "t1", 0.1), 0, "keep", None, False, "`jmed promote --evaluation e2`"),
     ("other-evaluation candidates ignored",
      [cand("e2", "t2", 0.99, evaluation=E2), cand("e3", "t3", 0.2)], champ("1", "e1", "t1", 0.3), 0,
      "keep", "e3", True, "1 candidate(s) evaluated on another evaluation"),
@@ -62,6 +62,29 @@ def test_decide(name, cands, champion, min_delta, action, run, register, reason)
     assert d.register is register
     assert any(reason in r for r in d.reasons), d.reasons
     assert d == decide(list(reversed(cands)), champion, "eval/accuracy", min_delta)  # order-free, pure
+
+
+# Ranked on a declared evaluation (E2) while the champion v1 was first measured on E1:
+# (name, candidates, expected action, expected candidate, reason part)
+SWITCH_CASES = [
+    ("champion re-evaluated there and beaten",
+     [cand("e1", "t1", 0.9), cand("e1b", "t1", 0.3, evaluation=E2), cand("e2", "t2", 0.5, evaluation=E2)],
+     "promote", "e2", "beats champion v1 (0.3)"),
+    ("champion re-evaluated there and still best",
+     [cand("e1b", "t1", 0.6, evaluation=E2), cand("e2", "t2", 0.5, evaluation=E2)], "keep", "e1b", "already the best"),
+    ("champion not evaluated there: not compared blindly",
+     [cand("e2", "t2", 0.99, evaluation=E2)], "keep", None, "`jmed promote --evaluation <an eval run on that data>`"),
+]
+
+
+@pytest.mark.parametrize("name,cands,action,run,reason", SWITCH_CASES, ids=[c[0] for c in SWITCH_CASES])
+def test_decide_on_declared_evaluation(name, cands, action, run, reason):
+    current = champ("1", "e1", "t1", 0.9)
+    d = decide(cands, current, "eval/accuracy", 0.0, evaluation=E2)
+    assert d.action == action
+    assert (d.candidate.eval_run if d.candidate else None) == run
+    assert any(reason in r for r in d.reasons), d.reasons
+    assert d == decide(list(reversed(cands)), current, "eval/accuracy", 0.0, evaluation=E2)
 
 
 # ---- the real registry: a sqlite store, two trained and evaluated tiny adapters -------------------
@@ -190,12 +213,63 @@ def test_champion_on_other_evaluation_is_not_compared_blindly(store):
                                 max_new_tokens=4))
     [rec] = promote("tiny", eval_runs=[other])
     assert rec["action"] == "keep" and rec["champion_version"] == "1"
-    assert any("not compared blindly" in r for r in rec["reasons"]), rec["reasons"]
-    # all candidates: compared on the champion's evaluation only, where B beats A
+    # the message names the command that makes the comparison possible
+    assert any(f"`jmed promote --evaluation {other}`" in r for r in rec["reasons"]), rec["reasons"]
+    # all candidates: compared on the declared evaluation (the first promotion's) only, where B beats A
     [rec] = promote("tiny")
     assert rec["action"] == "promote"
     assert any("1 candidate(s) evaluated on another evaluation" in r for r in rec["reasons"]), rec["reasons"]
     assert state() == ("2", "1", {"1": runs["A"]["train"], "2": runs["B"]["train"]})
+    # the run page of the evaluate run that ranked a version links to it; the version says what it replaced
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    v2 = client.get_model_version(NAME, "2")
+    assert v2.run_id == runs["B"]["eval"]
+    assert "replacing v1: eval/accuracy" in v2.description
+    assert "--evaluation" in client.get_registered_model(NAME).description
+
+
+@pytest.mark.slow
+def test_promote_switches_the_ranking_evaluation_and_reevaluates_the_champion_once(store):
+    """`promote --evaluation RUN` declares RUN's evaluation, evaluates the champion's adapter there (once:
+    a second switch reuses that run), then compares like for like."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from jmed import tracking
+    from jmed.config import EvalConfig
+    from jmed.data import SAMPLE_TEST
+    from jmed.evaluate import evaluate
+    from jmed.registry import EVALUATION_TAG, promote
+
+    root, runs = store
+    fresh_registry()
+    promote("tiny", eval_runs=[runs["A"]["eval"], runs["B"]["eval"]])
+    assert state()[0] == "1" and state()[2]["1"] == runs["B"]["train"]
+    client = MlflowClient()
+    on_train = json.loads(client.get_registered_model(NAME).tags[EVALUATION_TAG])
+    other = evaluate(EvalConfig(adapter=runs["A"]["train"], eval_data=str(SAMPLE_TEST), compare_base=False,
+                                max_new_tokens=4))
+    params = client.get_run(other).data.params
+
+    def champion_runs_on_test():
+        return [r for r in tracking.evaluate_runs(client, adapters_only=True)
+                if r.data.tags[tracking.ADAPTER_RUN_TAG] == runs["B"]["train"]
+                and r.data.params["eval_data_digest"] == params["eval_data_digest"]]
+
+    before = len(champion_runs_on_test())  # an earlier test of this module may have evaluated B there
+    [rec] = promote("tiny", evaluation=other)
+    declared = json.loads(client.get_registered_model(NAME).tags[EVALUATION_TAG])
+    assert declared == [params["eval_data_digest"], "letter", "igakuqa", "0"] != on_train
+    there = champion_runs_on_test()  # the champion's adapter has an evaluation on the new data (made or reused)
+    assert len(there) == max(before, 1)
+    a, b = client.get_run(other).data.metrics, there[0].data.metrics
+    assert rec["action"] == ("promote" if a["eval/accuracy"] > b["eval/accuracy"] else "keep")
+    assert params["eval_data_digest"][:12] in " ".join(rec["reasons"])
+    promote("tiny", evaluation=other)
+    assert len(champion_runs_on_test()) == max(before, 1)  # reused, not evaluated again
 
 
 @pytest.mark.slow

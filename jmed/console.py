@@ -1,0 +1,79 @@
+"""What jmed prints: one aligned summary when a step ends, a header per pipeline step, and third-party
+noise kept out of the way unless asked for (`jmed --verbose …` or JMED_VERBOSE=1).
+
+Summaries are built from the values a step logs, so the terminal and the MLflow run agree.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+VERBOSE_ENV = "JMED_VERBOSE"
+
+# Third-party warnings jmed's entry points silence, by exact message (a new warning still shows).
+# pyproject's pytest filterwarnings lists the same messages for the test suite.
+KNOWN_WARNINGS = (
+    ("`is_gradient_checkpointing` is deprecated", FutureWarning),
+    ("`torch.jit.script_method` is deprecated", DeprecationWarning),
+    ("For backward compatibility, 'str' dtypes are included by select_dtypes", Warning),
+    ("The ``noload`` loader strategy is deprecated", Warning),
+    (".*Add type hints to the `predict` method", UserWarning),
+    ("Operation with range is deprecated", Warning),
+    ("The specified dataset source can be interpreted in multiple ways", UserWarning),
+    ("urllib3 .* or chardet .* doesn't match a supported version", Warning),
+)
+
+# MLflow's own INFO lines ("Creating initial MLflow database tables", "Started monitoring system
+# metrics", "Created version …") and artifact-download progress bars; the user's setting wins.
+QUIET_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def quiet(loud: bool = False) -> None:
+    """Silence known third-party noise for this process and the processes it starts (before mlflow is
+    imported: MLflow reads its log level once). `loud`: show everything (also sets JMED_VERBOSE)."""
+    import warnings
+
+    if loud or verbose():
+        os.environ[VERBOSE_ENV] = "1"
+        return
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for message, category in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def progress_disabled() -> bool | None:
+    """tqdm's `disable`: bars on a terminal; none in logs and pipes unless verbose (None = tqdm decides)."""
+    return None if verbose() or sys.stderr.isatty() else True
+
+
+def block(title: str, rows) -> str:
+    """A titled block of aligned `name  value` lines; rows with value None are left out."""
+    rows = [(str(k), str(v)) for k, v in rows if v is not None]
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join([f"[jmed] {title}"] + [f"  {k.ljust(width)}  {v}" for k, v in rows])
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def pct(value) -> str:
+    return "n/a" if value is None else f"{100 * float(value):.1f}%"
+
+
+def signed_pct(value) -> str | None:
+    return None if value is None else f"{100 * float(value):+.1f} pt"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    """A plain aligned text table (the pipeline's final comparison)."""
+    cells = [[str(c) for c in header]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join("  " + line for line in lines)
