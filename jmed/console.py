@@ -41,7 +41,12 @@ def quiet(loud: bool = False) -> None:
         os.environ[VERBOSE_ENV] = "1"
         return
     for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+        if not os.environ.get(key):  # the user's own setting wins
+            os.environ[key] = value
+    # processes jmed starts (`mlflow run`, `mlflow models serve`) import requests before any jmed code
+    child = "ignore:urllib3 (:Warning"
+    if child not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS", ""), child]))
     for message, category in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
 

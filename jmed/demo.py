@@ -34,6 +34,9 @@ def ask(url: str, question: str, choices: list[str]) -> dict:
 
 
 def main() -> int:
+    from jmed.console import quiet
+
+    quiet()  # this process and `mlflow run` / `mlflow models serve` below: no third-party noise (JMED_VERBOSE=1 shows it)
     from jmed import data, registry, server
 
     started = time.monotonic()

@@ -188,6 +188,8 @@ def test_main_forwards_filters_sample_and_limit_to_evaluation(tracking, capsys):
     for n, step in enumerate(("validate", "train", "evaluate-base", "evaluate-adapter", "promote"), 1):
         assert f"[jmed] ── step {n}/5 {step}: running" in out
     assert "[jmed] evaluate tiny adapter of train run" in out
+    assert "[jmed] train tiny (igakuqa): finished step 2 of 2\n  final loss  " in out
+    assert "  tokens/s    " in out and "  adapter     runs:/" in out
     assert out.count("questions   6 evaluated of 20 in the data; 1 left out: --five-choices (not 5 choices); "
                      "13 left out: not in --sample 6") == 2, out
     assert "[jmed] promote jmed-tiny: v1 is the new champion: no champion yet" in out
