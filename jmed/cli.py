@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import click
 
 import jmed
 from jmed.batcher import DEFAULT_MAX_ROWS, DEFAULT_WAIT_S
 from jmed.config import FALSE_WORDS as FALSE, PROTOCOLS, TRUE_WORDS as TRUE
-from jmed.contract import DEFAULT_POLL_S
+from jmed.contract import DEFAULT_POLL_S, MAX_NEW_TOKENS_LIMIT
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -147,7 +148,8 @@ def main(verbose):
 @click.option("--against", multiple=True, help="Test data to check for leakage against DATA (repeatable).")
 @click.option("--report", "report_path", default="", help="Write the JSON report here (and an .html page beside it).")
 @click.option("--format", "fmt", default="auto", help="auto | igakuqa | jmle2026 | jjsimqa | jmmlu | instructions.")
-@click.option("--threshold", default=90.0, show_default=True, help="Leakage: rapidfuzz ratio (0-100) of near-duplicate stems.")
+@click.option("--threshold", default=90.0, show_default=True, type=click.FloatRange(0, 100),
+              help="Leakage: rapidfuzz ratio (0-100) of near-duplicate stems.")
 @click.option("--log/--no-log", default=True, show_default=True, help="Log an MLflow run (jmed.step=validate).")
 @dry_run_option
 def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run):
@@ -166,6 +168,9 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run)
         data_paths = [str(jdata.SAMPLE_TRAIN)]
         against_paths = against_paths or [str(jdata.SAMPLE_TEST)]
     fmt = fmt.strip() or "auto"
+    if report_path and Path(report_path).is_dir():
+        raise click.BadParameter(f"{report_path} is a folder; name the report file (e.g. {Path(report_path) / 'report.json'})",
+                                 param_hint="--report")
     if fmt not in ("auto", *jdata.FORMATS):
         raise click.BadParameter(f"choose auto or one of: {', '.join(jdata.FORMATS)}", param_hint="--format")
     if dry_run:
@@ -199,8 +204,10 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run)
 @main.command("score")
 @click.option("--data", default="", help="Question data (file, folder or IgakuQA data/ tree).")
 @click.option("--predictions", default="", help="Predictions JSONL file, or a folder of *.jsonl.")
-@click.option("--protocol", default="", help="letter (reads `prediction`, default) | text (reads `response`).")
-@click.option("--parsing", default="", help="Letter answers: official (IgakuQA reference, default) | lenient.")
+@click.option("--protocol", default="letter", show_default=True, type=click.Choice(("letter", "text")),
+              help="letter reads `prediction`; text reads `response`.")
+@click.option("--parsing", default="official", show_default=True, type=click.Choice(("official", "lenient")),
+              help="Letter answers: official (IgakuQA's reference) or lenient.")
 @click.option("--format", "data_format", default="auto", help="Data format (auto-detected by default).")
 @click.option("--name", default="", help="A name for the scored system (run name with --log).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -209,14 +216,16 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run)
 @dry_run_option
 def score_cmd(data, predictions, protocol, parsing, data_format, name, as_json, log_run, dry_run, **filter_kw):
     """Score predictions made elsewhere against question data (every question of the data counts)."""
-    from jmed.data import DataLoadError
-    from jmed.score import ScoreError, format_summary, log_score, score
+    from jmed.score import format_summary, log_score, score
 
     if not data:
         raise click.UsageError("--data is required")
     if not predictions:
         raise click.UsageError("--predictions is required")
-    filters = build_filter(**filter_kw) if any(v not in (None, "") for v in filter_kw.values()) else None
+    try:
+        filters = build_filter(**filter_kw) if any(v not in (None, "") for v in filter_kw.values()) else None
+    except ValueError as e:
+        raise click.UsageError(str(e))
     if dry_run:
         return echo_config(score={"data": data, "predictions": predictions, "protocol": protocol or "letter",
                                   "parsing": parsing or "official", "format": data_format or "auto", "name": name,
@@ -225,7 +234,7 @@ def score_cmd(data, predictions, protocol, parsing, data_format, name, as_json, 
     try:
         summary, questions, rows = score(data, predictions, protocol or "letter", parsing or "official",
                                          filters=filters, data_format=data_format or "auto", name=name)
-    except (ScoreError, DataLoadError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # ScoreError and DataLoadError are ValueErrors
         raise click.ClickException(str(e))
     if log_run:
         summary["run_id"] = log_score(summary, questions, rows)
@@ -395,8 +404,9 @@ def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max
 @click.option("--base-model", default="", help="With no --model-uri: the champion of this base model.")
 @click.option("--protocol", default=None, type=click.Choice(PROTOCOLS),
               help="Default: the adapter's own.")
-@click.option("--max-new-tokens", default=0, type=int, help="Default: the served model's.")
-@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--max-new-tokens", default=0, type=click.IntRange(0, MAX_NEW_TOKENS_LIMIT),
+              help="Default (0): the served model's.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--output", "-o", default="-", help="JSONL output (default: stdout).")
 def predict(file, model_uri, base_model, protocol, max_new_tokens, batch_size, output):
     """Answer a JSONL file of questions ({question, choices[, n_answers, id]}) offline with a served model.
@@ -404,13 +414,23 @@ def predict(file, model_uri, base_model, protocol, max_new_tokens, batch_size, o
     Output lines carry `problem_id` and `prediction`, so `jmed score --predictions` reads them."""
     import json
 
+    from mlflow.exceptions import MlflowException
+
     from jmed.registry import champion_uri, predict_file
 
+    if output != "-":
+        if Path(output).is_dir():
+            raise click.BadParameter(f"{output} is a folder; name the output file", param_hint="--output")
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
     try:
         uri = model_uri or champion_uri(base_model)
         rows = list(predict_file(uri, file, protocol or "", max_new_tokens, batch_size))
     except ValueError as e:
         raise click.ClickException(str(e))
+    except MlflowException as e:  # a URI that names no served model, a run or version that does not exist
+        raise click.ClickException(f"{model_uri or 'the champion'}: {e.message} (predict needs a served model: "
+                                   "models:/jmed-<slug>@champion or /<version>, or the runs:/… of a logged one; "
+                                   "an adapter becomes one with `jmed promote`)")
     with click.open_file(output, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -468,8 +488,13 @@ def study_cmd(models, prompt_formats, shots, protocols, eval_data, force, dry_ru
     Takes every `train` option (for each cell's training) and the evaluation options of `pipeline`."""
     from jmed.study import study
 
+    if not _csv(models) or not _csv(prompt_formats):
+        raise click.UsageError("--models and --prompt-formats each need at least one value")
     try:
         shot_list = tuple(int(s) for s in _csv(shots) or ("0",))
+    except ValueError:
+        raise click.BadParameter(f"{shots!r}: expected comma-separated whole numbers, e.g. 0,1", param_hint="--shots")
+    try:
         settings = eval_settings(options)
         overrides = config_overrides(options)
         preset = overrides.pop("preset", None)
@@ -513,10 +538,12 @@ def reproduce_cmd(model_uri):
     """Retrain and re-evaluate a registered version (models:/jmed-<slug>@champion) and compare."""
     from jmed.reproduce import ReproduceError, reproduce
 
+    from mlflow.exceptions import MlflowException
+
     try:
         report = reproduce(model_uri)
-    except ReproduceError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (ReproduceError, MlflowException) as exc:
+        raise click.ClickException(f"{model_uri}: {getattr(exc, 'message', str(exc))}") from exc
     click.echo(f"adapter bytes: {'identical' if report.adapter_match else 'DIFFERENT'} "
                f"({report.adapter_sha256[:16]}… vs {report.new_adapter_sha256[:16]}…)")
     for name, (old, new) in report.metrics.items():

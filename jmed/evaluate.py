@@ -43,6 +43,9 @@ def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str
         raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     qs = list(questions) if protocol == "letter" else [q for q in questions if not q.numeric]
     skipped = len(questions) - len(qs)
+    if not qs:
+        raise ValueError(f"no questions left to evaluate: all {skipped} are numeric-entry, and the {protocol} "
+                         "protocol needs choices (use --protocol letter)")
     prompts = [render(q, prompt_format, shots_for(qs, i, shots), tokenizer).prompt for i, q in enumerate(qs)]
     started = time.perf_counter()
     extra: dict = {}
@@ -128,6 +131,16 @@ MATCH_PARAMS = ("model", "base_revision", "eval_data_digest", "protocol", "promp
                 "limit", "sample", "quantization")
 
 
+def check_protocol(fmt: str, protocol: str) -> None:
+    """A generation protocol must read the answers the prompt format asks for (loglik reads any)."""
+    from jmed.prompts import protocol_for
+
+    if protocol in ("letter", "text") and protocol != protocol_for(fmt):
+        raise ValueError(f"protocol {protocol!r} cannot read answers of prompt format {fmt!r} (its answers are "
+                         f"{'letters' if protocol_for(fmt) == 'letter' else 'choice text'}); use protocol "
+                         f"{protocol_for(fmt)!r} or loglik")
+
+
 def _resolve(cfg, meta: dict):
     """Fill the unset (None) settings: the adapter's own, else tiny / the format's protocol / igakuqa /
     0 shots / no quantization. The config checked its own values when built; what is left to check
@@ -142,10 +155,7 @@ def _resolve(cfg, meta: dict):
                          f"pass --model {meta['model']} (or leave --model empty)")
     fmt = adapter.prompt_format(meta, cfg.prompt_format)
     protocol = cfg.protocol or protocol_for(fmt)
-    if protocol in ("letter", "text") and protocol != protocol_for(fmt):
-        raise ValueError(f"protocol {protocol!r} cannot read answers of prompt format {fmt!r} (its answers are "
-                         f"{'letters' if protocol_for(fmt) == 'letter' else 'choice text'}); use protocol "
-                         f"{protocol_for(fmt)!r} or loglik")
+    check_protocol(fmt, protocol)
     shots = cfg.shots if cfg.shots is not None else int(meta.get("shots", 0) or 0)
     quantization = cfg.quantization or str((meta.get("config") or {}).get("quantization", "") or "none")
     return dataclasses.replace(cfg, model=model, prompt_format=fmt, protocol=protocol, shots=shots,

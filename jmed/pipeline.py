@@ -217,6 +217,10 @@ def eval_config_for(train_cfg: TrainConfig, eval_data: str, protocol: str, shots
     filters = build(DataFilter, {"text_only": f.text_only, "five_choices": f.five_choices,
                                  "scored_only": f.scored_only, "exclude_ids": f.exclude_ids,
                                  **{k: settings.pop(k) for k in ("years", "blocks", "ids") if k in settings}})
+    if protocol:  # before any step runs, not after training
+        from jmed.evaluate import check_protocol
+
+        check_protocol(train_cfg.prompt_format, protocol)
     return build(EvalConfig, {
         "model": train_cfg.model, "adapter": adapter, "eval_data": eval_data,
         "protocol": protocol or protocol_for(train_cfg.prompt_format), "prompt_format": train_cfg.prompt_format,

@@ -663,8 +663,11 @@ def promote(base_model: str = "", metric: str = "eval/accuracy", min_delta: floa
         client = MlflowClient()
         log_params({"base_model": base_model, "metric": metric, "min_delta": min_delta,
                     "eval_runs": ",".join(eval_runs or []), "evaluation": evaluation})
-        slugs = [slug(base_model)] if base_model else sorted(
-            {r.data.tags.get(tracking.BASE_TAG, "") for r in evaluate_runs(client)} - {""})
+        evaluated = sorted({r.data.tags.get(tracking.BASE_TAG, "") for r in evaluate_runs(client)} - {""})
+        slugs = [slug(base_model)] if base_model else evaluated
+        if base_model and slug(base_model) not in evaluated:  # a typo must not look like "nothing to do"
+            raise ValueError(f"no evaluated adapter of base model {base_model!r} in {tracking.shown_uri()}"
+                             + (f"; evaluated base models: {', '.join(evaluated)}" if evaluated else ""))
         if evaluation:
             if len(slugs) != 1:
                 raise ValueError("--evaluation needs one base model: pass --base-model"
@@ -733,7 +736,13 @@ def read_questions_file(path) -> tuple[list[str], list[dict]]:
     path = Path(path)
     objects, bad = jsonl_objects(path)
     if not (objects and "question" in objects[0][1]):  # not plain records: a dataset format jmed.data reads
-        qs = [q for q in load_valid(path, questions_only=True) if q.choices]  # `jmed validate`'s checks
+        valid = load_valid(path, questions_only=True)  # `jmed validate`'s checks
+        qs = [q for q in valid if q.choices]
+        if len(qs) < len(valid):  # a served model answers choices; say which questions it cannot
+            import sys
+
+            print(f"[jmed] predict: {len(valid) - len(qs)} numeric-entry question(s) left out (no choices to answer): "
+                  + ", ".join(q.id for q in valid if not q.choices)[:300], file=sys.stderr)
         return [q.id for q in qs], [{"question": q.stem, "choices": list(q.choices),
                                      "n_answers": q.n_answers or 1} for q in qs]
     ids, records, errors = [], [], [str(e) for e in bad]

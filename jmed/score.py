@@ -106,7 +106,12 @@ def score(data: str, predictions: str, protocol: str = "letter", parsing: str = 
     if unknown:
         raise ScoreError(unknown)
     if filters is not None:
-        questions = jdata.apply_filters(questions, filters)
+        kept = jdata.apply_filters(questions, filters)
+        if not kept:
+            counts = jdata.left_out_counts(questions, filters)
+            raise ValueError(f"no question of {data} is left to score after the filters ("
+                             + ", ".join(f"{why}: {n}" for why, n in counts.items()) + ")")
+        questions = kept
     if protocol == "letter":
         rows = metrics.letter_rows(questions, values, parsing)
         summary = metrics.letter_summary(questions, values, parsing)

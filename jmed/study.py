@@ -131,6 +131,12 @@ def study(models, prompt_formats, shots=(0,), protocols=(), train_overrides: dic
     overrides = {k: v for k, v in (train_overrides or {}).items() if k not in ("model", "prompt_format")}
     ledger = pipeline.Ledger(total=1 + len(models) * len(prompt_formats) * (1 + 2 * len(shots) * max(1, len(protocols))))
     eval_runs = []
+    for model in models:  # every cell's settings are checked before the first one trains
+        for fmt in prompt_formats:
+            cfg = config.build(TrainConfig, {**overrides, "model": model, "prompt_format": fmt}, preset)
+            for n_shots in shots:
+                for protocol in protocols or (protocol_for(fmt),):
+                    pipeline.eval_config_for(cfg, eval_data, protocol, n_shots, settings=eval_settings)
     name = f"study-{len(models)}x{len(prompt_formats)}"
     with tracking.step_run("study", run_name=name) as parent:
         import mlflow

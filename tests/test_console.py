@@ -95,3 +95,47 @@ def test_quiet_by_default_and_verbose_shows_mlflow_and_library_output(tmp_path):
     loud = _jmed(["--verbose", "runs", "reap"], tmp_path / "v")
     assert loud.returncode == 0, loud.stderr
     assert "Creating initial MLflow database tables" in loud.stderr  # MLflow's INFO line, shown when asked
+
+
+S = Path(__file__).resolve().parent.parent / "jmed" / "sample"
+ONE_QUESTION = '{"question": "どれか。", "choices": ["A", "B"], "id": 7}\n'
+
+# Inputs each command's --help allows (a type it accepts, a file or URI that may not exist): each gets a
+# one-line error naming the option or the thing, never a traceback. (args, exit code, part of the message)
+NO_TRACEBACK = [
+    (["validate", "--no-log", str(S / "test.jsonl"), "--against", str(S / "train.jsonl"), "--threshold", "-5"], 2,
+     "is not in the range 0<=x<=100"),
+    (["validate", "--no-log", str(S / "test.jsonl"), "--report", "{tmp}"], 2, "is a folder; name the report file"),
+    (["score", "--data", str(S / "test.jsonl"), "--predictions", "{q}", "--years", "abc"], 2,
+     "years: expected an integer, got 'abc'"),
+    (["score", "--data", str(S / "test.jsonl"), "--predictions", "{q}", "--protocol", "loglik"], 2,
+     "'loglik' is not one of 'letter', 'text'"),
+    (["predict", "{q}", "--batch-size", "0"], 2, "0 is not in the range x>=1"),
+    (["predict", "{q}", "--max-new-tokens", "-1"], 2, "-1 is not in the range 0<=x<=1024"),
+    (["predict", "{q}", "--output", "{tmp}"], 2, "is a folder; name the output file"),
+    (["predict", "{q}", "--model-uri", "models:/nope@champion"], 1, "Registered Model with name=nope not found"),
+    (["reproduce", "models:/jmed-tiny/99"], 1, "models:/jmed-tiny/99: Model Version (name=jmed-tiny, version=99) not found"),
+    (["promote", "--base-model", "nope"], 1, "no evaluated adapter of base model 'nope'"),
+    (["study", "--shots", "a"], 2, "expected comma-separated whole numbers"),
+    (["study", "--models", ","], 2, "--models and --prompt-formats each need at least one value"),
+    (["study", "--protocols", "nope"], 1, "protocol: unknown"),
+    (["pipeline", "--protocol", "text"], 1, "protocol 'text' cannot read answers of prompt format 'igakuqa'"),
+    (["evaluate", "--ids", "902F1", "--protocol", "loglik"], 1, "all 1 are numeric-entry"),
+]
+
+
+@pytest.mark.parametrize("args,code,message", NO_TRACEBACK, ids=[" ".join(a[:2] + a[-2:]) for a, _, _ in NO_TRACEBACK])
+def test_allowed_input_gets_an_error_line_not_a_traceback(args, code, message, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from jmed.cli import main
+
+    q = tmp_path / "q.jsonl"
+    q.write_text(ONE_QUESTION, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = CliRunner().invoke(main, [a.format(tmp=tmp_path, q=q) for a in args])
+    assert isinstance(result.exception, SystemExit) or result.exception is None, result.exception
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert message in " ".join(result.output.split()), result.output

@@ -133,7 +133,7 @@ def test_cli_unknown_id_and_malformed_line_exit_1(tmp_path):
     r = cli("--data", SAMPLE_TEST, "--predictions", bad)
     assert r.exit_code == 1 and f"{bad}:2: invalid JSON" in r.output
     r = cli("--data", SAMPLE_TEST, "--predictions", preds, "--protocol", "loglik")
-    assert r.exit_code == 1 and "--protocol: 'loglik' is not one of letter, text" in r.output
+    assert r.exit_code == 2 and "'loglik' is not one of 'letter', 'text'" in r.output  # an option error
     r = cli("--data", SAMPLE_TEST)
     assert r.exit_code == 2 and "--predictions is required" in r.output
 
