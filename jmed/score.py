@@ -164,6 +164,8 @@ def log_score(summary: dict, questions: list, rows: list[dict]) -> str:
         tracking.log_params({k: v for k, v in params.items() if k not in logged})
         mlflow.log_metrics(run_metrics(summary))
         mlflow.log_dict(summary, "score.json")
+        mlflow.set_tag("mlflow.note.content", f"Scored predictions `{summary['predictions']}` against "
+                       f"`{summary['data']}` (data digest `{summary['data_digest'][:12]}`).\n\n" + format_summary(summary))
         table = [{k: ("" if v is None else v) if not isinstance(v, tuple) else ",".join(map(str, v))
                   for k, v in r.items()} for r in rows]
         if table:

@@ -699,7 +699,20 @@ def finish(s: Setup, accelerator, run_id: str, tmp: Path, stopped: bool) -> None
         from jmed.console import say
 
         say(summary(s, run_id, stopped))
+        s.mlflow.set_tag("mlflow.note.content", description(s, run_id, stopped))
     accelerator.wait_for_everyone()
+
+
+def description(s: Setup, run_id: str, stopped: bool) -> str:
+    """The run's description in the MLflow UI: what was trained, on what data, and how it ended."""
+    cfg, last = s.cfg, (s.losses[-1][1] if s.losses else None)
+    method = "4-bit QLoRA" if cfg.quantization == "4bit" else "LoRA"
+    return (f"{method} (r {cfg.lora_r}, alpha {cfg.lora_alpha}) of `{cfg.model}`, prompt format `{cfg.prompt_format}`, "
+            f"on `{s.train_path}` ({len(s.items)} items, {len(s.examples)} examples) for {s.step} of {s.max_steps} "
+            f"steps; final loss {'n/a' if last is None else f'{last:.4f}'}"
+            + ("" if s.eval_loss is None else f", eval loss {s.eval_loss:.4f}") + ".\n\n"
+            + ("Stopped early: no adapter; resume with `--resume-from`." if stopped else
+               f"Adapter: `runs:/{run_id}/adapter` (evaluate it with `jmed evaluate --adapter {run_id}`)."))
 
 
 def summary(s: Setup, run_id: str, stopped: bool) -> str:

@@ -241,5 +241,8 @@ def test_mlflow_ui_rest_api_shows_the_parent_run_named_described_and_linked_to_i
         evaluation = requests.get(f"{api}/runs/get", params={"run_id": tags["jmed.eval_run"]}, timeout=30).json()
         eval_tags = {t["key"]: t["value"] for t in evaluation["run"]["data"]["tags"]}
         assert eval_tags["mlflow.note.content"].startswith("Evaluated adapter `runs:/")
+        trained = requests.get(f"{api}/runs/get", params={"run_id": tags["jmed.train_run"]}, timeout=30).json()
+        train_tags = {t["key"]: t["value"] for t in trained["run"]["data"]["tags"]}
+        assert train_tags["mlflow.note.content"].startswith("LoRA (r 8, alpha 16) of `tiny`, prompt format `igakuqa`")
     finally:
         stop_server(server)
