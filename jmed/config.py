@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from jmed.prompts import FORMATS as PROMPT_FORMATS
+from jmed.prompts import EXTRACTIONS, FORMATS as PROMPT_FORMATS
 
 PRESETS_FILE = Path(__file__).parent / "presets.yaml"
 DEFAULT_LR = {"tiny": 1e-2, "hf": 2e-4}  # AdamW rates when neither a preset nor the user sets one
@@ -193,6 +193,8 @@ class EvalConfig(Checked):
     prompt_format: str | None = setting(None, "Prompt format.", choices=PROMPT_FORMATS,
                                         unset="the adapter's, else igakuqa")
     parsing: str = setting("lenient", "Answer parsing: official (IgakuQA's reference) | lenient.", choices=PARSINGS)
+    extraction: str = setting("last-block", "Text protocol: the authors' harness's answer extraction, last-block "
+                              "(June 2024) | first-line (from July 2024).", choices=EXTRACTIONS)
     shots: int | None = setting(None, "Solved examples before each question.", minimum=0, unset="the adapter's, else 0")
     limit: int = setting(0, "Evaluate only the first N questions (0: all; biased to block A, see --sample).", minimum=0)
     sample: int = setting(0, "Evaluate a fixed random subset of N questions (seeded by --seed; 0: all).", minimum=0)

@@ -35,6 +35,7 @@ class Question:
     year: int | None = None  # calendar year of the exam, 2022
     text_only: bool = True
     kinki: tuple[str, ...] = ()  # contraindicated choices (letters)
+    kinki_known: bool = False  # the data says which choices are contraindicated (even none): the pass rule needs it
     category: str = ""
     source: str = ""  # igakuqa | jmle2026 | jjsimqa | jmmlu | sample | ...
     accept_any: bool = False  # official correction: every answer counts as correct (116A71)
@@ -456,7 +457,7 @@ def _read_igakuqa(path: Path, ds: Dataset, source: str, translate: bool = False)
         year = mobj.get("year") or folder_year or exam_year(exam)
         ds.items.append(Question(
             id=pid, stem=stem, choices=choices, answer=answer, points=points, block=block, exam=exam,
-            year=year, text_only=obj["text_only"], kinki=tuple(sorted(set(kinki))),
+            year=year, text_only=obj["text_only"], kinki=tuple(sorted(set(kinki))), kinki_known="kinki" in mobj,
             category=str(mobj.get("category", "")), source=source, accept_any=pid in ACCEPT_ANY,
             file=str(path), line=n,
         ))

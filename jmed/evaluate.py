@@ -27,7 +27,7 @@ from jmed.inference import answer_budget, encode_prompt, generate, loglik, shots
 
 
 def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str, shots: int = 0, parsing: str = "lenient",
-                  batch_size: int = 8, max_new_tokens: int = 0, desc: str = "") -> dict:
+                  batch_size: int = 8, max_new_tokens: int = 0, desc: str = "", extraction: str = "last-block") -> dict:
     """Predict and score `questions`; returns {"rows": per-question dicts, "metrics": {...}, "summary": ...}.
 
     Numeric-entry questions are skipped (and counted) in the text and loglik protocols, which need choices.
@@ -73,8 +73,8 @@ def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str
             rows = M.letter_rows(qs, preds, parsing)
         else:
             responses = {q.id: out for q, out in zip(qs, outputs)}
-            text = M.text_summary(qs, responses)
-            picks = {r["id"]: r["pick"] for r in M.text_rows(qs, responses)}
+            text = M.text_summary(qs, responses, extraction)
+            picks = {r["id"]: r["pick"] for r in M.text_rows(qs, responses, extraction)}
             summary = M.letter_summary(qs, picks, M.OFFICIAL)  # accuracy, score, … of the gestalt picks
             rows = M.letter_rows(qs, picks, M.OFFICIAL)
             extra.update(exact_match=text["exact_match"], gestalt=text["gestalt"],
@@ -128,7 +128,7 @@ def _metrics(summary: dict, extra: dict, n: int, skipped: int, seconds: float) -
 # ---- the evaluate step ----------------------------------------------------------------------------
 
 MATCH_PARAMS = ("model", "base_revision", "eval_data_digest", "protocol", "prompt_format", "shots", "parsing",
-                "limit", "sample", "quantization")
+                "extraction", "limit", "sample", "quantization")
 
 
 def check_protocol(fmt: str, protocol: str) -> None:
@@ -222,7 +222,8 @@ def evaluate(cfg) -> str:
         tracking.log_params(params)
         tracking.log_dataset(questions, name=_data_name(path), path=path, digest=digest, context="eval")
         result = run_questions(model, tokenizer, questions, cfg.protocol, cfg.prompt_format, cfg.shots, cfg.parsing,
-                               cfg.batch_size, cfg.max_new_tokens, desc=f"evaluate {cfg.protocol}")
+                               cfg.batch_size, cfg.max_new_tokens, desc=f"evaluate {cfg.protocol}",
+                               extraction=cfg.extraction)
         base_metrics = None
         if adapter_dir and cfg.compare_base:
             base_run, base_metrics = _base_comparison(cfg, params, info, model, tokenizer, questions)
@@ -240,12 +241,10 @@ def evaluate(cfg) -> str:
         return run.info.run_id
 
 
-def verdict(m: dict) -> str:
-    """The exam's pass verdict per year in the data, or why there is none."""
-    years = sorted(k.split("/")[1] for k in m if k.count("/") == 2 and k.endswith("/passed"))
-    if not years:
-        return "none: not a whole exam (the pass rule needs both the required and the general blocks)"
-    return ", ".join(f"{y} {'PASS' if m[f'eval/{y}/passed'] else 'FAIL'}" for y in years)
+def verdict(summary: dict) -> str:
+    """The exam's pass verdict per year in the data, or why there is none (jmed.metrics.pass_fail)."""
+    years = {y: ys.get("verdict") for y, ys in (summary.get("by_year") or {}).items() if ys.get("verdict")}
+    return ", ".join(f"{y} {v}" for y, v in sorted(years.items())) or "none"
 
 
 def summary(slug: str, cfg, result: dict, base: dict | None, run_id: str, in_data: int) -> str:
@@ -268,7 +267,7 @@ def summary(slug: str, cfg, result: dict, base: dict | None, run_id: str, in_dat
         ("exam score", f"{pct(m.get('eval/score'))} ({m.get('eval/points', 0):g} of {m.get('eval/points_total', 0):g} "
                        f"points)" + vs_base("eval/score") if "eval/score" in m else None),
         ("required", pct(m["eval/required_score"]) if "eval/required_score" in m else None),
-        ("pass", verdict(m)),
+        ("pass", verdict(result.get("summary", {}))),
         ("exact match", f"{pct(m['eval/exact_match'])}, gestalt accuracy {pct(m['eval/gestalt_accuracy'])}"
          if "eval/exact_match" in m else None),
         ("unparsed", f"{int(m.get('eval/unparsed', 0))} of {n}" if cfg.protocol == "letter" else None),
@@ -295,7 +294,7 @@ def description(slug: str, cfg, result: dict, params: dict, base: dict | None) -
     return (f"Evaluated {what} of `{cfg.model}` on `{params['eval_data_path']}` ({params['questions']} questions, "
             f"data digest `{params['eval_data_digest'][:12]}`), prompt format `{cfg.prompt_format}`, protocol "
             f"`{cfg.protocol}`, {cfg.shots}-shot.\n\nAccuracy {pct(m.get('eval/accuracy'))}{delta}; exam score "
-            f"{pct(m.get('eval/score'))}; pass: {verdict(m)}. Details: `summary.md`, `predictions.json`.")
+            f"{pct(m.get('eval/score'))}; pass: {verdict(result.get('summary', {}))}. Details: `summary.md`, `predictions.json`.")
 
 
 def _flat(cfg) -> dict:
@@ -357,7 +356,8 @@ def _base_comparison(cfg, params, info, model, tokenizer, questions):
         off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
         with off:
             result = run_questions(model, tokenizer, questions, cfg.protocol, cfg.prompt_format, cfg.shots,
-                                   cfg.parsing, cfg.batch_size, cfg.max_new_tokens, desc=f"base {cfg.protocol}")
+                                   cfg.parsing, cfg.batch_size, cfg.max_new_tokens, desc=f"base {cfg.protocol}",
+                                   extraction=cfg.extraction)
         _log_result(result, base_cfg, base_params, None)
         return child.info.run_id, result["metrics"]
 

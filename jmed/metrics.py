@@ -71,6 +71,12 @@ _RUN = re.compile(rf"{_ITEM}(?:{_SEP}{_ITEM})*(?![{_WORD}])", re.IGNORECASE)
 # A re-listing of the choices is not an answer: two or more list labels ("a. …\nb. …", "1. 2. 3.").
 _LIST_LABEL = re.compile(r"(?:^|(?<=\s))([a-z]|[0-9]{1,2})[ \t]*[.:)]", re.IGNORECASE)
 _LETTER = re.compile(r"(?<![a-z])[a-z](?![a-z])", re.IGNORECASE)
+# Letters written together, IgakuQA119's own answer style and common in model output: "ce", "bde".
+# Read only as a strictly ascending run of distinct letters standing alone, so words are not answers
+# ("bad", "dead", "cab"); "ace" alone would still read as a, c, e.
+_GLUED = re.compile(rf"[{_OPEN}]?([a-j]{{2,10}})[{_CLOSE}]?(?![{_WORD}])", re.IGNORECASE)
+# A hedge between choices is not an answer: "a or d", "aまたはd", "a もしくは d".
+_HEDGE = re.compile(rf"{_ITEM}\s*(?:or|または|もしくは|あるいは)\s*{_ITEM}(?![{_WORD}])", re.IGNORECASE)
 # Where an answer is announced: 「答え：c」, "答え: c", "正解はc", "Answer: c", "the answer is c".
 _MARKER = re.compile(r"(?:解答|正解|回答|答え|答|answer)\s*(?:は|:|=|is|->|→)?\s*", re.IGNORECASE)
 
@@ -82,9 +88,14 @@ def normalize(text: str) -> str:
 
 def _letters_at(text: str, pos: int) -> tuple[str, ...] | None:
     m = _RUN.match(text, pos)
-    if not m:
-        return None
-    return tuple(ch.lower() for ch in _LETTER.findall(m.group(0)))
+    if m:
+        return tuple(ch.lower() for ch in _LETTER.findall(m.group(0)))
+    m = _GLUED.match(text, pos)
+    if m:
+        run = m.group(1).lower()
+        if all(a < b for a, b in zip(run, run[1:])):
+            return tuple(run)
+    return None
 
 
 def parse_letters(text: str | None, n_choices: int, mode: str = LENIENT) -> tuple[str, ...] | None:
@@ -93,7 +104,8 @@ def parse_letters(text: str | None, n_choices: int, mode: str = LENIENT) -> tupl
     official: IgakuQA's reference — split on ",", sort; nothing else (duplicates are kept, so
     "a,a" stays wrong). Items that are not letters of the question's choices make it unparseable
     (they could never be correct). lenient: NFKC and whitespace normalisation, upper case, 「答え：c」,
-    "c、e", "(c)", a trailing explanation; duplicates dropped; letters outside the choices → None.
+    "c、e", "(c)", letters written together ("ce"), a trailing explanation; duplicates dropped; letters
+    outside the choices → None; a hedge ("a or d") → None.
     Not answers (→ None) in lenient mode either: a re-listing of the choices ("a. 肺炎\nb. 結核",
     "1. … 2. …"), and a letter that begins a word ("B群連鎖球菌").
     """
@@ -110,6 +122,8 @@ def parse_letters(text: str | None, n_choices: int, mode: str = LENIENT) -> tupl
         return None  # the choices (or numbered lines) listed back, not an answer
     starts = [0] + [m.end() for m in _MARKER.finditer(s)]
     for pos in starts:
+        if _HEDGE.match(s, pos):
+            return None  # undecided between choices: counted as unparsed, never read as its first letter
         letters = _letters_at(s, pos)
         if letters and all(ch in valid for ch in letters):
             return tuple(sorted(set(letters)))
@@ -158,7 +172,7 @@ def letter_rows(questions: Iterable, predictions: Mapping[str, str], parsing: st
     for q in questions:
         pred = predictions.get(q.id)
         parsed = parse_answer(q, pred, parsing)
-        correct = is_correct(q, parsed)
+        correct = pred is not None and is_correct(q, parsed)  # missing is wrong, even where any answer counts
         rows.append({
             "id": q.id, "year": q.year, "block": q.block, "category": q.category,
             "points": q.points, "prediction": pred,
@@ -166,7 +180,7 @@ def letter_rows(questions: Iterable, predictions: Mapping[str, str], parsing: st
             "gold": "*" if q.accept_any else _gold_str(q),
             "correct": correct, "points_scored": q.points if correct else 0,
             "missing": pred is None, "unparsed": pred is not None and parsed is None,
-            "kinki": kinki_selected(q, parsed),
+            "kinki": kinki_selected(q, parsed), "kinki_known": getattr(q, "kinki_known", False),
         })
     return rows
 
@@ -203,22 +217,30 @@ def _aggregate(rows: list[dict], year: int | None = None, with_pass: bool = Fals
         "kinki_selected": kinki,
     }
     if with_pass:
-        out.update(pass_fail(req_points, req_total, gen_points, gen_total, kinki, year))
+        out.update(pass_fail(req_points, req_total, gen_points, gen_total, kinki, year,
+                             kinki_known=all(r.get("kinki_known", False) for r in rows)))
     return out
 
 
 def pass_fail(required_points, required_total, general_points, general_total, kinki: int,
-              year: int | None) -> dict:
+              year: int | None, kinki_known: bool = True) -> dict:
     """The exam's pass rule (datasets README): required ≥ 80 % of its points, general+clinical ≥ the
-    year's line, fewer than 4 contraindicated choices. `passed` is None when the data lacks either
-    section (not a whole exam: the rule does not apply)."""
+    year's line, fewer than 4 contraindicated choices. No verdict (`passed` None, `verdict` says why)
+    without an input the rule needs: both sections (else it is not a whole exam), and the
+    contraindicated choices of every question (`kinki_known`; without them 0 selected would be a guess)."""
     line = general_line(year)
     if not required_total or not general_total:
-        return {"passed": None, "general_line": line}
-    ok = (required_points >= REQUIRED_LINE * required_total - 1e-9
-          and general_points >= line * general_total - 1e-9
-          and kinki < KINKI_LIMIT)
-    return {"passed": ok, "general_line": line}
+        return {"passed": None, "verdict": "none (not a whole exam: the rule needs the required and general blocks)",
+                "general_line": line}
+    scores_pass = (required_points >= REQUIRED_LINE * required_total - 1e-9
+                   and general_points >= line * general_total - 1e-9)
+    if not kinki_known:
+        if not scores_pass:  # failing on points needs no contraindication data
+            return {"passed": False, "verdict": "FAIL (on points; no kinki data)", "general_line": line}
+        return {"passed": None, "verdict": "unknown (no kinki data: the contraindicated choices the rule counts "
+                                           "are not in this data)", "general_line": line}
+    ok = scores_pass and kinki < KINKI_LIMIT
+    return {"passed": ok, "verdict": "PASS" if ok else "FAIL", "general_line": line}
 
 
 def _year_key(year) -> str:
@@ -312,9 +334,13 @@ def gold_text(question, answer_set: int = 0) -> str:
     return clean(",".join(question.choices[i] for i in idx))
 
 
-def text_grade(question, response: str | None) -> dict:
-    """Exact match, gestalt score, gestalt pick and accuracy for one question (not numeric)."""
-    r = clean(extract_response(response or ""))
+def text_grade(question, response: str | None, extraction: str = "last-block") -> dict:
+    """Exact match, gestalt score, gestalt pick and accuracy for one question (not numeric). A missing
+    response (None) is wrong in every metric; an empty one is graded like any text, as the harness
+    does (its gestalt pick then ties, and ties go to the first choice)."""
+    if response is None:
+        return {"exact": False, "gestalt": 0.0, "pick": (), "gestalt_correct": False}
+    r = clean(extract_response(response, extraction))
     golds = [gold_text(question, i) for i in range(len(question.answer))]
     k = question.n_answers
     pick = topk_by_gestalt(r, question.choices, k)
@@ -341,24 +367,24 @@ def _text_aggregate(rows: list[dict]) -> dict:
     }
 
 
-def text_rows(questions: Iterable, responses: Mapping[str, str]) -> list[dict]:
+def text_rows(questions: Iterable, responses: Mapping[str, str], extraction: str = "last-block") -> list[dict]:
     rows = []
     for q in questions:
         if q.numeric:
             continue
         resp = responses.get(q.id)
-        g = text_grade(q, resp)
+        g = text_grade(q, resp, extraction)
         rows.append({"id": q.id, "year": q.year, "category": q.category, "response": resp,
                      "gold": gold_text(q), "missing": resp is None,
                      **g, "pick": ",".join(letters_of(g["pick"]))})
     return rows
 
 
-def text_summary(questions: Sequence, responses: Mapping[str, str]) -> dict:
+def text_summary(questions: Sequence, responses: Mapping[str, str], extraction: str = "last-block") -> dict:
     """Exact match, mean gestalt score and gestalt accuracy (fractions); numeric-entry questions are
-    excluded and counted; a missing response scores as an empty one."""
-    rows = text_rows(questions, responses)
-    out = {"protocol": "text", **_text_aggregate(rows)}
+    excluded and counted; a missing response is wrong in every metric."""
+    rows = text_rows(questions, responses, extraction)
+    out = {"protocol": "text", "extraction": extraction, **_text_aggregate(rows)}
     out["excluded_numeric"] = sum(1 for q in questions if q.numeric)
     out["missing_ids"] = [r["id"] for r in rows if r["missing"]]
     years = sorted({r["year"] for r in rows}, key=lambda y: (y is None, y or 0))

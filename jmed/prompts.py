@@ -10,10 +10,11 @@ from typing import Sequence
 
 LETTERS = "abcdefghij"
 
-_PREAMBLE = (
-    "以下は医学知識に関する多肢選択問題です。利用可能な情報を要約してから、段階的に解決してください。"
-    "最終的な答えとして5つの選択肢のうちの1つを出力してください。"
-)
+def preamble(n_choices: int = 5) -> str:
+    """The authors' harness instruction, with the question's own number of choices ("4つの選択肢" for
+    JMMLU's 4); for IgakuQA's 5 it is the harness's text exactly."""
+    return ("以下は医学知識に関する多肢選択問題です。利用可能な情報を要約してから、段階的に解決してください。"
+            f"最終的な答えとして{n_choices}つの選択肢のうちの1つを出力してください。")
 RESPONSE_HEADER = "### 応答：\n"
 
 BASE_FORMATS = ("igakuqa", "alpaca_med", "medpalm")
@@ -80,8 +81,8 @@ def render_prompt(stem: str, choices: Sequence[str], fmt: str, n_answers: int = 
         return _igakuqa(stem, choices, n_answers)
     joined = ",".join(choices)
     if base == "alpaca_med":
-        return f"{_PREAMBLE}\n### 指示：\n{stem}\n### 入力：\n{joined}\n{RESPONSE_HEADER}"
-    return f"### 指示：\n{_PREAMBLE}\n### 入力：\n{stem}\n{joined}\n{RESPONSE_HEADER}"
+        return f"{preamble(len(choices))}\n### 指示：\n{stem}\n### 入力：\n{joined}\n{RESPONSE_HEADER}"
+    return f"### 指示：\n{preamble(len(choices))}\n### 入力：\n{stem}\n{joined}\n{RESPONSE_HEADER}"
 
 
 def render_one(question, fmt: str) -> Rendered:
@@ -128,6 +129,18 @@ def render_record(record, fmt: str, tokenizer=None) -> Rendered:
     return Rendered(text, record.output)
 
 
-def extract_response(text: str) -> str:
-    """Text protocol: the generated text after the last "### 応答：\\n", stripped."""
-    return text.rsplit(RESPONSE_HEADER, 1)[-1].strip()
+# The authors' harness (github stardust-coder/japanese-lm-med-harness, eval_bench.py) changed how it
+# reads the answer out of the generated text: `last-block` as first published (2024-06-18: the text after
+# the last "### 応答：\\n"), `first-line` from 2024-07-26 (the first chunk after the prompt's header,
+# stripped, its first line, stripped). jmed's default is last-block: the papers' figures predate the change.
+EXTRACTIONS = ("last-block", "first-line")
+
+
+def extract_response(text: str, extraction: str = "last-block") -> str:
+    """Text protocol: the answer in a generated continuation (the prompt ends with the header, so the
+    harness's chunk after the prompt's header is the continuation up to any header it generates)."""
+    if extraction == "last-block":
+        return text.rsplit(RESPONSE_HEADER, 1)[-1].strip()
+    if extraction == "first-line":
+        return text.split(RESPONSE_HEADER, 1)[0].strip().split("\n")[0].strip()
+    raise ValueError(f"unknown extraction {extraction!r}; choose one of: {', '.join(EXTRACTIONS)}")

@@ -84,7 +84,7 @@ def predictions_digest(values: dict[str, str]) -> str:
 
 
 def score(data: str, predictions: str, protocol: str = "letter", parsing: str = "official",
-          filters=None, data_format: str = "auto", name: str = "") -> tuple[dict, list, list[dict]]:
+          filters=None, data_format: str = "auto", name: str = "", extraction: str = "last-block") -> tuple[dict, list, list[dict]]:
     """Score a predictions file or folder against question data.
 
     Returns (summary, questions scored, per-question rows). Unknown ids are checked against the
@@ -116,8 +116,8 @@ def score(data: str, predictions: str, protocol: str = "letter", parsing: str = 
         rows = metrics.letter_rows(questions, values, parsing)
         summary = metrics.letter_summary(questions, values, parsing)
     else:
-        rows = metrics.text_rows(questions, values)
-        summary = metrics.text_summary(questions, values)
+        rows = metrics.text_rows(questions, values, extraction)
+        summary = metrics.text_summary(questions, values, extraction)
         summary["parsing"] = parsing  # not used by the text protocol; kept for the record
     summary.update({
         "name": name, "data": str(data), "data_digest": jdata.digest(questions),

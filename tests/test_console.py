@@ -41,7 +41,7 @@ def test_evaluate_summary_counts_every_question_left_out_and_the_delta_against_t
     cfg = EvalConfig(adapter="runs:/0123456789abcdef/adapter", protocol="letter", prompt_format="igakuqa", shots=0)
     metrics = {"eval/questions": 19, "eval/accuracy": 0.25, "eval/score": 0.3, "eval/points": 6, "eval/points_total": 20,
                "eval/unparsed": 2, "eval/2022/passed": 0.0, "eval/truncated": 1, "eval/max_new_tokens": 16}
-    result = {"metrics": metrics, "left_out": {"beyond --limit 20": 280, "numeric-entry (the text and loglik "
+    result = {"metrics": metrics, "summary": {"by_year": {"2022": {"verdict": "FAIL"}}}, "left_out": {"beyond --limit 20": 280, "numeric-entry (the text and loglik "
                                                                         "protocols need choices)": 1}}
     text = summary("tiny", cfg, result, {"eval/accuracy": 0.2}, "run1", in_data=300)
     assert text.splitlines() == [

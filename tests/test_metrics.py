@@ -12,6 +12,7 @@ CH5 = ("肺炎", "心不全", "腎不全", "肝硬変", "敗血症")
 
 
 def q(id, answer=(("c",),), choices=CH5, points=1.0, block="A", year=2022, **kw):
+    kw.setdefault("kinki_known", True)  # as read with IgakuQA's metadata
     return Question(id=id, stem=kw.pop("stem", "どれか。"), choices=choices, answer=answer,
                     points=points, block=block, year=year, **kw)
 
@@ -45,6 +46,16 @@ def test_module_is_pure():
     ("", None, None),
     ("I think so", None, None),
     ("cat", None, None),
+    ("ce", ("c", "e"), None),                   # written together (IgakuQA119's style)
+    ("bde", ("b", "d", "e"), None),
+    ("答え：ＣＥ", ("c", "e"), None),
+    ("(ce) です", ("c", "e"), None),
+    ("ec", None, None),                         # together only in ascending order: not a word
+    ("bad", None, None),
+    ("dead", None, None),
+    ("a or d", None, None),                     # a hedge is not an answer (it was read as "a")
+    ("aまたはd", None, None),
+    ("答えは b もしくは c", None, None),
 ])
 def test_parse_letters(text, lenient, official):
     assert M.parse_letters(text, 5, "lenient") == lenient
@@ -143,9 +154,24 @@ def test_pass_fail_rule():
     assert M.pass_fail(159, 200, 297, 297, 0, 2022)["passed"] is False
     assert M.pass_fail(200, 200, 213, 297, 0, 2022)["passed"] is False
     assert M.pass_fail(200, 200, 297, 297, 4, 2022)["passed"] is False
-    assert M.pass_fail(160, 200, 70, 100, 0, 2030) == {"passed": True, "general_line": 0.70}
+    assert M.pass_fail(160, 200, 70, 100, 0, 2030) == {"passed": True, "verdict": "PASS", "general_line": 0.70}
     assert M.pass_fail(160, 200, 69, 100, 0, 2030)["passed"] is False
     assert M.pass_fail(0, 0, 10, 10, 0, 2022)["passed"] is None  # no required section: no verdict
+    # without contraindication data: no PASS (0 selected would be a guess); failing on points still fails
+    assert M.pass_fail(200, 200, 297, 297, 0, 2022, kinki_known=False)["passed"] is None
+    assert M.pass_fail(200, 200, 297, 297, 0, 2022, kinki_known=False)["verdict"].startswith("unknown (no kinki data")
+    assert M.pass_fail(159, 200, 297, 297, 0, 2022, kinki_known=False) == {
+        "passed": False, "verdict": "FAIL (on points; no kinki data)", "general_line": 214 / 297}
+
+
+def test_no_pass_verdict_when_any_question_lacks_kinki_data():
+    from dataclasses import replace
+
+    exam = _exam(2022)
+    perfect = {"R1": "c", "R2": "c", "R3": "a", "G1": "d,e", "G2": "26", "G3": "a", "G4": "c"}
+    exam[0] = replace(exam[0], kinki_known=False)
+    year = M.letter_summary(exam, perfect, "official")["by_year"]["2022"]
+    assert year["passed"] is None and year["verdict"].startswith("unknown (no kinki data")
     assert M.general_line(2019) == 209 / 296 and M.general_line(2026) == 0.70
 
 
@@ -220,7 +246,7 @@ def test_text_summary_exact_values():
         q("T2", answer=(("b", "c"),)),                  # near: picks b,c
         q("T3", answer=(("a",),)),                      # empty output
         q("T4", answer=(("a",), ("d",))),               # "a or d": 肝硬変 → d
-        q("T5", answer=(("e",),), accept_any=True),     # missing but accept_any
+        q("T5", answer=(("e",),), accept_any=True),     # missing: wrong even where any answer counts
         q("N1", answer=(("26",),), choices=()),         # numeric: excluded
     ]
     resp = {"T1": "prompt ### 応答：\n心不全。", "T2": "心不全,腎不全", "T3": "", "T4": "肝硬変"}
@@ -228,10 +254,11 @@ def test_text_summary_exact_values():
     assert s["questions"] == 5 and s["excluded_numeric"] == 1
     # T1: R = "心不全。" vs "心不全": gestalt 6/7, not exact; pick b (correct)
     # T2: R = "心不全,腎不全" == gold "心不全,腎不全" → exact
-    # T3: "" → gestalt 0, pick a (tie → earliest) → correct; T4: exact with set (d,); T5: accept_any
-    assert s["exact_correct"] == 3 and s["exact_match"] == 3 / 5
-    assert s["gestalt_correct"] == 5 and s["gestalt_accuracy"] == 1.0
-    assert s["gestalt"] == (6 / 7 + 1.0 + 0.0 + 1.0 + 1.0) / 5
+    # T3: "" → gestalt 0, pick a (tie → earliest, as the harness) → correct; T4: exact with set (d,);
+    # T5: no response at all → wrong in every metric (an empty response is an answer, a missing one is not)
+    assert s["exact_correct"] == 2 and s["exact_match"] == 2 / 5
+    assert s["gestalt_correct"] == 4 and s["gestalt_accuracy"] == 4 / 5
+    assert s["gestalt"] == (6 / 7 + 1.0 + 0.0 + 1.0 + 0.0) / 5
     assert s["missing"] == 1 and s["missing_ids"] == ["T5"]  # T3's empty output is an answer
     assert s["by_year"]["2022"]["questions"] == 5
 
@@ -280,3 +307,34 @@ REAL_OUTPUTS = [
 def test_lenient_parsing_of_real_model_outputs(text, expected):
     assert M.parse_letters(text, 5, "lenient") == expected
     assert M.parse_letters(text, 5, "official") is None  # IgakuQA's parser: only bare "x,y" strings
+
+
+def test_missing_letter_prediction_is_wrong_even_where_any_answer_counts():
+    qs = [q("A", accept_any=True), q("B", accept_any=True)]
+    s = M.letter_summary(qs, {"A": "x"}, "official")  # B has no prediction at all
+    assert (s["correct"], s["missing"], s["missing_ids"]) == (1, 1, ["B"])
+
+
+@pytest.mark.parametrize("extraction, expected", [
+    ("last-block", "心不全\n理由：うっ血がある"),  # as first published: everything after the last header
+    ("first-line", "心不全"),                      # from July 2024: the first line of the first chunk
+])
+def test_harness_extractions_on_a_multi_line_response(extraction, expected):
+    from jmed.prompts import extract_response
+
+    response = "  心不全\n理由：うっ血がある\n"
+    assert extract_response(response, extraction) == expected
+    # a generated second header: last-block reads after it, first-line before it
+    twice = "腎不全\n### 応答：\n心不全"
+    assert extract_response(twice, extraction) == ("心不全" if extraction == "last-block" else "腎不全")
+    qs = [q("T1", answer=(("b",),))]
+    s = M.text_summary(qs, {"T1": response}, extraction)
+    assert s["exact_match"] == (1.0 if extraction == "first-line" else 0.0) and s["extraction"] == extraction
+
+
+def test_prompt_states_the_question_s_own_number_of_choices():
+    from jmed.prompts import render_prompt
+
+    assert "4つの選択肢" in render_prompt("どれか。", ("a", "b", "c", "d"), "alpaca_med")
+    five = render_prompt("どれか。", CH5, "medpalm")
+    assert "最終的な答えとして5つの選択肢のうちの1つを出力してください。" in five  # the harness's text exactly
