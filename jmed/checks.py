@@ -253,6 +253,25 @@ def check_same_stem(questions) -> list[DataError]:
     return warnings
 
 
+# A choice holding another choice's label ("肺炎 c. 結核", "ｂ．腎炎"): choices merged in the source
+# (IgakuQA119 119A22, 119C5, 119C19); its gold text would come out garbled.
+# Lower-case labels with a space after the dot only: "C.difficile" and "(immunoglobulin E)" are not labels.
+_MERGED = re.compile(r"(?:^|\s)[a-e]\.\s+\S")
+
+
+def check_merged_choices(questions) -> list[DataError]:
+    """Warnings: a question whose choices look merged (a choice text carries another choice label)."""
+    out = []
+    for q in questions:
+        for i, c in enumerate(q.choices):
+            if i and _MERGED.search(unicodedata.normalize("NFKC", c)):
+                out.append(DataError(q.file, q.line, f"choices[{i}]",
+                                     f"{q.id}: choice {LETTERS[i]} holds another choice label ({shown(c)}): "
+                                     f"choices merged in the source? ({len(q.choices)} choices)"))
+                break
+    return out
+
+
 _BOUND_DIM = 2048  # hashed features of the character-multiset bound
 
 
@@ -388,7 +407,7 @@ def validate(paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_TH
     known = set(errors)
     errors += [e for e in duplicate_ids(everything) if e not in known]
     qs = [q for q in everything if isinstance(q, Question)]
-    warnings += check_same_stem(qs)
+    warnings += check_same_stem(qs) + check_merged_choices(qs)
     train = [q for q in loaded["data"] if isinstance(q, Question)]
     test = [q for q in loaded["against"] if isinstance(q, Question)]
     report.leakage = leakage_pairs(train, test, threshold)

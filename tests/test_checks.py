@@ -201,3 +201,16 @@ def test_cross_dataset_checks_see_only_the_questions_used(tmp_path):
     train_years = sorted({q.year for q in data.load_questions(tree / "2018")})
     filtered = checks.validate([tree], against=[test], filters=DataFilter(years=tuple(train_years)))
     assert not any("duplicate id" in e["message"] for e in filtered.errors), filtered.errors[:3]
+
+
+def test_merged_choices_are_a_warning_naming_the_question():
+    from jmed.checks import check_merged_choices
+    from jmed.data import Question
+
+    merged = Question(id="119A22", stem="どれか。", choices=("肺炎", "結核 c. 腎炎", "ｄ．肝炎", "敗血症"),
+                      answer=(("a",),), file="119-A.jsonl", line=22)
+    fine = Question(id="113B4", stem="どれか。", choices=("A型肝炎", "C.difficile", "IgA(immunoglobulin A)血管炎",
+                                                         "ビタミンB12", "T細胞"), answer=(("a",),))
+    [w] = check_merged_choices([merged, fine])
+    assert str(w) == ('119-A.jsonl:22: choices[1]: 119A22: choice b holds another choice label ("結核 c. 腎炎"): '
+                      "choices merged in the source? (4 choices)")

@@ -27,6 +27,8 @@ def test_igakuqa_2018_2022_exact_counts():
     assert collections.Counter(q.points for q in qs) == {1.0: 1741, 3.0: 248, 0.0: 11}
     assert collections.Counter(len(q.choices) for q in qs) == {5: 1984, 0: 12, 6: 2, 8: 2}
     assert sum(1 for q in qs if q.kinki) == 135
+    assert all(q.kinki_known for q in qs)  # every question has its metadata row: pass verdicts are possible
+    assert not [w for w in report.warnings if w["field"].startswith("choices[")]  # no merged-choice false alarm
     assert {q.block for q in qs if q.points == 3} == {"B", "E"}
     assert len(data.apply_filters(qs, DataFilter(text_only=True, five_choices=True))) == 1455
     by_id = {q.id: q for q in qs}
