@@ -103,12 +103,14 @@ class DataLoadError(ValueError):
 # ------------------------------------------------------------------------------------------------
 # Reading. Every loader returns records plus DataErrors; nothing raises on a bad record.
 
-FORMATS = ("igakuqa", "jmle2026", "jjsimqa", "jmmlu", "instructions")
+FORMATS = ("igakuqa", "igakuqa119", "jmle2026", "jjsimqa", "jmmlu", "instructions")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 # Official corrections, as data (the IgakuQA reference scorer hard-codes them). 112B30 needs no entry:
 # its answer "a or d" is read as two acceptable answer sets.
 ACCEPT_ANY = {"116A71"}  # every answer counts as correct
+# IgakuQA119's own scorer accepts a or c for 119E28 (its answer file says "ac").
+ALTERNATIVES = {"119E28": (("a",), ("c",))}
 
 IGAKUQA_FIELDS = {"problem_id": str, "problem_text": str, "choices": list, "text_only": bool,
                   "answer": list, "points": (str, int, float)}
@@ -463,6 +465,83 @@ def _read_igakuqa(path: Path, ds: Dataset, source: str, translate: bool = False)
         ))
 
 
+# IgakuQA119 (github docto-rin/IgakuQA119): questions/119A_json.json … (a JSON list of {number, question,
+# choices ["a. …"], has_image}), answers in results/correct_answers.csv (問題番号,解答; letters written
+# together, "ce"; numbers for numeric entry). Points as its scorer: 3 for blocks B/E questions 26-50.
+IGAKUQA119_FILE = re.compile(r"^\d{3}[A-F]_json\.json$")
+MISSING_CHOICE = "（原文で欠落：前後の選択肢と結合）"  # a label the source lost by merging two choices
+_LABEL = re.compile(r"^\s*([a-z])[.．]\s*")
+
+
+def _igakuqa119_answers(path: Path, sink: _Sink) -> dict[str, tuple[int, str]] | None:
+    """{question number: (line, answer)} from the correct_answers.csv beside the questions (same folder,
+    its parent, or ../results/); None (an error naming where it looked) when there is none."""
+    import csv
+
+    places = [path.parent / "correct_answers.csv", path.parent.parent / "correct_answers.csv",
+              path.parent.parent / "results" / "correct_answers.csv"]
+    found = next((p for p in places if p.is_file()), None)
+    if found is None:
+        sink.error(0, "", "IgakuQA119 answers not found: looked for " + ", ".join(str(p) for p in places))
+        return None
+    text = read_text(found, _Sink(sink.ds, str(found)))
+    if text is None:
+        return None
+    rows = list(csv.reader(text.splitlines()))
+    return {r[0].strip(): (n, r[1].strip()) for n, r in enumerate(rows[1:], 2) if len(r) >= 2 and r[0].strip()}
+
+
+def _read_igakuqa119(path: Path, ds: Dataset) -> None:
+    sink = _Sink(ds, str(path))
+    answers = _igakuqa119_answers(path, sink)
+    if answers is None:
+        return
+    for n, obj in _json_records(path, sink):
+        if not _fields(obj, {"number": str, "question": str, "choices": list, "has_image": bool}, n, sink):
+            continue
+        qid = obj["number"].strip()
+        m = _EXAM_ID.match(qid)
+        if not m:
+            sink.error(n, "number", f"{shown(qid)} is not a question number such as 119A1")
+            continue
+        raw = _choices(obj["choices"], n, sink)
+        if raw is None:
+            continue
+        labels = [(_LABEL.match(c).group(1) if _LABEL.match(c) else "") for c in raw]
+        texts = [_LABEL.sub("", c, count=1).strip() for c in raw]
+        if raw and labels != list(LETTERS[:len(raw)]):
+            # merged in the source: place each choice at its label so answer letters still point right
+            sink.warn(n, "choices", f"{qid}: choice labels {''.join(lb or '?' for lb in labels)} are not a, b, c, …: "
+                                    f"choices merged in the source; letters are kept, choice texts may be garbled")
+            if all(labels) and len(set(labels)) == len(labels):
+                slots = {lb: t for lb, t in zip(labels, texts)}
+                texts = [slots.get(lb, MISSING_CHOICE) for lb in LETTERS[:LETTERS.index(max(labels)) + 1]]
+        elif raw and len(raw) != 5:
+            sink.warn(n, "choices", f"{qid}: {len(raw)} choices where the exam has 5: merged in the source?")
+        if qid not in answers:
+            sink.error(n, "number", f"{qid} has no answer in correct_answers.csv")
+            continue
+        line, gold = answers[qid]
+        if not texts and not _NUMERIC.match(gold):  # 119E45, 119E48: the choices sit inside the question text
+            ds.skipped.setdefault("choices_unparsed", []).append(qid)
+            sink.warn(n, "choices", f"{qid}: no choice list but a letter answer ({gold}): the choices are inside "
+                                    "the question text; excluded")
+            continue
+        if qid in ALTERNATIVES:
+            answer = ALTERNATIVES[qid]
+        elif not texts:
+            answer = _answer([gold], 0, n, sink)
+        else:
+            answer = _answer([gold] if "," in gold else list(gold.lower()), len(texts), n, sink)
+        if answer is None:
+            continue
+        exam, block, number = m.group(1), m.group(2), int(m.group(3))
+        ds.items.append(Question(
+            id=qid, stem=obj["question"].strip(), choices=tuple(texts), answer=answer,
+            points=3.0 if block in ("B", "E") and 26 <= number <= 50 else 1.0, block=block, exam=exam,
+            year=exam_year(exam), text_only=not obj["has_image"], source="igakuqa119", file=str(path), line=n))
+
+
 def _json_records(path: Path, sink: _Sink):
     """(line, object) for each element of a top-level JSON list, with the line where it starts."""
     text = read_text(path, sink)
@@ -653,6 +732,10 @@ def _data_files(path: Path) -> list[Path]:
     return sorted(p for p in files if not p.name.endswith(("_metadata.jsonl", "_translate.jsonl")))
 
 
+def _igakuqa119_files(path: Path) -> list[Path]:
+    return sorted(folder / n for folder, names in _walk(path) for n in names if IGAKUQA119_FILE.match(n))
+
+
 def _walk(root: Path):
     """(folder, file names) under `root`, following symlinked folders (a data tree of linked year
     folders); a link back to a folder above it is an error, not an endless walk."""
@@ -677,6 +760,8 @@ def _walk(root: Path):
 def detect_format(path) -> str:
     """igakuqa | jmle2026 | jjsimqa | jmmlu | instructions, from a file's (or a folder's first file's) content."""
     path = Path(path)
+    if path.is_dir() and _igakuqa119_files(path):
+        return "igakuqa119"
     if path.is_dir():
         files = _data_files(path)
         if not files:
@@ -691,6 +776,8 @@ def detect_format(path) -> str:
         head = path.read_bytes()[:1 << 16].decode("utf-8-sig", errors="replace")
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc}") from exc
+    if IGAKUQA119_FILE.match(path.name) or re.search(r'"number"\s*:\s*"\d{3}[A-F]\d+"', head):
+        return "igakuqa119"
     if suffix == ".json" or head.lstrip().startswith("["):
         return "jmle2026"
     for line in head.splitlines():
@@ -732,13 +819,18 @@ def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
         except ValueError as exc:
             ds.errors.append(DataError(str(path), 0, "", str(exc).removeprefix(f"{path}: ")))
             return ds
-    files = _data_files(path) if path.is_dir() else [path]
+    if path.is_dir():  # an IgakuQA119 checkout holds model answers and results too: only its question files
+        files = _igakuqa119_files(path) if ds.format == "igakuqa119" else _data_files(path)
+    else:
+        files = [path]
     if not files:
         ds.errors.append(DataError(str(path), 0, "", "no data files in this folder"))
     for f in files:
         ds.files.append(str(f))
         if ds.format in ("igakuqa", "jjsimqa"):
             _read_igakuqa(f, ds, ds.format, translate)
+        elif ds.format == "igakuqa119":
+            _read_igakuqa119(f, ds)
         elif ds.format == "jmle2026":
             _read_jmle2026(f, ds)
         elif ds.format == "jmmlu":

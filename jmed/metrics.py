@@ -138,8 +138,28 @@ def parse_numeric(text: str | None, mode: str = LENIENT) -> tuple[str, ...] | No
     return (s,) if s else None
 
 
+def _igakuqa119_official(question, text: str) -> tuple[str, ...] | None:
+    """IgakuQA119's own scorer (src/grading_logic.py): lower case; "[", "]", "," and spaces removed; the
+    characters sorted; equal to the gold answer so treated. Numbers are compared the same way, as it does."""
+    def canon(s: str) -> str:
+        return "".join(sorted(s.strip().lower().replace("[", "").replace("]", "").replace(",", "").replace(" ", "")))
+
+    got = canon(text)
+    if not got:
+        return None
+    for gold in question.answer:  # 119E28's "a or c" is two acceptable sets, as its scorer's special rule
+        if got == canon("".join(gold)):
+            return gold
+    if question.numeric:
+        return (got,)
+    return tuple(got) if all(ch in LETTERS[: len(question.choices)] for ch in got) else None
+
+
 def parse_answer(question, text: str | None, mode: str = LENIENT) -> tuple[str, ...] | None:
-    """Letters (or the numeric string) a prediction gives for `question`; None = unparseable."""
+    """Letters (or the numeric string) a prediction gives for `question`; None = unparseable. Official
+    parsing is the dataset's own scorer: IgakuQA's reference, or IgakuQA119's for its questions."""
+    if mode == OFFICIAL and text is not None and getattr(question, "source", "") == "igakuqa119":
+        return _igakuqa119_official(question, text)
     if question.numeric:
         return parse_numeric(text, mode)
     return parse_letters(text, len(question.choices), mode)

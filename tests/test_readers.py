@@ -1,0 +1,61 @@
+"""Readers of the newer exam layouts, on small files written here in each layout (never the datasets),
+scored with the dataset's own scorer's rules."""
+import json
+
+from jmed import metrics as M
+from jmed.data import read_dataset
+
+Q119 = [
+    {"number": "119B1", "question": "どれか。 ", "choices": ["a. 肺炎", "b. 心不全", "c. 腎不全", "d. 肝硬変", "e. 敗血症"],
+     "has_image": False},
+    {"number": "119B27", "question": "2つ選べ。", "choices": ["a. 甲", "b. 乙", "c. 丙", "d. 丁", "e. 戊"],
+     "has_image": True},
+    # merged in the source: label c lost, its text glued to b
+    {"number": "119B28", "question": "どれか。", "choices": ["a. 甲", "b. 乙0丙", "d. 丁", "e. 戊"], "has_image": False},
+    {"number": "119B75", "question": "求めよ。", "choices": [], "has_image": False},
+    {"number": "119B76", "question": "どれか。 a甲 b乙 c丙 d丁 e戊", "choices": [], "has_image": False},
+]
+ANSWERS = "問題番号,解答\n119B1,b\n119B27,ce\n119B28,d\n119B75,600\n119B76,a\n"
+
+
+def _igakuqa119(tmp_path):
+    (tmp_path / "questions").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "questions" / "119B_json.json").write_text(json.dumps(Q119, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "results" / "correct_answers.csv").write_text(ANSWERS, encoding="utf-8")
+    # a checkout also holds model answers (JSON too): never read as questions
+    (tmp_path / "answers").mkdir()
+    (tmp_path / "answers" / "119B_model.json").write_text('{"results": []}', encoding="utf-8")
+    return tmp_path
+
+
+def test_igakuqa119_layout_is_detected_and_read_with_its_points_answers_and_quirks(tmp_path):
+    root = _igakuqa119(tmp_path)
+    for path in (root, root / "questions", root / "questions" / "119B_json.json"):
+        ds = read_dataset(path)
+        assert ds.format == "igakuqa119" and ds.errors == [], ds.errors
+    qs = {q.id: q for q in ds.items}
+    assert list(qs) == ["119B1", "119B27", "119B28", "119B75"]
+    assert qs["119B1"].choices == ("肺炎", "心不全", "腎不全", "肝硬変", "敗血症")  # "a. " labels removed
+    assert (qs["119B1"].points, qs["119B27"].points) == (1.0, 3.0)  # blocks B/E, questions 26-50: 3 points
+    assert qs["119B27"].answer == (("c", "e"),) and not qs["119B27"].text_only
+    assert qs["119B28"].answer == (("d",),) and qs["119B28"].choices[3] == "丁"  # letters still point right
+    assert qs["119B75"].answer == (("600",),) and qs["119B75"].numeric
+    assert (qs["119B1"].year, qs["119B1"].exam, qs["119B1"].kinki_known) == (2025, "119", False)
+    assert ds.skipped == {"choices_unparsed": ["119B76"]}
+    warned = {w.message.split(":")[0] for w in ds.warnings}
+    assert warned == {"119B28", "119B76"}
+
+
+def test_igakuqa119_official_parsing_is_its_own_scorer_and_gives_no_verdict_without_kinki(tmp_path):
+    qs = read_dataset(_igakuqa119(tmp_path)).items
+    preds = {"119B1": "b 確信度(0~1): 0.95",  # its scorer: not "b" → wrong; jmed lenient reads b
+             "119B27": "[e, c]",              # brackets, comma, space removed, sorted → "ce": right
+             "119B28": "d",
+             "119B75": "060"}                 # it compares sorted characters, numbers too: right
+    official = M.letter_summary(qs, preds, "official")
+    assert (official["correct"], official["points"], official["points_total"]) == (3, 7, 8)
+    assert [r["correct"] for r in M.letter_rows(qs, preds, "official")] == [False, True, True, True]
+    lenient = M.letter_rows(qs, preds, "lenient")  # "b …" is b; "[e, c]" is c,e; "060" is not 600
+    assert [r["correct"] for r in lenient] == [True, True, True, False]
+    assert official["by_year"]["2025"]["passed"] is None  # one block, no contraindication data
