@@ -13,7 +13,7 @@ import click
 
 import jmed
 from jmed.batcher import DEFAULT_MAX_ROWS, DEFAULT_WAIT_S
-from jmed.config import EXTRACTIONS, FALSE_WORDS as FALSE, PROTOCOLS, TRUE_WORDS as TRUE
+from jmed.config import EXAM_KINDS, EXTRACTIONS, FALSE_WORDS as FALSE, PROTOCOLS, TRUE_WORDS as TRUE
 from jmed.contract import DEFAULT_POLL_S, MAX_NEW_TOKENS_LIMIT
 
 
@@ -212,13 +212,16 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run)
               help="Text protocol: how the authors' harness reads the answer out of `response`: last-block (as "
                    "published, June 2024) or first-line (from July 2024).")
 @click.option("--format", "data_format", default="auto", help="Data format (auto-detected by default).")
+@click.option("--exam-kind", default="", type=click.Choice(("",) + EXAM_KINDS),
+              help="medical | dental | pharmacist | other (default: the reader's; IgakuQA is medical): corrections, "
+                   "years and pass rules follow it.")
 @click.option("--name", default="", help="A name for the scored system (run name with --log).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--log", "log_run", is_flag=True, help="Log an MLflow run (tag jmed.step=score).")
 @filter_options
 @dry_run_option
-def score_cmd(data, predictions, protocol, parsing, extraction, data_format, name, as_json, log_run, dry_run,
-              **filter_kw):
+def score_cmd(data, predictions, protocol, parsing, extraction, data_format, exam_kind, name, as_json, log_run,
+              dry_run, **filter_kw):
     """Score predictions made elsewhere against question data (every question of the data counts)."""
     from jmed.score import format_summary, log_score, score
 
@@ -232,13 +235,13 @@ def score_cmd(data, predictions, protocol, parsing, extraction, data_format, nam
         raise click.UsageError(str(e))
     if dry_run:
         return echo_config(score={"data": data, "predictions": predictions, "protocol": protocol or "letter",
-                                  "parsing": parsing or "official", "extraction": extraction,
+                                  "parsing": parsing or "official", "extraction": extraction, "exam_kind": exam_kind,
                                   "format": data_format or "auto", "name": name, "json": as_json, "log": log_run},
                            filters=filters if filters is not None else {})
     try:
         summary, questions, rows = score(data, predictions, protocol or "letter", parsing or "official",
                                          filters=filters, data_format=data_format or "auto", name=name,
-                                         extraction=extraction)
+                                         extraction=extraction, exam_kind=exam_kind)
     except (ValueError, FileNotFoundError) as e:  # ScoreError and DataLoadError are ValueErrors
         raise click.ClickException(str(e))
     if log_run:

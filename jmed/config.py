@@ -15,6 +15,8 @@ from pathlib import Path
 
 from jmed.prompts import EXTRACTIONS, FORMATS as PROMPT_FORMATS
 
+EXAM_KINDS = ("medical", "dental", "pharmacist", "other")
+
 PRESETS_FILE = Path(__file__).parent / "presets.yaml"
 DEFAULT_LR = {"tiny": 1e-2, "hf": 2e-4}  # AdamW rates when neither a preset nor the user sets one
 
@@ -193,6 +195,8 @@ class EvalConfig(Checked):
     prompt_format: str | None = setting(None, "Prompt format.", choices=PROMPT_FORMATS,
                                         unset="the adapter's, else igakuqa")
     parsing: str = setting("lenient", "Answer parsing: official (IgakuQA's reference) | lenient.", choices=PARSINGS)
+    exam_kind: str | None = setting(None, "The exam the questions are from: corrections, years and pass rules "
+                                    "follow it.", choices=EXAM_KINDS, unset="the reader's (IgakuQA: medical)")
     extraction: str = setting("last-block", "Text protocol: the authors' harness's answer extraction, last-block "
                               "(June 2024) | first-line (from July 2024).", choices=EXTRACTIONS)
     shots: int | None = setting(None, "Solved examples before each question.", minimum=0, unset="the adapter's, else 0")

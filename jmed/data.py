@@ -15,6 +15,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jmed.config import EXAM_KINDS
+
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_TRAIN = SAMPLE_DIR / "train.jsonl"
 SAMPLE_TEST = SAMPLE_DIR / "test.jsonl"
@@ -39,6 +41,7 @@ class Question:
     category: str = ""
     source: str = ""  # igakuqa | jmle2026 | jjsimqa | jmmlu | sample | ...
     accept_any: bool = False  # official correction: every answer counts as correct (116A71)
+    exam_kind: str = "medical"  # medical | dental | pharmacist | other: keys corrections, years and pass rules
     file: str = ""  # where it was read from, for messages
     line: int = 0
 
@@ -108,9 +111,13 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 # Official corrections, as data (the IgakuQA reference scorer hard-codes them). 112B30 needs no entry:
 # its answer "a or d" is read as two acceptable answer sets.
-ACCEPT_ANY = {"116A71"}  # every answer counts as correct
+# Keyed by exam kind and id: the dental exam has a 116A71 too, and it was not corrected.
+ACCEPT_ANY = {("medical", "116A71")}  # every answer counts as correct
 # IgakuQA119's own scorer accepts a or c for 119E28 (its answer file says "ac").
-ALTERNATIVES = {"119E28": (("a",), ("c",))}
+ALTERNATIVES = {("medical", "119E28"): (("a",), ("c",))}
+# Calendar year = exam number + offset: medical 112th = 2018, dental 116th = 2023, pharmacist 109th = 2024
+# (each held in January or February of that year).
+YEAR_OFFSETS = {"medical": 1906, "dental": 1907, "pharmacist": 1915}
 
 IGAKUQA_FIELDS = {"problem_id": str, "problem_text": str, "choices": list, "text_only": bool,
                   "answer": list, "points": (str, int, float)}
@@ -379,11 +386,31 @@ def _points(value, n: int, sink: _Sink) -> float | None:
     return points
 
 
-def exam_year(exam: str) -> int | None:
-    """Calendar year of a Japanese national medical exam number: 112 -> 2018, 120 -> 2026."""
-    if exam.isdigit() and 100 <= int(exam) <= 199:
-        return int(exam) + 1906
+def exam_year(exam: str, kind: str = "medical") -> int | None:
+    """Calendar year of a Japanese national exam number: medical 112 -> 2018, dental 116 -> 2023,
+    pharmacist 109 -> 2024; None for other exams and other numbers."""
+    if exam.isdigit() and 100 <= int(exam) <= 199 and kind in YEAR_OFFSETS:
+        return int(exam) + YEAR_OFFSETS[kind]
     return None
+
+
+def with_exam_kind(questions, kind: str) -> list:
+    """The questions as exam `kind` (`--exam-kind`): corrections and the year mapping follow the kind;
+    a year the data states itself (IgakuQA metadata, a year folder) is kept. (IgakuQA119's 119E28 rule
+    is its own scorer's, read with that medical dataset only.)"""
+    import dataclasses
+
+    if kind not in EXAM_KINDS:
+        raise ValueError(f"unknown exam kind {kind!r}; choose one of: {', '.join(EXAM_KINDS)}")
+    out = []
+    for q in questions:
+        if not isinstance(q, Question) or q.exam_kind == kind:
+            out.append(q)
+            continue
+        derived = q.year is None or q.year == exam_year(q.exam, q.exam_kind)
+        out.append(dataclasses.replace(q, exam_kind=kind, accept_any=(kind, q.id) in ACCEPT_ANY,
+                                       year=exam_year(q.exam, kind) if derived else q.year))
+    return out
 
 
 def _metadata(path: Path, ds: Dataset) -> dict[str, tuple[int, dict]]:
@@ -460,7 +487,7 @@ def _read_igakuqa(path: Path, ds: Dataset, source: str, translate: bool = False)
         ds.items.append(Question(
             id=pid, stem=stem, choices=choices, answer=answer, points=points, block=block, exam=exam,
             year=year, text_only=obj["text_only"], kinki=tuple(sorted(set(kinki))), kinki_known="kinki" in mobj,
-            category=str(mobj.get("category", "")), source=source, accept_any=pid in ACCEPT_ANY,
+            category=str(mobj.get("category", "")), source=source, accept_any=("medical", pid) in ACCEPT_ANY,
             file=str(path), line=n,
         ))
 
@@ -527,8 +554,8 @@ def _read_igakuqa119(path: Path, ds: Dataset) -> None:
             sink.warn(n, "choices", f"{qid}: no choice list but a letter answer ({gold}): the choices are inside "
                                     "the question text; excluded")
             continue
-        if qid in ALTERNATIVES:
-            answer = ALTERNATIVES[qid]
+        if ("medical", qid) in ALTERNATIVES:
+            answer = ALTERNATIVES[("medical", qid)]
         elif not texts:
             answer = _answer([gold], 0, n, sink)
         else:
@@ -703,7 +730,7 @@ def _read_jmmlu(path: Path, ds: Dataset) -> None:
         qid = values.get("id") or f"{path.stem}-{row_no}"
         ds.items.append(Question(
             id=qid, stem=values["question"], choices=tuple(values[f"option{c}"] for c in "ABCD"),
-            answer=((letter.lower(),),), category=values.get("tag", ""), source="jmmlu", file=str(path), line=n,
+            answer=((letter.lower(),),), category=values.get("tag", ""), source="jmmlu", exam_kind="other", file=str(path), line=n,
         ))
 
 

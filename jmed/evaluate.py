@@ -171,6 +171,10 @@ def load_eval_questions(cfg, left_out: dict | None = None):
     path = cfg.eval_data or str(SAMPLE_TEST)
     valid = load_valid(path, cfg.data_format, questions_only=True,  # `jmed validate`'s checks, before the model
                        exclude_ids=cfg.filters.exclude_ids)
+    if cfg.exam_kind:
+        from jmed.data import with_exam_kind
+
+        valid = with_exam_kind(valid, cfg.exam_kind)
     kept = apply_filters(valid, cfg.filters)
     questions = sample_questions(kept, cfg.sample, cfg.seed)
     reasons = left_out_counts(valid, cfg.filters)

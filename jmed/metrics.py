@@ -201,6 +201,7 @@ def letter_rows(questions: Iterable, predictions: Mapping[str, str], parsing: st
             "correct": correct, "points_scored": q.points if correct else 0,
             "missing": pred is None, "unparsed": pred is not None and parsed is None,
             "kinki": kinki_selected(q, parsed), "kinki_known": getattr(q, "kinki_known", False),
+            "exam_kind": getattr(q, "exam_kind", "medical"),
         })
     return rows
 
@@ -236,7 +237,11 @@ def _aggregate(rows: list[dict], year: int | None = None, with_pass: bool = Fals
         "unparsed": sum(r["unparsed"] for r in rows), "missing": sum(r["missing"] for r in rows),
         "kinki_selected": kinki,
     }
-    if with_pass:
+    kinds = sorted({r.get("exam_kind", "medical") for r in rows})
+    if with_pass and kinds != ["medical"]:  # dental and pharmacist exams have other rules: never a medical verdict
+        out.update(passed=None, verdict=f"no pass rule for this exam ({'/'.join(kinds)}): jmed applies only the "
+                                        "medical licensing exam's rule")
+    elif with_pass:
         out.update(pass_fail(req_points, req_total, gen_points, gen_total, kinki, year,
                              kinki_known=all(r.get("kinki_known", False) for r in rows)))
     return out

@@ -84,7 +84,8 @@ def predictions_digest(values: dict[str, str]) -> str:
 
 
 def score(data: str, predictions: str, protocol: str = "letter", parsing: str = "official",
-          filters=None, data_format: str = "auto", name: str = "", extraction: str = "last-block") -> tuple[dict, list, list[dict]]:
+          filters=None, data_format: str = "auto", name: str = "", extraction: str = "last-block",
+          exam_kind: str = "") -> tuple[dict, list, list[dict]]:
     """Score a predictions file or folder against question data.
 
     Returns (summary, questions scored, per-question rows). Unknown ids are checked against the
@@ -100,6 +101,8 @@ def score(data: str, predictions: str, protocol: str = "letter", parsing: str = 
 
     questions = load_valid(data, data_format, questions_only=True,  # the checks of `jmed validate`
                            exclude_ids=getattr(filters, "exclude_ids", ()))
+    if exam_kind:  # corrections, years and pass rules of that exam (`--exam-kind`)
+        questions = jdata.with_exam_kind(questions, exam_kind)
     values, where = read_predictions(predictions, protocol)
     known = {q.id for q in questions}
     unknown = [f"{where[pid]}: problem_id: {pid} is not a question of {data}" for pid in values if pid not in known]

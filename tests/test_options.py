@@ -190,12 +190,12 @@ def test_every_validate_score_and_promote_option_reaches_the_step(tmp_path):
                    "format": "igakuqa", "threshold": 85.0, "log": False}
 
     score = {"data": "/data/2022", "predictions": "/p.jsonl", "protocol": "text", "parsing": "lenient",
-             "extraction": "first-line", "format": "jjsimqa", "name": "gpt-x", "json": "true", "text_only": "true", "five_choices": "true",
+             "extraction": "first-line", "exam_kind": "dental", "format": "jjsimqa", "name": "gpt-x", "json": "true", "text_only": "true", "five_choices": "true",
              "scored_only": "true", "years": "2022", "blocks": "B,E", "ids": "116B1", "exclude_ids": "116B2"}
     assert set(score) | {"log"} == _options(cli.main.commands["score"])
     out = _mlflow_run("score", score, tmp_path)
     assert out["score"] == {"data": "/data/2022", "predictions": "/p.jsonl", "protocol": "text",
-                            "parsing": "lenient", "extraction": "first-line", "format": "jjsimqa", "name": "gpt-x", "json": True,
+                            "parsing": "lenient", "extraction": "first-line", "exam_kind": "dental", "format": "jjsimqa", "name": "gpt-x", "json": True,
                             "log": True}  # MLproject's score entry always logs
     assert out["filters"] == {"text_only": True, "five_choices": True, "scored_only": True, "years": "2022",
                               "blocks": "B,E", "ids": "116B1", "exclude_ids": "116B2"}

@@ -59,3 +59,23 @@ def test_igakuqa119_official_parsing_is_its_own_scorer_and_gives_no_verdict_with
     lenient = M.letter_rows(qs, preds, "lenient")  # "b …" is b; "[e, c]" is c,e; "060" is not 600
     assert [r["correct"] for r in lenient] == [True, True, True, False]
     assert official["by_year"]["2025"]["passed"] is None  # one block, no contraindication data
+
+
+def test_exam_kind_keys_corrections_years_and_pass_rules():
+    from jmed.data import Question, exam_year, with_exam_kind
+
+    def q(qid, block, points=1.0):
+        return Question(id=qid, stem="どれか。", choices=("甲", "乙", "丙", "丁", "戊"), answer=(("b",),), points=points,
+                        block=block, exam="116", year=exam_year("116"), kinki_known=True,
+                        accept_any=qid == "116A71")
+    medical = [q("116A71", "A"), q("116B1", "B")]
+    dental = with_exam_kind(medical, "dental")
+    assert [x.accept_any for x in dental] == [False, False]  # 116A71's correction is the medical exam's only
+    assert (medical[0].year, dental[0].year, with_exam_kind(medical, "pharmacist")[0].year) == (2022, 2023, 2031)
+    assert exam_year("109", "pharmacist") == 2024 and exam_year("116", "other") is None
+    preds = {"116A71": "a", "116B1": "b"}
+    assert M.letter_summary(medical, preds, "official")["correct"] == 2
+    s = M.letter_summary(dental, preds, "official")
+    assert s["correct"] == 1
+    assert s["by_year"]["2023"]["passed"] is None
+    assert s["by_year"]["2023"]["verdict"].startswith("no pass rule for this exam (dental)")
