@@ -116,7 +116,7 @@ def test_two_folders_share_one_registry_reproduce_and_racing_promoters_converge(
         (root / folder).mkdir()
         out = jmed(uri, root / folder, "pipeline", "--max-steps", steps, "--seed", seed, "--batch-size", "4",
                    "--sample", "8").stdout
-        assert "jmed-tiny: promote" in out or "jmed-tiny: keep" in out, out[-2000:]
+        assert "[jmed] promote jmed-tiny: " in out, out[-2000:]
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert {r.info.status for r in runs} == {"FINISHED"}
