@@ -106,7 +106,7 @@ class DataLoadError(ValueError):
 # ------------------------------------------------------------------------------------------------
 # Reading. Every loader returns records plus DataErrors; nothing raises on a bad record.
 
-FORMATS = ("igakuqa", "igakuqa119", "jmle2026", "jjsimqa", "jmmlu", "instructions")
+FORMATS = ("igakuqa", "igakuqa119", "medllm", "jmle2026", "jjsimqa", "jmmlu", "instructions")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 # Official corrections, as data (the IgakuQA reference scorer hard-codes them). 112B30 needs no entry:
@@ -121,6 +121,13 @@ YEAR_OFFSETS = {"medical": 1906, "dental": 1907, "pharmacist": 1915}
 
 IGAKUQA_FIELDS = {"problem_id": str, "problem_text": str, "choices": list, "text_only": bool,
                   "answer": list, "points": (str, int, float)}
+# The medLLM QA benchmark (github aistairc/medLLM_QA_benchmark): IgakuQA's schema per set, with integer
+# ids (MedQA, MMLU, CMExam), PubMedQA's `context` (the abstract the question is about) and DenQA (the
+# dental exam) answers "NA" for questions without an official answer.
+MEDLLM_FIELDS = {**IGAKUQA_FIELDS, "problem_id": (str, int), "answer": (list, str)}
+MEDLLM_SETS = {"denqa": "dental", "igakuqa": "medical", "jjsimqa": "medical"}  # file stem -> exam kind; others "other"
+MEDLLM_FILES = {"denqa", "mmlu_en_medical", "medmcqa", "medqa_en", "medqa_en_4op", "pubmedqa", "cmexam", "medqa_zh",
+                "medqa_zh_4op"}  # its sets whose ids do not give them away (igakuqa.jsonl and jjsimqa.jsonl read as such)
 INSTRUCTION_FIELDS = {"instruction": str, "output": str}
 JMLE_FIELDS = {"question_id": str, "block": str, "number": int, "question_type": str,
                "question_text": str, "requires_image": bool, "answer": list}
@@ -451,15 +458,29 @@ def _folder_year(path: Path) -> int | None:
 
 
 def _read_igakuqa(path: Path, ds: Dataset, source: str, translate: bool = False) -> None:
-    """IgakuQA JSONL (and JJSIMQA, which shares its schema), with `<name>_metadata.jsonl` joined in."""
+    """IgakuQA JSONL (and JJSIMQA and the medLLM QA benchmark, which share its schema), with
+    `<name>_metadata.jsonl` joined in."""
     sink = _Sink(ds, str(path))
     meta = _metadata(path, ds) if source == "igakuqa" else {}
     trans = _translations(path, ds) if translate else {}
     folder_year = _folder_year(path)
+    kind = MEDLLM_SETS.get(path.stem.lower(), "other") if source == "medllm" else "medical"
     for n, obj in _jsonl(path, sink):
-        if not _fields(obj, IGAKUQA_FIELDS, n, sink):
+        if not _fields(obj, MEDLLM_FIELDS if source == "medllm" else IGAKUQA_FIELDS, n, sink):
             continue
-        pid = obj["problem_id"].strip()
+        pid = str(obj["problem_id"]).strip()
+        if isinstance(obj["answer"], str):  # medLLM: "NA" where the exam has no official answer
+            if obj["answer"].strip().upper() != "NA":
+                sink.error(n, "answer", f"expected a list of letters or \"NA\", got {shown(obj['answer'])}")
+                continue
+            ds.skipped.setdefault("no_answer", []).append(pid)
+            sink.warn(n, "answer", f"{pid}: answer \"NA\" (no official answer); excluded")
+            continue
+        if source == "medllm" and obj.get("context"):
+            if not isinstance(obj["context"], str):
+                sink.error(n, "context", f"expected a string, got {_type(obj['context'])}")
+                continue
+            obj = {**obj, "problem_text": f"{obj['context'].strip()}\n\n{obj['problem_text']}"}  # PubMedQA's abstract
         choices = _choices(obj["choices"], n, sink)
         if choices is None:
             continue
@@ -471,7 +492,7 @@ def _read_igakuqa(path: Path, ds: Dataset, source: str, translate: bool = False)
         if pid in trans:
             stem = trans[pid].get("problem_text_en", stem)
             choices = tuple(trans[pid].get("choices_en", choices))
-        m = _EXAM_ID.match(pid) if source == "igakuqa" else None
+        m = _EXAM_ID.match(pid) if source == "igakuqa" or kind in ("medical", "dental") and source == "medllm" else None
         exam, block = (m.group(1), m.group(2)) if m else ("", "")
         mline, mobj = meta.get(pid, (0, {}))
         kinki: list[str] = []
@@ -483,11 +504,12 @@ def _read_igakuqa(path: Path, ds: Dataset, source: str, translate: bool = False)
             _Sink(ds, str(path.with_name(path.stem + "_metadata.jsonl"))).error(
                 mline, "kinki", f'letter "{bad[0]}" outside {len(choices)} choices of {pid}')
             continue
-        year = mobj.get("year") or folder_year or exam_year(exam)
+        year = mobj.get("year") or folder_year or exam_year(exam, kind)
         ds.items.append(Question(
             id=pid, stem=stem, choices=choices, answer=answer, points=points, block=block, exam=exam,
             year=year, text_only=obj["text_only"], kinki=tuple(sorted(set(kinki))), kinki_known="kinki" in mobj,
-            category=str(mobj.get("category", "")), source=source, accept_any=("medical", pid) in ACCEPT_ANY,
+            category=str(mobj.get("category", "")), source=source, accept_any=(kind, pid) in ACCEPT_ANY,
+            exam_kind=kind,
             file=str(path), line=n,
         ))
 
@@ -815,6 +837,9 @@ def detect_format(path) -> str:
         if isinstance(obj, dict):
             if "instruction" in obj and "output" in obj:
                 return "instructions"
+            if path.stem.lower() in MEDLLM_FILES or "context" in obj or (
+                    isinstance(obj.get("problem_id"), int) and not isinstance(obj.get("problem_id"), bool)):
+                return "medllm"
             if "choices_orig" in obj or re.match(r"^\d+_\d+-\d+$", str(obj.get("problem_id", ""))):
                 return "jjsimqa"
             return "igakuqa"
@@ -854,7 +879,7 @@ def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
         ds.errors.append(DataError(str(path), 0, "", "no data files in this folder"))
     for f in files:
         ds.files.append(str(f))
-        if ds.format in ("igakuqa", "jjsimqa"):
+        if ds.format in ("igakuqa", "jjsimqa", "medllm"):
             _read_igakuqa(f, ds, ds.format, translate)
         elif ds.format == "igakuqa119":
             _read_igakuqa119(f, ds)

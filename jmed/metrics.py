@@ -155,11 +155,23 @@ def _igakuqa119_official(question, text: str) -> tuple[str, ...] | None:
     return tuple(got) if all(ch in LETTERS[: len(question.choices)] for ch in got) else None
 
 
+def _medllm_official(text: str) -> tuple[str, ...] | None:
+    """The medLLM QA benchmark's scorer (scripts/evaluate_main.py): NFKC, 「、」 and 「，」 read as ",", split
+    on ",", each item stripped, sorted; equal to the gold list. (Its 116A71 rule is keyed by id alone, so it
+    also credits the dental exam's 116A71; jmed keys corrections by exam kind and does not.)"""
+    items = sorted(p.strip() for p in normalize(text).replace("、", ",").replace("，", ",").split(","))
+    return tuple(items) if any(items) else None
+
+
 def parse_answer(question, text: str | None, mode: str = LENIENT) -> tuple[str, ...] | None:
     """Letters (or the numeric string) a prediction gives for `question`; None = unparseable. Official
-    parsing is the dataset's own scorer: IgakuQA's reference, or IgakuQA119's for its questions."""
-    if mode == OFFICIAL and text is not None and getattr(question, "source", "") == "igakuqa119":
+    parsing is the dataset's own scorer: IgakuQA's reference, or IgakuQA119's or the medLLM QA
+    benchmark's for their questions."""
+    source = getattr(question, "source", "")
+    if mode == OFFICIAL and text is not None and source == "igakuqa119":
         return _igakuqa119_official(question, text)
+    if mode == OFFICIAL and text is not None and source == "medllm":
+        return _medllm_official(text)
     if question.numeric:
         return parse_numeric(text, mode)
     return parse_letters(text, len(question.choices), mode)

@@ -79,3 +79,39 @@ def test_exam_kind_keys_corrections_years_and_pass_rules():
     assert s["correct"] == 1
     assert s["by_year"]["2023"]["passed"] is None
     assert s["by_year"]["2023"]["verdict"].startswith("no pass rule for this exam (dental)")
+
+
+def _jsonl(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _mc(pid, answer, **extra):
+    return {"problem_id": pid, "problem_text": "Which is it?", "choices": ["w", "x", "y", "z"], "answer": answer,
+            "points": 1, "text_only": True, **extra}
+
+
+def test_medllm_benchmark_sets_integer_ids_pubmedqa_context_and_denqa(tmp_path):
+    medqa = read_dataset(_jsonl(tmp_path / "en" / "MedQA" / "medqa_en.jsonl", [_mc(0, ["b"]), _mc(1, ["c"])]))
+    assert medqa.format == "medllm" and medqa.errors == []
+    assert [q.id for q in medqa.items] == ["0", "1"] and {q.exam_kind for q in medqa.items} == {"other"}
+    pubmed = read_dataset(_jsonl(tmp_path / "en" / "PubMedQA" / "pubmedqa.jsonl", [
+        {**_mc("24507422", ["a"], context="Patients with stroke were studied."), "choices": ["yes", "no", "maybe"],
+         "problem_text": "Does shape analysis help?"}]))
+    [q] = pubmed.items
+    assert q.stem == "Patients with stroke were studied.\n\nDoes shape analysis help?"  # the abstract is kept
+    den = read_dataset(_jsonl(tmp_path / "ja" / "DenQA" / "denqa.jsonl", [
+        {**_mc("116A71", ["b"]), "choices": ["甲", "乙", "丙", "丁", "戊"]},
+        {**_mc("116B13", "NA")},
+        {**_mc("116B20", ["a"]), "choices": ["甲", "乙", "丙", "丁", "戊"]}]))
+    assert den.format == "medllm" and den.errors == []
+    assert den.skipped == {"no_answer": ["116B13"]}  # "NA": no official answer, excluded and counted
+    assert [(q.exam_kind, q.year, q.accept_any) for q in den.items] == [("dental", 2023, False)] * 2
+    # its own scorer: NFKC, 「、」 as ",", items stripped and sorted; no medical correction on dental 116A71
+    preds = {"116A71": "a", "116B20": " ａ "}
+    s = M.letter_summary(den.items, preds, "official")
+    assert s["correct"] == 1 and s["by_year"]["2023"]["passed"] is None
+    assert s["by_year"]["2023"]["verdict"].startswith("no pass rule for this exam (dental)")
+    multi = read_dataset(_jsonl(tmp_path / "zh" / "CMExam" / "cmexam.jsonl", [_mc(5, ["b", "d"])])).items
+    assert M.letter_summary(multi, {"5": "d、b"}, "official")["correct"] == 1
