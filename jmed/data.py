@@ -106,7 +106,7 @@ class DataLoadError(ValueError):
 # ------------------------------------------------------------------------------------------------
 # Reading. Every loader returns records plus DataErrors; nothing raises on a bad record.
 
-FORMATS = ("igakuqa", "igakuqa119", "medllm", "jmle2026", "jjsimqa", "jmmlu", "instructions")
+FORMATS = ("igakuqa", "igakuqa119", "medllm", "yakugakuqa", "jmle2026", "jjsimqa", "jmmlu", "instructions")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 # Official corrections, as data (the IgakuQA reference scorer hard-codes them). 112B30 needs no entry:
@@ -329,9 +329,11 @@ def _fields(obj: dict, spec: dict, n: int, sink: _Sink) -> bool:
         if name not in obj:
             sink.error(n, name, "missing field")
             ok = False
-        elif not isinstance(obj[name], kind) or (kind is int and isinstance(obj[name], bool)):
-            want = {str: "a string", list: "a list", bool: "a boolean (true/false)", int: "an integer"}.get(
-                kind, "a number or a numeric string")
+        elif not isinstance(obj[name], kind) or (isinstance(obj[name], bool) and kind in (int, (str, int))):
+            # true is not an id or a count (points reports its own bool error: `_points`)
+            names = {str: "a string", list: "a list", bool: "a boolean (true/false)", int: "an integer"}
+            want = names.get(kind) or ("a number or a numeric string" if float in kind else
+                                       " or ".join(names[k] for k in kind))
             sink.error(n, name, f"expected {want}, got {_type(obj[name])}")
             ok = False
     return ok
@@ -591,6 +593,91 @@ def _read_igakuqa119(path: Path, ds: Dataset) -> None:
             year=exam_year(exam), text_only=not obj["has_image"], source="igakuqa119", file=str(path), line=n))
 
 
+# YakugakuQA (the pharmacist exam; github EQUES-Inc/pharma-LLM-eval): data/<year>/<exam>-<block>.jsonl in
+# IgakuQA's schema with answers as choice numbers ("3"), "IMAGES" where the choices are a figure,
+# metadata_<exam>.jsonl (ids without the block) and a whole-year <exam>.jsonl repeating the block files.
+YAKUGAKU_ID = re.compile(r"^(\d{3})([A-F])(\d{3})$")
+_YAKU_ANY = re.compile(r"いずれか\s*([0-9１-９一二三四五])\s*つ")
+
+
+def _yakugakuqa_answer(items: list, n_choices: int, n: int, sink: _Sink):
+    """Choice numbers -> answer sets; "（いずれか2つを選択で正解とする）" -> every such pair; "解なし" -> "none"."""
+    import itertools
+
+    text = "".join(str(a) for a in items)
+    if "解なし" in text:
+        return "none"
+    digits = [m.group(0) for m in (re.match(r"\d+", str(a).strip()) for a in items) if m]
+    if not digits or len(digits) != len(items):
+        sink.error(n, "answer", f"expected choice numbers such as [\"3\"], got {shown(items)}")
+        return None
+    bad = [d for d in digits if not 1 <= int(d) <= n_choices]
+    if bad:
+        sink.error(n, "answer", f"choice number {bad[0]} outside {n_choices} choices")
+        return None
+    letters = sorted(LETTERS[int(d) - 1] for d in digits)
+    m = _YAKU_ANY.search(text)
+    if m:
+        k = "一二三四五".find(m.group(1)) + 1 or int(unicodedata.normalize("NFKC", m.group(1)))
+        return tuple(itertools.combinations(letters, k))
+    return (tuple(letters),)
+
+
+def _read_yakugakuqa(path: Path, ds: Dataset) -> None:
+    sink = _Sink(ds, str(path))
+    meta_path = path.with_name(f"metadata_{path.stem.split('-')[0]}.jsonl")
+    meta = {str(o.get("problem_id")): o for _, o in _jsonl(meta_path, _Sink(ds, str(meta_path)))} \
+        if meta_path.is_file() else {}
+    folder_year = _folder_year(path)
+    for n, obj in _jsonl(path, sink):
+        if not _fields(obj, {**IGAKUQA_FIELDS, "choices": (list, str)}, n, sink):
+            continue
+        pid = obj["problem_id"].strip()
+        m = YAKUGAKU_ID.match(pid)
+        if not m:
+            sink.error(n, "problem_id", f"{shown(pid)} is not a YakugakuQA id such as 103A001")
+            continue
+        answers = [str(a) for a in obj["answer"]]
+        top = max((int(d) for d in re.findall(r"^\d+", " ".join(answers), re.M)), default=5)
+        if isinstance(obj["choices"], str):  # "IMAGES": the choices are a figure; their numbers still count
+            if obj["choices"] != "IMAGES":
+                sink.error(n, "choices", f"expected a list or \"IMAGES\", got {shown(obj['choices'])}")
+                continue
+            choices = tuple(f"（選択肢{i}は図）" for i in range(1, max(5, top) + 1))
+        else:
+            choices = _choices(obj["choices"], n, sink)
+            if choices is None:
+                continue
+        answer = _yakugakuqa_answer(answers, len(choices), n, sink)
+        if answer == "none":
+            ds.skipped.setdefault("no_answer", []).append(pid)
+            sink.warn(n, "answer", f"{pid}: {shown(answers)}: no correct answer (解なし); excluded")
+            continue
+        points = _points(obj["points"], n, sink)
+        if answer is None or points is None:
+            continue
+        exam, block, number = m.groups()
+        ds.items.append(Question(
+            id=pid, stem=obj["problem_text"], choices=choices, answer=answer, points=points, block=block, exam=exam,
+            year=folder_year or exam_year(exam, "pharmacist"),
+            text_only=obj["text_only"] and not isinstance(obj["choices"], str),
+            category=str(meta.get(exam + number, {}).get("category", "")), source="yakugakuqa",
+            exam_kind="pharmacist", file=str(path), line=n))
+
+
+def _without_year_files(files: list[Path], ds: Dataset) -> list[Path]:
+    """YakugakuQA's whole-year <exam>.jsonl repeats its block files: read the blocks, say so once."""
+    out = []
+    for f in files:
+        blocks = sorted(f.parent.glob(f"{f.stem}-[A-F].jsonl")) if re.fullmatch(r"\d{3}", f.stem) else []
+        if blocks:
+            ds.warnings.append(DataError(str(f), 0, "", f"whole-year file repeating {len(blocks)} block files "
+                                                        f"({blocks[0].name} …): skipped, the blocks are read"))
+        else:
+            out.append(f)
+    return out
+
+
 def _json_records(path: Path, sink: _Sink):
     """(line, object) for each element of a top-level JSON list, with the line where it starts."""
     text = read_text(path, sink)
@@ -778,7 +865,8 @@ def _data_files(path: Path) -> list[Path]:
     files = []
     for folder, names in _walk(path):
         files += [folder / n for n in names if n.endswith((".jsonl", ".json", ".csv"))]
-    return sorted(p for p in files if not p.name.endswith(("_metadata.jsonl", "_translate.jsonl")))
+    return sorted(p for p in files if not p.name.endswith(("_metadata.jsonl", "_translate.jsonl"))
+                  and not p.name.startswith("metadata_"))  # YakugakuQA's metadata_103.jsonl
 
 
 def _igakuqa119_files(path: Path) -> list[Path]:
@@ -837,6 +925,8 @@ def detect_format(path) -> str:
         if isinstance(obj, dict):
             if "instruction" in obj and "output" in obj:
                 return "instructions"
+            if YAKUGAKU_ID.match(str(obj.get("problem_id", ""))):
+                return "yakugakuqa"
             if path.stem.lower() in MEDLLM_FILES or "context" in obj or (
                     isinstance(obj.get("problem_id"), int) and not isinstance(obj.get("problem_id"), bool)):
                 return "medllm"
@@ -875,6 +965,8 @@ def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
         files = _igakuqa119_files(path) if ds.format == "igakuqa119" else _data_files(path)
     else:
         files = [path]
+    if ds.format == "yakugakuqa" and path.is_dir():
+        files = _without_year_files(files, ds)
     if not files:
         ds.errors.append(DataError(str(path), 0, "", "no data files in this folder"))
     for f in files:
@@ -883,6 +975,8 @@ def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
             _read_igakuqa(f, ds, ds.format, translate)
         elif ds.format == "igakuqa119":
             _read_igakuqa119(f, ds)
+        elif ds.format == "yakugakuqa":
+            _read_yakugakuqa(f, ds)
         elif ds.format == "jmle2026":
             _read_jmle2026(f, ds)
         elif ds.format == "jmmlu":
@@ -890,6 +984,8 @@ def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
         else:
             _read_instructions(f, ds)
     ds.errors.extend(duplicate_ids(ds.items))
+    if fmt == "auto" and not ds.items and len(ds.errors) >= MANY_ERRORS:
+        ds = _no_reader_fits(path, ds, translate)
     if not ds.items and not ds.errors:  # "OK: 0 questions" would pass an empty file on to training
         excluded = sum(len(v) for v in ds.skipped.values())
         ds.errors.append(DataError(str(path), 0, "", "no questions or records in the data" +
@@ -897,6 +993,28 @@ def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
     order = {f: i for i, f in enumerate(ds.files)}
     ds.errors.sort(key=lambda e: (order.get(e.file, -1), e.file, e.line))
     return ds
+
+
+MANY_ERRORS = 20  # an auto-detected reader that reads nothing and fails this often is the wrong reader
+
+
+def _no_reader_fits(path: Path, detected: Dataset, translate: bool) -> Dataset:
+    """The detected reader read nothing: try the others. One that reads the data wins; else a single error
+    names every format tried and its most common problem, before the detected reader's first errors."""
+    from collections import Counter
+
+    tried = []
+    for fmt in FORMATS:
+        ds = detected if fmt == detected.format else read_dataset(path, fmt, translate)
+        if ds.items and not ds.errors:
+            return ds
+        top = Counter((e.field, re.sub(r"\b\d+\b", "N", e.message)) for e in ds.errors).most_common(1)
+        why = f"{top[0][0][0] + ': ' if top[0][0][0] else ''}{top[0][0][1]} ({top[0][1]} of {len(ds.errors)} errors)" \
+            if top else "read nothing"
+        tried.append(f"{fmt}: {why}")
+    detected.errors = [DataError(str(path), 0, "", "no reader fits this data; formats tried: " + "; ".join(tried))] \
+        + detected.errors[:5]
+    return detected
 
 
 def duplicate_ids(items) -> list[DataError]:

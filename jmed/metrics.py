@@ -155,6 +155,16 @@ def _igakuqa119_official(question, text: str) -> tuple[str, ...] | None:
     return tuple(got) if all(ch in LETTERS[: len(question.choices)] for ch in got) else None
 
 
+def _yakugakuqa_official(question, text: str) -> tuple[str, ...] | None:
+    """YakugakuQA's scorer (check.py): the response equals the choice numbers joined by "," ("2,3")."""
+    if not re.fullmatch(r"[1-9](?:,[1-9])*", text):
+        return None
+    numbers = [int(d) for d in text.split(",")]
+    if numbers != sorted(set(numbers)) or numbers[-1] > len(question.choices):
+        return None
+    return tuple(LETTERS[d - 1] for d in numbers)
+
+
 def _medllm_official(text: str) -> tuple[str, ...] | None:
     """The medLLM QA benchmark's scorer (scripts/evaluate_main.py): NFKC, 「、」 and 「，」 read as ",", split
     on ",", each item stripped, sorted; equal to the gold list. (Its 116A71 rule is keyed by id alone, so it
@@ -172,6 +182,8 @@ def parse_answer(question, text: str | None, mode: str = LENIENT) -> tuple[str, 
         return _igakuqa119_official(question, text)
     if mode == OFFICIAL and text is not None and source == "medllm":
         return _medllm_official(text)
+    if mode == OFFICIAL and text is not None and source == "yakugakuqa":
+        return _yakugakuqa_official(question, text)
     if question.numeric:
         return parse_numeric(text, mode)
     return parse_letters(text, len(question.choices), mode)

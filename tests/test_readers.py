@@ -115,3 +115,50 @@ def test_medllm_benchmark_sets_integer_ids_pubmedqa_context_and_denqa(tmp_path):
     assert s["by_year"]["2023"]["verdict"].startswith("no pass rule for this exam (dental)")
     multi = read_dataset(_jsonl(tmp_path / "zh" / "CMExam" / "cmexam.jsonl", [_mc(5, ["b", "d"])])).items
     assert M.letter_summary(multi, {"5": "d、b"}, "official")["correct"] == 1
+
+
+def _yaku(pid, answer, choices=("甲", "乙", "丙", "丁", "戊"), text_only=True):
+    return {"problem_id": pid, "problem_text": "どれか。1つ選べ。", "choices": choices if isinstance(choices, str)
+            else list(choices), "text_only": text_only, "answer": answer, "points": 1, "comment": "解説"}
+
+
+def test_yakugakuqa_layout_numbers_images_metadata_and_the_whole_year_file(tmp_path):
+    year = tmp_path / "data" / "2018"
+    block_a = [_yaku("103A001", ["3"]), _yaku("103A002", ["2", "4"])]
+    block_b = [_yaku("103B001", ["2", "3"], choices="IMAGES", text_only=False),
+               _yaku("103B002", ["1", "2", "3（いずれか2つを選択で正解とする）"]),
+               _yaku("103B003", ["解なし"])]
+    _jsonl(year / "103-A.jsonl", block_a)
+    _jsonl(year / "103-B.jsonl", block_b)
+    _jsonl(year / "103.jsonl", block_a + block_b)  # the whole year again
+    _jsonl(year / "metadata_103.jsonl", [{"problem_id": "103001", "category": "Physics", "note": ""}])
+    ds = read_dataset(tmp_path / "data")
+    assert ds.format == "yakugakuqa" and ds.errors == [], ds.errors
+    qs = {q.id: q for q in ds.items}
+    assert list(qs) == ["103A001", "103A002", "103B001", "103B002"]  # once each; metadata is not questions
+    assert qs["103A001"].answer == (("c",),) and qs["103A002"].answer == (("b", "d"),)  # numbers are choices
+    assert qs["103A001"].category == "Physics"  # metadata ids have no block
+    assert not qs["103B001"].text_only and len(qs["103B001"].choices) == 5  # "IMAGES": the numbers still count
+    assert qs["103B002"].answer == (("a", "b"), ("a", "c"), ("b", "c"))  # any two of 1, 2, 3
+    assert ds.skipped == {"no_answer": ["103B003"]}
+    assert any("whole-year file repeating 2 block files" in w.message for w in ds.warnings)
+    assert {(q.exam_kind, q.year) for q in qs.values()} == {("pharmacist", 2018)}
+    # its scorer: the response is the numbers joined by "," exactly
+    preds = {"103A001": "3", "103A002": "2,4", "103B001": "3,2", "103B002": "1,3"}
+    rows = M.letter_rows(list(qs.values()), preds, "official")
+    assert [r["correct"] for r in rows] == [True, True, False, True]
+    s = M.letter_summary(list(qs.values()), preds, "official")
+    assert s["by_year"]["2018"]["verdict"].startswith("no pass rule for this exam (pharmacist)")
+
+
+def test_when_no_reader_fits_one_error_names_every_format_tried_and_why(tmp_path):
+    bad = tmp_path / "set.jsonl"
+    bad.write_text("".join(json.dumps({"problem_id": True, "problem_text": "x", "choices": ["p", "q"], "answer": ["a"],
+                                       "points": 1, "text_only": True}) + "\n" for _ in range(30)), encoding="utf-8")
+    ds = read_dataset(bad)
+    assert len(ds.errors) == 6  # the summary, then the detected reader's first 5 line errors
+    head = ds.errors[0].message
+    assert head.startswith("no reader fits this data; formats tried: igakuqa: problem_id: expected a string, got "
+                           "a boolean (30 of 30 errors); igakuqa119: IgakuQA119 answers not found")
+    assert "medllm: problem_id: expected a string or an integer, got a boolean" in head  # what each reader said
+    assert str(ds.errors[1]) == f"{bad}:1: problem_id: expected a string, got a boolean"
