@@ -98,15 +98,31 @@ def render(question, fmt: str, shots: Sequence = (), tokenizer=None) -> Rendered
     Chat formats need the tokenizer: the whole few-shot text becomes one user turn, and the
     template's assistant header ends the prompt.
     """
-    parts = []
-    for shot in shots:
-        r = render_one(shot, fmt)
-        parts.append(r.prompt + r.target)
     main = render_one(question, fmt)
-    text = "\n\n".join(parts + [main.prompt])
+    if shots and base_format(fmt) in ("medpalm", "alpaca_med"):
+        text = _harness_shots(question, shots, base_format(fmt))
+    else:
+        text = "\n\n".join([render_one(s, fmt).prompt + render_one(s, fmt).target for s in shots] + [main.prompt])
     if fmt.startswith("chat"):
         text = apply_chat(text, tokenizer)
     return Rendered(text, main.target)
+
+
+def _harness_shots(question, shots: Sequence, base: str) -> str:
+    """The authors' harness's few-shot layout (template.py, its 1-shot medpalm template): the instruction
+    once, then each solved example as an input and its response, then the question. Examples list their
+    choices joined by ", " and answer with the choice text, as that template does; alpaca_med, which has
+    no few-shot template there, follows the same layout in its own sections."""
+    def block(q, answer: str | None) -> str:
+        sep = ", " if answer is not None else ","
+        if base == "medpalm":
+            text = f"### 入力：\n{q.stem}\n{sep.join(q.choices)}\n{RESPONSE_HEADER}"
+        else:
+            text = f"### 指示：\n{q.stem}\n### 入力：\n{sep.join(q.choices)}\n{RESPONSE_HEADER}"
+        return text + (f"{answer}\n" if answer is not None else "")
+
+    head = f"### 指示：\n{preamble(len(question.choices))}\n" if base == "medpalm" else f"{preamble(len(question.choices))}\n"
+    return head + "".join(block(s, target_text(s)) for s in shots) + block(question, None)
 
 
 def apply_chat(text: str, tokenizer) -> str:

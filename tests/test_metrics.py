@@ -338,3 +338,27 @@ def test_prompt_states_the_question_s_own_number_of_choices():
     assert "4つの選択肢" in render_prompt("どれか。", ("a", "b", "c", "d"), "alpaca_med")
     five = render_prompt("どれか。", CH5, "medpalm")
     assert "最終的な答えとして5つの選択肢のうちの1つを出力してください。" in five  # the harness's text exactly
+
+
+def test_one_shot_medpalm_is_the_harness_template():
+    """japanese-lm-med-harness template.py, its 1-shot medpalm_five_choice_cot_ja: one instruction block,
+    the example's choices joined by ", " and answered with the choice text, then {{instruction}} {{input}}
+    (the question's choices joined by "," as eval_bench.py renders them)."""
+    from jmed.prompts import render
+
+    shot = q("S1", answer=(("e",),), stem="ヒトゲノム・遺伝子解析研究の被験者に対する説明で必須でないのはどれか。",
+             choices=("研究の目的", "同意の自由", "匿名化の方法", "参加による不利益", "研究成果還元の保証"))
+    main = q("Q1", stem="どれか。")
+    assert render(main, "medpalm", [shot]).prompt == (
+        "### 指示：\n"
+        "以下は医学知識に関する多肢選択問題です。利用可能な情報を要約してから、段階的に解決してください。"
+        "最終的な答えとして5つの選択肢のうちの1つを出力してください。\n"
+        "### 入力：\n"
+        "ヒトゲノム・遺伝子解析研究の被験者に対する説明で必須でないのはどれか。\n"
+        "研究の目的, 同意の自由, 匿名化の方法, 参加による不利益, 研究成果還元の保証\n"
+        "### 応答：\n"
+        "研究成果還元の保証\n"
+        "### 入力：\n"
+        "どれか。\n"
+        "肺炎,心不全,腎不全,肝硬変,敗血症\n"
+        "### 応答：\n")
