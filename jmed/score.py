@@ -105,6 +105,11 @@ def score(data: str, predictions: str, protocol: str = "letter", parsing: str = 
         questions = jdata.with_exam_kind(questions, exam_kind)
     values, where = read_predictions(predictions, protocol)
     known = {q.id for q in questions}
+    # questions the reader itself left out (no official answer, choices it cannot read) are not unknown:
+    # their predictions are set aside and counted
+    skipped = {pid: why for why, ids in jdata.read_dataset(data, data_format).skipped.items() for pid in ids}
+    set_aside = {pid: skipped[pid] for pid in values if pid not in known and pid in skipped}
+    values = {pid: v for pid, v in values.items() if pid not in set_aside}
     unknown = [f"{where[pid]}: problem_id: {pid} is not a question of {data}" for pid in values if pid not in known]
     if unknown:
         raise ScoreError(unknown)
@@ -126,6 +131,7 @@ def score(data: str, predictions: str, protocol: str = "letter", parsing: str = 
         "name": name, "data": str(data), "data_digest": jdata.digest(questions),
         "predictions": str(predictions), "predictions_digest": predictions_digest(values),
         "predictions_count": len(values),
+        "set_aside": set_aside,  # predictions of questions the data's reader excluded, with why
     })
     return summary, questions, rows
 
@@ -188,7 +194,7 @@ def format_summary(summary: dict, max_missing: int = 20) -> str:
         lines.append(f"required (B,E) {s['required_points']}/{s['required_total']} ({s['required_score']:.4f}); "
                      f"unparsed {s['unparsed']}; missing {s['missing']}; kinki selected {s['kinki_selected']}")
         for year, y in s["by_year"].items():
-            verdict = {True: "PASS", False: "FAIL", None: "-"}[y["passed"]]
+            verdict = y.get("verdict") or {True: "PASS", False: "FAIL", None: "-"}[y["passed"]]
             lines.append(f"  {year}: accuracy {y['accuracy']:.4f} ({y['correct']}/{y['questions']}), "
                          f"required {y['required_points']}/{y['required_total']}, "
                          f"general {y['general_points']}/{y['general_total']} (line {y['general_line']:.3f}), "
@@ -201,6 +207,9 @@ def format_summary(summary: dict, max_missing: int = 20) -> str:
         for year, y in s["by_year"].items():
             lines.append(f"  {year}: exact {y['exact_match']:.4f}, gestalt {y['gestalt']:.4f}, "
                          f"gestalt accuracy {y['gestalt_accuracy']:.4f} ({y['questions']} questions)")
+    if summary.get("set_aside"):
+        lines.append(f"set aside: {len(summary['set_aside'])} prediction(s) of questions the data's reader excluded ("
+                     + ", ".join(f"{pid}: {why}" for pid, why in list(summary["set_aside"].items())[:10]) + ")")
     missing = summary["missing_ids"]
     if missing:
         shown = ", ".join(missing[:max_missing]) + (f", … ({len(missing) - max_missing} more)"

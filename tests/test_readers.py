@@ -162,3 +162,16 @@ def test_when_no_reader_fits_one_error_names_every_format_tried_and_why(tmp_path
                            "a boolean (30 of 30 errors); igakuqa119: IgakuQA119 answers not found")
     assert "medllm: problem_id: expected a string or an integer, got a boolean" in head  # what each reader said
     assert str(ds.errors[1]) == f"{bad}:1: problem_id: expected a string, got a boolean"
+
+
+def test_score_sets_aside_predictions_of_questions_the_reader_excluded(tmp_path):
+    from jmed.score import format_summary, score
+
+    root = _igakuqa119(tmp_path)
+    preds = _jsonl(tmp_path / "p.jsonl", [{"problem_id": "119B1", "prediction": "b"},
+                                          {"problem_id": "119B76", "prediction": "a"}])
+    summary, questions, _ = score(str(root), str(preds))
+    assert summary["set_aside"] == {"119B76": "choices_unparsed"} and len(questions) == 4
+    assert summary["correct"] == 1 and summary["missing"] == 3
+    assert "set aside: 1 prediction(s) of questions the data's reader excluded (119B76: choices_unparsed)" in \
+        format_summary(summary)
