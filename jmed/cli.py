@@ -436,6 +436,8 @@ def predict(file, model_uri, base_model, protocol, max_new_tokens, batch_size, o
     except ValueError as e:
         raise click.ClickException(str(e))
     except MlflowException as e:  # a URI that names no served model, a run or version that does not exist
+        if e.error_code == "INVALID_PARAMETER_VALUE":  # the served model refused the request (as HTTP 400)
+            raise click.ClickException(e.message)
         raise click.ClickException(f"{model_uri or 'the champion'}: {e.message} (predict needs a served model: "
                                    "models:/jmed-<slug>@champion or /<version>, or the runs:/… of a logged one; "
                                    "an adapter becomes one with `jmed promote`)")

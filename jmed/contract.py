@@ -120,7 +120,7 @@ def check_inputs(model_input) -> list[dict]:
 PARAMS = ("protocol", "max_new_tokens", "version", "alias")
 
 
-def check_params(params: dict | None, default_protocol: str) -> tuple[str, int]:
+def check_params(params: dict | None, default_protocol: str, prompt_format: str = "") -> tuple[str, int]:
     """(protocol, max_new_tokens) of a request. `version` and `alias` (which registered version answers)
     are checked by the served model, which knows the versions (`selected_version`)."""
     params = params or {}
@@ -130,6 +130,13 @@ def check_params(params: dict | None, default_protocol: str) -> tuple[str, int]:
     protocol = params.get("protocol") or default_protocol
     if protocol not in PROTOCOLS:
         raise invalid(f"param 'protocol' is {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+    if prompt_format:
+        from jmed.prompts import check_protocol
+
+        try:
+            check_protocol(prompt_format, protocol)
+        except ValueError as exc:
+            raise invalid(f"param 'protocol': {exc}") from None
     tokens = params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= MAX_NEW_TOKENS_LIMIT:
         raise invalid(f"param 'max_new_tokens' is {tokens!r}; must be an integer from 0 (fit the answers) "

@@ -18,6 +18,7 @@ import time
 from jmed import adapter
 from jmed.config import PROTOCOLS
 from jmed.inference import answer_budget, encode_prompt, generate, loglik, shots_for
+from jmed.prompts import check_protocol
 
 
 # ---- adapters: jmed.adapter owns the card and the references ----------------------------------------
@@ -129,16 +130,6 @@ def _metrics(summary: dict, extra: dict, n: int, skipped: int, seconds: float) -
 
 MATCH_PARAMS = ("model", "base_revision", "eval_data_digest", "protocol", "prompt_format", "shots", "parsing",
                 "extraction", "limit", "sample", "quantization")
-
-
-def check_protocol(fmt: str, protocol: str) -> None:
-    """A generation protocol must read the answers the prompt format asks for (loglik reads any)."""
-    from jmed.prompts import protocol_for
-
-    if protocol in ("letter", "text") and protocol != protocol_for(fmt):
-        raise ValueError(f"protocol {protocol!r} cannot read answers of prompt format {fmt!r} (its answers are "
-                         f"{'letters' if protocol_for(fmt) == 'letter' else 'choice text'}); use protocol "
-                         f"{protocol_for(fmt)!r} or loglik")
 
 
 def _resolve(cfg, meta: dict):

@@ -218,7 +218,7 @@ def eval_config_for(train_cfg: TrainConfig, eval_data: str, protocol: str, shots
                                  "scored_only": f.scored_only, "exclude_ids": f.exclude_ids,
                                  **{k: settings.pop(k) for k in ("years", "blocks", "ids") if k in settings}})
     if protocol:  # before any step runs, not after training
-        from jmed.evaluate import check_protocol
+        from jmed.prompts import check_protocol
 
         check_protocol(train_cfg.prompt_format, protocol)
     return build(EvalConfig, {

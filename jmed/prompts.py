@@ -40,6 +40,14 @@ def base_format(fmt: str) -> str:
     return fmt.removeprefix("chat-")
 
 
+def check_protocol(fmt: str, protocol: str) -> None:
+    """A generation protocol must read the answers the prompt format asks for (loglik reads any)."""
+    if protocol in ("letter", "text") and protocol != protocol_for(fmt):
+        raise ValueError(f"protocol {protocol!r} cannot read answers of prompt format {fmt!r} (its answers are "
+                         f"{'letters' if protocol_for(fmt) == 'letter' else 'choice text'}); use protocol "
+                         f"{protocol_for(fmt)!r} or loglik")
+
+
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"unknown prompt format {fmt!r}; choose one of: {', '.join(FORMATS)}")

@@ -346,7 +346,16 @@ def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
     from jmed.config import from_flat
 
     saved = from_flat(TrainConfig, state["config"])
-    return dataclasses.replace(saved, **{k: getattr(cfg, k) for k in RESUME_FREE + TRUSTED_ONLY})
+    free, defaults = RESUME_FREE + TRUSTED_ONLY, TrainConfig()
+    # An option given with --resume-from that contradicts the run being continued would be silently ignored:
+    # refuse it (a value equal to the default cannot be told from "not given", and is not checked).
+    clash = [f"{f.name}={getattr(cfg, f.name)!r} (the run has {getattr(saved, f.name)!r})"
+             for f in dataclasses.fields(TrainConfig) if f.name not in free
+             and getattr(cfg, f.name) != getattr(defaults, f.name) and getattr(cfg, f.name) != getattr(saved, f.name)]
+    if clash:
+        raise TrainError(f"--resume-from {cfg.resume_from} continues that run with its own settings; these options "
+                         f"differ from them: {', '.join(clash)}. Drop them, or start a new run without --resume-from")
+    return dataclasses.replace(saved, **{k: getattr(cfg, k) for k in free})
 
 
 def load_checkpoint_adapter(folder: Path, model) -> tuple[int, int]:

@@ -55,6 +55,11 @@ def test_params():
                             ({"temperature": 1}, "unknown param(s): temperature")]:
         with pytest.raises(MlflowException, match=message.replace("(", r"\(").replace(")", r"\)")):
             check_params(params, "letter")
+    # a generation protocol that cannot read the adapter's answers is refused (it answered "" before)
+    assert check_params({"protocol": "loglik"}, "letter", "igakuqa") == ("loglik", 0)
+    with pytest.raises(MlflowException, match="param 'protocol': protocol 'text' cannot read answers of prompt format "
+                                              "'igakuqa'"):
+        check_params({"protocol": "text"}, "letter", "igakuqa")
 
 
 # ---- a real model in a real store, served by a real process -------------------------------------

@@ -160,7 +160,10 @@ def test_determinism_and_resume(tracking):
     assert sorted(a.path for a in client.list_artifacts(stopped, "checkpoints")) == [
         "checkpoints/step-000002", "checkpoints/step-000003"]
     assert "adapter" not in {a.path for a in client.list_artifacts(stopped)}
-    resumed = train(TrainConfig(resume_from=stopped))  # the interrupted run's own config is used
+    # an option that contradicts the run being continued is refused, not silently ignored
+    with pytest.raises(TrainError, match=r"these options differ from them: lora_r=4 \(the run has 8\)"):
+        train(TrainConfig(resume_from=stopped, lora_r=4))
+    resumed = train(TrainConfig(resume_from=stopped, batch_size=4))  # the interrupted run's own config is used
     run = client.get_run(resumed)
     assert run.info.status == "FINISHED"
     assert run.data.tags["jmed.resumed_from"] == stopped
