@@ -967,6 +967,18 @@ def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
         files = [path]
     if ds.format == "yakugakuqa" and path.is_dir():
         files = _without_year_files(files, ds)
+    if fmt == "auto" and path.is_dir() and len(files) > 1:
+        kinds: dict[str, list[str]] = {}
+        for f in files:
+            try:
+                kinds.setdefault(detect_format(f), []).append(f.name)
+            except ValueError:
+                pass  # the reader reports an unreadable file itself
+        if len(kinds) > 1:  # read as one format, every file of the others would fail line by line
+            ds.errors.append(DataError(str(path), 0, "", "this folder mixes formats: " + "; ".join(
+                f"{k} ({', '.join(v[:3])}{', …' if len(v) > 3 else ''})" for k, v in sorted(kinds.items()))
+                + "; pass the files (or --format) separately"))
+            return ds
     if not files:
         ds.errors.append(DataError(str(path), 0, "", "no data files in this folder"))
     for f in files:

@@ -175,3 +175,12 @@ def test_score_sets_aside_predictions_of_questions_the_reader_excluded(tmp_path)
     assert summary["correct"] == 1 and summary["missing"] == 3
     assert "set aside: 1 prediction(s) of questions the data's reader excluded (119B76: choices_unparsed)" in \
         format_summary(summary)
+
+
+def test_a_folder_mixing_formats_is_one_clear_error():
+    from jmed.data import SAMPLE_DIR
+
+    ds = read_dataset(SAMPLE_DIR)  # the bundled sample: exam questions and instruction records side by side
+    assert [str(e) for e in ds.errors] == [
+        f"{SAMPLE_DIR}: this folder mixes formats: igakuqa (test.jsonl, train.jsonl); instructions "
+        "(instructions.jsonl); pass the files (or --format) separately"]
