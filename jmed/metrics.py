@@ -165,6 +165,20 @@ def _yakugakuqa_official(question, text: str) -> tuple[str, ...] | None:
     return tuple(LETTERS[d - 1] for d in numbers)
 
 
+def _jmle2026_official(question, text: str) -> tuple[str, ...] | None:
+    """JMLE2026-Bench's scorer (benchmark.py): the rest of the line after 「【回答】」; a calculation answer as
+    is; otherwise markdown marks removed, split on commas, 「、」 and spaces, the single letters a-e kept."""
+    m = re.search(r"【回答】\s*(.+)", text)
+    if not m:
+        return None
+    answer = m.group(1).strip()
+    if question.numeric:
+        return (answer,)
+    tokens = re.split(r"[,、\s]+", re.sub(r"[*_`#]", "", answer).strip())
+    letters = sorted({t.lower() for t in tokens if re.fullmatch(r"[a-eA-E]", t)})
+    return tuple(letters) or None
+
+
 def _medllm_official(text: str) -> tuple[str, ...] | None:
     """The medLLM QA benchmark's scorer (scripts/evaluate_main.py): NFKC, 「、」 and 「，」 read as ",", split
     on ",", each item stripped, sorted; equal to the gold list. (Its 116A71 rule is keyed by id alone, so it
@@ -175,8 +189,8 @@ def _medllm_official(text: str) -> tuple[str, ...] | None:
 
 def parse_answer(question, text: str | None, mode: str = LENIENT) -> tuple[str, ...] | None:
     """Letters (or the numeric string) a prediction gives for `question`; None = unparseable. Official
-    parsing is the dataset's own scorer: IgakuQA's reference, or IgakuQA119's or the medLLM QA
-    benchmark's for their questions."""
+    parsing is the dataset's own scorer: IgakuQA's reference, or IgakuQA119's, JMLE2026-Bench's,
+    YakugakuQA's or the medLLM QA benchmark's for their questions."""
     source = getattr(question, "source", "")
     if mode == OFFICIAL and text is not None and source == "igakuqa119":
         return _igakuqa119_official(question, text)
@@ -184,6 +198,8 @@ def parse_answer(question, text: str | None, mode: str = LENIENT) -> tuple[str, 
         return _medllm_official(text)
     if mode == OFFICIAL and text is not None and source == "yakugakuqa":
         return _yakugakuqa_official(question, text)
+    if mode == OFFICIAL and text is not None and source == "jmle2026":
+        return _jmle2026_official(question, text)
     if question.numeric:
         return parse_numeric(text, mode)
     return parse_letters(text, len(question.choices), mode)

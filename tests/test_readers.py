@@ -184,3 +184,18 @@ def test_a_folder_mixing_formats_is_one_clear_error():
     assert [str(e) for e in ds.errors] == [
         f"{SAMPLE_DIR}: this folder mixes formats: igakuqa (test.jsonl, train.jsonl); instructions "
         "(instructions.jsonl); pass the files (or --format) separately"]
+
+
+def test_jmle2026_official_parsing_is_the_bench_s_own_scorer():
+    from jmed.data import Question
+
+    def q(answer, choices=("甲", "乙", "丙", "丁", "戊")):
+        return Question(id="120A1", stem="どれか。", choices=choices, answer=answer, source="jmle2026")
+
+    two = q((("b", "d"),))
+    assert M.parse_answer(two, "理由…\n【回答】 **b**, D\n以上", "official") == ("b", "d")  # marks removed, case folded
+    assert M.parse_answer(two, "【回答】b、d", "official") == ("b", "d")
+    assert M.parse_answer(two, "b,d", "official") is None  # no 【回答】 line: its parse failure (lenient reads it)
+    assert M.parse_answer(two, "b,d", "lenient") == ("b", "d")
+    calc = q((("26",),), choices=())
+    assert M.is_correct(calc, M.parse_answer(calc, "【回答】 26", "official"))
