@@ -228,7 +228,7 @@ class JmedModel(PythonModel):
         rows = check_inputs(model_input)  # in the request's own thread: a bad request fails alone
         version = self._select(params)
         protocol, max_new_tokens = check_params(params, self.adapters[version].protocol,
-                                                self.adapters[version].prompt_format)
+                                                self.adapters[version].format)
         out = self.batcher.submit((version, protocol, max_new_tokens), rows)
         return pd.DataFrame(out, columns=OUTPUT_COLUMNS)
 
