@@ -71,7 +71,9 @@ def main() -> int:
     print("The server has been stopped.\n")
     print("Open the MLflow UI on the same store:")
     if uri.startswith("sqlite:"):
-        print(f"  .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000   # then http://127.0.0.1:5000")
+        # the variable keeps `mlflow ui` from starting a job runner and its consumers
+        print(f"  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
+              "   # then http://127.0.0.1:5000")
     else:
         print(f"  {uri}")
     print(f"Serve the champion yourself: .venv/bin/jmed serve --base-model tiny\n"
