@@ -61,7 +61,7 @@ def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str
         extra["accuracy_k_from_stem"] = summary["accuracy_stem_k"]
         outputs = [" ".join(f"{LETTERS[i]}:{v:.3f}" for i, v in enumerate(sc)) for sc in scores]
         preds = {q.id: ",".join(M.letters_of(M.loglik_pick(by_id[q.id], q.n_answers))) for q in qs}
-        rows = M.letter_rows(qs, preds, M.OFFICIAL)
+        rows = M.letter_rows(qs, preds, M.PICKS)
     else:
         limits = [max_new_tokens or answer_budget(tokenizer, q.choices, q.n_answers, protocol) for q in qs]
         outputs, cut = generate(model, tokenizer, prompts, batch_size, limits, desc=desc or protocol,
@@ -76,8 +76,8 @@ def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str
             responses = {q.id: out for q, out in zip(qs, outputs)}
             text = M.text_summary(qs, responses, extraction)
             picks = {r["id"]: r["pick"] for r in M.text_rows(qs, responses, extraction)}
-            summary = M.letter_summary(qs, picks, M.OFFICIAL)  # accuracy, score, … of the gestalt picks
-            rows = M.letter_rows(qs, picks, M.OFFICIAL)
+            summary = M.letter_summary(qs, picks, M.PICKS)  # accuracy, score, … of the gestalt picks
+            rows = M.letter_rows(qs, picks, M.PICKS)
             extra.update(exact_match=text["exact_match"], gestalt=text["gestalt"],
                          gestalt_accuracy=text["gestalt_accuracy"])
             for year, ys in text["by_year"].items():

@@ -23,6 +23,9 @@ from jmed.config import PARSINGS
 from jmed.prompts import LETTERS, extract_response
 
 OFFICIAL, LENIENT = PARSINGS
+# jmed's own picks (log-likelihood and gestalt top-k, written "b,d") are read with IgakuQA's reference rules
+# whatever the dataset: a dataset's own scorer (official parsing) is for predictions made elsewhere.
+PICKS = "picks"
 
 REQUIRED_BLOCKS = ("B", "E")  # 必修 (required) section of the JMLE
 REQUIRED_LINE = 0.80  # required section: at least 80 % of its points
@@ -192,6 +195,8 @@ def parse_answer(question, text: str | None, mode: str = LENIENT) -> tuple[str, 
     parsing is the dataset's own scorer: IgakuQA's reference, or IgakuQA119's, JMLE2026-Bench's,
     YakugakuQA's or the medLLM QA benchmark's for their questions."""
     source = getattr(question, "source", "")
+    if mode == PICKS:
+        mode, source = OFFICIAL, ""
     if mode == OFFICIAL and text is not None and source == "igakuqa119":
         return _igakuqa119_official(question, text)
     if mode == OFFICIAL and text is not None and source == "medllm":
@@ -467,9 +472,9 @@ def loglik_summary(questions: Sequence, scores: Mapping[str, Sequence[float]]) -
     preds = {q.id: ",".join(letters_of(loglik_pick(scores[q.id], q.n_answers))) for q in qs if q.id in scores}
     stem_preds = {q.id: ",".join(letters_of(loglik_pick(scores[q.id], n_select(q.stem))))
                   for q in qs if q.id in scores}
-    out = letter_summary(qs, preds, OFFICIAL)
+    out = letter_summary(qs, preds, PICKS)
     out["protocol"] = "loglik"
     out["excluded_numeric"] = len(questions) - len(qs)
-    stem_correct = sum(is_correct(q, parse_answer(q, stem_preds.get(q.id), OFFICIAL)) for q in qs)
+    stem_correct = sum(is_correct(q, parse_answer(q, stem_preds.get(q.id), PICKS)) for q in qs)
     out["accuracy_stem_k"] = _frac(stem_correct, len(qs))
     return out

@@ -83,6 +83,8 @@ EVALUATE = {
     "prompt_format": ("alpaca_med", "prompt_format", "alpaca_med"),
     "shots": ("1", "shots", 1),
     "parsing": ("official", "parsing", "official"),
+    "exam_kind": ("dental", "exam_kind", "dental"),
+    "extraction": ("first-line", "extraction", "first-line"),
     "limit": ("20", "limit", 20),
     "sample": ("50", "sample", 50),
     "batch_size": ("2", "batch_size", 2),

@@ -199,3 +199,15 @@ def test_jmle2026_official_parsing_is_the_bench_s_own_scorer():
     assert M.parse_answer(two, "b,d", "lenient") == ("b", "d")
     calc = q((("26",),), choices=())
     assert M.is_correct(calc, M.parse_answer(calc, "【回答】 26", "official"))
+
+
+def test_jmed_s_own_picks_are_read_the_same_on_every_dataset():
+    """A dataset's own scorer is for predictions made elsewhere; log-likelihood and gestalt picks ("b,d")
+    are jmed's and are read alike whatever the source (YakugakuQA's scorer would want "2,4")."""
+    from jmed.data import Question
+
+    qs = [Question(id=f"{src}-1", stem="どれか。2つ選べ。", choices=("甲", "乙", "丙", "丁", "戊"), answer=(("b", "d"),),
+                   source=src) for src in ("igakuqa", "igakuqa119", "jmle2026", "yakugakuqa", "medllm")]
+    scores = {q.id: [0.0, 0.9, 0.1, 0.8, 0.2] for q in qs}
+    s = M.loglik_summary(qs, scores)
+    assert (s["correct"], s["unparsed"]) == (5, 0)
