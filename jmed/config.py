@@ -48,10 +48,10 @@ class ConfigError(ValueError):
         super().__init__(f"invalid {cls_name}: " + "; ".join(problems))
 
 
-def setting(default, help: str, choices=None, minimum=None, unset: str = ""):
+def setting(default, help: str, choices=None, minimum=None, unset: str = "", maximum=None):
     """A config field: its default, the help text the CLI shows, and what values it allows.
-    `unset` says what None means; `minimum` is inclusive."""
-    meta = {"help": help, "choices": choices, "minimum": minimum, "unset": unset}
+    `unset` says what None means; `minimum` and `maximum` are inclusive."""
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "unset": unset}
     if isinstance(default, (tuple, list, dict)) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: default, metadata=meta)
     return field(default=default, metadata=meta)
@@ -91,6 +91,9 @@ def _problems(cfg) -> list[str]:
         minimum = f.metadata.get("minimum")
         if minimum is not None and value < minimum:
             out.append(f"{f.name}: must be at least {minimum}, got {value}")
+        maximum = f.metadata.get("maximum")
+        if maximum is not None and value > maximum:
+            out.append(f"{f.name}: must be at most {maximum}, got {value}")
     return out
 
 
@@ -125,6 +128,9 @@ class DataFilter(Checked):
             value = getattr(self, name)
             if not isinstance(value, tuple):
                 out.append(f"filters.{name}: expected a tuple, got {value!r}")
+        lower = [b for b in self.blocks if isinstance(self.blocks, tuple) and b != str(b).upper()]
+        if lower:  # blocks are upper-case letters in every exam's ids: "b" would match nothing, silently
+            out.append(f"blocks: {', '.join(map(repr, lower))} is lower case; blocks are A, B, … (e.g. B,E)")
         return out
 
 
@@ -142,7 +148,7 @@ class TrainConfig(Checked):
                                  unset="none")
     lora_r: int = setting(8, "LoRA rank.", minimum=1)
     lora_alpha: int = setting(16, "LoRA alpha.", minimum=1)
-    lora_dropout: float = setting(0.05, "LoRA dropout.", minimum=0)
+    lora_dropout: float = setting(0.05, "LoRA dropout.", minimum=0, maximum=1)
     target_modules: str | None = setting(None, "Comma-separated module names, qkv, or all-linear.",
                                          unset="by architecture")
     quantization: str = setting("none", "none | 8bit | 4bit (nf4, double quantisation).", choices=QUANTIZATIONS)
@@ -160,7 +166,7 @@ class TrainConfig(Checked):
     weight_decay: float = setting(0.0, "AdamW weight decay.", minimum=0)
     gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass (less memory).")
     precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
-    seed: int = setting(42, "Random seed.")
+    seed: int = setting(42, "Random seed.", minimum=0)
     checkpoint_every: int = setting(0, "Log a checkpoint every N steps (0: none).", minimum=0)
     resume_from: str | None = setting(None, "A train run id: continue from its latest checkpoint (new run).",
                                       unset="a fresh start")
@@ -208,7 +214,7 @@ class EvalConfig(Checked):
     precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
     quantization: str | None = setting(None, "none | 8bit | 4bit.", choices=QUANTIZATIONS,
                                        unset="the adapter's, else none")
-    seed: int = setting(42, "Random seed.")
+    seed: int = setting(42, "Random seed.", minimum=0)
     compare_base: bool = setting(True, "Also record the delta against the base model.")
 
 

@@ -121,6 +121,11 @@ NO_TRACEBACK = [
     (["study", "--protocols", "nope"], 1, "protocol: unknown"),
     (["pipeline", "--protocol", "text"], 1, "protocol 'text' cannot read answers of prompt format 'igakuqa'"),
     (["evaluate", "--ids", "902F1", "--protocol", "loglik"], 1, "all 1 are numeric-entry"),
+    # checked when the options are read (--dry-run too), not when training reaches them
+    (["train", "--lora-dropout", "1.5", "--seed", "-1", "--dry-run"], 1,
+     "lora_dropout: must be at most 1, got 1.5; seed: must be at least 0, got -1"),
+    (["score", "--data", str(S / "test.jsonl"), "--predictions", "{q}", "--blocks", "b"], 2,
+     "blocks: 'b' is lower case; blocks are A, B, … (e.g. B,E)"),
 ]
 
 
