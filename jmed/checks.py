@@ -425,11 +425,15 @@ def validate(paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_TH
     return report
 
 
-def load_valid(path, fmt: str = "auto", questions_only: bool = False, exclude_ids=()) -> list:
+def load_valid(path, fmt: str = "auto", questions_only: bool = False, exclude_ids=(),
+               excluded: dict | None = None) -> list:
     """What a step reads, after the checks of `jmed validate` (formats, suites, answers, 「Nつ選べ」):
     its items, or DataLoadError naming every error (file:line: field:) before any model is loaded.
-    Errors of records the user excluded by id (`exclude_ids`) do not block the rest."""
+    Errors of records the user excluded by id (`exclude_ids`) do not block the rest. `excluded` (a dict)
+    receives {id: reason} for records the reader itself left out (no official answer, …)."""
     report = validate([str(path)], fmt=fmt)
+    if excluded is not None:
+        excluded.update({pid: why for ds in report.loaded.values() for why, ids in ds.skipped.items() for pid in ids})
     items = [it for ds in report.loaded.values() for it in ds.items]
     skipped = {(it.file, it.line) for it in items if it.id in set(exclude_ids)}
     errors = [DataError(**e) for e in report.errors if (e["file"], e["line"]) not in skipped]

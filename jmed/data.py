@@ -494,7 +494,8 @@ def _read_igakuqa(path: Path, ds: Dataset, source: str, translate: bool = False)
         if pid in trans:
             stem = trans[pid].get("problem_text_en", stem)
             choices = tuple(trans[pid].get("choices_en", choices))
-        m = _EXAM_ID.match(pid) if source == "igakuqa" or kind in ("medical", "dental") and source == "medllm" else None
+        numbered = source == "igakuqa" or (source == "medllm" and kind in ("medical", "dental"))  # 116A1-style ids
+        m = _EXAM_ID.match(pid) if numbered else None
         exam, block = (m.group(1), m.group(2)) if m else ("", "")
         mline, mobj = meta.get(pid, (0, {}))
         kinki: list[str] = []

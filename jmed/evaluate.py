@@ -224,14 +224,14 @@ def evaluate(cfg) -> str:
             base_run, base_metrics = _base_comparison(cfg, params, info, model, tokenizer, questions)
             params["base_eval_run"] = base_run
             tracking.log_params({"base_eval_run": base_run})
+        in_data = len(questions) + sum(left_out.values())  # what the data held before any was left out
         if result["skipped"]:
             left_out["numeric-entry (the text and loglik protocols need choices)"] = result["skipped"]
         result["left_out"] = left_out
         _log_result(result, cfg, params, base_metrics)
         from jmed.console import say
 
-        say(summary(info["slug"], cfg, result, base_metrics, run.info.run_id, len(questions) + sum(
-            n for why, n in left_out.items() if not why.startswith("numeric-entry"))))
+        say(summary(info["slug"], cfg, result, base_metrics, run.info.run_id, in_data))
         mlflow.set_tag("mlflow.note.content", description(info["slug"], cfg, result, params, base_metrics))
         return run.info.run_id
 

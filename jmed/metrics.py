@@ -182,7 +182,7 @@ def _jmle2026_official(question, text: str) -> tuple[str, ...] | None:
     return tuple(letters) or None
 
 
-def _medllm_official(text: str) -> tuple[str, ...] | None:
+def _medllm_official(question, text: str) -> tuple[str, ...] | None:
     """The medLLM QA benchmark's scorer (scripts/evaluate_main.py): NFKC, 「、」 and 「，」 read as ",", split
     on ",", each item stripped, sorted; equal to the gold list. (Its 116A71 rule is keyed by id alone, so it
     also credits the dental exam's 116A71; jmed keys corrections by exam kind and does not.)"""
@@ -190,21 +190,20 @@ def _medllm_official(text: str) -> tuple[str, ...] | None:
     return tuple(items) if any(items) else None
 
 
+# Official parsing of predictions made elsewhere, per data source: the dataset's own scorer.
+DATASET_SCORERS = {"igakuqa119": _igakuqa119_official, "jmle2026": _jmle2026_official,
+                   "yakugakuqa": _yakugakuqa_official, "medllm": _medllm_official}
+
+
 def parse_answer(question, text: str | None, mode: str = LENIENT) -> tuple[str, ...] | None:
     """Letters (or the numeric string) a prediction gives for `question`; None = unparseable. Official
     parsing is the dataset's own scorer: IgakuQA's reference, or IgakuQA119's, JMLE2026-Bench's,
     YakugakuQA's or the medLLM QA benchmark's for their questions."""
-    source = getattr(question, "source", "")
+    own = DATASET_SCORERS.get(getattr(question, "source", "")) if mode == OFFICIAL else None
     if mode == PICKS:
-        mode, source = OFFICIAL, ""
-    if mode == OFFICIAL and text is not None and source == "igakuqa119":
-        return _igakuqa119_official(question, text)
-    if mode == OFFICIAL and text is not None and source == "medllm":
-        return _medllm_official(text)
-    if mode == OFFICIAL and text is not None and source == "yakugakuqa":
-        return _yakugakuqa_official(question, text)
-    if mode == OFFICIAL and text is not None and source == "jmle2026":
-        return _jmle2026_official(question, text)
+        mode = OFFICIAL
+    if own is not None and text is not None:
+        return own(question, text)
     if question.numeric:
         return parse_numeric(text, mode)
     return parse_letters(text, len(question.choices), mode)

@@ -99,15 +99,15 @@ def score(data: str, predictions: str, protocol: str = "letter", parsing: str = 
         raise ScoreError([f"--parsing: {parsing!r} is not one of {', '.join(metrics.PARSINGS)}"])
     from jmed.checks import load_valid
 
+    skipped: dict = {}
     questions = load_valid(data, data_format, questions_only=True,  # the checks of `jmed validate`
-                           exclude_ids=getattr(filters, "exclude_ids", ()))
+                           exclude_ids=getattr(filters, "exclude_ids", ()), excluded=skipped)
     if exam_kind:  # corrections, years and pass rules of that exam (`--exam-kind`)
         questions = jdata.with_exam_kind(questions, exam_kind)
     values, where = read_predictions(predictions, protocol)
     known = {q.id for q in questions}
     # questions the reader itself left out (no official answer, choices it cannot read) are not unknown:
     # their predictions are set aside and counted
-    skipped = {pid: why for why, ids in jdata.read_dataset(data, data_format).skipped.items() for pid in ids}
     set_aside = {pid: skipped[pid] for pid in values if pid not in known and pid in skipped}
     values = {pid: v for pid, v in values.items() if pid not in set_aside}
     unknown = [f"{where[pid]}: problem_id: {pid} is not a question of {data}" for pid in values if pid not in known]
