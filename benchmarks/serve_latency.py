@@ -1,7 +1,9 @@
-"""Serving (issues 5 and 12): jmed's pyfunc model against the same adapter merged and logged with
-MLflow's transformers flavour, both served by `mlflow models serve --env-manager local`.
+"""Serving (issues 5, 10 and 12): jmed's pyfunc model against the same adapter merged and logged with
+MLflow's transformers flavour, both served by `mlflow models serve --env-manager local`; and jmed's
+model behind `jmed serve`'s front (jmed.front: MLflow's scoring app with its request checks).
 
     .venv/bin/python benchmarks/serve_latency.py [--model tiny] [--requests 30] [--steps 20] [--max-new-tokens 4]
+                                                 [--no-registry]
 
 Trains adapters (--model: tiny, or smollm2-135m for real scale) in a throw-away sqlite store and prints:
 
@@ -101,6 +103,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="training steps of the adapter")
     ap.add_argument("--max-new-tokens", type=int, default=4)
     ap.add_argument("--load-requests", type=int, default=200, help="requests per concurrency level")
+    ap.add_argument("--no-registry", action="store_true", help="skip parts 3 and 4 (memory, alias switch)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="jmed-serve-bench-"))
@@ -129,18 +132,23 @@ def main() -> None:
     bodies = {
         "jmed": {n: {"dataframe_records": records[:n], "params": {"max_new_tokens": args.max_new_tokens}}
                  for n in (1, 8)},
+        "jmed serve": {n: {"dataframe_records": records[:n], "params": {"max_new_tokens": args.max_new_tokens}}
+                       for n in (1, 8)},
         "transformers": {n: {"inputs": prompts[:n], "params": {"max_new_tokens": args.max_new_tokens,
                                                                  "do_sample": False}} for n in (1, 8)},
     }
     servers, ready, ports = {}, {}, {}
     try:
-        for name, uri in (("jmed", jmed_uri), ("transformers", hf_uri)):
+        for name, uri, front in (("jmed", jmed_uri, False), ("jmed serve", jmed_uri, True),
+                                 ("transformers", hf_uri, False)):
             ports[name] = free_port()
-            servers[name], ready[name] = start_server(uri, ports[name], log_path=work / f"{name}.log")
+            servers[name], ready[name] = start_server(uri, ports[name], log_path=work / f"{name.replace(' ', '-')}.log",
+                                                      front=front)
+        names = list(servers)
         times = {(name, n): [] for name in servers for n in (1, 8)}
         for i in range(args.requests + 2):  # the first two are warm-up
             for n in (1, 8):
-                for name in (("jmed", "transformers") if i % 2 == 0 else ("transformers", "jmed")):
+                for name in names[i % 3:] + names[:i % 3]:  # each server first in turn
                     t = time.perf_counter()
                     r = requests.post(f"http://127.0.0.1:{ports[name]}/invocations", json=bodies[name][n], timeout=120)
                     dt = time.perf_counter() - t
@@ -153,7 +161,7 @@ def main() -> None:
             for name in servers:
                 url = f"http://127.0.0.1:{ports[name]}/invocations"
                 singles = ([{"dataframe_records": [r], "params": {"max_new_tokens": args.max_new_tokens}}
-                            for r in records] if name == "jmed" else
+                            for r in records] if name.startswith("jmed") else
                            [{"inputs": [p], "params": {"max_new_tokens": args.max_new_tokens, "do_sample": False}}
                             for p in prompts])
                 load[(name, c)] = load_test(url, singles, c, args.load_requests)
@@ -172,6 +180,8 @@ def main() -> None:
                   f"p95 {percentile(xs, 0.95):7.1f} ms")
         ratio = statistics.median(times[("transformers", n)]) / statistics.median(times[("jmed", n)])
         print(f"  p50 transformers / jmed at {n}: {ratio:.2f}x  (target >= 1.0)")
+        front = statistics.median(times[("jmed serve", n)]) / statistics.median(times[("jmed", n)])
+        print(f"  p50 jmed serve (front) / mlflow models serve at {n}: {front:.2f}x  (the front's cost)")
     print(f"concurrent load: single-question requests, {args.load_requests} per level")
     for name in servers:
         c1, c8 = load[(name, 1)], load[(name, 8)]
@@ -181,7 +191,11 @@ def main() -> None:
         print(f"  {name:<13} throughput c8 / c1: {c8['rps'] / c1['rps']:.2f}x" + ("  (target >= 4x on tiny)"
                                                                                 if name == "jmed" else ""))
     print(f"  jmed / transformers throughput at concurrency 8: {load[('jmed', 8)]['rps'] / load[('transformers', 8)]['rps']:.2f}x")
-    registry_part(args, work, records)
+    for c in (1, 8):
+        print(f"  jmed serve (front) / mlflow models serve throughput at concurrency {c}: "
+              f"{load[('jmed serve', c)]['rps'] / load[('jmed', c)]['rps']:.2f}x")
+    if not args.no_registry:
+        registry_part(args, work, records)
     print(f"(work folder {work})")
 
 

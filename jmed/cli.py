@@ -381,7 +381,9 @@ def promote(base_model, metric, min_delta, bundle_base, evaluation, dry_run):
 @click.option("--batch-wait-ms", default=DEFAULT_WAIT_S * 1000, show_default=True, type=float,
               help="How long a batch waits for more requests when the server is idle.")
 def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max_batch_rows, batch_wait_ms):
-    """Serve the champion with `mlflow models serve --env-manager local` (POST /invocations).
+    """Serve the champion (POST /invocations) with MLflow's scoring app, as `mlflow models serve` does,
+    behind jmed's front: a request without Content-Type, nested too deeply or with unknown params gets
+    415/400 instead of MLflow's 500 or silence.
 
     Concurrent requests are batched; a `models:/…@alias` is followed when it moves; requests may ask
     for another registered version with the `version` or `alias` param."""
@@ -396,9 +398,9 @@ def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max
         uri = model_uri or champion_uri(base_model)
     except ValueError as e:
         raise click.ClickException(str(e))
-    cmd = serve_command(uri, port=port, host=host, workers=workers, timeout=timeout)
+    cmd = serve_command(uri, port=port, host=host, workers=workers, front=True)
     env = serve_env(uri, {"JMED_SERVE_POLL_S": poll_seconds, "JMED_SERVE_MAX_ROWS": max_batch_rows,
-                          "JMED_SERVE_WAIT_MS": batch_wait_ms})
+                          "JMED_SERVE_WAIT_MS": batch_wait_ms, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": timeout})
     click.echo(f"serving {uri} on http://{host}:{port}/invocations", err=True)
     try:
         sys.exit(subprocess.call(cmd, env=env))

@@ -42,6 +42,7 @@ def check_inputs(model_input) -> list[dict]:
     import numpy as np
     import pandas as pd
 
+    from jmed.data import bad_text
     from jmed.metrics import n_select
 
     if isinstance(model_input, dict):
@@ -80,6 +81,8 @@ def check_inputs(model_input) -> list[dict]:
             errors.append(f"{where}: 'question' is empty")
         elif len(q) > MAX_CHARS:
             errors.append(f"{where}: 'question' has {len(q)} characters; at most {MAX_CHARS}")
+        elif bad := bad_text(q):
+            errors.append(f"{where}: 'question' {bad[1]}")
         if _missing(ch):
             errors.append(f"{where}: 'choices' is missing")
             ch = None
@@ -101,9 +104,12 @@ def check_inputs(model_input) -> list[dict]:
                     errors.append(f"{where}: choices[{j}] is empty")
                 elif len(c) > MAX_CHARS:
                     errors.append(f"{where}: choices[{j}] has {len(c)} characters; at most {MAX_CHARS}")
+                elif bad := bad_text(c):
+                    errors.append(f"{where}: choices[{j}] {bad[1]}")
         if _missing(n):
             n = n_select(q) if isinstance(q, str) else 1
-        elif isinstance(n, bool) or not isinstance(n, (int, np.integer, float)) or float(n) != int(n):
+        elif isinstance(n, bool) or not isinstance(n, (int, np.integer, float)) \
+                or (isinstance(n, float) and not n.is_integer()):  # 1.5, inf
             errors.append(f"{where}: 'n_answers' must be an integer, got {n!r}")
             n = None
         else:

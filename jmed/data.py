@@ -279,30 +279,34 @@ def _loads(text: str, n: int, sink: "_Sink"):
     return _BAD
 
 
-def _bad_text(value, path: str = "") -> tuple[str, str] | None:
+def bad_text(value, path: str = "") -> tuple[str, str] | None:
     """(field, problem) for the first string that no later step could handle: a lone surrogate
-    (JSON's "\\ud800" escape decodes to one, and it cannot be encoded as UTF-8) or a NUL character."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return path, "contains a NUL character (\\u0000)"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return path, f"not valid Unicode: lone surrogate \\u{ord(value[exc.start]):04x}"
-        return None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, v in items:
-        if isinstance(key, str) and (found := _bad_text(key, path)):
-            return found
-        found = _bad_text(v, f"{path}.{key}" if path and isinstance(key, str) else
-                          f"{path}[{key}]" if path else str(key))
-        if found:
-            return found
+    (JSON's "\\ud800" escape decodes to one, and it cannot be encoded as UTF-8) or a NUL character.
+    Walks without recursion: parsed JSON may be nested as deep as the parser allows."""
+    stack = [(path, value)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return where, "contains a NUL character (\\u0000)"
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return where, f"not valid Unicode: lone surrogate \\u{ord(node[exc.start]):04x}"
+            continue
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        children = []
+        for key, v in items:
+            if isinstance(key, str):
+                children.append((where, key))  # a key is checked as a string of its parent's field
+            children.append((f"{where}.{key}" if where and isinstance(key, str) else
+                             f"{where}[{key}]" if where else str(key), v))
+        stack.extend(reversed(children))
     return None
 
 
 def _text_ok(obj, n: int, sink: "_Sink") -> bool:
-    found = _bad_text(obj)
+    found = bad_text(obj)
     if found:
         sink.error(n, found[0], found[1])
     return found is None

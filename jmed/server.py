@@ -10,10 +10,15 @@ from pathlib import Path
 
 
 def serve_command(model_uri: str, port: int = 5000, host: str = "127.0.0.1", workers: int = 1,
-                  timeout: int = 120) -> list[str]:
+                  timeout: int = 120, front: bool = False) -> list[str]:
+    """`mlflow models serve`; with `front`, MLflow's same scoring app behind jmed.front, as `jmed serve`
+    runs it (uvicorn, like `mlflow models serve`; the request timeout travels in serve_env)."""
     import shutil
     import sys
 
+    if front:
+        return [sys.executable, "-m", "uvicorn", "--host", host, "--port", str(port), "--workers", str(workers),
+                "jmed.front:app"]
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
     cmd = [exe] if exe else [sys.executable, "-m", "mlflow"]
     return cmd + ["models", "serve", "-m", model_uri, "--env-manager", "local", "-h", host, "-p", str(port),
@@ -43,10 +48,11 @@ def serve_env(model_uri: str, extra: dict | None = None) -> dict:
 
 def start_server(model_uri: str, port: int, log_path=None, timeout: float = 180.0, env: dict | None = None,
                  **kwargs):
-    """Start `mlflow models serve` in its own process group and wait for /ping; returns (process, seconds).
-    `env`: extra environment (JMED_SERVE_POLL_S …). Stop it with `stop_server` (kills the whole group:
-    the mlflow CLI and its uvicorn child)."""
-    env = serve_env(model_uri, env)
+    """Start `mlflow models serve` (front=True: `jmed serve`'s guarded front) in its own process group and
+    wait for /ping; returns (process, seconds). `env`: extra environment (JMED_SERVE_POLL_S …). Stop it
+    with `stop_server` (kills the whole group: the mlflow CLI and its uvicorn child)."""
+    # the front reads the request timeout from the environment (`mlflow models serve -t` sets the same)
+    env = serve_env(model_uri, {"MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": 120, **(env or {})})
     return _started(serve_command(model_uri, port=port, **kwargs), env, port, "/ping", log_path, timeout,
                     f"server for {model_uri}")
 

@@ -62,6 +62,137 @@ def test_params():
         check_params({"protocol": "text"}, "letter", "igakuqa")
 
 
+def _body(obj) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode()
+
+
+_JSON = {"Content-Type": "application/json"}
+_OK = {"question": "どれか。", "choices": ["甲", "乙", "丙"]}
+# Hostile requests to POST /invocations: (name, headers, body, status from `jmed serve`, its message).
+HOSTILE = [
+    ("no Content-Type", {}, _body({"dataframe_records": [_OK]}), 415, "Content-Type is required"),
+    ("text/plain", {"Content-Type": "text/plain"}, _body({"dataframe_records": [_OK]}), 415, "only supports"),
+    ("charset latin-1", {"Content-Type": "application/json; charset=latin-1"}, _body({"dataframe_records": [_OK]}),
+     415, "only supports UTF-8"),
+    ("format parameter", {"Content-Type": "application/json; format=pandas-records"},
+     _body({"dataframe_records": [_OK]}), 415, "Unrecognized content type parameters: format"),
+    ("nested 100,000 deep", _JSON, b"[" * 100_000 + b"]" * 100_000, 400, "invalid JSON: nested too deeply"),
+    ("nested 100 deep", _JSON, _body({"dataframe_records": [_OK], "x": json.loads("[" * 99 + "]" * 99)}), 400,
+     "nested 100 levels deep; a request is at most 64"),
+    ("unknown param", _JSON, _body({"dataframe_records": [_OK], "params": {"temperature": 1}}), 400,
+     "unknown param(s): temperature; known: alias, max_new_tokens, protocol, version"),
+    ("params a list", _JSON, _body({"dataframe_records": [_OK], "params": [1]}), 400, "must be a dictionary"),
+    ("max_new_tokens a string", _JSON, _body({"dataframe_records": [_OK], "params": {"max_new_tokens": "4"}}), 400,
+     "max_new_tokens"),
+    ("max_new_tokens 2000", _JSON, _body({"dataframe_records": [_OK], "params": {"max_new_tokens": 2000}}), 400,
+     "param 'max_new_tokens' is 2000"),
+    ("unknown version", _JSON, _body({"dataframe_records": [_OK], "params": {"version": "99"}}), 400, "99"),
+    ("version and alias", _JSON, _body({"dataframe_records": [_OK], "params": {"version": "1", "alias": "champion"}}),
+     400, "give param 'version' or 'alias', not both"),
+    ("invalid JSON", _JSON, b'{"dataframe_records": [{"question": "q", "choices": ["a",', 400, "valid JSON"),
+    ("invalid UTF-8", _JSON, b'{"dataframe_records": [{"question": "\xff\xfe", "choices": ["a"]}]}', 400, "valid JSON"),
+    ("empty body", _JSON, b"", 400, "valid JSON"),
+    ("a JSON list", _JSON, b"[1, 2]", 400, "must be a JSON dictionary"),
+    ("JSON null", _JSON, b"null", 400, "must be a JSON dictionary"),
+    ("no input field", _JSON, b"{}", 400, "exactly one of the input fields"),
+    ("two input forms", _JSON, _body({"dataframe_records": [_OK], "instances": [_OK]}), 400, "exactly one"),
+    ("records a number", _JSON, _body({"dataframe_records": 5}), 400, "must be a list of records"),
+    ("records strings", _JSON, _body({"dataframe_records": ["a", "b"]}), 400, "missing input field(s)"),
+    ("lone surrogate in a question", _JSON, b'{"dataframe_records": [{"question": "\\ud800", "choices": ["a"]}]}',
+     400, "dataframe_records[0].question: not valid Unicode: lone surrogate \\ud800"),
+    ("lone surrogate in a choice", _JSON, b'{"dataframe_records": [{"question": "q", "choices": ["a", "\\udc00"]}]}',
+     400, "choices[1]"),
+    ("NUL in a question", _JSON, _body({"dataframe_records": [{"question": "q\u0000", "choices": ["a"]}]}), 400,
+     "question: contains a NUL character"),
+    ("n_answers 1e400", _JSON, b'{"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": 1e400}]}',
+     400, "record 0: 'n_answers' must be an integer, got inf"),
+    ("n_answers 10**30", _JSON, _body({"dataframe_records": [{**_OK, "n_answers": 10 ** 30}]}), 400,
+     "'n_answers' is 1000000000000000000000000000000; must be between 1 and the 3 choices"),
+    ("split with a missing column", _JSON, _body({"dataframe_split": {"columns": ["question"], "data": [["q", ["a"]]]}}),
+     400, "not a valid dataframe"),
+    ("inputs a string", _JSON, _body({"inputs": "q"}), 400, "input must be a table of questions"),
+    ("chat messages", _JSON, _body({"messages": [{"role": "user", "content": "hi"}]}), 400, "missing input field(s)"),
+    ("question a list", _JSON, _body({"dataframe_records": [{"question": ["q"], "choices": ["a"]}]}), 400,
+     "'question' must be a string, got list"),
+    ("choices nested", _JSON, _body({"dataframe_records": [{"question": "q", "choices": [["a"]]}]}), 400,
+     "choices[0] must be a string, got list"),
+    ("257 questions", _JSON, _body({"dataframe_records": [_OK] * 257}), 400, "257 questions in one request; at most 256"),
+    ("CSV without lists", {"Content-Type": "text/csv"}, b"question,choices\nq,a\n", 400, "'choices' must be a list"),
+    ("CSV not UTF-8", {"Content-Type": "text/csv"}, b"\x00\xff\n,,,\n", 400, "valid UTF-8"),
+]
+# What `mlflow models serve` itself (MLflow 3.17.2) answers differently, before the model sees the request;
+# the README lists these. Every other case gets the same status from both servers.
+MLFLOW_ITSELF = {"no Content-Type": 500, "nested 100,000 deep": 500, "nested 100 deep": 200, "unknown param": 200}
+
+
+def _front_refusal(content_type, body, known=frozenset({"alias", "max_new_tokens", "protocol", "version"})):
+    from jmed.front import refusal
+
+    return refusal(content_type, body, set(known) if known is not None else None)
+
+
+def test_front_refuses_only_what_mlflow_mishandles():
+    ok = _body({"dataframe_records": [_OK], "params": {"max_new_tokens": 4}})
+    assert _front_refusal("application/json", ok) is None
+    assert _front_refusal("application/json; charset=utf-8", ok) is None
+    assert _front_refusal(None, ok) == (415, "Content-Type is required: application/json (or text/csv, "
+                                             "application/x-parquet)")
+    assert _front_refusal("  ", ok)[0] == 415
+    # CSV, Parquet, invalid JSON and non-dict params are MLflow's to answer (it names the problem, 4xx)
+    assert _front_refusal("text/csv", b"\x00\xff") is None
+    assert _front_refusal("application/json", b'{"dataframe_records": [') is None
+    assert _front_refusal("application/json", _body({"inputs": [_OK], "params": [1]})) is None
+    deep = lambda n: _body({"inputs": [_OK], "x": json.loads("[" * (n - 1) + "]" * (n - 1))})  # noqa: E731
+    assert _front_refusal("application/json", deep(64)) is None
+    assert _front_refusal("application/json", deep(65)) == (
+        400, "invalid JSON: nested 65 levels deep; a request is at most 64")
+    assert _front_refusal("application/json", b"[" * 100_000 + b"]" * 100_000) == (
+        400, "invalid JSON: nested too deeply (a request is at most 64 levels of [ or {)")
+    assert _front_refusal("application/json", _body({"inputs": [_OK], "params": {"max_tokens": 4, "top_p": 1}})) == (
+        400, "unknown param(s): max_tokens, top_p; known: alias, max_new_tokens, protocol, version")
+    assert _front_refusal("application/json", _body({"inputs": [_OK], "params": {"x": 1}}), known=None) == (
+        400, "unknown param(s): x; known: none")
+    assert _front_refusal("application/json", b'{"inputs": [{"question": "q", "choices": ["a", "\\ud83d"]}]}') == (
+        400, "inputs[0].choices[1]: not valid Unicode: lone surrogate \\ud83d")
+    assert _front_refusal("application/json", _body({"instances": [{"question": "\u0000", "choices": ["a"]}]})) == (
+        400, "instances[0].question: contains a NUL character (\\u0000)")
+
+
+def test_front_replays_the_body_to_mlflows_app_and_answers_refusals_itself():
+    """The ASGI layer alone, around a plain ASGI app that echoes what it received."""
+    import asyncio
+
+    from jmed.front import guarded
+
+    async def echo(scope, receive, send):
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": message["body"]})
+
+    def call(method, path, headers, chunks):
+        sent, queue = [], [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+                           for i, c in enumerate(chunks)]
+
+        async def receive():
+            return queue.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path, "headers": headers}
+        asyncio.run(guarded(echo, {"version"})(scope, receive, send))
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    body = _body({"inputs": [_OK]})
+    json_type = [(b"content-type", b"application/json")]
+    assert call("POST", "/invocations", json_type, [body[:5], body[5:]]) == (200, body)  # chunks joined
+    status, text = call("POST", "/invocations", [], [body])
+    assert status == 415 and json.loads(text)["message"].startswith("Content-Type is required")
+    status, text = call("POST", "/invocations", json_type, [_body({"inputs": [_OK], "params": {"top_k": 1}})])
+    assert status == 400 and json.loads(text)["message"] == "unknown param(s): top_k; known: version"
+    assert call("POST", "/ping", [], [b"x"]) == (200, b"x")  # other routes pass untouched
+
+
 # ---- a real model in a real store, served by a real process -------------------------------------
 
 URI = "models:/jmed-tiny@champion"
@@ -249,6 +380,11 @@ def test_served_over_http(served, tmp_path):
         r = requests.post(url, data='{"dataframe_records": [{"question": "q", "choices": ["a",',
                           headers={"Content-Type": "application/json"}, timeout=60)
         assert r.status_code == 400 and "valid JSON" in r.json()["message"]
+        # the hostile corpus: MLflow's own server answers exactly as `jmed serve` does but for MLFLOW_ITSELF
+        got = _answers(url)
+        assert {name: got[name][0] for name in MLFLOW_ITSELF} == MLFLOW_ITSELF, got
+        assert {name: got[name][0] for name, *_, status, _ in HOSTILE if name not in MLFLOW_ITSELF} == \
+            {name: status for name, *_, status, _ in HOSTILE if name not in MLFLOW_ITSELF}, got
         r = requests.post(url, json={"dataframe_records": batch(1), "params": {"max_new_tokens": 4}}, timeout=60)
         assert r.status_code == 200 and len(r.json()["predictions"]) == 1
     finally:
@@ -297,10 +433,17 @@ def test_served_model_uses_its_own_code_copy(served):
     out = subprocess.run([sys.executable, "-c", code, URI], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith(os.path.join("code", "jmed", "__init__.py")), out.stdout
+    # so does the model behind `jmed serve`'s front, though the front itself was imported from jmed
+    code = ("import sys, jmed.front; jmed.front.build(sys.argv[1]); "
+            "print(sys.modules['jmed.contract'].__file__, jmed.front.__file__)")
+    out = subprocess.run([sys.executable, "-c", code, URI], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    serving, front = out.stdout.split()
+    assert serving.endswith(os.path.join("code", "jmed", "contract.py")) and "code" not in Path(front).parts, out.stdout
 
 
 @pytest.mark.slow
-def test_jmed_serve_resolves_the_champion(served, tmp_path):
+def test_jmed_serve_resolves_the_champion_and_answers_every_request_with_its_true_status(served, tmp_path):
     import subprocess
     import sys
     import time
@@ -327,10 +470,63 @@ def test_jmed_serve_resolves_the_champion(served, tmp_path):
                 pass
             assert time.time() < deadline, "jmed serve not ready"
             time.sleep(0.2)
-        r = requests.post(f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": batch(2)}, timeout=60)
+        url = f"http://127.0.0.1:{port}/invocations"
+        r = requests.post(url, json={"dataframe_records": batch(2)}, timeout=60)
         assert r.status_code == 200 and len(r.json()["predictions"]) == 2
+        # every hostile request gets its true status and a message naming the problem: no 5xx
+        got = _answers(url)
+        for name, _, _, status, message in HOSTILE:
+            assert got[name][0] == status and message in got[name][1], (name, got[name])
+        # every request form MLflow documents still gives the champion's answers
+        import mlflow
+        import pandas as pd
+
+        two = batch(2)
+        want = [{**w, "model_version": "1"} for w in mlflow.pyfunc.load_model(URI).predict(
+            pd.DataFrame(two), params={"max_new_tokens": 4}).to_dict("records")]
+        for body in ({"dataframe_records": two}, {"instances": two}, {"inputs": two},
+                     {"inputs": {"question": [r["question"] for r in two], "choices": [r["choices"] for r in two]}},
+                     {"dataframe_split": {"columns": ["question", "choices"],
+                                          "data": [[r["question"], r["choices"]] for r in two]}}):
+            r = requests.post(url, json={**body, "params": {"max_new_tokens": 4}}, timeout=60)
+            assert r.status_code == 200 and r.json()["predictions"] == want, (list(body), r.text[:300])
+        # seeded fuzz: a valid request cut, spliced and byte-flipped, 200 times; never a 5xx
+        import random
+
+        rng, valid = random.Random(0), _body({"dataframe_records": two, "params": {"max_new_tokens": 2}})
+        statuses = []
+        for _ in range(200):
+            b = bytearray(valid)
+            for _ in range(rng.randint(1, 4)):
+                i = rng.randrange(len(b))
+                op = rng.randrange(3)
+                if op == 0:
+                    b[i] = rng.randrange(256)
+                elif op == 1:
+                    del b[i:i + rng.randint(1, 20)]
+                else:
+                    b[i:i] = rng.choice([b"[", b"{", b'"', b"\\ud800", b"null", b"1e999", b",", b"\x00"])
+            headers = rng.choice([_JSON, _JSON, {}, {"Content-Type": "text/csv"}])
+            statuses.append(requests.post(url, data=bytes(b), headers=headers, timeout=60).status_code)
+        assert max(statuses) < 500 and statuses.count(200) < 200, sorted(set(statuses))
+        assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=10).status_code == 200  # still serving
     finally:
         stop_server(proc)
+
+
+def _answers(url: str) -> dict:
+    """{case name: (status, message)} for every HOSTILE request."""
+    import requests
+
+    got = {}
+    for name, headers, body, _, _ in HOSTILE:
+        r = requests.post(url, data=body, headers=headers, timeout=60)
+        try:
+            message = r.json().get("message", r.text)
+        except (ValueError, AttributeError):  # MLflow's 415s are text
+            message = r.text
+        got[name] = (r.status_code, message)
+    return got
 
 
 def post(url: str, records: list, params: dict | None = None):

@@ -1,0 +1,127 @@
+"""The HTTP front `jmed serve` runs: MLflow's own scoring app, the one `mlflow models serve` runs
+(`mlflow.pyfunc.scoring_server.init`, same routes, request forms and answers), behind one ASGI layer
+that answers the requests MLflow 3.17's code mishandles before the served model sees them:
+
+- POST /invocations without Content-Type: MLflow calls `None.split` and answers 500; here 415.
+- A JSON body nested too deeply: MLflow's `json.loads` raises RecursionError and it answers 500; here
+  400. jmed's requests are 4 levels deep ({"dataframe_records": [{"choices": [...]}]}), so bodies
+  deeper than MAX_DEPTH are refused before MLflow parses them, at a depth it always parses.
+- A string with a lone surrogate (JSON's "\\ud800") or a NUL: MLflow's parsing fails on it without
+  naming where; here 400 naming the field (`dataframe_records[0].question: …`).
+- `params` MLflow would drop with a warning (names not in the model's params schema, by MLflow's
+  design): here 400 naming them, so a typo such as `max_tokens` is not silently ignored.
+
+Everything else passes through untouched. Run as `uvicorn jmed.front:app` with $JMED_MODEL_URI set
+(jmed.server.serve_command builds the command); `mlflow models serve` itself still serves the same model,
+without this layer (the README lists the difference).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from jmed.data import bad_text  # bound now: `build` hands the name `jmed` over to the model's own copy
+
+MAX_DEPTH = 64
+JSON = "application/json"
+
+
+def _depth(value) -> int:
+    """Nesting depth of parsed JSON, without recursion (a list or object adds one level)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def refusal(content_type: str | None, body: bytes, known_params: set[str] | None) -> tuple[int, str] | None:
+    """(HTTP status, message) for a request MLflow's server would mishandle, else None (pass it on).
+    `known_params`: the served model's params schema (None: it takes no params)."""
+    if not content_type or not content_type.strip():
+        return 415, f"Content-Type is required: {JSON} (or text/csv, application/x-parquet)"
+    if content_type.split(";")[0].strip().lower() != JSON:
+        return None  # CSV and Parquet carry no params, and MLflow answers their errors itself
+    try:
+        decoded = json.loads(body)
+    except RecursionError:
+        return 400, f"invalid JSON: nested too deeply (a request is at most {MAX_DEPTH} levels of [ or {{)"
+    except ValueError:  # invalid JSON or UTF-8: MLflow answers 400 and names the position
+        return None
+    if _depth(decoded) > MAX_DEPTH:
+        return 400, f"invalid JSON: nested {_depth(decoded)} levels deep; a request is at most {MAX_DEPTH}"
+    found = bad_text(decoded)
+    if found:  # MLflow's own parsing fails on these without naming where (or, in choices, the model)
+        return 400, f"{found[0] or 'body'}: {found[1]}"
+    params = decoded.get("params") if isinstance(decoded, dict) else None
+    if isinstance(params, dict):
+        unknown = sorted(map(str, set(params) - (known_params or set())))
+        if unknown:
+            known = ", ".join(sorted(known_params)) if known_params else "none"
+            return 400, f"unknown param(s): {', '.join(unknown)}; known: {known}"
+    return None
+
+
+def guarded(inner, known_params: set[str] | None):
+    """ASGI app: POST /invocations checked by `refusal`, then replayed to `inner` unchanged."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != "/invocations":
+            return await inner(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        headers = dict(scope.get("headers") or [])
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        refused = refusal(content_type, body, known_params)
+        if refused:
+            status, text = refused
+            payload = json.dumps({"error_code": "BAD_REQUEST", "message": text}, ensure_ascii=False).encode()
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(payload)).encode())]})
+            return await send({"type": "http.response.body", "body": payload})
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:  # the body was read whole; afterwards only a disconnect can come
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await inner(scope, replay, send)
+
+    return app
+
+
+def build(model_uri: str):
+    """MLflow's scoring app for `model_uri`, exactly as `mlflow models serve` builds it, behind the guard."""
+    import sys
+
+    from mlflow.pyfunc import scoring_server
+
+    # A registered version runs the jmed code it was logged with (its code_paths copy, put first on
+    # sys.path by MLflow), as under `mlflow models serve`, where nothing has imported jmed yet. Here
+    # this module's own import loaded the installed jmed, so it is forgotten before the model loads; the
+    # functions above keep what they bound.
+    for name in [m for m in sys.modules if m == "jmed" or m.startswith("jmed.")]:
+        del sys.modules[name]
+    model = scoring_server.load_model_with_mlflow_config(model_uri)
+    schema = model.metadata.get_params_schema()
+    known = {p.name for p in schema.params} if schema is not None else None
+    return guarded(scoring_server.init(model), known)
+
+
+def __getattr__(name):
+    # `uvicorn jmed.front:app` loads the model only when the server asks for the app, not on import
+    if name == "app":
+        globals()["app"] = value = build(os.environ["JMED_MODEL_URI"])
+        return value
+    raise AttributeError(name)
