@@ -17,6 +17,7 @@ without this layer (the README lists the difference).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
@@ -50,8 +51,9 @@ def refusal(content_type: str | None, body: bytes, known_params: set[str] | None
         return 400, f"invalid JSON: nested too deeply (a request is at most {MAX_DEPTH} levels of [ or {{)"
     except ValueError:  # invalid JSON or UTF-8: MLflow answers 400 and names the position
         return None
-    if _depth(decoded) > MAX_DEPTH:
-        return 400, f"invalid JSON: nested {_depth(decoded)} levels deep; a request is at most {MAX_DEPTH}"
+    depth = _depth(decoded)
+    if depth > MAX_DEPTH:
+        return 400, f"invalid JSON: nested {depth} levels deep; a request is at most {MAX_DEPTH}"
     found = bad_text(decoded)
     if found:  # MLflow's own parsing fails on these without naming where (or, in choices, the model)
         return 400, f"{found[0] or 'body'}: {found[1]}"
@@ -80,7 +82,8 @@ def guarded(inner, known_params: set[str] | None):
         body = b"".join(chunks)
         headers = dict(scope.get("headers") or [])
         content_type = headers.get(b"content-type", b"").decode("latin-1")
-        refused = refusal(content_type, body, known_params)
+        # in a thread, as MLflow parses: a large body does not hold up the requests being answered
+        refused = await asyncio.to_thread(refusal, content_type, body, known_params)
         if refused:
             status, text = refused
             payload = json.dumps({"error_code": "BAD_REQUEST", "message": text}, ensure_ascii=False).encode()
