@@ -275,7 +275,7 @@ def _loads(text: str, n: int, sink: "_Sink"):
     except json.JSONDecodeError as exc:
         sink.error(exc.lineno + n - 1, "", f"invalid JSON: {exc.msg} (column {exc.colno})")
     except RecursionError:
-        sink.error(n, "", "invalid JSON: nested too deeply (thousands of levels of [ or {)")
+        sink.error(n, "", "invalid JSON: nested too deeply (about a thousand levels of [ or { or more)")
     return _BAD
 
 
@@ -694,8 +694,8 @@ def _json_records(path: Path, sink: _Sink):
         sink.error(exc.lineno, "", f"invalid JSON: {exc.msg} (column {exc.colno}); the file cannot be read further")
         return
     except RecursionError:
-        sink.error(1, "", "invalid JSON: nested too deeply (thousands of levels of [ or {); the file cannot be "
-                          "read further")
+        sink.error(1, "", "invalid JSON: nested too deeply (about a thousand levels of [ or { or more); "
+                          "the file cannot be read further")
         return
     if not isinstance(data, list):
         sink.error(1, "", f"expected a JSON list of questions, got {_type(data)}")

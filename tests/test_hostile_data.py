@@ -34,9 +34,9 @@ def corpus(root):
     surrogate = json.dumps(GOOD, ensure_ascii=False).replace("どれか。", "\\ud800")
     return [
         ("deep JSON lines", put("deep-990-A.jsonl", "{" + '"a":{' * 100_000 + "}" * 100_001 + "\n"),
-         ":1: invalid JSON: nested too deeply (thousands of levels of [ or {)"),
+         ":1: invalid JSON: nested too deeply (about a thousand levels of [ or { or more)"),
         ("deep JSON list", put("deep.json", "[" * 100_000 + "]" * 100_000),
-         ":1: invalid JSON: nested too deeply (thousands of levels of [ or {); the file cannot be read further"),
+         ":1: invalid JSON: nested too deeply (about a thousand levels of [ or { or more); the file cannot be read further"),
         ("lone surrogate", put("sur-990-A.jsonl", surrogate + "\n"),
          ":1: problem_text: not valid Unicode: lone surrogate \\ud800"),
         ("surrogate instruction", put("inst.jsonl", '{"instruction": "\\udc00", "output": "a"}\n'),

@@ -556,7 +556,9 @@ def test_concurrent_requests_are_batched_the_champion_is_followed_and_versions_c
     from jmed.train import train
 
     port = free_port()
-    proc, _ = start_server(URI, port, log_path=tmp_path / "serve.log", env={"JMED_SERVE_POLL_S": "0.5"})
+    # through `jmed serve`'s front (jmed.front): batching, alias following and version choice live in the
+    # served model, below it; test_served_over_http covers `mlflow models serve` itself
+    proc, _ = start_server(URI, port, log_path=tmp_path / "serve.log", env={"JMED_SERVE_POLL_S": "0.5"}, front=True)
     url = f"http://127.0.0.1:{port}/invocations"
     try:
         # 1. eight concurrent requests, each its own question: each gets exactly its own answer
