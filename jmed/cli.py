@@ -387,7 +387,7 @@ def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max
 
     Concurrent requests are batched; a `models:/…@alias` is followed when it moves; requests may ask
     for another registered version with the `version` or `alias` param."""
-    import subprocess
+    import os
 
     from jmed.registry import champion_uri
     from jmed.server import serve_command, serve_env
@@ -402,10 +402,10 @@ def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max
     env = serve_env(uri, {"JMED_SERVE_POLL_S": poll_seconds, "JMED_SERVE_MAX_ROWS": max_batch_rows,
                           "JMED_SERVE_WAIT_MS": batch_wait_ms, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": timeout})
     click.echo(f"serving {uri} on http://{host}:{port}/invocations", err=True)
-    try:
-        sys.exit(subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    sys.stderr.flush()
+    # the server replaces this process: SIGTERM from kill, systemd or Kubernetes reaches it directly, and
+    # no child is left behind when jmed is stopped
+    os.execve(cmd[0], cmd, env)
 
 
 @main.command()

@@ -108,6 +108,9 @@ def build(model_uri: str):
     """MLflow's scoring app for `model_uri`, exactly as `mlflow models serve` builds it, behind the guard."""
     import sys
 
+    from jmed.console import quiet
+
+    quiet()  # the known third-party warnings out of the server log, unless JMED_VERBOSE (before mlflow loads)
     from mlflow.pyfunc import scoring_server
 
     # A registered version runs the jmed code it was logged with (its code_paths copy, put first on

@@ -450,8 +450,10 @@ def test_jmed_serve_resolves_the_champion_and_answers_every_request_with_its_tru
 
     import requests
 
+    import signal
+
     from jmed.registry import champion_uri
-    from jmed.server import free_port, stop_server
+    from jmed.server import free_port, group_alive, stop_server
 
     assert champion_uri() == champion_uri("tiny") == URI
     with pytest.raises(ValueError, match="registered model jmed-other has no 'champion' alias"):
@@ -510,6 +512,14 @@ def test_jmed_serve_resolves_the_champion_and_answers_every_request_with_its_tru
             statuses.append(requests.post(url, data=bytes(b), headers=headers, timeout=60).status_code)
         assert max(statuses) < 500 and statuses.count(200) < 200, sorted(set(statuses))
         assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=10).status_code == 200  # still serving
+        # SIGTERM (kill, systemd, Kubernetes) to the `jmed serve` process stops the server and leaves nothing
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)  # uvicorn shuts down gracefully, then exits by the signal it got (-15)
+        assert "Finished server process" in (tmp_path / "serve.log").read_text()
+        deadline = time.time() + 30
+        while group_alive(proc.pid) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not group_alive(proc.pid)
     finally:
         stop_server(proc)
 
