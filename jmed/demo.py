@@ -34,9 +34,11 @@ def ask(url: str, question: str, choices: list[str]) -> dict:
 
 
 def main() -> int:
+    from jmed.cli import handle_signals
     from jmed.console import quiet
 
     quiet()  # this process and `mlflow run` / `mlflow models serve` below: no third-party noise (JMED_VERBOSE=1 shows it)
+    handle_signals()  # SIGTERM or SIGHUP unwind like Ctrl-C: the server started below is stopped, never orphaned
     from jmed import data, registry, server
 
     started = time.monotonic()
