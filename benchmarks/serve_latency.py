@@ -132,11 +132,10 @@ def main() -> None:
     bodies = {
         "jmed": {n: {"dataframe_records": records[:n], "params": {"max_new_tokens": args.max_new_tokens}}
                  for n in (1, 8)},
-        "jmed serve": {n: {"dataframe_records": records[:n], "params": {"max_new_tokens": args.max_new_tokens}}
-                       for n in (1, 8)},
         "transformers": {n: {"inputs": prompts[:n], "params": {"max_new_tokens": args.max_new_tokens,
                                                                  "do_sample": False}} for n in (1, 8)},
     }
+    bodies["jmed serve"] = bodies["jmed"]  # the same model behind jmed's front
     servers, ready, ports = {}, {}, {}
     try:
         for name, uri, front in (("jmed", jmed_uri, False), ("jmed serve", jmed_uri, True),

@@ -15,6 +15,7 @@ import jmed
 from jmed.batcher import DEFAULT_MAX_ROWS, DEFAULT_WAIT_S
 from jmed.config import EXAM_KINDS, EXTRACTIONS, FALSE_WORDS as FALSE, PROTOCOLS, TRUE_WORDS as TRUE
 from jmed.contract import DEFAULT_POLL_S, MAX_NEW_TOKENS_LIMIT
+from jmed.server import REQUEST_TIMEOUT_S
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -373,7 +374,7 @@ def promote(base_model, metric, min_delta, bundle_base, evaluation, dry_run):
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--workers", default=1, show_default=True, type=int,
               help="Processes, each with its own copy of the model (batching works within each).")
-@click.option("--timeout", default=120, show_default=True, type=int, help="Seconds per request.")
+@click.option("--timeout", default=REQUEST_TIMEOUT_S, show_default=True, type=int, help="Seconds per request.")
 @click.option("--poll-seconds", default=DEFAULT_POLL_S, show_default=True, type=float,
               help="Served from models:/…@alias: check the alias this often and follow it (0: never).")
 @click.option("--max-batch-rows", default=DEFAULT_MAX_ROWS, show_default=True, type=int,

@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 
 
+REQUEST_TIMEOUT_S = 120  # seconds per request (`jmed serve --timeout`, `mlflow models serve -t`)
+
+
 def serve_command(model_uri: str, port: int = 5000, host: str = "127.0.0.1", workers: int = 1,
-                  timeout: int = 120, front: bool = False) -> list[str]:
+                  timeout: int = REQUEST_TIMEOUT_S, front: bool = False) -> list[str]:
     """`mlflow models serve`; with `front`, MLflow's same scoring app behind jmed.front, as `jmed serve`
     runs it (uvicorn, like `mlflow models serve`; the request timeout travels in serve_env)."""
     import shutil
@@ -52,7 +55,7 @@ def start_server(model_uri: str, port: int, log_path=None, timeout: float = 180.
     wait for /ping; returns (process, seconds). `env`: extra environment (JMED_SERVE_POLL_S …). Stop it
     with `stop_server` (kills the whole group: the mlflow CLI and its uvicorn child)."""
     # the front reads the request timeout from the environment (`mlflow models serve -t` sets the same)
-    env = serve_env(model_uri, {"MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": 120, **(env or {})})
+    env = serve_env(model_uri, {"MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": REQUEST_TIMEOUT_S, **(env or {})})
     return _started(serve_command(model_uri, port=port, **kwargs), env, port, "/ping", log_path, timeout,
                     f"server for {model_uri}")
 
