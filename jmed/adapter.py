@@ -56,6 +56,19 @@ def protocol(card: dict) -> str:
     return card.get("protocol") or protocol_for(prompt_format(card))
 
 
+def digest(folder) -> str:
+    """sha256 over an adapter folder's files (relative names and bytes, sorted): what a registered
+    version's tag records and what a server checks before it loads a downloaded copy."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(folder)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
 def resolve(ref: str):
     """A local adapter folder from a train run id, `runs:/<id>[/path]`, `models:/<name>/<version|@alias>`
     (a registered pyfunc model with an `adapter` artifact), or a local folder."""

@@ -106,7 +106,7 @@ def echo_config(**configs) -> None:
 
 # The evaluation settings of `pipeline` and `study` (EvalConfig fields; the evaluation's own question
 # selection is --eval-years/--eval-blocks/--eval-ids, since --years etc. select training questions).
-EVAL_SETTINGS = ("limit", "sample", "max_new_tokens", "batch_size")
+EVAL_SETTINGS = ("limit", "sample", "max_new_tokens", "batch_size", "engine", "engine_url")
 EVAL_RENAME = {"batch_size": "eval_batch_size"}
 EVAL_FILTERS = ("years", "blocks", "ids")
 
@@ -381,7 +381,10 @@ def promote(base_model, metric, min_delta, bundle_base, evaluation, dry_run):
               help="Questions answered together from concurrent requests.")
 @click.option("--batch-wait-ms", default=DEFAULT_WAIT_S * 1000, show_default=True, type=float,
               help="How long a batch waits for more requests when the server is idle.")
-def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max_batch_rows, batch_wait_ms):
+@click.option("--engine", default="hf", show_default=True, type=click.Choice(["hf", "vllm"]),
+              help="hf: the exam endpoint (POST /invocations, MLflow's scoring app). vllm: vLLM's OpenAI API "
+                   "(/v1/completions, /v1/chat/completions, /v1/models), every registered version a LoRA on one base.")
+def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max_batch_rows, batch_wait_ms, engine):
     """Serve the champion (POST /invocations) with MLflow's scoring app, as `mlflow models serve` does,
     behind jmed's front: a request without Content-Type, nested too deeply or with unknown params gets
     415/400 instead of MLflow's 500 or silence.
@@ -399,6 +402,21 @@ def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max
         uri = model_uri or champion_uri(base_model)
     except ValueError as e:
         raise click.ClickException(str(e))
+    if not 0 < port < 65536:
+        raise click.BadParameter(f"{port} is not a TCP port (1-65535)", param_hint="--port")
+    if engine == "vllm":
+        from jmed import llm_serve
+        from jmed.serving import parse_models_uri
+
+        if not parse_models_uri(uri)[0]:
+            raise click.BadParameter(f"{uri}: the vllm engine serves registered versions (models:/jmed-<slug>@alias "
+                                     "or /<version>)", param_hint="--model-uri")
+        click.echo(f"serving {uri} through vLLM on http://{host}:{port}/v1 (OpenAI API)", err=True)
+        try:
+            llm_serve.serve(uri, host, port, poll_seconds)
+        except ValueError as e:
+            raise click.ClickException(str(e))
+        return
     cmd = serve_command(uri, port=port, host=host, workers=workers, front=True)
     env = serve_env(uri, {"JMED_SERVE_POLL_S": poll_seconds, "JMED_SERVE_MAX_ROWS": max_batch_rows,
                           "JMED_SERVE_WAIT_MS": batch_wait_ms, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": timeout})

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from jmed.engine import ENGINES
 from jmed.prompts import EXTRACTIONS, FORMATS as PROMPT_FORMATS
 
 EXAM_KINDS = ("medical", "dental", "pharmacist", "other")
@@ -214,8 +215,23 @@ class EvalConfig(Checked):
     precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
     quantization: str | None = setting(None, "none | 8bit | 4bit.", choices=QUANTIZATIONS,
                                        unset="the adapter's, else none")
+    engine: str = setting("hf", "Inference engine: hf (jmed's own loop: exact, 4-bit, starts in seconds) | "
+                          "vllm (a vLLM server: many times faster on a real evaluation).", choices=ENGINES)
+    engine_url: str = setting("", "With --engine vllm: a running OpenAI-compatible vLLM server "
+                              "(http://host:port/v1) serving the model (empty: jmed starts one for the step).")
     seed: int = setting(42, "Random seed.", minimum=0)
     compare_base: bool = setting(True, "Also record the delta against the base model.")
+
+    def extra_problems(self) -> list[str]:
+        out = []
+        if self.engine_url and self.engine != "vllm":
+            out.append(f"engine_url: a server URL is for --engine vllm, not {self.engine}")
+        if self.engine_url and not str(self.engine_url).startswith(("http://", "https://")):
+            out.append(f"engine_url: expected http://host:port/v1, got {self.engine_url!r}")
+        if self.engine == "vllm" and self.quantization in ("4bit", "8bit"):
+            out.append(f"quantization: {self.quantization} is bitsandbytes in the hf engine; the vllm engine runs "
+                       "the model in bfloat16 (a QLoRA adapter is merged into it); use --engine hf")
+        return out
 
 
 def help_text(f: dataclasses.Field) -> str:

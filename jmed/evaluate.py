@@ -13,7 +13,10 @@ in the store is reused, else the base (adapter disabled) is evaluated now as a c
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from pathlib import Path
 
 from jmed import adapter
 from jmed.config import PROTOCOLS
@@ -38,8 +41,10 @@ def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str
     outputs cut off by their limit before EOS are counted as `eval/truncated`.
     """
     from jmed import metrics as M
+    from jmed.engine import HFEngine
     from jmed.prompts import LETTERS, render
 
+    engine = model if hasattr(model, "loglik") else HFEngine(model, tokenizer, batch_size)
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     qs = list(questions) if protocol == "letter" else [q for q in questions if not q.numeric]
@@ -54,7 +59,7 @@ def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str
         # Letter formats score the letters a, b, …; text formats score the choice texts themselves.
         conts = [list(LETTERS[: len(q.choices)]) if _is_letter_format(prompt_format) else list(q.choices)
                  for q in qs]
-        scores = loglik(model, tokenizer, prompts, conts, batch_size, desc=desc or "loglik")
+        scores = engine.loglik(prompts, conts, desc=desc or "loglik")
         seconds = time.perf_counter() - started
         by_id = {q.id: sc for q, sc in zip(qs, scores)}
         summary = M.loglik_summary(qs, by_id)
@@ -64,8 +69,7 @@ def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str
         rows = M.letter_rows(qs, preds, M.PICKS)
     else:
         limits = [max_new_tokens or answer_budget(tokenizer, q.choices, q.n_answers, protocol) for q in qs]
-        outputs, cut = generate(model, tokenizer, prompts, batch_size, limits, desc=desc or protocol,
-                                with_truncated=True)
+        outputs, cut = engine.generate(prompts, limits, desc=desc or protocol)
         seconds = time.perf_counter() - started
         extra.update(truncated=sum(cut), max_new_tokens=max(limits, default=0))
         if protocol == "letter":
@@ -129,7 +133,7 @@ def _metrics(summary: dict, extra: dict, n: int, skipped: int, seconds: float) -
 # ---- the evaluate step ----------------------------------------------------------------------------
 
 MATCH_PARAMS = ("model", "base_revision", "eval_data_digest", "protocol", "prompt_format", "shots", "parsing",
-                "extraction", "limit", "sample", "quantization")
+                "extraction", "limit", "sample", "quantization", "engine")
 
 
 def _resolve(cfg, meta: dict):
@@ -149,6 +153,12 @@ def _resolve(cfg, meta: dict):
     check_protocol(fmt, protocol)
     shots = cfg.shots if cfg.shots is not None else int(meta.get("shots", 0) or 0)
     quantization = cfg.quantization or str((meta.get("config") or {}).get("quantization", "") or "none")
+    if cfg.engine == "vllm":
+        quantization = "none"  # vLLM runs the base in bfloat16, a QLoRA adapter merged into it (config refuses 4bit)
+        if cfg.engine_url and cfg.adapter:
+            raise ValueError(f"--engine-url {cfg.engine_url}: the server's model is evaluated as it is served, so "
+                             f"--adapter {cfg.adapter} cannot be applied; serve the adapter there (jmed serve "
+                             "--engine vllm) and evaluate without --adapter, or drop --engine-url")
     return dataclasses.replace(cfg, model=model, prompt_format=fmt, protocol=protocol, shots=shots,
                                quantization=quantization)
 
@@ -190,7 +200,7 @@ def evaluate(cfg) -> str:
     from jmed import data as D
     from jmed import models, tracking
 
-    with tracking.step_run("evaluate", run_name=None) as run:
+    with tracking.step_run("evaluate", run_name=None) as run, contextlib.ExitStack() as stack:
         adapter_dir = adapter.resolve(cfg.adapter) if cfg.adapter else None
         meta = adapter.read(adapter_dir) if adapter_dir else {}
         cfg = _resolve(cfg, meta)
@@ -198,14 +208,13 @@ def evaluate(cfg) -> str:
         path, questions = load_eval_questions(cfg, left_out)
         digest = D.digest(questions)
         torch.manual_seed(cfg.seed)
-        base, tokenizer, info = models.load_base(cfg.model, cfg.quantization, cfg.precision)
+        opened, model, tokenizer, info = open_engine(cfg, adapter_dir)
+        stack.callback(opened.close)
         if meta.get("base_revision") and meta["base_revision"] != info.get("revision"):
             import warnings
 
             warnings.warn(f"adapter {cfg.adapter} was trained on {cfg.model} revision {meta['base_revision']}, "
                           f"evaluating on revision {info.get('revision')} (both are logged)", stacklevel=2)
-        model = models.load_adapter(base, adapter_dir) if adapter_dir else base
-        model.eval()
         train_run = meta.get("train_run_id", "") if adapter_dir else ""
         tags = {tracking.BASE_TAG: info["slug"], tracking.ADAPTER_RUN_TAG: train_run or ("unknown" if adapter_dir else "none")}
         mlflow.set_tags(tags)
@@ -216,9 +225,12 @@ def evaluate(cfg) -> str:
                   "adapter_base_revision": meta.get("base_revision", ""), "questions": len(questions)}
         tracking.log_params(params)
         tracking.log_dataset(questions, name=_data_name(path), path=path, digest=digest, context="eval")
-        result = run_questions(model, tokenizer, questions, cfg.protocol, cfg.prompt_format, cfg.shots, cfg.parsing,
-                               cfg.batch_size, cfg.max_new_tokens, desc=f"evaluate {cfg.protocol}",
+        result = run_questions(opened.engine, tokenizer, questions, cfg.protocol, cfg.prompt_format, cfg.shots,
+                               cfg.parsing, cfg.batch_size, cfg.max_new_tokens, desc=f"evaluate {cfg.protocol}",
                                extraction=cfg.extraction)
+        result["metrics"]["eval/load_s"] = opened.load_s
+        if cfg.engine == "vllm":
+            opened.close()  # before a base comparison starts an engine of its own: one engine's memory at a time
         base_metrics = None
         if adapter_dir and cfg.compare_base:
             base_run, base_metrics = _base_comparison(cfg, params, info, model, tokenizer, questions)
@@ -234,6 +246,28 @@ def evaluate(cfg) -> str:
         say(summary(info["slug"], cfg, result, base_metrics, run.info.run_id, in_data))
         mlflow.set_tag("mlflow.note.content", description(info["slug"], cfg, result, params, base_metrics))
         return run.info.run_id
+
+
+def open_engine(cfg, adapter_dir):
+    """(jmed.engine.Opened, the HF model or None, tokenizer, info) for the evaluation's engine. The hf
+    engine loads the base (+ adapter) here; the vllm engine reads only the tokenizer here and runs the
+    base, or its merged copy with the adapter, in a vLLM server (started now unless --engine-url)."""
+    import tempfile
+
+    from jmed import engine as E
+    from jmed import models
+
+    t0 = time.perf_counter()
+    if cfg.engine == "hf":
+        base, tokenizer, info = models.load_base(cfg.model, cfg.quantization, cfg.precision)
+        model = (models.load_adapter(base, adapter_dir) if adapter_dir else base).eval()
+        return E.Opened(E.HFEngine(model, tokenizer, cfg.batch_size), time.perf_counter() - t0), model, tokenizer, info
+    tokenizer, info = models.load_tokenizer(cfg.model)
+    model_dir = E.merged_dir(info["path"], info["revision"], adapter_dir) if adapter_dir else info["path"]
+    log = Path(tempfile.gettempdir()) / f"jmed-vllm-{os.getpid()}.log"
+    opened = E.open_vllm(model_dir, tokenizer, url=cfg.engine_url, log_path=log)
+    opened.load_s = time.perf_counter() - t0
+    return opened, None, tokenizer, info
 
 
 def verdict(summary: dict) -> str:
@@ -348,11 +382,18 @@ def _base_comparison(cfg, params, info, model, tokenizer, questions):
         tracking.log_params(base_params)
         tracking.log_dataset(questions, name=_data_name(params["eval_data_path"]), path=params["eval_data_path"],
                              digest=params["eval_data_digest"], context="eval")
-        off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-        with off:
-            result = run_questions(model, tokenizer, questions, cfg.protocol, cfg.prompt_format, cfg.shots,
+        with contextlib.ExitStack() as stack:
+            if model is None:  # the vllm engine: the base is a model of its own
+                opened = stack.enter_context(open_engine(base_cfg, None)[0])
+                engine, load_s = opened.engine, opened.load_s
+            else:
+                if hasattr(model, "disable_adapter"):
+                    stack.enter_context(model.disable_adapter())
+                engine, load_s = model, 0.0
+            result = run_questions(engine, tokenizer, questions, cfg.protocol, cfg.prompt_format, cfg.shots,
                                    cfg.parsing, cfg.batch_size, cfg.max_new_tokens, desc=f"base {cfg.protocol}",
                                    extraction=cfg.extraction)
+            result["metrics"]["eval/load_s"] = load_s
         _log_result(result, base_cfg, base_params, None)
         return child.info.run_id, result["metrics"]
 

@@ -34,7 +34,10 @@ CHAMPION = "champion"
 PREVIOUS = "previous"
 SECONDARY = {"eval/accuracy": "eval/score", "eval/score": "eval/accuracy",
              "eval/gestalt_accuracy": "eval/gestalt", "eval/exact_match": "eval/gestalt"}
-EVAL_KEYS = ("eval_data_digest", "protocol", "prompt_format", "shots")
+ADAPTER_DIGEST_TAG = "jmed.adapter_sha256"  # the adapter folder's bytes when registered (jmed.adapter.digest)
+EVAL_KEYS = ("eval_data_digest", "protocol", "prompt_format", "shots", "engine")
+# runs and versions from before a key existed: what they were measured with
+EVAL_KEY_DEFAULTS = {"engine": "hf"}
 LINEAGE_METRICS = ("eval/accuracy", "eval/score", "eval/required_score", "eval/exact_match", "eval/gestalt",
                    "eval/gestalt_accuracy", "eval/unparsed")
 
@@ -52,7 +55,7 @@ class Candidate:
 
     eval_run: str
     train_run: str
-    evaluation: tuple  # (eval_data_digest, protocol, prompt_format, shots)
+    evaluation: tuple  # (eval_data_digest, protocol, prompt_format, shots, engine)
     metric: float | None
     secondary: float | None = None
     start_time: int = 0  # ms; newer wins a full tie
@@ -83,8 +86,8 @@ class Decision:
 
 
 def describe_evaluation(evaluation: tuple) -> str:
-    digest, protocol, fmt, shots = (list(evaluation) + ["?"] * 4)[:4]
-    return f"data {str(digest)[:12]}, protocol {protocol}, format {fmt}, shots {shots}"
+    digest, protocol, fmt, shots, engine = (list(evaluation) + ["?"] * 5)[:5]
+    return f"data {str(digest)[:12]}, protocol {protocol}, format {fmt}, shots {shots}, engine {engine}"
 
 
 def _rank(c: Candidate):
@@ -277,11 +280,11 @@ def log_serving_model(adapter_dir, name: str = "model", bundle_base: bool | None
 
 
 def _evaluation(params: dict) -> tuple:
-    return tuple(str(params.get(k, "")) for k in EVAL_KEYS)
+    return tuple(str(params.get(k, "") or EVAL_KEY_DEFAULTS.get(k, "")) for k in EVAL_KEYS)
 
 
 def _version_tag_evaluation(tags: dict) -> tuple:
-    return tuple(str(tags.get(f"jmed.{k}", "")) for k in EVAL_KEYS)
+    return tuple(str(tags.get(f"jmed.{k}", "") or EVAL_KEY_DEFAULTS.get(k, "")) for k in EVAL_KEYS)
 
 
 def evaluate_runs(client, base_slug: str = "") -> list:
@@ -366,11 +369,13 @@ def register(client, name: str, cand: Candidate, metric: str = "eval/accuracy", 
         folder = Path(mlflow.artifacts.download_artifacts(run_id=cand.train_run, artifact_path="adapter",
                                                           dst_path=tmp))
         meta = adapter.read(folder)
+        digest = adapter.digest(folder)
         info = log_serving_model(folder, name="served-model", bundle_base=bundle_base, run_id=cand.eval_run)
     tags = {tracking.TRAIN_RUN_TAG: cand.train_run, tracking.EVAL_RUN_TAG: cand.eval_run,
             tracking.BASE_TAG: eval_run.data.tags.get(tracking.BASE_TAG, ""),
             "jmed.base_revision": str(meta.get("base_revision", "")),
             "jmed.train_data_digest": str(meta.get("train_data_digest", "")),
+            ADAPTER_DIGEST_TAG: digest,
             **{f"jmed.{k}": v for k, v in zip(EVAL_KEYS, cand.evaluation)}}
     tags.update({k: f"{v:.6g}" for k, v in eval_run.data.metrics.items() if k in LINEAGE_METRICS})
     # Created from the evaluate run that ranked it (run_id), so that run's page links to the version.
