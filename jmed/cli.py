@@ -437,7 +437,9 @@ def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max
               help="Default (0): the served model's.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--output", "-o", default="-", help="JSONL output (default: stdout).")
-def predict(file, model_uri, base_model, protocol, max_new_tokens, batch_size, output):
+@click.option("--engine", default="hf", show_default=True, type=click.Choice(["hf", "vllm"]),
+              help="hf: jmed's own loop; vllm: a vLLM server started for the file (the adapter merged).")
+def predict(file, model_uri, base_model, protocol, max_new_tokens, batch_size, output, engine):
     """Answer a JSONL file of questions ({question, choices[, n_answers, id]}) offline with a served model.
 
     Output lines carry `problem_id` and `prediction`, so `jmed score --predictions` reads them."""
@@ -453,7 +455,7 @@ def predict(file, model_uri, base_model, protocol, max_new_tokens, batch_size, o
         Path(output).parent.mkdir(parents=True, exist_ok=True)
     try:
         uri = model_uri or champion_uri(base_model)
-        rows = list(predict_file(uri, file, protocol or "", max_new_tokens, batch_size))
+        rows = list(predict_file(uri, file, protocol or "", max_new_tokens, batch_size, engine))
     except ValueError as e:
         raise click.ClickException(str(e))
     except MlflowException as e:  # a URI that names no served model, a run or version that does not exist
@@ -565,14 +567,16 @@ def compare_cmd(experiment, base_model, as_csv):
 
 @main.command("reproduce")
 @click.argument("model_uri")
-def reproduce_cmd(model_uri):
+@click.option("--engine", default="", type=click.Choice(["", "hf", "vllm"]),
+              help="Evaluate with this engine (default: the one the version was evaluated with).")
+def reproduce_cmd(model_uri, engine):
     """Retrain and re-evaluate a registered version (models:/jmed-<slug>@champion) and compare."""
     from jmed.reproduce import ReproduceError, reproduce
 
     from mlflow.exceptions import MlflowException
 
     try:
-        report = reproduce(model_uri)
+        report = reproduce(model_uri, engine)
     except (ReproduceError, MlflowException) as exc:
         raise click.ClickException(f"{model_uri}: {getattr(exc, 'message', str(exc))}") from exc
     click.echo(f"adapter bytes: {'identical' if report.adapter_match else 'DIFFERENT'} "

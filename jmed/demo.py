@@ -1,7 +1,8 @@
 """`make demo`: the whole system once, on the built-in tiny model and the bundled sample.
 
 `mlflow run . -e main` (validate → train → evaluate → promote), then `mlflow models serve` for the
-champion, one real HTTP question, and the server stopped again. Honours MLFLOW_TRACKING_URI.
+champion, one real HTTP question, and the server stopped again; then the same champion through the
+vllm engine's OpenAI API (`jmed serve --engine vllm`), one request. Honours MLFLOW_TRACKING_URI.
 """
 from __future__ import annotations
 
@@ -31,6 +32,38 @@ def ask(url: str, question: str, choices: list[str]) -> dict:
     req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=120) as r:
         return json.loads(r.read())["predictions"][0]
+
+
+def vllm_answer(model_uri: str, question, env: dict) -> None:
+    """The same champion through the vllm engine's OpenAI API (`jmed serve --engine vllm`), one request."""
+    from jmed import server
+    from jmed.engine import EngineError, vllm_python
+    from jmed.models import load_tokenizer
+    from jmed.prompts import render
+
+    try:
+        vllm_python()
+    except EngineError as exc:
+        print(f"(vllm engine skipped: {exc})")
+        return
+    port = server.free_port()
+    log_path = Path("demo-serve.log").resolve()
+    cmd = [sys.executable, "-m", "jmed", "serve", "--engine", "vllm", "--model-uri", model_uri, "--port", str(port)]
+    print(f"$ jmed serve --engine vllm --model-uri {model_uri} --port {port}   (vLLM, OpenAI API; log: {log_path})",
+          flush=True)
+    proc, seconds = server._started(cmd, env, port, "/health", log_path, 900, "jmed serve --engine vllm")
+    try:
+        prompt = render(question, "igakuqa", (), load_tokenizer("tiny")[0]).prompt
+        body = json.dumps({"model": model_uri.removeprefix("models:/"), "prompt": prompt, "max_tokens": 16,
+                           "temperature": 0}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            text = json.loads(r.read())["choices"][0]["text"]
+    finally:
+        server.stop_server(proc, grace=30)
+    print(f"ready in {seconds:.0f} s; POST /v1/completions model={model_uri.removeprefix('models:/')}: {text!r}")
+    print("The vLLM server has been stopped.\n")
 
 
 def main() -> int:
@@ -71,6 +104,7 @@ def main() -> int:
     print(f"Served answer: {answer.get('answer')} ({answer.get('answer_text')})   gold: "
           f"{','.join(question.answer[0])}")
     print("The server has been stopped.\n")
+    vllm_answer(model_uri, question, env)
     print("Open the MLflow UI on the same store:")
     if uri.startswith("sqlite:"):
         # the variable keeps `mlflow ui` from starting a job runner and its consumers

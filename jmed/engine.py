@@ -195,17 +195,15 @@ class VLLMEngine:
                   len(prompts), desc)
 
         def echo(q):
-            vals = []
-            for c in c_ids[q]:
-                seq = p_ids[q] + c
-                body = {**self._common(), "prompt": seq, "max_tokens": 1, "prompt_logprobs": 0}
-                plp = self._post("/completions", body)["choices"][0]["prompt_logprobs"]
-                vals.append(sum(plp[len(p_ids[q]) + k][str(t)]["logprob"] for k, t in enumerate(c)))
-            scores[q] = vals
+            # every choice of the question in one request: vLLM batches them (and shares the prompt's blocks)
+            body = {**self._common(), "prompt": [p_ids[q] + c for c in c_ids[q]], "max_tokens": 1, "prompt_logprobs": 0}
+            out = sorted(self._post("/completions", body)["choices"], key=lambda ch: ch["index"])
+            scores[q] = [sum(ch["prompt_logprobs"][len(p_ids[q]) + k][str(t)]["logprob"] for k, t in enumerate(c))
+                         for ch, c in zip(out, c_ids[q])]
             return 1
 
         if multi:
-            self._run(sorted(set(multi)), echo, 0, None)
+            self._run(sorted(set(multi)), echo, len(set(multi)), desc if not single else None)
         return scores
 
 
@@ -246,7 +244,14 @@ def vllm_command(model_dir: str, port: int, served_names: list[str], lora_rank: 
         cmd += ["--gpu-memory-utilization", str(GPU_MEMORY_UTILIZATION)]
     if lora_rank:
         cmd += ["--enable-lora", "--max-lora-rank", str(_lora_rank_bucket(lora_rank)), "--max-loras", str(max_loras)]
-    return cmd + list(extra or [])
+    if not _on_gpu():
+        # CPU: no torch.compile of the model. It took 70-95 s of every start here (its cache missed)
+        # for no steady-state gain measured on 2 cores (benchmarks/engines.py); JMED_VLLM_ARGS may undo it.
+        cmd += ["--enforce-eager"]
+    # anything else for vLLM (--tensor-parallel-size 4, --max-num-seqs 64, …), split like a shell would
+    import shlex
+
+    return cmd + list(extra or []) + shlex.split(os.environ.get("JMED_VLLM_ARGS", ""))
 
 
 def _lora_rank_bucket(r: int) -> int:

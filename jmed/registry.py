@@ -767,7 +767,8 @@ def read_questions_file(path) -> tuple[list[str], list[dict]]:
     return ids, records
 
 
-def predict_file(model_uri: str, path, protocol: str = "", max_new_tokens: int = 0, batch_size: int = 8):
+def predict_file(model_uri: str, path, protocol: str = "", max_new_tokens: int = 0, batch_size: int = 8,
+                 engine: str = "hf"):
     """Answer a file of questions offline with the served model; yields one result dict per question
     (`problem_id` and `prediction` as `jmed score --predictions` reads them)."""
     import mlflow
@@ -778,17 +779,22 @@ def predict_file(model_uri: str, path, protocol: str = "", max_new_tokens: int =
     ids, records = read_questions_file(path)
     setup()
     # the served model learns its URI (for `model_version`) from JMED_MODEL_URI; no alias polling here
-    saved = {k: os.environ.get(k) for k in ("JMED_MODEL_URI", "JMED_SERVE_POLL_S")}
-    os.environ.update({"JMED_MODEL_URI": model_uri, "JMED_SERVE_POLL_S": "0"})
+    saved = {k: os.environ.get(k) for k in ("JMED_MODEL_URI", "JMED_SERVE_POLL_S", "JMED_ENGINE")}
+    os.environ.update({"JMED_MODEL_URI": model_uri, "JMED_SERVE_POLL_S": "0", "JMED_ENGINE": engine})
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     params = {k: v for k, v in {"protocol": protocol, "max_new_tokens": max_new_tokens}.items() if v}
-    for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        out = model.predict(pd.DataFrame(chunk), params=params or None)
-        for rid, row in zip(ids[start:start + batch_size], out.to_dict("records")):
-            yield {"problem_id": rid, "prediction": row["answer"], "answer_text": row["answer_text"],
-                   "response": row["raw_output"], "model_version": row["model_version"]}
+    try:
+        for start in range(0, len(records), batch_size):
+            chunk = records[start:start + batch_size]
+            out = model.predict(pd.DataFrame(chunk), params=params or None)
+            for rid, row in zip(ids[start:start + batch_size], out.to_dict("records")):
+                yield {"problem_id": rid, "prediction": row["answer"], "answer_text": row["answer_text"],
+                       "response": row["raw_output"], "model_version": row["model_version"]}
+    finally:
+        engine_of = getattr(model.unwrap_python_model(), "vllm", None)
+        if engine_of is not None:
+            engine_of.close()  # the vLLM server predict started

@@ -68,7 +68,9 @@ def adapter_sha256(run_id: str) -> tuple[str, dict]:
     return sha, adapter.read(local)
 
 
-def reproduce(model_uri: str) -> Report:
+def reproduce(model_uri: str, engine: str = "") -> Report:
+    """`engine`: evaluate with this engine instead of the logged one (its metrics may then differ: the
+    vllm engine runs bfloat16)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -106,6 +108,8 @@ def reproduce(model_uri: str) -> Report:
 
     eval_params = client.get_run(eval_run).data.params
     eval_cfg = config.from_flat(config.EvalConfig, eval_params)
+    if engine and engine != eval_cfg.engine:
+        eval_cfg = replace(eval_cfg, engine=engine, engine_url="")
     report.device = resolve_precision(train_cfg.precision)[0]
 
     with tracking.step_run("reproduce", tags={"jmed.reproduce.of": model_uri}):

@@ -109,18 +109,28 @@ class JmedModel(PythonModel):
         meta = adapter.read(adapter_dir)
         config = dict(context.model_config or {})
         base = context.artifacts.get("base") or config.get("base_model") or meta["model"]
-        model, tokenizer, info = load_base(base, quantization=config.get("quantization", "none"),
-                                           precision=config.get("precision", "auto"))
+        self.vllm = None  # jmed.engine.Opened when JMED_ENGINE=vllm (`jmed predict --engine vllm`)
+        if os.environ.get("JMED_ENGINE", "hf") == "vllm":
+            from jmed import engine as E
+            from jmed.models import load_tokenizer
+
+            tokenizer, info = load_tokenizer(base)
+            model = None
+        else:
+            model, tokenizer, info = load_base(base, quantization=config.get("quantization", "none"),
+                                               precision=config.get("precision", "auto"))
         want = config.get("base_revision") or meta.get("base_revision")
         if want and info.get("revision") and info["revision"] != want:
             raise invalid(f"base model {base!r} has revision {info['revision']}, but the adapter was trained "
                           f"on revision {want}; fetch that revision")
         self.base_model, self.base_revision = meta.get("model"), want or info.get("revision")
-        self.model = load_adapter(model, adapter_dir)
+        if model is None:  # the adapter merged into a copy of the base, run by vLLM (one version)
+            self.vllm = E.open_vllm(E.merged_dir(info["path"], info["revision"], adapter_dir), tokenizer)
+        self.model = load_adapter(model, adapter_dir) if model is not None else None
         # While it holds one adapter, the served model has it merged into the base (no LoRA detour per
         # layer: as fast as a merged export). A second version unmerges it: then set_adapter picks the
         # adapter per batch. Quantised bases are never merged.
-        self.merged = config.get("quantization", "none") in ("", "none")
+        self.merged = config.get("quantization", "none") in ("", "none") and self.model is not None
         if self.merged:
             self.model.merge_adapter()
         self.tokenizer = tokenizer
@@ -176,6 +186,9 @@ class JmedModel(PythonModel):
         """Load a registered version's adapter beside the others (once); refuse another base."""
         if version in self.adapters:
             return version
+        if self.vllm is not None:
+            raise invalid(f"version {version} asked for, but this model runs its own version on the vllm engine "
+                          "(one merged adapter); serve several versions with `jmed serve --engine vllm`")
         import tempfile
 
         import mlflow
@@ -234,25 +247,29 @@ class JmedModel(PythonModel):
 
     def _run_batch(self, key: tuple, rows: list) -> list[dict]:
         """One engine call (on the batcher's thread) for rows of one version and one setting."""
-        from jmed.inference import answer_budget, generate, loglik
+        from jmed.engine import HFEngine
+        from jmed.inference import answer_budget
 
         version, protocol, max_new_tokens = key
         served = self.adapters[version]
         with self.lock:
-            if self.model.active_adapter != served.adapter_name:
-                self.model.set_adapter(served.adapter_name)
+            if self.vllm is not None:
+                engine = self.vllm.engine
+            else:
+                engine = HFEngine(self.model, self.tokenizer, batch_size=len(rows))
+                if self.model.active_adapter != served.adapter_name:
+                    self.model.set_adapter(served.adapter_name)
             prompts = [self.prompt(r, served.format) for r in rows]
             if protocol == "loglik":
                 # The same batched engine as evaluation: each prompt encoded once, letters or text scored.
                 letters = base_format(served.format) == "igakuqa"
                 conts = [list(LETTERS[: len(r["choices"])]) if letters else list(r["choices"]) for r in rows]
-                scores = loglik(self.model, self.tokenizer, prompts, conts, batch_size=len(rows), desc=None)
+                scores = engine.loglik(prompts, conts)
                 out = [self._picked(s, r) for s, r in zip(scores, rows)]
             else:
                 limits = [min(max_new_tokens or answer_budget(self.tokenizer, r["choices"], r["n_answers"], protocol),
                               MAX_NEW_TOKENS_LIMIT) for r in rows]
-                raws = generate(self.model, self.tokenizer, prompts, batch_size=len(rows), max_new_tokens=limits,
-                                desc=None)
+                raws = engine.generate(prompts, limits)[0]
                 out = [self._answer(raw, r, protocol) for raw, r in zip(raws, rows)]
         return [{**o, "model_version": version} for o in out]
 

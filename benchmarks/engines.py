@@ -1,0 +1,232 @@
+"""The vllm engine against jmed's hf engine and lm-evaluation-harness (issue 22), side by side in one run.
+
+    .venv/bin/python benchmarks/engines.py [--model smollm2-135m] [--questions 32] [--skip-serving]
+
+1. Evaluation, questions/s, the same rendered prompts, greedy: letter (generate up to 16 tokens), text
+   (medpalm, the longest answer's budget) and loglik (letters a-e); engines jmed+hf (float32, batch 8:
+   what jmed did before), jmed+vllm (bfloat16; engine start reported apart), and lm-evaluation-harness's
+   HF backend on the same model object when it is installed (`make bench`).
+2. One adapter on vLLM: runtime LoRA on the base against a merged copy (jmed.engine.merged_dir).
+3. Serving, single-question requests at concurrency 1, 8 and 32: `jmed serve` (POST /invocations) and
+   `jmed serve --engine vllm` (POST /v1/completions, the same prompt text), the same registered
+   adapter; requests/s, p50 and p95 latency.
+
+Questions: IgakuQA 2022 from ../shared/datasets when present (text-only), else the bundled sample.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def questions(n: int):
+    from jmed.config import DataFilter
+    from jmed.data import SAMPLE_TEST, SAMPLE_TRAIN, load_questions
+
+    shared = ROOT.parent / "shared" / "datasets" / "igakuqa" / "data" / "2022"
+    flt = DataFilter(text_only=True)
+    qs = load_questions(shared, filters=flt) if shared.exists() else \
+        load_questions(SAMPLE_TEST, filters=flt) + load_questions(SAMPLE_TRAIN, filters=flt)
+    return [q for q in qs if not q.numeric][:n], ("IgakuQA 2022" if shared.exists() else "the bundled sample")
+
+
+CASES = {"letter": ("letter", "igakuqa"), "text": ("text", "medpalm"), "loglik": ("loglik", "igakuqa")}
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def lm_eval_rates(model, tokenizer, qs) -> dict:
+    """lm-evaluation-harness (HF backend, the same model object): loglik letters and generation."""
+    try:
+        from lm_eval.evaluator import evaluate as lm_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        return {}
+    import logging
+
+    import torch
+    from eval_throughput import write_tasks
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    single = [q for q in qs if len(q.answer) == 1 and q.n_answers == 1 and len(q.choices) == 5]
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8, device="cpu", max_length=2048)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tasks(Path(tmp), single, tokenizer)
+        tm = TaskManager(include_path=tmp, include_defaults=False)
+        for case, task in (("loglik", "jmed_ll_letters"), ("letter", "jmed_generate")):
+            tasks = tm.load([task])
+            with torch.inference_mode():
+                _, s = timed(lambda: lm_evaluate(lm, tasks, bootstrap_iters=0, verbosity="ERROR"))
+            out[case] = len(single) / s
+    return out
+
+
+def evaluation(args, qs) -> None:
+    from jmed import engine as E
+    from jmed import models
+    from jmed.evaluate import run_questions
+
+    net, tok, info = models.load_base(args.model, precision="fp32")
+    hf, agree = {}, {}
+    res_hf = {}
+    for case, (p, f) in CASES.items():
+        res_hf[case], s = timed(lambda: run_questions(net, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
+        hf[case] = len(qs) / s
+    lm = lm_eval_rates(net, tok, qs)
+    # a random LoRA (r 8, q/k/v/o) for part 2: throughput does not depend on what it learned
+    adapter_dir = Path(tempfile.mkdtemp(prefix="jmed-bench-lora-"))
+    from peft import LoraConfig, get_peft_model
+
+    peft = get_peft_model(net, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                          init_lora_weights="gaussian"))
+    peft.save_pretrained(adapter_dir)
+    del peft, net
+    vl, starts = {}, {}
+    with E.open_vllm(info["path"], tok) as opened:
+        starts["base"] = opened.load_s
+        for case, (p, f) in CASES.items():
+            res, s = timed(lambda: run_questions(opened.engine, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
+            vl[case] = len(qs) / s
+            agree[case] = sum(a["parsed"] == b["parsed"] for a, b in zip(res_hf[case]["rows"], res["rows"]))
+    print(f"\n1. evaluation: {len(qs)} questions of {args.source}, {args.model}, questions/s "
+          f"(vLLM start {starts['base']:.0f} s, not counted)")
+    print(f"{'protocol':<10}{'jmed+hf':>10}{'jmed+vllm':>11}{'ratio':>8}{'lm-eval hf':>12}  picks agree (vllm vs hf)")
+    for case in CASES:
+        le = f"{lm[case]:>12.2f}" if case in lm else f"{'-':>12}"
+        print(f"{case:<10}{hf[case]:>10.2f}{vl[case]:>11.2f}{vl[case] / hf[case]:>7.1f}x{le}  {agree[case]}/{len(qs)}")
+    if not lm:
+        print("lm-evaluation-harness not installed here (make bench installs it)")
+    lora_vs_merged(args, qs, tok, info, adapter_dir)
+
+
+def lora_vs_merged(args, qs, tok, info, adapter_dir) -> None:
+    import requests
+
+    from jmed import engine as E
+    from jmed.evaluate import run_questions
+    from jmed.server import stop_server
+
+    p, f = CASES["letter"]
+    rows = {}
+    proc, url, started = E.start_vllm(info["path"], served_names=["base"], lora_rank=8)
+    try:
+        t = time.perf_counter()
+        r = requests.post(f"{url}/load_lora_adapter", json={"lora_name": "lora", "lora_path": str(adapter_dir)},
+                          timeout=600)
+        r.raise_for_status()
+        eng = E.VLLMEngine(url, tok, "lora")
+        _, first = timed(lambda: run_questions(eng, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
+        _, steady = timed(lambda: run_questions(eng, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
+        rows["runtime LoRA"] = (started + time.perf_counter() - t - first - steady, first, steady)
+    finally:
+        stop_server(proc)
+    t = time.perf_counter()
+    merged = E.merged_dir(info["path"], info["revision"] + "-bench", adapter_dir)
+    merge_s = time.perf_counter() - t
+    with E.open_vllm(merged, tok) as opened:
+        _, first = timed(lambda: run_questions(opened.engine, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
+        _, steady = timed(lambda: run_questions(opened.engine, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
+        rows["merged copy"] = (merge_s + opened.load_s, first, steady)
+    print(f"\n2. one adapter (r 8, q/k/v/o) on vLLM, letter protocol, {len(qs)} questions: seconds")
+    print(f"{'':<14}{'start+load':>11}{'first pass':>12}{'steady':>8}{'q/s':>7}")
+    for k, (load, first, steady) in rows.items():
+        print(f"{k:<14}{load:>11.1f}{first:>12.1f}{steady:>8.1f}{len(qs) / steady:>7.2f}")
+
+
+def serving(args, qs) -> None:
+    import mlflow
+    import requests
+    from serve_latency import load_test
+
+    from jmed.config import EvalConfig, TrainConfig
+    from jmed.prompts import render
+    from jmed.registry import promote
+    from jmed.server import free_port, group_alive, stop_server
+    from jmed.train import train
+    from jmed.evaluate import evaluate
+
+    work = Path(tempfile.mkdtemp(prefix="jmed-engines-bench-"))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    os.chdir(work)
+    run = train(TrainConfig(model=args.model, max_steps=2, batch_size=2, max_length=384))
+    evaluate(EvalConfig(adapter=run, limit=4, compare_base=False))
+    promote(args.model)
+    from jmed.tracking import slug
+
+    name = f"jmed-{slug(args.model)}"
+    from jmed.models import load_tokenizer
+
+    tok, _ = load_tokenizer(args.model)
+    records = [{"question": q.stem, "choices": list(q.choices)} for q in qs[:16]]
+    prompts = [render(q, "igakuqa", (), tok).prompt for q in qs[:16]]
+    bodies = {"hf": [{"dataframe_records": [r], "params": {"max_new_tokens": 16}} for r in records],
+              "vllm": [{"model": f"{name}@champion", "prompt": p, "max_tokens": 16, "temperature": 0} for p in prompts]}
+    paths = {"hf": "/invocations", "vllm": "/v1/completions"}
+    results = {}
+    import subprocess
+
+    for engine in ("hf", "vllm"):
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "jmed", "serve", "--engine", engine, "--model-uri",
+                                 f"models:/{name}@champion", "--port", str(port)], start_new_session=True,
+                                stdout=open(work / f"serve-{engine}.log", "wb"), stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 900
+            while time.time() < deadline:
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    time.sleep(0.5)
+            url = f"http://127.0.0.1:{port}{paths[engine]}"
+            load_test(url, bodies[engine], 4, 8)  # warm up
+            for c in (1, 8, 32):
+                results[(engine, c)] = load_test(url, bodies[engine], c, max(16, 2 * c) if c > 1 else 12)
+        finally:
+            stop_server(proc, grace=30)
+            assert not group_alive(proc.pid)
+    print(f"\n3. serving {args.model} + a registered adapter, single-question requests, 16 new tokens")
+    print(f"{'concurrency':<12}{'jmed serve rps':>15}{'p50 ms':>9}{'p95 ms':>9}{'--engine vllm rps':>19}"
+          f"{'p50 ms':>9}{'p95 ms':>9}{'ratio':>8}")
+    for c in (1, 8, 32):
+        h, v = results[("hf", c)], results[("vllm", c)]
+        print(f"{c:<12}{h['rps']:>15.2f}{h['p50']:>9.0f}{h['p95']:>9.0f}{v['rps']:>19.2f}{v['p50']:>9.0f}"
+              f"{v['p95']:>9.0f}{v['rps'] / h['rps']:>7.1f}x" + (f"  errors {h['errors']}/{v['errors']}"
+                                                                 if h["errors"] or v["errors"] else ""))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--questions", type=int, default=32)
+    ap.add_argument("--skip-serving", action="store_true")
+    ap.add_argument("--skip-evaluation", action="store_true")
+    args = ap.parse_args()
+    qs, args.source = questions(args.questions)
+    import torch
+
+    print(f"engines benchmark: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+          f"{time.strftime('%Y-%m-%d')}")
+    if not args.skip_evaluation:
+        evaluation(args, qs)
+    if not args.skip_serving:
+        serving(args, qs)
+
+
+if __name__ == "__main__":
+    main()
