@@ -31,7 +31,7 @@ install: $(VENV)/.installed $(VLLM_VENV)/.installed
 
 # torch first (the CPU wheel on disk); then the checked wheel; then PyPI's torchvision (a CUDA build),
 # torchaudio and torchcodec (libnvrtc) out: each breaks `import vllm` on a CPU machine.
-$(VLLM_VENV)/.installed: Makefile
+$(VLLM_VENV)/.installed:
 	@echo "[make] creating $(VLLM_VENV) for the vllm engine: $(VLLM) (about 2 min, 3.4 GB)"
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip

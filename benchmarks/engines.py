@@ -96,14 +96,19 @@ def evaluation(args, qs) -> None:
     peft.save_pretrained(adapter_dir)
     del peft, net
     vl, starts = {}, {}
+    # no prefix cache: each protocol's prompts are the same questions, and hf caches nothing between runs
+    os.environ["JMED_VLLM_ARGS"] = (os.environ.get("JMED_VLLM_ARGS", "") + " --no-enable-prefix-caching").strip()
     with E.open_vllm(info["path"], tok) as opened:
         starts["base"] = opened.load_s
+        warm = args.warm
+        run_questions(opened.engine, tok, warm, "letter", "igakuqa", 0, "lenient", 8, 0, desc=None)  # kernels' first use
         for case, (p, f) in CASES.items():
             res, s = timed(lambda: run_questions(opened.engine, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
             vl[case] = len(qs) / s
             agree[case] = sum(a["parsed"] == b["parsed"] for a, b in zip(res_hf[case]["rows"], res["rows"]))
     print(f"\n1. evaluation: {len(qs)} questions of {args.source}, {args.model}, questions/s "
-          f"(vLLM start {starts['base']:.0f} s, not counted)")
+          f"(vLLM start {starts['base']:.0f} s and a warm-up on {len(args.warm)} other questions not counted; "
+          "vLLM prefix cache off)")
     print(f"{'protocol':<10}{'jmed+hf':>10}{'jmed+vllm':>11}{'ratio':>8}{'lm-eval hf':>12}  picks agree (vllm vs hf)")
     for case in CASES:
         le = f"{lm[case]:>12.2f}" if case in lm else f"{'-':>12}"
@@ -129,7 +134,7 @@ def lora_vs_merged(args, qs, tok, info, adapter_dir) -> None:
                           timeout=600)
         r.raise_for_status()
         eng = E.VLLMEngine(url, tok, "lora")
-        _, first = timed(lambda: run_questions(eng, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
+        _, first = timed(lambda: run_questions(eng, tok, args.warm, p, f, 0, "lenient", 8, 0, desc=None))
         _, steady = timed(lambda: run_questions(eng, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
         rows["runtime LoRA"] = (started + time.perf_counter() - t - first - steady, first, steady)
     finally:
@@ -138,10 +143,11 @@ def lora_vs_merged(args, qs, tok, info, adapter_dir) -> None:
     merged = E.merged_dir(info["path"], info["revision"] + "-bench", adapter_dir)
     merge_s = time.perf_counter() - t
     with E.open_vllm(merged, tok) as opened:
-        _, first = timed(lambda: run_questions(opened.engine, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
+        _, first = timed(lambda: run_questions(opened.engine, tok, args.warm, p, f, 0, "lenient", 8, 0, desc=None))
         _, steady = timed(lambda: run_questions(opened.engine, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
         rows["merged copy"] = (merge_s + opened.load_s, first, steady)
-    print(f"\n2. one adapter (r 8, q/k/v/o) on vLLM, letter protocol, {len(qs)} questions: seconds")
+    print(f"\n2. one adapter (r 8, q/k/v/o) on vLLM, letter protocol: seconds (first pass: {len(args.warm)} "
+          f"questions; steady: the {len(qs)} timed ones)")
     print(f"{'':<14}{'start+load':>11}{'first pass':>12}{'steady':>8}{'q/s':>7}")
     for k, (load, first, steady) in rows.items():
         print(f"{k:<14}{load:>11.1f}{first:>12.1f}{steady:>8.1f}{len(qs) / steady:>7.2f}")
@@ -196,7 +202,7 @@ def serving(args, qs) -> None:
             url = f"http://127.0.0.1:{port}{paths[engine]}"
             load_test(url, bodies[engine], 4, 8)  # warm up
             for c in (1, 8, 32):
-                results[(engine, c)] = load_test(url, bodies[engine], c, max(16, 2 * c) if c > 1 else 12)
+                results[(engine, c)] = load_test(url, bodies[engine], c, {1: 8, 8: 16, 32: 32}[c])
         finally:
             stop_server(proc, grace=30)
             assert not group_alive(proc.pid)
@@ -217,7 +223,8 @@ def main() -> None:
     ap.add_argument("--skip-serving", action="store_true")
     ap.add_argument("--skip-evaluation", action="store_true")
     args = ap.parse_args()
-    qs, args.source = questions(args.questions)
+    qs, args.source = questions(args.questions + 8)
+    qs, args.warm = qs[:args.questions], qs[args.questions:]
     import torch
 
     print(f"engines benchmark: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "

@@ -244,9 +244,9 @@ def vllm_command(model_dir: str, port: int, served_names: list[str], lora_rank: 
         cmd += ["--gpu-memory-utilization", str(GPU_MEMORY_UTILIZATION)]
     if lora_rank:
         cmd += ["--enable-lora", "--max-lora-rank", str(_lora_rank_bucket(lora_rank)), "--max-loras", str(max_loras)]
-    if not _on_gpu():
-        # CPU: no torch.compile of the model. It took 70-95 s of every start here (its cache missed)
-        # for no steady-state gain measured on 2 cores (benchmarks/engines.py); JMED_VLLM_ARGS may undo it.
+    if not _on_gpu() and os.environ.get("JMED_VLLM_EAGER", "1") != "0":
+        # CPU: no torch.compile of the model. It took 70-95 s of every start here (its cache missed);
+        # JMED_VLLM_EAGER=0 compiles (benchmarks/engines.py measures both)
         cmd += ["--enforce-eager"]
     # anything else for vLLM (--tensor-parallel-size 4, --max-num-seqs 64, …), split like a shell would
     import shlex
@@ -261,10 +261,17 @@ def _lora_rank_bucket(r: int) -> int:
     raise EngineError(f"LoRA rank {r} is above vLLM's largest (512)")
 
 
+def _all_cores() -> str:
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    return ",".join(str(c) for c in cores)
+
+
 def engine_env(lora: bool = False) -> dict:
     env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB)),
-           # vLLM keeps one core for its front by default; on a small machine the worker needs them all
+           # vLLM binds its worker to all cores but one by default (the one kept for its API server):
+           # half this 2-core machine. Bound to every core the worker ran 1.64 against 0.99 questions/s.
            "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
+           "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", _all_cores()),
            "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
            "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")}

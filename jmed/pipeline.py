@@ -224,7 +224,9 @@ def eval_config_for(train_cfg: TrainConfig, eval_data: str, protocol: str, shots
     return build(EvalConfig, {
         "model": train_cfg.model, "adapter": adapter, "eval_data": eval_data,
         "protocol": protocol or protocol_for(train_cfg.prompt_format), "prompt_format": train_cfg.prompt_format,
-        "shots": train_cfg.shots if shots is None else shots, "quantization": train_cfg.quantization,
+        "shots": train_cfg.shots if shots is None else shots,
+        # the vllm engine runs the base in bfloat16 with a QLoRA adapter merged in (jmed.evaluate._resolve)
+        "quantization": "none" if settings.get("engine") == "vllm" else train_cfg.quantization,
         "seed": train_cfg.seed, "filters": filters, **settings})
 
 

@@ -504,7 +504,7 @@ def _canonical(client, name: str, cand: "Candidate", mine: str) -> str:
     return first
 
 
-EVALUATION_TAG = "jmed.evaluation"  # on the registered model: the ranking evaluation, JSON [digest, protocol, format, shots]
+EVALUATION_TAG = "jmed.evaluation"  # on the registered model: the ranking evaluation, JSON [digest, protocol, format, shots, engine]
 EVALUATION_DATA_TAG = "jmed.evaluation_data"  # its data path and the eval run that declared it (for messages)
 
 
@@ -518,7 +518,12 @@ def declared_evaluation(client, name: str) -> tuple | None:
         raw = client.get_registered_model(name).tags.get(EVALUATION_TAG, "")
     except MlflowException:
         return None
-    return tuple(json.loads(raw)) if raw else None
+    if not raw:
+        return None
+    declared = [str(v) for v in json.loads(raw)]
+    # declared before a key existed (jmed 0.2 declared 4): the key's default fills it
+    declared += [EVAL_KEY_DEFAULTS.get(k, "") for k in EVAL_KEYS[len(declared):]]
+    return tuple(declared)
 
 
 def declare_evaluation(client, name: str, evaluation: tuple, data: str, eval_run: str) -> None:

@@ -124,7 +124,7 @@ def reproduce(model_uri: str, engine: str = "") -> Report:
         fresh = client.get_run(report.new_eval_run).data.metrics
         tol = 0.0 if report.device == "cpu" else GPU_TOLERANCE
         for name in sorted(logged):
-            if not name.startswith("eval/") or "/delta/" in name or name.endswith("questions_per_s"):
+            if not name.startswith("eval/") or "/delta/" in name or name.endswith(("questions_per_s", "load_s")):  # timings, not results
                 continue
             old, new = logged[name], fresh.get(name)
             report.metrics[name] = [old, new]

@@ -13,13 +13,13 @@ from jmed.config import TrainConfig
 from jmed.prompts import protocol_for
 
 METRICS = ("accuracy", "score", "exact_match", "gestalt")
-CELL = ("base_model", "prompt_format", "shots", "protocol", "eval_data_digest")
+CELL = ("base_model", "prompt_format", "shots", "protocol", "engine", "eval_data_digest")
 
 
 def _cell(run) -> tuple:
     p, t = run.data.params, run.data.tags
     return (t.get(tracking.BASE_TAG, p.get("model", "")), p.get("prompt_format", ""), p.get("shots", "0"),
-            p.get("protocol", ""), p.get("eval_data_digest", "")[:12])
+            p.get("protocol", ""), p.get("engine", "") or "hf", p.get("eval_data_digest", "")[:12])
 
 
 def comparison(runs) -> list[dict]:
@@ -43,7 +43,7 @@ def comparison(runs) -> list[dict]:
 
 
 # eval_data_digest: cells evaluated on different data are different rows, and the table says so
-COLUMNS = ["base_model", "prompt_format", "shots", "protocol", "eval_data_digest"] + [
+COLUMNS = ["base_model", "prompt_format", "shots", "protocol", "engine", "eval_data_digest"] + [
     f"{side}_{m}" for m in METRICS for side in ("untuned", "tuned", "delta")]
 
 

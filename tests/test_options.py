@@ -66,6 +66,8 @@ EVAL = {
     "sample": ("100", "sample", 100),
     "max_new_tokens": ("64", "max_new_tokens", 64),
     "eval_batch_size": ("4", "batch_size", 4),
+    "engine": ("vllm", "engine", "vllm"),
+    "engine_url": ("http://gpu-node:8000/v1", "engine_url", "http://gpu-node:8000/v1"),
 }
 EVALUATE = {
     "model": ("smollm2-135m", "model", "smollm2-135m"),
@@ -90,9 +92,11 @@ EVALUATE = {
     "batch_size": ("2", "batch_size", 2),
     "max_new_tokens": ("40", "max_new_tokens", 40),
     "precision": ("bf16", "precision", "bf16"),
-    "quantization": ("8bit", "quantization", "8bit"),
+    "quantization": ("none", "quantization", "none"),  # 4bit/8bit are the hf engine's (engine=vllm below)
     "seed": ("3", "seed", 3),
     "compare_base": ("false", "compare_base", False),
+    "engine": ("vllm", "engine", "vllm"),
+    "engine_url": ("http://gpu-node:8000/v1", "engine_url", "http://gpu-node:8000/v1"),
 }
 
 

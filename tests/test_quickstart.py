@@ -49,6 +49,7 @@ def test_demo_runs_pipeline_serves_champion_and_stops_server(tmp_path):
     assert "no medical skill" in out
     assert "Question (902" in out and "Served answer: " in out
     assert "The server has been stopped." in out
+    assert "POST /v1/completions model=jmed-tiny@champion" in out and "The vLLM server has been stopped." in out
     assert f"--backend-store-uri {uri}" in out
     assert _processes_with(str(tmp_path)) == []
 

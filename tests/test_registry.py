@@ -262,7 +262,7 @@ def test_promote_switches_the_ranking_evaluation_and_reevaluates_the_champion_on
     before = len(champion_runs_on_test())  # an earlier test of this module may have evaluated B there
     [rec] = promote("tiny", evaluation=other)
     declared = json.loads(client.get_registered_model(NAME).tags[EVALUATION_TAG])
-    assert declared == [params["eval_data_digest"], "letter", "igakuqa", "0"] != on_train
+    assert declared == [params["eval_data_digest"], "letter", "igakuqa", "0", "hf"] != on_train
     there = champion_runs_on_test()  # the champion's adapter has an evaluation on the new data (made or reused)
     assert len(there) == max(before, 1)
     a, b = client.get_run(other).data.metrics, there[0].data.metrics

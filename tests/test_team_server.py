@@ -115,7 +115,7 @@ def test_two_folders_share_one_registry_reproduce_and_racing_promoters_converge(
     for folder, steps, seed in (("alice", "2", "1"), ("bob", "30", "2")):
         (root / folder).mkdir()
         out = jmed(uri, root / folder, "pipeline", "--max-steps", steps, "--seed", seed, "--batch-size", "4",
-                   "--sample", "8").stdout
+                   "--limit", "8").stdout  # the same 8 questions: --sample is seeded by each --seed
         assert "[jmed] promote jmed-tiny: " in out, out[-2000:]
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
