@@ -51,7 +51,7 @@ def vllm_answer(model_uri: str, question, env: dict) -> None:
     cmd = [sys.executable, "-m", "jmed", "serve", "--engine", "vllm", "--model-uri", model_uri, "--port", str(port)]
     print(f"$ jmed serve --engine vllm --model-uri {model_uri} --port {port}   (vLLM, OpenAI API; log: {log_path})",
           flush=True)
-    proc, seconds = server._started(cmd, env, port, "/health", log_path, 900, "jmed serve --engine vllm")
+    proc, seconds = server.start_process(cmd, env, port, "/health", log_path, 900, "jmed serve --engine vllm")
     try:
         prompt = render(question, "igakuqa", (), load_tokenizer("tiny")[0]).prompt
         body = json.dumps({"model": model_uri.removeprefix("models:/"), "prompt": prompt, "max_tokens": 16,

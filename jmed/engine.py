@@ -17,9 +17,9 @@ scored from its `prompt_logprobs` instead, as lm-evaluation-harness does with `e
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ENGINES = ("hf", "vllm")
@@ -120,6 +120,8 @@ class VLLMEngine:
                 yield key, idx[s:s + REQUEST_CHUNK]
 
     def _run(self, jobs, fn, total: int, desc):
+        from concurrent.futures import ThreadPoolExecutor
+
         from jmed.inference import _progress
 
         bar = _progress(total, desc)
@@ -161,15 +163,9 @@ class VLLMEngine:
         """`scores[q][c]`: for single-token continuations (letters) the log-probability of each among the
         question's own choices (normalised over them: the ranking is that of the full vocabulary); for
         longer ones the sum of their token log-probabilities after the prompt."""
-        from jmed.inference import encode_continuation, encode_prompt
+        from jmed.inference import encode_choices
 
-        tok = self.tokenizer
-        p_ids = [encode_prompt(tok, p) for p in prompts]
-        c_ids = [[encode_continuation(tok, c) for c in cs] for cs in continuations]
-        for q, cs in enumerate(c_ids):
-            for c, x in enumerate(cs):
-                if not x:
-                    raise ValueError(f"continuation {continuations[q][c]!r} of prompt {q} encodes to no tokens")
+        p_ids, c_ids = encode_choices(self.tokenizer, prompts, continuations)
         scores: list[list[float]] = [[] for _ in prompts]
         single = [q for q, cs in enumerate(c_ids)
                   if all(len(x) == 1 for x in cs) and len({x[0] for x in cs}) == len(cs)]
@@ -249,8 +245,6 @@ def vllm_command(model_dir: str, port: int, served_names: list[str], lora_rank: 
         # JMED_VLLM_EAGER=0 compiles (benchmarks/engines.py measures both)
         cmd += ["--enforce-eager"]
     # anything else for vLLM (--tensor-parallel-size 4, --max-num-seqs 64, …), split like a shell would
-    import shlex
-
     return cmd + list(extra or []) + shlex.split(os.environ.get("JMED_VLLM_ARGS", ""))
 
 
@@ -291,7 +285,7 @@ def start_vllm(model_dir, served_names: list[str] | None = None, log_path=None, 
     cmd = vllm_command(str(model_dir), port, names, lora_rank=lora_rank, max_model_len=max_model_len)
     env = server.serve_env("", engine_env(lora=bool(lora_rank)))
     try:
-        proc, seconds = server._started(cmd, env, port, "/health", log_path, timeout, f"vLLM engine for {model_dir}")
+        proc, seconds = server.start_process(cmd, env, port, "/health", log_path, timeout, f"vLLM engine for {model_dir}")
     except (RuntimeError, TimeoutError) as exc:
         raise EngineError(f"vLLM could not serve model {model_dir}: {exc}{_log_reason(log_path)}") from exc
     return proc, f"http://127.0.0.1:{port}/v1", seconds

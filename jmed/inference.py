@@ -149,6 +149,18 @@ def _forward_kwargs(model) -> dict:
     return {"keep": "logits_to_keep" in params, "cache": "cache" if "cache" in params else "past_key_values"}
 
 
+def encode_choices(tokenizer, prompts: list[str], continuations: list[list[str]]):
+    """(prompt ids, continuation ids per prompt) for the log-likelihood protocol, as every engine scores
+    them; a continuation that encodes to no tokens is an error naming it."""
+    p_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    c_ids = [[encode_continuation(tokenizer, c) for c in cs] for cs in continuations]
+    for q, cs in enumerate(c_ids):
+        for c, ids in enumerate(cs):
+            if not ids:
+                raise ValueError(f"continuation {continuations[q][c]!r} of prompt {q} encodes to no tokens")
+    return p_ids, c_ids
+
+
 def loglik(model, tokenizer, prompts: list[str], continuations: list[list[str]], batch_size: int = 8,
            desc: str = "loglik") -> list[list[float]]:
     """Sum of log-probabilities of each continuation given its prompt: `scores[q][c]`.
@@ -159,12 +171,7 @@ def loglik(model, tokenizer, prompts: list[str], continuations: list[list[str]],
     import torch
 
     pad = _pad_id(tokenizer)
-    p_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    c_ids = [[encode_continuation(tokenizer, c) for c in cs] for cs in continuations]
-    for q, cs in enumerate(c_ids):
-        for c, ids in enumerate(cs):
-            if not ids:
-                raise ValueError(f"continuation {continuations[q][c]!r} of prompt {q} encodes to no tokens")
+    p_ids, c_ids = encode_choices(tokenizer, prompts, continuations)
     scores: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     kw = _forward_kwargs(model)

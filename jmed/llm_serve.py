@@ -21,6 +21,7 @@ would never move. Resolving in front keeps the registry client in jmed's environ
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -94,9 +95,6 @@ class Adapters:
         return version
 
     def _load(self, version: str) -> None:
-        import tempfile
-
-        import mlflow
         import requests
 
         from jmed import adapter
@@ -107,9 +105,7 @@ class Adapters:
             mv = client.get_model_version(self.name, version)
         except Exception as exc:  # noqa: BLE001
             raise Refused(404, f"{self.name}/{version} is not registered", "NotFoundError") from exc
-        folder = Path(mlflow.artifacts.download_artifacts(f"models:/{self.name}/{version}",
-                                                          dst_path=tempfile.mkdtemp(prefix="jmed-vllm-serve-")))
-        adapter_dir = adapter.inside(folder, "artifacts/adapter", f"{self.name}/{version}")
+        adapter_dir = downloaded(self.name, version)
         meta = adapter.read(adapter_dir)
         if meta.get("model") != self.base_model or (meta.get("base_revision") or self.base_revision) != self.base_revision:
             raise Refused(400, f"{self.name}/{version} was trained on {meta.get('model')!r} revision "
@@ -222,17 +218,26 @@ def serve(model_uri: str, host: str, port: int, poll_s: float, log_path=None) ->
         server.stop_server(proc)
 
 
-def _card(name: str, version: str, alias: str) -> dict:
-    """The adapter card (jmed.json) of the version served first: which base to start."""
+@functools.lru_cache(maxsize=None)
+def downloaded(name: str, version: str) -> Path:
+    """A registered version's adapter folder, downloaded once per server process."""
     import tempfile
 
     import mlflow
+
+    from jmed import adapter
+
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}",
+                                                      dst_path=tempfile.mkdtemp(prefix="jmed-vllm-serve-")))
+    return adapter.inside(folder, "artifacts/adapter", f"{name}/{version}")
+
+
+def _card(name: str, version: str, alias: str) -> dict:
+    """The adapter card (jmed.json) of the version served first: which base to start."""
     from mlflow import MlflowClient
 
     from jmed import adapter
 
     client = MlflowClient()
     mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}",
-                                                      dst_path=tempfile.mkdtemp(prefix="jmed-vllm-serve-")))
-    return adapter.read(adapter.inside(folder, "artifacts/adapter", f"{name}/{mv.version}"))
+    return adapter.read(downloaded(name, str(mv.version)))

@@ -141,8 +141,9 @@ def tiny_key() -> str:
 
 def _build_once(final: Path, build) -> Path:
     """Build a model folder with `build(tmp)` and rename it into place: readers see no folder or a
-    complete one, and concurrent builders race harmlessly."""
-    if (final / "model.safetensors").exists():
+    complete one, and concurrent builders race harmlessly. The rename is the completeness mark, so any
+    weight layout (one file or shards) counts."""
+    if (final / "config.json").exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -151,7 +152,7 @@ def _build_once(final: Path, build) -> Path:
         try:
             os.rename(tmp, final)
         except OSError:
-            if not (final / "model.safetensors").exists():
+            if not (final / "config.json").exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -56,7 +56,7 @@ def start_server(model_uri: str, port: int, log_path=None, timeout: float = 180.
     with `stop_server` (kills the whole group: the mlflow CLI and its uvicorn child)."""
     # the front reads the request timeout from the environment (`mlflow models serve -t` sets the same)
     env = serve_env(model_uri, {"MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": REQUEST_TIMEOUT_S, **(env or {})})
-    return _started(serve_command(model_uri, port=port, **kwargs), env, port, "/ping", log_path, timeout,
+    return start_process(serve_command(model_uri, port=port, **kwargs), env, port, "/ping", log_path, timeout,
                     f"server for {model_uri}")
 
 
@@ -71,10 +71,12 @@ def start_tracking_server(backend_store_uri: str, artifacts: Path, port: int, lo
     env = serve_env("", {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job-runner processes
     cmd = [exe, "server", "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts),
            "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
-    return _started(cmd, env, port, "/health", log_path, timeout, "mlflow server")
+    return start_process(cmd, env, port, "/health", log_path, timeout, "mlflow server")
 
 
-def _started(cmd: list[str], env: dict, port: int, probe: str, log_path, timeout: float, what: str):
+def start_process(cmd: list[str], env: dict, port: int, probe: str, log_path, timeout: float, what: str):
+    """Start `cmd` in its own process group and wait until `probe` on 127.0.0.1:`port` answers 200;
+    returns (process, seconds). On failure or timeout the group is stopped and the error names `what`."""
     import subprocess
     import urllib.request
 
