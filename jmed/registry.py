@@ -425,13 +425,9 @@ def _holder_gone(held: str) -> bool:
     parts = held.split()
     if len(parts) != 4 or parts[2] != socket.gethostname() or not parts[3].isdigit():
         return False
-    try:
-        os.kill(int(parts[3]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    from jmed.tracking import alive
+
+    return not alive(int(parts[3]))
 
 
 @contextlib.contextmanager

@@ -126,14 +126,20 @@ def _host() -> str:
     return socket.gethostname()
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs. A zombie (exited, not yet reaped by its parent)
+    is gone: it holds nothing and will never release what it held."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process: alive
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def reap(quiet: bool = False) -> list[str]:
@@ -158,7 +164,7 @@ def reap(quiet: bool = False) -> list[str]:
         return []
     for run in runs:
         pid = run.data.tags.get(PID_TAG, "")
-        if not pid.isdigit() or _alive(int(pid)) or run.info.status != "RUNNING":
+        if not pid.isdigit() or alive(int(pid)) or run.info.status != "RUNNING":
             continue
         client.set_tag(run.info.run_id, REAPED_TAG, f"process {pid} on {host} was gone at "
                                                     f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}; ended KILLED")

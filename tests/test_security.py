@@ -271,6 +271,13 @@ def test_a_lease_whose_holder_is_gone_is_broken_at_once(tracking, monkeypatch):
         assert how == f"lease tag {LEASE_TAG} on jmed-x"
         assert client.get_registered_model("jmed-x").tags[LEASE_TAG].endswith(f"{socket.gethostname()} {os.getpid()}")
     assert LEASE_TAG not in client.get_registered_model("jmed-x").tags
+    # a holder that crashed but is not reaped yet (a zombie of its parent) is gone too
+    zombie = subprocess.Popen(["true"])
+    os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited; left unreaped
+    client.set_registered_model_tag("jmed-x", LEASE_TAG, f"abc {time.time() + 600:.0f} {socket.gethostname()} {zombie.pid}")
+    with promote_lock(client, "jmed-x", timeout=30) as how:
+        assert how == f"lease tag {LEASE_TAG} on jmed-x"
+    zombie.wait()
     # a live holder (this process, another token) is respected until the timeout
     client.set_registered_model_tag("jmed-x", LEASE_TAG, f"abc {time.time() + 600:.0f} {socket.gethostname()} {os.getpid()}")
     with pytest.raises(TimeoutError, match="held by abc"):

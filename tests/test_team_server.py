@@ -111,6 +111,8 @@ def test_two_folders_share_one_registry_reproduce_and_racing_promoters_converge(
     import mlflow
     from mlflow import MlflowClient
 
+    from jmed.registry import promote
+
     uri, root = team
     for folder, steps, seed in (("alice", "2", "1"), ("bob", "30", "2")):
         (root / folder).mkdir()
@@ -138,8 +140,11 @@ def test_two_folders_share_one_registry_reproduce_and_racing_promoters_converge(
     assert len(evaluations) == 3
     best = max(evaluations.values())
 
-    # 4 promoters forked from this process (mlflow already imported), 10 times from a fresh registry
-    ctx = multiprocessing.get_context("fork")
+    # 4 promoters, 10 times from a fresh registry. They fork from a forkserver (one clean process with
+    # jmed.registry and mlflow imported), not from pytest's process: a fork of a process whose torch and
+    # server threads run crashes the child at random (SIGSEGV seen in the full suite).
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["jmed.registry"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(root)
     previous = mlflow.get_tracking_uri()
@@ -148,7 +153,7 @@ def test_two_folders_share_one_registry_reproduce_and_racing_promoters_converge(
     try:
         for trial in range(10):
             client.delete_registered_model(NAME)
-            procs = [ctx.Process(target=_promote) for _ in range(4)]
+            procs = [ctx.Process(target=promote, args=("tiny",)) for _ in range(4)]
             for p in procs:
                 p.start()
             for p in procs:
@@ -165,17 +170,3 @@ def test_two_folders_share_one_registry_reproduce_and_racing_promoters_converge(
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert {r.info.status for r in runs} == {"FINISHED"}  # nothing left RUNNING
 
-
-def _promote():
-    import sys
-
-    from jmed.registry import promote
-
-    try:
-        promote("tiny")
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        sys.exit(1)
-    sys.exit(0)
