@@ -160,7 +160,7 @@ def test_when_no_reader_fits_one_error_names_every_format_tried_and_why(tmp_path
     head = ds.errors[0].message
     assert head.startswith("no reader fits this data; formats tried: igakuqa: problem_id: expected a string, got "
                            "a boolean (30 of 30 errors); igakuqa119: IgakuQA119 answers not found")
-    assert "medllm: problem_id: expected a string or an integer, got a boolean" in head  # what each reader said
+    assert "jjsimqa: problem_id: expected a string, got a boolean" in head  # what each reader said, by name
     assert str(ds.errors[1]) == f"{bad}:1: problem_id: expected a string, got a boolean"
 
 
