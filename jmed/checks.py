@@ -12,6 +12,7 @@ import re
 import unicodedata
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 from jmed.data import (
@@ -20,7 +21,9 @@ from jmed.data import (
 )
 from jmed.metrics import SELECT_RE, stated_count
 
-CHECKS_DIR = Path(__file__).resolve().parent.parent / "data_checks"
+# The suites: the top-level `data_checks` package (data_checks/ at the repository root), shipped in the wheel
+# with its JSON files as package data; found the same way from a checkout, an editable install or a wheel.
+CHECKS_DIR = files("data_checks")
 LEAKAGE_THRESHOLD = 90.0  # rapidfuzz ratio (0-100) on normalised stems
 
 
@@ -144,8 +147,7 @@ def instruction_frame(records):
 
 
 def load_suite(name: str) -> dict:
-    path = CHECKS_DIR / f"{name}.json"
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(CHECKS_DIR.joinpath(f"{name}.json").read_text(encoding="utf-8"))
 
 
 def run_suite(name: str, frame) -> tuple[dict, list[DataError], list[DataError]]:
