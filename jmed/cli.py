@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 import jmed
+from jmed import readers
 from jmed.batcher import DEFAULT_MAX_ROWS, DEFAULT_WAIT_S
 from jmed.config import EXAM_KINDS, EXTRACTIONS, FALSE_WORDS as FALSE, PROTOCOLS, TRUE_WORDS as TRUE
 from jmed.contract import DEFAULT_POLL_S, MAX_NEW_TOKENS_LIMIT
@@ -148,7 +149,7 @@ def main(verbose):
 @click.option("--data", "data_opt", multiple=True, help="Same as DATA (for `mlflow run . -e validate -P data=…`).")
 @click.option("--against", multiple=True, help="Test data to check for leakage against DATA (repeatable).")
 @click.option("--report", "report_path", default="", help="Write the JSON report here (and an .html page beside it).")
-@click.option("--format", "fmt", default="auto", help="auto | igakuqa | jmle2026 | jjsimqa | jmmlu | instructions.")
+@click.option("--format", "fmt", default="auto", help=f"auto | {' | '.join(readers.names())} (jmed/readers/).")
 @click.option("--threshold", default=90.0, show_default=True, type=click.FloatRange(0, 100),
               help="Leakage: rapidfuzz ratio (0-100) of near-duplicate stems.")
 @click.option("--log/--no-log", default=True, show_default=True, help="Log an MLflow run (jmed.step=validate).")
@@ -212,10 +213,11 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run)
 @click.option("--extraction", default="last-block", show_default=True, type=click.Choice(EXTRACTIONS),
               help="Text protocol: how the authors' harness reads the answer out of `response`: last-block (as "
                    "published, June 2024) or first-line (from July 2024).")
-@click.option("--format", "data_format", default="auto", help="Data format (auto-detected by default).")
+@click.option("--format", "data_format", default="auto",
+              help=f"Data format: auto (detected) | {' | '.join(readers.names())} (jmed/readers/).")
 @click.option("--exam-kind", default="", type=click.Choice(("",) + EXAM_KINDS),
-              help="medical | dental | pharmacist | other (default: the reader's; IgakuQA is medical): corrections, "
-                   "years and pass rules follow it.")
+              help="The exam (jmed/exams/; default: the reader's, IgakuQA is medical): corrections, years and "
+                   "pass rules follow it.")
 @click.option("--name", default="", help="A name for the scored system (run name with --log).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--log", "log_run", is_flag=True, help="Log an MLflow run (tag jmed.step=score).")

@@ -13,10 +13,11 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from jmed import exams
 from jmed.engine import ENGINES
 from jmed.prompts import EXTRACTIONS, FORMATS as PROMPT_FORMATS
 
-EXAM_KINDS = ("medical", "dental", "pharmacist", "other")
+EXAM_KINDS = exams.names()  # every registered exam kind (jmed/exams/<kind>.py)
 
 PRESETS_FILE = Path(__file__).parent / "presets.yaml"
 DEFAULT_LR = {"tiny": 1e-2, "hf": 2e-4}  # AdamW rates when neither a preset nor the user sets one

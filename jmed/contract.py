@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 
 from jmed.config import PROTOCOLS, EvalConfig
+from jmed.records import MAX_CHOICES  # the one alphabet: what prompts can label
 
-MAX_CHOICES = 10
 MAX_CHARS = 20_000
 MAX_ROWS = 256
 # 0: fit each question's answers, as evaluation does (inference.answer_budget); the default is EvalConfig's

@@ -163,7 +163,7 @@ def duplicate_ids(items) -> list[DataError]:
 def read_questions(path, fmt: str = "auto") -> tuple[list[Question], list[DataError]]:
     """Questions and errors; never raises on bad records."""
     ds = read_dataset(path, fmt)
-    if not readers.get(ds.format).questions:
+    if ds.format in FORMATS and not readers.get(ds.format).questions:
         return [], ds.errors + [DataError(str(path), 0, "", "holds instruction records, not questions")]
     return ds.questions, ds.errors
 

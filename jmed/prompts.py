@@ -8,12 +8,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-LETTERS = "abcdefghij"
+from jmed import exams
+from jmed.records import LETTERS, MAX_CHOICES
 
-def preamble(n_choices: int = 5) -> str:
+DEFAULT_KIND = "medical"  # serving renders raw fields with no exam named: the medical exam's wording
+
+
+def preamble(n_choices: int = 5, exam_kind: str = DEFAULT_KIND) -> str:
     """The authors' harness instruction, with the question's own number of choices ("4つの選択肢" for
-    JMMLU's 4); for IgakuQA's 5 it is the harness's text exactly."""
-    return ("以下は医学知識に関する多肢選択問題です。利用可能な情報を要約してから、段階的に解決してください。"
+    JMMLU's 4) and its exam's field (薬学知識 for the pharmacist exam); for IgakuQA's 5 it is the
+    harness's text exactly."""
+    return (f"以下は{exams.get(exam_kind).knowledge}に関する多肢選択問題です。利用可能な情報を要約してから、段階的に解決してください。"
             f"最終的な答えとして{n_choices}つの選択肢のうちの1つを出力してください。")
 RESPONSE_HEADER = "### 応答：\n"
 
@@ -53,13 +58,17 @@ def check_format(fmt: str) -> None:
         raise ValueError(f"unknown prompt format {fmt!r}; choose one of: {', '.join(FORMATS)}")
 
 
+def _kind(question) -> str:
+    return getattr(question, "exam_kind", DEFAULT_KIND) or DEFAULT_KIND
+
+
 def _n_select(question) -> int:
     return max(1, len(question.answer[0])) if question.answer else 1
 
 
-def _igakuqa(stem: str, choices: Sequence[str], n: int) -> str:
+def _igakuqa(stem: str, choices: Sequence[str], n: int, exam_kind: str) -> str:
     lines = [
-        "以下は医師国家試験の問題です。選択肢から答えを選び、記号で答えてください。"
+        f"以下は{exams.get(exam_kind).title}の問題です。選択肢から答えを選び、記号で答えてください。"
         + (f"{n}つ選ぶ場合は記号をカンマで区切ってください（例：a,c）。" if n > 1 else ""),
         "",
         f"問題：{stem}",
@@ -82,20 +91,25 @@ def target_text(question) -> str:
     return ",".join(question.choices[i] for i in idx)
 
 
-def render_prompt(stem: str, choices: Sequence[str], fmt: str, n_answers: int = 1) -> str:
-    """The prompt alone, from raw fields: what serving sees (no gold answer)."""
+def render_prompt(stem: str, choices: Sequence[str], fmt: str, n_answers: int = 1,
+                  exam_kind: str = DEFAULT_KIND) -> str:
+    """The prompt alone, from raw fields: what serving sees (no gold answer). More choices than letters
+    is an error: a prompt never drops a choice."""
+    if len(choices) > MAX_CHOICES:
+        raise ValueError(f"{len(choices)} choices; prompts label at most {MAX_CHOICES} ({LETTERS[0]}-{LETTERS[-1]})")
     base = base_format(fmt)
     if base == "igakuqa":
-        return _igakuqa(stem, choices, n_answers)
+        return _igakuqa(stem, choices, n_answers, exam_kind)
     joined = ",".join(choices)
+    head = preamble(len(choices), exam_kind)
     if base == "alpaca_med":
-        return f"{preamble(len(choices))}\n### 指示：\n{stem}\n### 入力：\n{joined}\n{RESPONSE_HEADER}"
-    return f"### 指示：\n{preamble(len(choices))}\n### 入力：\n{stem}\n{joined}\n{RESPONSE_HEADER}"
+        return f"{head}\n### 指示：\n{stem}\n### 入力：\n{joined}\n{RESPONSE_HEADER}"
+    return f"### 指示：\n{head}\n### 入力：\n{stem}\n{joined}\n{RESPONSE_HEADER}"
 
 
 def render_one(question, fmt: str) -> Rendered:
     base = base_format(fmt)
-    prompt = render_prompt(question.stem, question.choices, base, _n_select(question))
+    prompt = render_prompt(question.stem, question.choices, base, _n_select(question), _kind(question))
     target = target_letters(question) if base == "igakuqa" else target_text(question)
     return Rendered(prompt, target)
 
@@ -129,7 +143,8 @@ def _harness_shots(question, shots: Sequence, base: str) -> str:
             text = f"### 指示：\n{q.stem}\n### 入力：\n{sep.join(q.choices)}\n{RESPONSE_HEADER}"
         return text + (f"{answer}\n" if answer is not None else "")
 
-    head = f"### 指示：\n{preamble(len(question.choices))}\n" if base == "medpalm" else f"{preamble(len(question.choices))}\n"
+    text = preamble(len(question.choices), _kind(question))
+    head = f"### 指示：\n{text}\n" if base == "medpalm" else f"{text}\n"
     return head + "".join(block(s, target_text(s)) for s in shots) + block(question, None)
 
 

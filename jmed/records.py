@@ -30,7 +30,7 @@ class Question:
     category: str = ""
     source: str = ""  # igakuqa | jmle2026 | jjsimqa | jmmlu | sample | ...
     accept_any: bool = False  # official correction: every answer counts as correct (116A71)
-    exam_kind: str = "medical"  # medical | dental | pharmacist | other: keys corrections, years and pass rules
+    exam_kind: str = "medical"  # a registered exam kind (jmed.exams): keys corrections, years and pass rules
     file: str = ""  # where it was read from, for messages
     line: int = 0
 
@@ -313,6 +313,9 @@ def check_choices(value: list, n: int, sink: Sink, fld: str = "choices") -> tupl
     bad = [i for i, c in enumerate(value) if not isinstance(c, str)]
     if bad:
         sink.error(n, fld, f"choice {bad[0] + 1} is {type_name(value[bad[0]])}, expected a string")
+        return None
+    if len(value) > MAX_CHOICES:  # prompts label choices a-z: a 27th would be dropped from every prompt
+        sink.error(n, fld, f"{len(value)} choices; at most {MAX_CHOICES} (labelled {LETTERS[0]}-{LETTERS[-1]})")
         return None
     return tuple(value)
 

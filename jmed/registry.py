@@ -217,15 +217,17 @@ def signature(protocol: str):
 
 
 def _code_copy(dest: Path) -> Path:
-    """A clean copy of the jmed package (sources and presets; no caches, no sample data) for code_paths."""
+    """A clean copy of the jmed package (sources of every subpackage, e.g. readers/ and exams/, and presets;
+    no caches, no sample data) for code_paths."""
     import shutil
 
     src = Path(__file__).parent
     pkg = dest / "jmed"
     pkg.mkdir(parents=True)
-    for f in sorted(src.glob("*.py")) + [src / "presets.yaml"]:
-        if f.exists():
-            shutil.copy2(f, pkg / f.name)
+    for f in sorted(src.rglob("*.py")) + [src / "presets.yaml"]:
+        if f.exists() and "__pycache__" not in f.parts:
+            (pkg / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, pkg / f.relative_to(src))
     return pkg
 
 

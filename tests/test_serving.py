@@ -15,7 +15,7 @@ BAD = [
     ("empty choices", [{**Q, "choices": []}], "record 0: 'choices' is empty"),
     ("non-string choice", [{**Q, "choices": ["甲", 2]}], "record 0: choices[1] must be a string, got int"),
     ("choices not a list", [{**Q, "choices": "甲乙"}], "'choices' must be a list of strings, got str"),
-    ("11 choices", [{**Q, "choices": [str(i) for i in range(11)]}], "'choices' has 11 entries; at most 10"),
+    ("27 choices", [{**Q, "choices": [str(i) for i in range(27)]}], "'choices' has 27 entries; at most 26"),
     ("long stem", [{**Q, "question": "x" * 20001}], "'question' has 20001 characters; at most 20000"),
     ("long choice", [{**Q, "choices": ["甲", "y" * 20001]}], "choices[1] has 20001 characters; at most 20000"),
     ("question not a string", [{**Q, "question": 5}], "'question' must be a string, got int"),
@@ -236,6 +236,9 @@ def test_logged_model_is_code_with_pinned_requirements_and_safetensors(served):
     assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
     assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.bin")) and not list(local.rglob("*.pt"))
     assert (local / "code" / "jmed" / "serving.py").exists()
+    # the code copy has every subpackage: readers and exam kinds are imported by prompts and scoring
+    assert (local / "code" / "jmed" / "readers" / "igakuqa.py").exists()
+    assert (local / "code" / "jmed" / "exams" / "medical.py").exists()
     assert flavor["config"]["bundled"] is True and flavor["config"]["base_model"] == "tiny"
     arts = flavor["artifacts"]
     assert (local / arts["adapter"]["path"] / "adapter_model.safetensors").exists()
@@ -351,8 +354,8 @@ def test_served_over_http(served, tmp_path):
             ({"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": True}]},
              "record 0: 'n_answers' must be an integer, got True"),
             ({"dataframe_records": [{"question": "q", "choices": ["a"], "foo": 1}]}, "unknown input field(s): foo"),
-            ({"dataframe_records": [{"question": "q", "choices": [str(i) for i in range(11)]}]},
-             "'choices' has 11 entries; at most 10"),
+            ({"dataframe_records": [{"question": "q", "choices": [str(i) for i in range(27)]}]},
+             "'choices' has 27 entries; at most 26"),
             ({"dataframe_records": [{"question": "x" * 20001, "choices": ["a"]}]},
              "'question' has 20001 characters; at most 20000"),
             ({"dataframe_records": [{"question": "q", "choices": ["y" * 20001]}]},

@@ -106,7 +106,11 @@ def read_schema(path: Path, ds: Dataset, source: str, translate: bool = False, *
         ))
 
 
+def read(path: Path, ds: Dataset, translate: bool = False) -> None:
+    read_schema(path, ds, "igakuqa", translate)
+
+
 READER = Reader(
     name="igakuqa", help="IgakuQA JSONL (and any file in its schema: the fallback for JSON lines)",
-    read=read_schema, detect=lambda p: p.obj is not None or p.suffix == ".jsonl", priority=0,
+    read=read, detect=lambda p: p.obj is not None or p.suffix == ".jsonl", priority=0,
 )

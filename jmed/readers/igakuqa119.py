@@ -123,7 +123,7 @@ def detect(p) -> bool:
     return bool(IGAKUQA119_FILE.match(p.path.name) or re.search(r'"number"\s*:\s*"\d{3}[A-F]\d+"', p.head))
 
 
-READER = Reader(name="igakuqa119", help="IgakuQA119 (docto-rin/IgakuQA119): a checkout, or its questions/ files",
+READER = Reader(name="igakuqa119", answer_text=lambda q: "".join(q.answer[0]), help="IgakuQA119 (docto-rin/IgakuQA119): a checkout, or its questions/ files",
                 read=read, detect=detect, priority=100, official=official,
                 files=lambda folder, ds: question_files(folder) if folder.is_dir() else [folder],
                 folder=lambda folder: bool(question_files(folder)))

@@ -116,6 +116,6 @@ def official(question, text: str) -> tuple[str, ...] | None:
     return tuple(letters) or None
 
 
-READER = Reader(name="jmle2026", help="JMLE2026-Bench: a JSON list of the 120th exam's questions",
+READER = Reader(name="jmle2026", answer_text=lambda q: "【回答】" + ",".join(q.answer[0]), help="JMLE2026-Bench: a JSON list of the 120th exam's questions",
                 read=read, detect=lambda p: p.suffix == ".json" or p.head.lstrip().startswith("["), priority=80,
                 official=official)

@@ -111,6 +111,7 @@ def official(question, text: str) -> tuple[str, ...] | None:
     return tuple(LETTERS[d - 1] for d in numbers)
 
 
-READER = Reader(name="yakugakuqa", help="YakugakuQA (EQUES-Inc/pharma-LLM-eval data/): the pharmacist exam",
+READER = Reader(name="yakugakuqa",
+                answer_text=lambda q: ",".join(str(LETTERS.index(a) + 1) for a in sorted(q.answer[0])), help="YakugakuQA (EQUES-Inc/pharma-LLM-eval data/): the pharmacist exam",
                 read=read, detect=lambda p: p.obj is not None and bool(YAKUGAKU_ID.match(str(p.obj.get("problem_id", "")))),
                 priority=60, official=official, files=files)
