@@ -130,10 +130,11 @@ def question_frame(questions):
         "blank_choices": sum(1 for c in q.choices if not c.strip()),
         "repeated_choices": len(q.choices) - len(set(c.strip() for c in q.choices)),
         "points": float(q.points), "text_only": q.text_only, "year": q.year, "block": q.block,
-        "file": q.file, "line": q.line,
+        "prompted": not q.no_prompt, "file": q.file, "line": q.line,
     } for q in questions]
     df = pd.DataFrame(rows, columns=["id", "stem", "n_choices", "numeric", "n_answers", "blank_choices",
-                                     "repeated_choices", "points", "text_only", "year", "block", "file", "line"])
+                                     "repeated_choices", "points", "text_only", "year", "block", "prompted",
+                                     "file", "line"])
     df["year"] = df["year"].astype("float64")  # None -> NaN, which GX treats as missing
     return df
 

@@ -197,7 +197,8 @@ def _canonical(item) -> dict:
     return {"id": item.id, "stem": item.stem, "choices": list(item.choices),
             "answer": [list(a) for a in item.answer], "points": float(item.points), "block": item.block,
             "exam": item.exam, "year": item.year, "text_only": item.text_only, "kinki": list(item.kinki),
-            "category": item.category, "accept_any": item.accept_any}
+            "category": item.category, "accept_any": item.accept_any,
+            **({"no_prompt": item.no_prompt} if item.no_prompt else {})}  # digests of earlier data unchanged
 
 
 def digest(items) -> str:
@@ -271,8 +272,21 @@ def split_by_year(questions, test_years) -> tuple[list, list]:
 EXCLUSION_REASONS = ("image", "numeric_answer", "not_scored", "not_five_choices")
 
 
+def promptable(questions) -> tuple[list, dict[str, int]]:
+    """(the questions a prompt can be made of, {reason: count} of the rest): what evaluate, train and
+    predict use. `score` grades every question with a gold answer."""
+    kept, left = [], {}
+    for q in questions:
+        why = getattr(q, "no_prompt", "")
+        if why:
+            left[f"no prompt ({why})"] = left.get(f"no prompt ({why})", 0) + 1
+        else:
+            kept.append(q)
+    return kept, left
+
+
 def exclusion_reasons(q: Question) -> list[str]:
-    reasons = []
+    reasons = [q.no_prompt] if q.no_prompt else []
     if not q.text_only:
         reasons.append("image")
     if not q.choices:
@@ -290,5 +304,5 @@ def exclusions(questions) -> dict[str, int]:
     for q in questions:
         if isinstance(q, Question):
             for r in exclusion_reasons(q):
-                counts[r] += 1
+                counts[r] = counts.get(r, 0) + 1
     return counts

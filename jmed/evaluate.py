@@ -176,9 +176,12 @@ def load_eval_questions(cfg, left_out: dict | None = None):
         from jmed.data import with_exam_kind
 
         valid = with_exam_kind(valid, cfg.exam_kind)
+    from jmed.data import promptable
+
+    valid, unprompted = promptable(valid)  # a prompt is needed here: table choices, a blank stem are left out
     kept = apply_filters(valid, cfg.filters)
     questions = sample_questions(kept, cfg.sample, cfg.seed)
-    reasons = left_out_counts(valid, cfg.filters)
+    reasons = {**unprompted, **left_out_counts(valid, cfg.filters)}
     if len(questions) < len(kept):
         reasons[f"not in --sample {cfg.sample}"] = len(kept) - len(questions)
     if cfg.limit and len(questions) > cfg.limit:

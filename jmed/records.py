@@ -31,6 +31,10 @@ class Question:
     source: str = ""  # igakuqa | jmle2026 | jjsimqa | jmmlu | sample | ...
     accept_any: bool = False  # official correction: every answer counts as correct (116A71)
     exam_kind: str = "medical"  # a registered exam kind (jmed.exams): keys corrections, years and pass rules
+    # Why no prompt can be made of it ("choices_unparsed": its choices are in a table; "blank_stem"), or "".
+    # Such a question is graded by `score` (published totals count it) and left out, counted, wherever a
+    # prompt is needed (evaluate, train, predict).
+    no_prompt: str = ""
     file: str = ""  # where it was read from, for messages
     line: int = 0
 
@@ -307,6 +311,14 @@ def check_fields(obj: dict, spec: dict, n: int, sink: Sink) -> bool:
             sink.error(n, name, f"expected {want}, got {type_name(obj[name])}")
             ok = False
     return ok
+
+
+def placeholder_choices(answer, reason: str) -> tuple[str, ...]:
+    """Stand-ins for choices a reader cannot separate from the text (a table, the stem): five, as the exam
+    has, or as many as the gold letters reach, so the letters of predictions can still be graded."""
+    letters = [a for s in answer for a in s if len(a) == 1 and a in LETTERS]
+    n = max(5, max((LETTERS.index(a) + 1 for a in letters), default=0))
+    return tuple(f"（選択肢{LETTERS[i]}: {reason}）" for i in range(n))
 
 
 def check_choices(value: list, n: int, sink: Sink, fld: str = "choices") -> tuple[str, ...] | None:

@@ -745,12 +745,12 @@ def read_questions_file(path) -> tuple[list[str], list[dict]]:
     objects, bad = jsonl_objects(path)
     if not (objects and "question" in objects[0][1]):  # not plain records: a dataset format jmed.data reads
         valid = load_valid(path, questions_only=True)  # `jmed validate`'s checks
-        qs = [q for q in valid if q.choices]
+        qs = [q for q in valid if q.choices and not q.no_prompt]
         if len(qs) < len(valid):  # a served model answers choices; say which questions it cannot
             import sys
 
-            print(f"[jmed] predict: {len(valid) - len(qs)} numeric-entry question(s) left out (no choices to answer): "
-                  + ", ".join(q.id for q in valid if not q.choices)[:300], file=sys.stderr)
+            print(f"[jmed] predict: {len(valid) - len(qs)} question(s) left out (numeric entry, or no prompt can be "
+                  "made of them): " + ", ".join(q.id for q in valid if q not in qs)[:300], file=sys.stderr)
         return [q.id for q in qs], [{"question": q.stem, "choices": list(q.choices),
                                      "n_answers": q.n_answers or 1} for q in qs]
     ids, records, errors = [], [], [str(e) for e in bad]

@@ -75,6 +75,7 @@ def load_items(path: str, fmt: str, filters, what: str) -> tuple[list, str]:
 
     source = str(path or data.SAMPLE_TRAIN)
     items = checks.load_valid(source, fmt, exclude_ids=getattr(filters, "exclude_ids", ()))  # validate's checks
+    items, _ = data.promptable(items)  # a question no prompt can be made of cannot be trained on
     kept = data.apply_filters(items, filters)
     if not kept:
         raise TrainError(f"{what} set is empty after filters: {source} holds {len(items)} item(s), "

@@ -140,7 +140,7 @@ def test_validate_cross_dataset_duplicates_and_identical_leak(tmp_path):
 
 def test_jmle_exclusion_counted(tmp_path):
     r = checks.validate([BROKEN / "jmle_broken.json"])
-    assert r.excluded["choices_unparsed"] == 1 and r.questions == 3
+    assert r.excluded["choices_unparsed"] == 1 and r.questions == 3  # counted, and in the data: score grades it
     assert r.excluded["numeric_answer"] == 1 and r.excluded["image"] == 0
 
 

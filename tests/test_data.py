@@ -175,10 +175,12 @@ def test_jmle2026_choices_from_stem_lines_and_exclusion():
     assert ds.format == "jmle2026"
     assert [str(e) for e in ds.errors] == [f'{f}:28: answer: letter "g" outside 5 choices',
                                            f"{f}:43: question_text: missing field"]
-    assert ds.skipped == {"choices_unparsed": ["990A-2"]}
+    assert ds.skipped == {}
     assert [str(w) for w in ds.warnings] == [
-        f"{f}:15: question_text: choices of 990A-2 could not be parsed from the text; excluded"]
-    first, calc = ds.questions
+        f"{f}:15: question_text: 990A-2: its choices could not be parsed from the text (a table?): scored, but left "
+        "out wherever a prompt is needed"]
+    first, table, calc = ds.questions
+    assert table.no_prompt == "choices_unparsed" and len(table.choices) == 5  # graded a-e, never prompted
     assert first.id == "990A-1" and first.stem == "甲状腺ホルモンの合成に必須の元素はどれか。"
     assert first.choices == ("鉄", "銅", "亜鉛", "ヨウ素", "セレン") and first.answer == (("d",),)
     assert first.year is None and first.block == "A" and first.points == 1.0

@@ -35,14 +35,16 @@ def test_igakuqa119_layout_is_detected_and_read_with_its_points_answers_and_quir
         ds = read_dataset(path)
         assert ds.format == "igakuqa119" and ds.errors == [], ds.errors
     qs = {q.id: q for q in ds.items}
-    assert list(qs) == ["119B1", "119B27", "119B28", "119B75"]
+    assert list(qs) == ["119B1", "119B27", "119B28", "119B75", "119B76"]
     assert qs["119B1"].choices == ("肺炎", "心不全", "腎不全", "肝硬変", "敗血症")  # "a. " labels removed
     assert (qs["119B1"].points, qs["119B27"].points) == (1.0, 3.0)  # blocks B/E, questions 26-50: 3 points
     assert qs["119B27"].answer == (("c", "e"),) and not qs["119B27"].text_only
     assert qs["119B28"].answer == (("d",),) and qs["119B28"].choices[3] == "丁"  # letters still point right
     assert qs["119B75"].answer == (("600",),) and qs["119B75"].numeric
     assert (qs["119B1"].year, qs["119B1"].exam, qs["119B1"].kinki_known) == (2025, "119", False)
-    assert ds.skipped == {"choices_unparsed": ["119B76"]}
+    # choices inside the question text: kept and graded (published totals count it), never prompted
+    assert ds.skipped == {} and qs["119B76"].no_prompt == "choices_unparsed" and qs["119B76"].answer == (("a",),)
+    assert [q.no_prompt for q in ds.items[:4]] == [""] * 4
     warned = {w.message.split(":")[0] for w in ds.warnings}
     assert warned == {"119B28", "119B76"}
 
@@ -54,10 +56,11 @@ def test_igakuqa119_official_parsing_is_its_own_scorer_and_gives_no_verdict_with
              "119B28": "d",
              "119B75": "060"}                 # it compares sorted characters, numbers too: right
     official = M.letter_summary(qs, preds, "official")
-    assert (official["correct"], official["points"], official["points_total"]) == (3, 7, 8)
-    assert [r["correct"] for r in M.letter_rows(qs, preds, "official")] == [False, True, True, True]
+    # 119B76 (choices inside its text) counts in the totals: unanswered here, so wrong
+    assert (official["correct"], official["points"], official["points_total"]) == (3, 7, 9)
+    assert [r["correct"] for r in M.letter_rows(qs, preds, "official")] == [False, True, True, True, False]
     lenient = M.letter_rows(qs, preds, "lenient")  # "b …" is b; "[e, c]" is c,e; "060" is not 600
-    assert [r["correct"] for r in lenient] == [True, True, True, False]
+    assert [r["correct"] for r in lenient] == [True, True, True, False, False]
     assert official["by_year"]["2025"]["passed"] is None  # one block, no contraindication data
 
 
@@ -164,17 +167,27 @@ def test_when_no_reader_fits_one_error_names_every_format_tried_and_why(tmp_path
     assert str(ds.errors[1]) == f"{bad}:1: problem_id: expected a string, got a boolean"
 
 
-def test_score_sets_aside_predictions_of_questions_the_reader_excluded(tmp_path):
-    from jmed.score import format_summary, score
+def test_score_grades_questions_no_prompt_can_be_made_of_and_evaluate_leaves_them_out(tmp_path):
+    from jmed.config import EvalConfig
+    from jmed.evaluate import load_eval_questions
+    from jmed.score import score
 
     root = _igakuqa119(tmp_path)
+    (root / "questions" / "119B_json.json").write_text(json.dumps(Q119 + [
+        {"number": "119B2", "question": "  ", "choices": ["a. 甲", "b. 乙", "c. 丙", "d. 丁", "e. 戊"], "has_image": False}],
+        ensure_ascii=False), encoding="utf-8")
+    (root / "results" / "correct_answers.csv").write_text(ANSWERS + "119B2,e\n", encoding="utf-8")
     preds = _jsonl(tmp_path / "p.jsonl", [{"problem_id": "119B1", "prediction": "b"},
-                                          {"problem_id": "119B76", "prediction": "a"}])
-    summary, questions, _ = score(str(root), str(preds))
-    assert summary["set_aside"] == {"119B76": "choices_unparsed"} and len(questions) == 4
-    assert summary["correct"] == 1 and summary["missing"] == 3
-    assert "set aside: 1 prediction(s) of questions the data's reader excluded (119B76: choices_unparsed)" in \
-        format_summary(summary)
+                                          {"problem_id": "119B76", "prediction": "a"},
+                                          {"problem_id": "119B2", "prediction": "e"}])
+    summary, questions, _ = score(str(root), str(preds))  # the checkout as published: no --exclude-ids
+    assert summary["set_aside"] == {} and len(questions) == 6
+    assert (summary["correct"], summary["missing"], summary["questions"]) == (3, 3, 6)
+    assert {q.id: q.no_prompt for q in questions if q.no_prompt} == {"119B76": "choices_unparsed", "119B2": "blank_stem"}
+    left: dict = {}
+    _, evaluated = load_eval_questions(EvalConfig(eval_data=str(root)), left)
+    assert [q.id for q in evaluated] == ["119B1", "119B27", "119B28", "119B75"]
+    assert left == {"no prompt (choices_unparsed)": 1, "no prompt (blank_stem)": 1}
 
 
 def test_a_folder_mixing_formats_is_one_clear_error():

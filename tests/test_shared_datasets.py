@@ -81,15 +81,36 @@ def test_jmle2026_exact_counts():
     assert report.success and report.questions == 400
     assert report.excluded["choices_unparsed"] == 2 and report.excluded["numeric_answer"] == 3
     ds = data.read_dataset(f)
-    assert ds.skipped == {"choices_unparsed": ["120C-71", "120F-14"]}
+    assert ds.skipped == {}
     qs = ds.questions
-    assert len(qs) == 398 and {q.year for q in qs} == {2026}
-    assert collections.Counter(len(q.choices) for q in qs) == {5: 395, 0: 3}
+    assert [q.id for q in qs if q.no_prompt] == ["120C-71", "120F-14"]  # choices in a table: graded, not prompted
+    assert len(qs) == 400 and {q.year for q in qs} == {2026}
+    assert collections.Counter(len(q.choices) for q in qs) == {5: 397, 0: 3}
     raw_by_id = {r["question_id"]: r for r in raw}
     assert report.excluded["image"] == sum(1 for q in qs if raw_by_id[q.id]["requires_image"])
     assert all(q.n_answers == raw_by_id[q.id]["num_choices_to_select"] for q in qs)
     assert all(q.n_answers == checks.stated_count(q.stem) for q in qs if checks.stated_count(q.stem))
     assert collections.Counter(q.points for q in qs if q.block in "BE") == {1.0: 50, 3.0: 50}
+
+
+def test_jmle2026_published_totals_count_every_question(tmp_path):
+    """The leaderboard's denominators: 400 questions and 500 points, table-choice questions included."""
+    from jmed import readers
+    from jmed.score import score
+
+    f = shared_path("jmle2026", "jmle2026_dataset.json")
+    qs = data.load_questions(f)
+    preds = tmp_path / "perfect.jsonl"
+    preds.write_text("".join(json.dumps({"problem_id": q.id, "prediction": readers.get("jmle2026").answer_text(q)},
+                                        ensure_ascii=False) + "\n" for q in qs), encoding="utf-8")
+    summary, _, _ = score(str(f), str(preds), parsing="official")
+    assert (summary["questions"], summary["correct"], summary["points"], summary["points_total"]) == (400, 400, 500, 500)
+    assert (summary["required_total"], summary["general_total"]) == (200, 300)
+    wrong_tables = preds.read_text(encoding="utf-8").replace('"problem_id": "120C-71", "prediction": "【回答】',
+                                                             '"problem_id": "120C-71", "prediction": "【回答】x')
+    preds.write_text(wrong_tables, encoding="utf-8")
+    summary, _, _ = score(str(f), str(preds), parsing="official")
+    assert (summary["correct"], summary["points"]) == (399, 499)  # 120C-71 is graded like any other
 
 
 def test_jjsimqa_exact_counts_and_its_one_inconsistency():

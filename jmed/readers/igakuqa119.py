@@ -8,7 +8,7 @@ from jmed import exams
 from jmed.readers import Reader
 from jmed.records import (
     EXAM_ID, LETTERS, NUMERIC, Dataset, Question, Sink, check_answer, check_choices, check_fields, json_records,
-    read_text, shown, walk,
+    placeholder_choices, read_text, shown, walk,
 )
 
 # IgakuQA119's own scorer accepts a or c for 119E28 (its answer file says "ac").
@@ -76,11 +76,15 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
             sink.error(n, "number", f"{qid} has no answer in correct_answers.csv")
             continue
         line, gold = answers[qid]
+        no_prompt = ""
         if not texts and not NUMERIC.match(gold):  # 119E45, 119E48: the choices sit inside the question text
-            ds.skipped.setdefault("choices_unparsed", []).append(qid)
+            no_prompt = "choices_unparsed"
+            texts = list(placeholder_choices([list(gold.lower())], "問題文中"))
             sink.warn(n, "choices", f"{qid}: no choice list but a letter answer ({gold}): the choices are inside "
-                                    "the question text; excluded")
-            continue
+                                    "the question text; scored, but left out wherever a prompt is needed")
+        if not obj["question"].strip():  # 119C18 as published: graded like every question, never prompted
+            no_prompt = no_prompt or "blank_stem"
+            sink.warn(n, "question", f"{qid}: blank question text: scored, but left out wherever a prompt is needed")
         if qid in ALTERNATIVES:
             answer = ALTERNATIVES[qid]
         elif not texts:
@@ -93,7 +97,8 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
         ds.items.append(Question(
             id=qid, stem=obj["question"].strip(), choices=tuple(texts), answer=answer,
             points=3.0 if block in ("B", "E") and 26 <= number <= 50 else 1.0, block=block, exam=exam,
-            year=exams.exam_year(exam), text_only=not obj["has_image"], source="igakuqa119", file=str(path), line=n))
+            year=exams.exam_year(exam), text_only=not obj["has_image"], source="igakuqa119", no_prompt=no_prompt,
+            file=str(path), line=n))
 
 
 def question_files(path: Path) -> list[Path]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from jmed import exams
 from jmed.readers import Reader
-from jmed.records import EXAM_ID, LETTERS, Dataset, Question, Sink, check_answer, check_fields, json_records, shown, type_name
+from jmed.records import EXAM_ID, LETTERS, placeholder_choices, Dataset, Question, Sink, check_answer, check_fields, json_records, shown, type_name
 
 JMLE_FIELDS = {"question_id": str, "block": str, "number": int, "question_type": str,
                "question_text": str, "requires_image": bool, "answer": list}
@@ -53,15 +53,19 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
         context = _jmle_context(obj, n, sink)
         if context is None:
             continue
+        no_prompt = ""
         if obj["question_type"] == "calculation":
             stem, choices = _QUESTION_NO.sub("", obj["question_text"].strip(), count=1), ()
         else:
             parsed = split_jmle_choices(obj["question_text"])
-            if parsed is None:  # e.g. choices laid out in a table: a counted exclusion, not an error
-                ds.skipped.setdefault("choices_unparsed", []).append(qid)
-                sink.warn(n, "question_text", f"choices of {qid} could not be parsed from the text; excluded")
-                continue
-            stem, choices = parsed
+            if parsed is None:  # choices laid out in a table (120C-71, 120F-14): graded, never prompted
+                no_prompt = "choices_unparsed"
+                stem = _QUESTION_NO.sub("", obj["question_text"].strip(), count=1)
+                choices = placeholder_choices([[str(a).strip().lower() for a in obj["answer"]]], "表中")
+                sink.warn(n, "question_text", f"{qid}: its choices could not be parsed from the text (a table?): "
+                                              "scored, but left out wherever a prompt is needed")
+            else:
+                stem, choices = parsed
         answer = check_answer(obj["answer"], len(choices), n, sink)
         if answer is None:
             continue
@@ -75,7 +79,7 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
             # required blocks B and E: questions 26-50 are 3-point clinical questions (as in IgakuQA)
             points=3.0 if block in ("B", "E") and number > 25 else 1.0,
             block=block, exam=exam, year=exams.exam_year(exam), text_only=not obj["requires_image"],
-            source="jmle2026", file=str(path), line=n,
+            source="jmle2026", no_prompt=no_prompt, file=str(path), line=n,
         ))
 
 
