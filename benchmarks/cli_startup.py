@@ -1,4 +1,4 @@
-"""Start-up time of `jmed --help` (issue 2 §1: well under a second) and which heavy modules it imports.
+"""Start-up time of `jmed --help` (target: well under a second) and which heavy modules it imports.
 
     .venv/bin/python benchmarks/cli_startup.py [--runs 10]
 

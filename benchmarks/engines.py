@@ -1,4 +1,4 @@
-"""The vllm engine against jmed's hf engine and lm-evaluation-harness (issue 22), side by side in one run.
+"""The vllm engine against jmed's hf engine and lm-evaluation-harness, side by side in one run.
 
     .venv/bin/python benchmarks/engines.py [--model smollm2-135m] [--questions 32] [--skip-serving]
 

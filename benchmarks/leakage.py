@@ -1,4 +1,4 @@
-"""Near-duplicate (leakage) check between 10,000 training and 2,000 test questions (issue 2 §3).
+"""Near-duplicate (leakage) check between 10,000 training and 2,000 test questions (jmed.checks).
 
     .venv/bin/python benchmarks/leakage.py [--train 10000] [--test 2000] [--threshold 90] [--repeats 3] [--bruteforce]
 

@@ -1,4 +1,4 @@
-"""Serving (issues 5, 10 and 12): jmed's pyfunc model against the same adapter merged and logged with
+"""Serving: jmed's pyfunc model against the same adapter merged and logged with
 MLflow's transformers flavour, both served by `mlflow models serve --env-manager local`; and jmed's
 model behind `jmed serve`'s front (jmed.front: MLflow's scoring app with its request checks).
 
@@ -78,7 +78,7 @@ def load_test(url: str, bodies: list, concurrency: int, total: int) -> dict:
 
 def log_transformers_model(model: str, adapter_dir: Path, max_new_tokens: int) -> str:
     """The comparison: base + adapter merged (merge_and_unload) and logged with mlflow.transformers.
-    Explicit pip_requirements (the default ones pull torchvision; stack-probe §4)."""
+    Explicit pip_requirements (the default ones pull torchvision, measured)."""
     import mlflow
 
     from jmed.models import load_adapter, load_base

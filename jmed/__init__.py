@@ -7,7 +7,7 @@ import os
 
 __version__ = "0.1.0"
 
-# Side-effect-free defaults the whole system relies on (DESIGN.md §6, §8); a user's explicit value wins.
+# Side-effect-free defaults the whole system relies on (no telemetry, offline hubs); a user's explicit value wins.
 for _key, _value in {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "HF_HUB_OFFLINE": "1",

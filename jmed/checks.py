@@ -1,4 +1,4 @@
-"""Data validation (issue 2 §3): the declarative Great Expectations suites in `data_checks/`, the checks GX
+"""Data validation: the declarative Great Expectations suites in `data_checks/`, the checks GX
 cannot express (answer letters, 「Nつ選べ」 counts, unique ids, same stem with different choices) and the
 train/test near-duplicate (leakage) check with rapidfuzz. `validate()` returns a `Report`.
 

@@ -62,7 +62,7 @@ def _filter_option(fld, prefix: str = ""):
 
 
 def filter_options(f):
-    """The data filters every step accepts (DESIGN.md §3), from jmed.config.DataFilter."""
+    """The data filters every step accepts, from jmed.config.DataFilter."""
     from dataclasses import fields
 
     from jmed.config import DataFilter
@@ -142,7 +142,7 @@ def main(verbose):
     quiet(verbose)  # before any command imports mlflow, which reads its log level once
 
 
-# ---- validate (issue 2) -------------------------------------------------------------------------
+# ---- validate -----------------------------------------------------------------------------------
 
 @main.command()
 @click.argument("data", nargs=-1)
@@ -200,7 +200,7 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run)
         sys.exit(1)
 
 
-# ---- score (issue 4) ----------------------------------------------------------------------------
+# ---- score --------------------------------------------------------------------------------------
 
 
 @main.command("score")
@@ -256,7 +256,7 @@ def score_cmd(data, predictions, protocol, parsing, extraction, data_format, exa
         if log_run:
             click.echo(f"logged run {summary['run_id']}")
 
-# ---- train (issue 3) ----------------------------------------------------------------------------
+# ---- train --------------------------------------------------------------------------------------
 
 
 def train_options(f=None, exclude: tuple[str, ...] = ()):
@@ -306,7 +306,7 @@ def train_cmd(dry_run, **options):
     click.echo(f"train run: {run_id}")
 
 
-# ---- evaluate (issue 4) -------------------------------------------------------------------------
+# ---- evaluate -----------------------------------------------------------------------------------
 
 
 def evaluate_options(f):
@@ -334,7 +334,7 @@ def evaluate_cmd(dry_run, **options):
     click.echo(f"evaluate run: {run_id}")
 
 
-# ---- promote / serve / predict (issue 5) --------------------------------------------------------
+# ---- promote / serve / predict ------------------------------------------------------------------
 
 
 @main.command()
@@ -471,7 +471,7 @@ def predict(file, model_uri, base_model, protocol, max_new_tokens, batch_size, o
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-# ---- pipeline / study / compare / reproduce (issue 6) -------------------------------------------
+# ---- pipeline / study / compare / reproduce -----------------------------------------------------
 
 
 def _true(value: str) -> bool:

@@ -113,7 +113,7 @@ class Checked:
 
 @dataclass(frozen=True)
 class DataFilter(Checked):
-    """Question filters usable by every step (DESIGN.md §3). Empty tuples mean "no restriction"."""
+    """Question filters usable by every step. Empty tuples mean "no restriction"."""
 
     text_only: bool = setting(False, "Keep only questions without figures.")
     five_choices: bool = setting(False, "Keep only 5-choice questions.")

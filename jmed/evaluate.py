@@ -1,4 +1,4 @@
-"""Evaluate a base model or an adapter on exam questions (DESIGN.md §5) and log one MLflow run.
+"""Evaluate a base model or an adapter on exam questions (scored by jmed.metrics) and log one MLflow run.
 
     evaluate(EvalConfig) -> run id          jmed evaluate / mlflow run . -e evaluate
 
@@ -196,7 +196,7 @@ def load_eval_questions(cfg, left_out: dict | None = None):
 
 
 def evaluate(cfg) -> str:
-    """Evaluate `cfg.model` (+ `cfg.adapter`) on the eval data; log one run (DESIGN.md §6); return its id."""
+    """Evaluate `cfg.model` (+ `cfg.adapter`) on the eval data; log one run (jmed.tracking's conventions); return its id."""
     import mlflow
     import torch
 

@@ -1,4 +1,4 @@
-"""Prompt formats by name (DESIGN.md §4).
+"""Prompt formats by name.
 
 One rendering serves training, evaluation and serving: `render(question, fmt, shots)` returns the prompt
 and the target the model should produce after it. The format name travels with the adapter.

@@ -1,4 +1,4 @@
-"""MLflow conventions in one place (DESIGN.md §6): tracking defaults, step runs, dataset inputs.
+"""MLflow conventions in one place: tracking defaults, step runs, dataset inputs.
 
 mlflow is imported inside functions so that importing this module stays cheap.
 """
@@ -82,7 +82,7 @@ def code_version() -> str:
 
 
 def slug(model_id: str) -> str:
-    """Registry slug (DESIGN.md §6): lower case, "/" -> "--", other characters outside [a-z0-9._-] -> "-"."""
+    """Registry slug: lower case, "/" -> "--", other characters outside [a-z0-9._-] -> "-"."""
     import re
 
     s = model_id.lower().replace("/", "--")

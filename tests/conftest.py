@@ -108,7 +108,7 @@ def broken_990a_errors() -> list[str]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """After the whole suite: runs left RUNNING in the SQLite stores the tests created (issue 10 asks
+    """After the whole suite: runs left RUNNING in the SQLite stores the tests created (reliability asks
     for 0). PostgreSQL and server stores are gone by now; their tests assert the same themselves."""
     import sqlite3
 

@@ -126,7 +126,7 @@ NO_TRACEBACK = [
      "lora_dropout: must be at most 1, got 1.5; seed: must be at least 0, got -1"),
     (["score", "--data", str(S / "test.jsonl"), "--predictions", "{q}", "--blocks", "b"], 2,
      "blocks: 'b' is lower case; blocks are A, B, … (e.g. B,E)"),
-    # the vllm engine (issue 22): settings that cannot combine, refused before anything starts
+    # the vllm engine: settings that cannot combine, refused before anything starts
     (["evaluate", "--engine", "vllm", "--quantization", "4bit", "--dry-run"], 1,
      "quantization: 4bit is bitsandbytes in the hf engine"),
     (["evaluate", "--engine-url", "http://127.0.0.1:9/v1", "--dry-run"], 1, "engine_url: a server URL is for --engine vllm"),

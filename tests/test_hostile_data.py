@@ -1,4 +1,4 @@
-"""Every data file gets a verdict, never a traceback or a hang: the hostile files of issue 10 as a
+"""Every data file gets a verdict, never a traceback or a hang: hostile files as a
 regression corpus (built here: a named pipe and a symlink loop cannot live in git), and property-based
 fuzzing of every reader with hypothesis."""
 import json

@@ -1,4 +1,4 @@
-"""Trust boundaries: nothing read from the tracking store runs as code (issue 15)."""
+"""Trust boundaries: nothing read from the tracking store runs as code."""
 import os
 import pickle
 import re
@@ -247,9 +247,9 @@ def test_json_output_is_always_valid_json_and_infinite_points_are_errors(tmp_pat
 # ---- the promotion lease on a remote store --------------------------------------------------------------
 
 def _as_remote(monkeypatch):
-    from jmed import registry
+    from jmed.registry import lease
 
-    monkeypatch.setattr(registry, "_local_store_file", lambda uri: None)  # use the lease tag, as on a server
+    monkeypatch.setattr(lease, "_local_store_file", lambda uri: None)  # use the lease tag, as on a server
 
 
 def test_a_lease_whose_holder_is_gone_is_broken_at_once(tracking, monkeypatch):

@@ -1,6 +1,7 @@
 """The served model: input checks, then a real `mlflow models serve` process answering HTTP requests."""
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,50 @@ def served(tmp_path_factory):
         [record] = promote("tiny")
         assert record["action"] == "promote" and record["champion_version"] == "1"
         yield root
+
+
+PRE_REGISTRY = "72da3d2"  # the last commit with a flat jmed/ (before jmed/readers, jmed/exams, jmed/registry/)
+
+
+@pytest.mark.slow
+def test_a_version_registered_before_the_package_layout_changed_still_loads(served, tmp_path, monkeypatch):
+    """A registered version runs the code it was logged with: one logged with the flat layout of the
+    earlier jmed loads and answers in a fresh interpreter, as under `mlflow models serve`."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from jmed.registry import packaging
+
+    repo = Path(__file__).resolve().parent.parent
+    old = tmp_path / "old"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(repo), "archive", PRE_REGISTRY, "jmed"], capture_output=True)
+    if archive.returncode:
+        pytest.skip(f"needs the git history of this checkout (commit {PRE_REGISTRY}): {archive.stderr.decode()[:200]}")
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    assert not (old / "jmed" / "readers").exists() and (old / "jmed" / "registry.py").exists()
+    shutil.rmtree(old / "jmed" / "sample")
+    monkeypatch.setattr(packaging, "_code_copy", lambda dest: old / "jmed")
+    monkeypatch.setattr(packaging, "SERVING_FILE", old / "jmed" / "serving.py")
+    with private_store(served):
+        local = Path(mlflow.artifacts.download_artifacts(f"{URI}"))
+        adapter_dir = local / "artifacts" / "adapter"
+        with mlflow.start_run():
+            info = packaging.log_serving_model(adapter_dir)
+        version = mlflow.register_model(info.model_uri, "jmed-tiny-old-layout").version
+        uri = mlflow.get_tracking_uri()
+    code = ("import json, sys, mlflow, pandas as pd; m = mlflow.pyfunc.load_model('models:/jmed-tiny-old-layout/"
+            f"{version}'); out = m.predict(pd.DataFrame([{{'question': 'どれか。', 'choices': ['甲', '乙', '丙']}}]), "
+            "params={'max_new_tokens': 2}); import jmed; print(json.dumps({'jmed': jmed.__file__, "
+            "'readers': 'jmed.readers' in sys.modules, 'cols': list(out.columns), 'n': len(out)}))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert "/code/jmed/" in got["jmed"] and got["n"] == 1 and "answer" in got["cols"]  # its own code copy ran
+    assert got["readers"] is False
 
 
 def batch(n: int) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The vllm engine (issue 22), for real: vLLM's CPU build in .venv-vllm (make install), started by jmed.
+"""The vllm engine, for real: vLLM's CPU build in .venv-vllm (make install), started by jmed.
 
 Bounded: one SmolLM2 engine for the agreement tests, two tiny engines for the pipeline, one server for
 the OpenAI API tests; the kill tests stop the engine while it starts. Each start is 30-45 s here.
