@@ -45,18 +45,13 @@ import jmed
 from jmed import adapter
 from jmed.config import TrainConfig, flat
 from jmed.inference import encode, shots_for
+from jmed.checkpoint import (  # noqa: F401  (CHECKPOINT_DONE, resumed_config, TrainError: this module's API)
+    CHECKPOINT_DONE, RESUME_FREE, TRUSTED_ONLY, TrainError, latest_checkpoint, load_checkpoint_adapter, load_checkpoint_state, read_checkpoint_state,
+    resumed_config, save_checkpoint,
+)
+from jmed.train_report import _flush, _loss_curve, _system_metrics, description, log_setup, peak_memory_mb, summary
 
 log = logging.getLogger("jmed.train")
-
-# Fields that may differ between an interrupted run and its resumption.
-RESUME_FREE = ("resume_from", "stop_after", "checkpoint_every")
-# Settings that only the user of the current step may switch on: never taken from a checkpoint, an
-# adapter or a registered version (they are read from a shared store; `reproduce` refuses them).
-TRUSTED_ONLY = ("trust_remote_code",)
-
-
-class TrainError(ValueError):
-    """Bad training input: a clear message, and the run ends FAILED."""
 
 
 @dataclass
@@ -64,9 +59,6 @@ class Example:
     id: str
     input_ids: list[int]
     labels: list[int]
-
-
-# ---- data ----------------------------------------------------------------------------------------
 
 
 def load_items(path: str, fmt: str, filters, what: str) -> tuple[list, str]:
@@ -167,9 +159,6 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return f
 
 
-# ---- checks, model -------------------------------------------------------------------------------
-
-
 def wrap_lora(net, cfg: TrainConfig):
     """The base with LoRA adapters (k-bit preparation first when quantised); returns (peft model, targets)."""
     import torch
@@ -207,214 +196,6 @@ def fsdp() -> bool:
 def adapter_state(accelerator, model):
     """The full state dict under FSDP (a collective: every rank calls it); None otherwise."""
     return accelerator.get_state_dict(model) if fsdp() else None
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"jmed_version": jmed.__version__}
-    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "mlflow"):
-        try:
-            out[f"{pkg}_version"] = version(pkg)
-        except PackageNotFoundError:
-            out[f"{pkg}_version"] = ""
-    from jmed.tracking import git_commit
-
-    out["git_commit"] = git_commit()
-    return out
-
-
-def peak_memory_mb(device: str) -> float:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-# ---- checkpoints ---------------------------------------------------------------------------------
-
-
-STATE_TENSORS, STATE_JSON = "state.safetensors", "state.json"  # a checkpoint's optimiser/scheduler/RNG
-PICKLED_STATE = ("optimizer.pt", "scheduler.pt", "rng.pt")  # jmed 0.1's pickles: never loaded
-
-
-def _split_state(value, prefix: str, tensors: dict):
-    """A nested state (dicts, lists, numbers, tensors) as JSON, with every tensor moved into `tensors`
-    under a key the JSON names ({"__tensor__": key}); nothing is pickled."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        tensors[prefix] = value.detach().cpu().contiguous()
-        return {"__tensor__": prefix}
-    if isinstance(value, dict):
-        return {"__dict__": [[_split_state(k, f"{prefix}.k{i}", tensors), _split_state(v, f"{prefix}.{i}", tensors)]
-                             for i, (k, v) in enumerate(value.items())]}
-    if isinstance(value, (list, tuple)):
-        items = [_split_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(value)]
-        return {"__tuple__": items} if isinstance(value, tuple) else items
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if type(value).__module__ == "numpy":  # numpy arrays and scalars (the numpy RNG state)
-        return value.tolist()
-    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint")
-
-
-def _join_state(value, tensors: dict, where: str):
-    """Inverse of `_split_state`; only JSON values and tensors of the safetensors file come back."""
-    if isinstance(value, dict):
-        if set(value) == {"__tensor__"}:
-            if value["__tensor__"] not in tensors:
-                raise TrainError(f"{where}: tensor {str(value['__tensor__'])[:80]!r} is missing")
-            return tensors[value["__tensor__"]]
-        if set(value) == {"__tuple__"} and isinstance(value["__tuple__"], list):
-            return tuple(_join_state(v, tensors, where) for v in value["__tuple__"])
-        if set(value) == {"__dict__"} and isinstance(value["__dict__"], list):
-            out = {}
-            for pair in value["__dict__"]:
-                if not (isinstance(pair, list) and len(pair) == 2):
-                    raise TrainError(f"{where}: malformed entry in the checkpoint state")
-                key = _join_state(pair[0], tensors, where)
-                if not isinstance(key, (str, int, float, bool)) and key is not None:
-                    raise TrainError(f"{where}: a dictionary key of type {type(key).__name__}")
-                out[key] = _join_state(pair[1], tensors, where)
-            return out
-        raise TrainError(f"{where}: unexpected object {sorted(value)[:5]} in the checkpoint state")
-    if isinstance(value, list):
-        return [_join_state(v, tensors, where) for v in value]
-    return value
-
-
-def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, position: int, cfg: TrainConfig,
-                    state_dict=None):
-    """Adapter (safetensors), optimiser/scheduler/RNG state (safetensors + JSON) and trainer_state.json.
-    A checkpoint is read back from a shared store, so nothing in it is pickled: loading it runs no code."""
-    import numpy as np
-    import torch
-    from safetensors.torch import save_file
-
-    model.save_pretrained(folder / "adapter", save_embedding_layers=False, state_dict=state_dict)
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": list(np.random.get_state())}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    tensors: dict = {}
-    layout = _split_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
-                          "s", tensors)
-    save_file(tensors, str(folder / STATE_TENSORS))
-    (folder / STATE_JSON).write_text(json.dumps(layout), encoding="utf-8")
-    state = {"step": step, "position": position, "config": flat(cfg)}
-    (folder / "trainer_state.json").write_text(json.dumps(state, indent=1, ensure_ascii=False), encoding="utf-8")
-
-
-CHECKPOINT_DONE = "CHECKPOINT_COMPLETE"  # uploaded after every other file of a checkpoint
-
-
-def _complete(client, run_id: str, path: str) -> bool:
-    names = {e.path.rsplit("/", 1)[-1] for e in client.list_artifacts(run_id, path)}
-    return CHECKPOINT_DONE in names
-
-
-def latest_checkpoint(run_id: str) -> Path:
-    """Download the newest complete checkpoint of a run. A checkpoint is complete when its marker file,
-    uploaded after everything else, is there: a process killed while uploading leaves a checkpoint
-    without one, which is skipped with a warning. A clear error when there is none."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    try:
-        entries = client.list_artifacts(run_id, "checkpoints")
-    except Exception as exc:  # unknown run id
-        raise TrainError(f"resume_from={run_id}: cannot read that run's checkpoints ({exc})") from None
-    steps = sorted((e.path for e in entries if e.is_dir), reverse=True)
-    if not steps:
-        raise TrainError(f"resume_from={run_id}: that run has no checkpoints (train with checkpoint_every > 0)")
-    partial = []
-    for path in steps:
-        if _complete(client, run_id, path):
-            if partial:
-                log.warning("resume_from=%s: skipping incomplete checkpoint(s) %s (the run was killed while "
-                            "writing them); resuming from %s", run_id, ", ".join(partial), path)
-            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
-        partial.append(path)
-    raise TrainError(f"resume_from={run_id}: no complete checkpoint; {', '.join(reversed(partial))} were only "
-                     f"partly written (no {CHECKPOINT_DONE} marker)")
-
-
-def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
-    """The interrupted run's resolved config, with this call's resume/stop/checkpoint fields."""
-    from jmed.config import from_flat
-
-    saved = from_flat(TrainConfig, state["config"])
-    free, defaults = RESUME_FREE + TRUSTED_ONLY, TrainConfig()
-    # An option given with --resume-from that contradicts the run being continued would be silently ignored:
-    # refuse it (a value equal to the default cannot be told from "not given", and is not checked).
-    clash = [f"{f.name}={getattr(cfg, f.name)!r} (the run has {getattr(saved, f.name)!r})"
-             for f in dataclasses.fields(TrainConfig) if f.name not in free
-             and getattr(cfg, f.name) != getattr(defaults, f.name) and getattr(cfg, f.name) != getattr(saved, f.name)]
-    if clash:
-        raise TrainError(f"--resume-from {cfg.resume_from} continues that run with its own settings; these options "
-                         f"differ from them: {', '.join(clash)}. Drop them, or start a new run without --resume-from")
-    return dataclasses.replace(saved, **{k: getattr(cfg, k) for k in free})
-
-
-def load_checkpoint_adapter(folder: Path, model) -> tuple[int, int]:
-    """Load the checkpoint's adapter weights; (step, data position)."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(folder / "adapter" / "adapter_model.safetensors"))
-    state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
-    return state["step"], state["position"]
-
-
-def read_checkpoint_state(folder: Path) -> dict:
-    """The optimiser, scheduler and RNG states of a checkpoint: safetensors and JSON only. A checkpoint
-    with pickled state (jmed 0.1's *.pt files, or anything planted in a shared store) is refused
-    before a byte of it is deserialised."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    pickled = [n for n in PICKLED_STATE if (folder / n).exists()]
-    if pickled:
-        raise TrainError(f"checkpoint {folder.name}: it holds pickled state ({', '.join(pickled)}), which jmed "
-                         f"never loads (unpickling runs code from the store); resume needs a checkpoint with "
-                         f"{STATE_TENSORS} and {STATE_JSON} (jmed >= 0.2), or train again")
-    if not (folder / STATE_JSON).is_file():
-        raise TrainError(f"checkpoint {folder.name}: {STATE_JSON} is missing; not a jmed checkpoint")
-    try:
-        tensors = load_file(str(folder / STATE_TENSORS))
-        layout = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise TrainError(f"checkpoint {folder.name}: unreadable state ({str(exc)[:200]})") from None
-    state = _join_state(layout, tensors, f"checkpoint {folder.name}")
-    if not isinstance(state, dict) or {"optimizer", "scheduler", "rng"} - set(state):
-        raise TrainError(f"checkpoint {folder.name}: state.json lacks optimizer, scheduler or rng")
-    return state
-
-
-def load_checkpoint_state(folder: Path, optimizer, scheduler) -> None:
-    """Optimiser, scheduler and RNG states (RNG last: nothing may draw random numbers after it)."""
-    import numpy as np
-    import torch
-
-    state = read_checkpoint_state(folder)
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        kind, keys, pos, has_gauss, cached = rng["numpy"]
-        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise TrainError(f"checkpoint {folder.name}: state does not fit this run ({str(exc)[:200]})") from None
-
-
-# ---- the run -------------------------------------------------------------------------------------
 
 
 def train(cfg: TrainConfig) -> str:
@@ -568,36 +349,6 @@ def setup(cfg: TrainConfig, accelerator) -> Setup:
                  models.resolve_precision(cfg.precision)[1], accelerator.num_processes)
 
 
-def log_setup(s: Setup) -> None:
-    """Rank 0: every resolved setting, digest and version as params; the datasets; data metrics."""
-    from jmed import data
-    from jmed.tracking import log_dataset, log_params
-
-    cfg, counts, info = s.cfg, s.counts, s.info
-    train_digest = data.digest(s.items)
-    log_params({**flat(cfg), "train_data_path": s.train_path, "train_data_digest": train_digest,
-                "train_items": len(s.items), "train_examples": counts["examples"],
-                "overlength_examples": counts["overlength_examples"], "dropped_examples": counts["dropped_examples"],
-                "eval_data_digest": data.digest(s.eval_items) if s.eval_items else "",
-                "base_model": cfg.model, "base_revision": info["revision"], "base_architecture": info["architecture"],
-                "tokenizer_hash": info["tokenizer_hash"],
-                "lora_targets": ",".join(s.targets) if isinstance(s.targets, list) else s.targets,
-                "trainable_params": info["trainable"], "total_params": info["total"],
-                "resolved_max_steps": s.max_steps, "world_size": s.world, "device": s.device,
-                "dtype": info["dtype"], **versions()})
-    log_dataset(s.items, "train", s.train_path, train_digest, "training")
-    if s.eval_items:
-        log_dataset(s.eval_items, "eval", s.eval_path, data.digest(s.eval_items), "evaluation")
-    s.mlflow.log_metrics({f"data/{k}": counts[k] for k in ("overlength_examples", "dropped_examples",
-                                                           "overlength_median_tokens", "overlength_max_tokens")},
-                         step=0)
-    if counts["overlength_examples"]:
-        log.warning("%d of %d example(s) longer than max_length=%d, by %d tokens (median), %d (max): "
-                    "policy %s, %d dropped; see README \"Choosing max_length\"", counts["overlength_examples"],
-                    len(s.items), cfg.max_length, counts["overlength_median_tokens"],
-                    counts["overlength_max_tokens"], cfg.overlength, counts["dropped_examples"])
-
-
 def fit(s: Setup, accelerator, run_id: str, tmp: Path) -> bool:
     """Optimiser steps up to max_steps, with checkpoints; True when stopped early (`stop_after`)."""
     from tqdm.auto import tqdm
@@ -713,37 +464,6 @@ def finish(s: Setup, accelerator, run_id: str, tmp: Path, stopped: bool) -> None
     accelerator.wait_for_everyone()
 
 
-def description(s: Setup, run_id: str, stopped: bool) -> str:
-    """The run's description in the MLflow UI: what was trained, on what data, and how it ended."""
-    cfg, last = s.cfg, (s.losses[-1][1] if s.losses else None)
-    method = "4-bit QLoRA" if cfg.quantization == "4bit" else "LoRA"
-    return (f"{method} (r {cfg.lora_r}, alpha {cfg.lora_alpha}) of `{cfg.model}`, prompt format `{cfg.prompt_format}`, "
-            f"on `{s.train_path}` ({len(s.items)} items, {len(s.examples)} examples) for {s.step} of {s.max_steps} "
-            f"steps; final loss {'n/a' if last is None else f'{last:.4f}'}"
-            + ("" if s.eval_loss is None else f", eval loss {s.eval_loss:.4f}") + ".\n\n"
-            + ("Stopped early: no adapter; resume with `--resume-from`." if stopped else
-               f"Adapter: `runs:/{run_id}/adapter` (evaluate it with `jmed evaluate --adapter {run_id}`)."))
-
-
-def summary(s: Setup, run_id: str, stopped: bool) -> str:
-    """What the terminal shows when training ends: final loss and throughput, and what was left out."""
-    from jmed.console import block
-
-    last = [loss for _, loss in s.losses[-10:]]
-    dropped = s.counts.get("dropped_examples", 0)
-    return block(f"train {s.cfg.model} ({s.cfg.prompt_format}): {'stopped at' if stopped else 'finished'} "
-                 f"step {s.step} of {s.max_steps}", [
-        ("final loss", f"{last[-1]:.4f} (mean of the last {len(last)} steps {sum(last) / len(last):.4f})"
-         if last else None),
-        ("eval loss", None if s.eval_loss is None else f"{s.eval_loss:.4f} on {len(s.eval_examples)} examples"),
-        ("tokens/s", f"{s.tokens / s.seconds:,.0f} ({s.tokens:,.0f} tokens in {s.seconds:.1f} s)" if s.seconds else None),
-        ("examples", f"{len(s.examples)} from {len(s.items)} items"
-                     + (f"; {dropped} left out: longer than max_length={s.cfg.max_length} (--overlength drop)" if dropped else "")),
-        ("adapter", "not written (stopped early; resume with --resume-from)" if stopped else f"runs:/{run_id}/adapter"),
-        ("run", run_id),
-    ])
-
-
 def _protocol(fmt: str) -> str:
     from jmed.prompts import protocol_for
 
@@ -772,58 +492,3 @@ def eval_loss(model, examples, batch_size, pad_id, accelerator, dtype, use_autoc
     model.train()
     total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
     return (total / count.clamp(min=1)).item()
-
-
-def _flush(mlflow, run_id: str, pending: list, final: bool = False) -> None:
-    """Send the pending step metrics, oldest first, removing what was sent. A tracking server that stays
-    unreachable after MLflow's own retries keeps the rest pending for the next flush (training goes
-    on, nothing is lost); only the `final` flush raises."""
-    from mlflow.entities import Metric
-
-    client = mlflow.MlflowClient()
-    while pending:
-        chunk = pending[:100]  # at most 100 steps x 6 metrics: under MLflow's 1000 per batch
-        try:
-            client.log_batch(run_id, metrics=[Metric(k, float(v), int(ts * 1000), s)
-                                              for s, ts, d in chunk for k, v in d.items()])
-        except Exception as exc:  # noqa: BLE001 - the server is away: keep the metrics, say so
-            if final:
-                raise
-            log.warning("tracking server unreachable (%s); %d step(s) of metrics kept for the next flush",
-                        str(exc)[:200], len(pending))
-            return
-        del pending[:len(chunk)]
-
-
-def _system_metrics(run_id: str):
-    """MLflow system metrics (CPU, memory, GPU) for the run, where psutil is available."""
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1)
-        monitor.start()
-        return monitor
-    except Exception as exc:  # optional: psutil missing, unsupported platform
-        log.info("system metrics unavailable: %s", exc)
-        return None
-
-
-def _loss_curve(losses: list, folder: Path, mlflow) -> None:
-    if not losses:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([s for s, _ in losses], [v for _, v in losses], lw=1.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss (answer tokens)")
-    ax.set_title("jmed train")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = folder / "loss_curve.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    mlflow.log_artifact(str(path), "plots")
