@@ -19,6 +19,7 @@ import unicodedata
 from difflib import SequenceMatcher
 from typing import Iterable, Mapping, Sequence
 
+from jmed import exams, readers
 from jmed.config import PARSINGS
 from jmed.prompts import LETTERS, extract_response
 
@@ -27,37 +28,9 @@ OFFICIAL, LENIENT = PARSINGS
 # whatever the dataset: a dataset's own scorer (official parsing) is for predictions made elsewhere.
 PICKS = "picks"
 
-REQUIRED_BLOCKS = ("B", "E")  # 必修 (required) section of the JMLE
-REQUIRED_LINE = 0.80  # required section: at least 80 % of its points
-KINKI_LIMIT = 4  # fail with 4 or more contraindicated choices selected (禁忌肢問題選択数 3問以下)
-DEFAULT_GENERAL_LINE = 0.70  # general+clinical line for a year not in GENERAL_LINES: an approximation
-
-# General+clinical pass line per exam year (必修を除いた一般問題及び臨床実地問題, 1 point each), as
-# (points needed, points total) from MHLW's pass announcements (合格基準), or a fraction where only
-# the rate was found. Sources (as quoted by secondary pages, checked 2026-11): 2018 (112th) 208/299
-# (savingdoctor.com quoting MHLW); 2019 (113th) 209/296 (jmedj.co.jp); 2020 (114th) 217/299
-# (医学界新聞, ishiyaku-k.com quoting MHLW); 2021 (115th) 209/300 (newtongym8.com quoting MHLW);
-# 2022 (116th) 214/297 (doctor.mynavi.jp quoting MHLW); 2023 (117th) 74.6 % (PLOS Digit Health
-# 2024, Tanaka et al.); 2024 (118th) 76.7 % (medilink-study.com); 2025 (119th) 221/300
-# (mama.smt.docomo.ne.jp). Other years (e.g. 2026, the 120th) are unknown: DEFAULT_GENERAL_LINE.
-GENERAL_LINES: dict[int, tuple[float, float]] = {
-    2018: (208, 299),
-    2019: (209, 296),
-    2020: (217, 299),
-    2021: (209, 300),
-    2022: (214, 297),
-    2023: (0.746, 1),
-    2024: (0.767, 1),
-    2025: (221, 300),
-}
-
-
-def general_line(year: int | None) -> float:
-    """The general+clinical pass line of an exam year, as a fraction of its points."""
-    if year in GENERAL_LINES:
-        need, total = GENERAL_LINES[year]
-        return need / total
-    return DEFAULT_GENERAL_LINE
+# Sections and pass rules belong to each exam (jmed/exams/<kind>.py); the medical exam's are re-exported
+# here because they are what most callers mean.
+from jmed.exams.medical import DEFAULT_GENERAL_LINE, GENERAL_LINES, general_line, pass_fail  # noqa: E402,F401
 
 
 # ---- letter protocol: parsing -----------------------------------------------------------------
@@ -82,11 +55,33 @@ _GLUED = re.compile(rf"[{_OPEN}]?([a-j]{{2,10}})[{_CLOSE}]?(?![{_WORD}])", re.IG
 _HEDGE = re.compile(rf"{_ITEM}\s*(?:or|または|もしくは|あるいは)\s*{_ITEM}(?![{_WORD}])", re.IGNORECASE)
 # Where an answer is announced: 「答え：c」, "答え: c", "正解はc", "Answer: c", "the answer is c".
 _MARKER = re.compile(r"(?:解答|正解|回答|答え|答|answer)\s*(?:は|:|=|is|->|→)?\s*", re.IGNORECASE)
+# An answer set off as such (after NFKC): 「【回答】a」 (JMLE2026-Bench's prompt asks for it), "[回答] a",
+# "回答:a", "答え: e", with markdown emphasis around ("**【回答】** c"). Reasoning models discuss choices
+# ("a. 誤り", "答えはaかもしれない") before the answer they settle on, so the last one that reads wins.
+_MARKED = re.compile(r"(?:【\s*(?:回答|答え|解答|正解|答)\s*】|\[\s*(?:回答|答え|解答|正解|答)\s*\]"
+                     r"|(?:回答|答え|解答|正解|答|answer)\s*:)[\s*_]*", re.IGNORECASE)
+# Reasoning (Qwen3, DeepSeek-R1): "<think>…</think>answer"; their chat templates may put the opening tag in
+# the prompt, so the output can hold only the closing one.
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 
 
 def normalize(text: str) -> str:
     """NFKC (full-width letters, digits, punctuation and spaces become ASCII) and strip."""
     return unicodedata.normalize("NFKC", text).strip()
+
+
+def strip_reasoning(text: str | None) -> str | None:
+    """The answer part of a reasoning model's output: everything after the last "</think>" (an opening tag
+    or not: the chat template may have put it in the prompt); with "<think>" but no closing tag (cut off while
+    reasoning), only what precedes "<think>". Text without the tags is returned unchanged; the whitespace
+    that follows the removed reasoning is dropped (official parsing would otherwise never read "c")."""
+    if text is None:
+        return None
+    end = text.rfind(_THINK_CLOSE)
+    if end >= 0:
+        return text[end + len(_THINK_CLOSE):].lstrip()
+    start = text.find(_THINK_OPEN)
+    return text[:start] if start >= 0 else text
 
 
 def _letters_at(text: str, pos: int) -> tuple[str, ...] | None:
@@ -109,6 +104,9 @@ def parse_letters(text: str | None, n_choices: int, mode: str = LENIENT) -> tupl
     (they could never be correct). lenient: NFKC and whitespace normalisation, upper case, 「答え：c」,
     "c、e", "(c)", letters written together ("ce"), a trailing explanation; duplicates dropped; letters
     outside the choices → None; a hedge ("a or d") → None.
+    A marked answer (「【回答】a」, "[回答] a", "回答：b,e", "答え: e") comes first: the last one that reads
+    as letters of the question, even after a discussion of the choices; a hedge there → None. Without one:
+    the letters at the start, else after the first 「答えは」/"Answer:" that reads.
     Not answers (→ None) in lenient mode either: a re-listing of the choices ("a. 肺炎\nb. 結核",
     "1. … 2. …"), and a letter that begins a word ("B群連鎖球菌").
     """
@@ -121,6 +119,12 @@ def parse_letters(text: str | None, n_choices: int, mode: str = LENIENT) -> tupl
     if mode != LENIENT:
         raise ValueError(f"unknown parsing {mode!r}; choose one of: {', '.join(PARSINGS)}")
     s = normalize(text)
+    for m in reversed(list(_MARKED.finditer(s))):  # before the re-listing check: a marked answer is explicit
+        if _HEDGE.match(s, m.end()):
+            return None
+        letters = _letters_at(s, m.end())
+        if letters and all(ch in valid for ch in letters):
+            return tuple(sorted(set(letters)))
     if len({m.group(1).lower() for m in _LIST_LABEL.finditer(s)}) >= 2:
         return None  # the choices (or numbered lines) listed back, not an answer
     starts = [0] + [m.end() for m in _MARKER.finditer(s)]
@@ -141,65 +145,13 @@ def parse_numeric(text: str | None, mode: str = LENIENT) -> tuple[str, ...] | No
     return (s,) if s else None
 
 
-def _igakuqa119_official(question, text: str) -> tuple[str, ...] | None:
-    """IgakuQA119's own scorer (src/grading_logic.py): lower case; "[", "]", "," and spaces removed; the
-    characters sorted; equal to the gold answer so treated. Numbers are compared the same way, as it does."""
-    def canon(s: str) -> str:
-        return "".join(sorted(s.strip().lower().replace("[", "").replace("]", "").replace(",", "").replace(" ", "")))
-
-    got = canon(text)
-    if not got:
-        return None
-    for gold in question.answer:  # 119E28's "a or c" is two acceptable sets, as its scorer's special rule
-        if got == canon("".join(gold)):
-            return gold
-    if question.numeric:
-        return (got,)
-    return tuple(got) if all(ch in LETTERS[: len(question.choices)] for ch in got) else None
-
-
-def _yakugakuqa_official(question, text: str) -> tuple[str, ...] | None:
-    """YakugakuQA's scorer (check.py): the response equals the choice numbers joined by "," ("2,3")."""
-    if not re.fullmatch(r"[1-9](?:,[1-9])*", text):
-        return None
-    numbers = [int(d) for d in text.split(",")]
-    if numbers != sorted(set(numbers)) or numbers[-1] > len(question.choices):
-        return None
-    return tuple(LETTERS[d - 1] for d in numbers)
-
-
-def _jmle2026_official(question, text: str) -> tuple[str, ...] | None:
-    """JMLE2026-Bench's scorer (benchmark.py): the rest of the line after 「【回答】」; a calculation answer as
-    is; otherwise markdown marks removed, split on commas, 「、」 and spaces, the single letters a-e kept."""
-    m = re.search(r"【回答】\s*(.+)", text)
-    if not m:
-        return None
-    answer = m.group(1).strip()
-    if question.numeric:
-        return (answer,)
-    tokens = re.split(r"[,、\s]+", re.sub(r"[*_`#]", "", answer).strip())
-    letters = sorted({t.lower() for t in tokens if re.fullmatch(r"[a-eA-E]", t)})
-    return tuple(letters) or None
-
-
-def _medllm_official(question, text: str) -> tuple[str, ...] | None:
-    """The medLLM QA benchmark's scorer (scripts/evaluate_main.py): NFKC, 「、」 and 「，」 read as ",", split
-    on ",", each item stripped, sorted; equal to the gold list. (Its 116A71 rule is keyed by id alone, so it
-    also credits the dental exam's 116A71; jmed keys corrections by exam kind and does not.)"""
-    items = sorted(p.strip() for p in normalize(text).replace("、", ",").replace("，", ",").split(","))
-    return tuple(items) if any(items) else None
-
-
-# Official parsing of predictions made elsewhere, per data source: the dataset's own scorer.
-DATASET_SCORERS = {"igakuqa119": _igakuqa119_official, "jmle2026": _jmle2026_official,
-                   "yakugakuqa": _yakugakuqa_official, "medllm": _medllm_official}
-
-
 def parse_answer(question, text: str | None, mode: str = LENIENT) -> tuple[str, ...] | None:
     """Letters (or the numeric string) a prediction gives for `question`; None = unparseable. Official
-    parsing is the dataset's own scorer: IgakuQA's reference, or IgakuQA119's, JMLE2026-Bench's,
-    YakugakuQA's or the medLLM QA benchmark's for their questions."""
-    own = DATASET_SCORERS.get(getattr(question, "source", "")) if mode == OFFICIAL else None
+    parsing is the dataset's own scorer (its reader's `official`, jmed/readers/<name>.py), else IgakuQA's
+    reference. Every mode reads the output with its
+    reasoning ("<think>…</think>") removed: letters weighed while reasoning are not the answer."""
+    text = strip_reasoning(text)
+    own = readers.official(getattr(question, "source", "")) if mode == OFFICIAL else None
     if mode == PICKS:
         mode = OFFICIAL
     if own is not None and text is not None:
@@ -245,9 +197,15 @@ def letter_rows(questions: Iterable, predictions: Mapping[str, str], parsing: st
             "correct": correct, "points_scored": q.points if correct else 0,
             "missing": pred is None, "unparsed": pred is not None and parsed is None,
             "kinki": kinki_selected(q, parsed), "kinki_known": getattr(q, "kinki_known", False),
-            "exam_kind": getattr(q, "exam_kind", "medical"),
+            "exam_kind": getattr(q, "exam_kind", "medical"), "required": _required(q),
         })
     return rows
+
+
+def _required(q) -> bool:
+    """Whether `q` is in its exam's required (必修) section, scored apart by the pass rule."""
+    kind = exams.kinds().get(getattr(q, "exam_kind", "medical"))
+    return kind is not None and kind.is_required(q)
 
 
 def _frac(a: float, b: float) -> float:
@@ -264,8 +222,8 @@ def _aggregate(rows: list[dict], year: int | None = None, with_pass: bool = Fals
     correct = sum(r["correct"] for r in rows)
     points = sum(r["points_scored"] for r in rows)
     total = sum(r["points"] for r in rows)
-    req = [r for r in rows if r["block"] in REQUIRED_BLOCKS]
-    gen = [r for r in rows if r["block"] not in REQUIRED_BLOCKS]
+    req = [r for r in rows if r["required"]]
+    gen = [r for r in rows if not r["required"]]
     req_points = sum(r["points_scored"] for r in req)
     req_total = sum(r["points"] for r in req)
     gen_points = sum(r["points_scored"] for r in gen)
@@ -282,34 +240,14 @@ def _aggregate(rows: list[dict], year: int | None = None, with_pass: bool = Fals
         "kinki_selected": kinki,
     }
     kinds = sorted({r.get("exam_kind", "medical") for r in rows})
-    if with_pass and kinds != ["medical"]:  # dental and pharmacist exams have other rules: never a medical verdict
-        out.update(passed=None, verdict=f"no pass rule for this exam ({'/'.join(kinds)}): jmed applies only the "
-                                        "medical licensing exam's rule")
+    rule = exams.get(kinds[0]).pass_rule if len(kinds) == 1 and kinds[0] in exams.kinds() else None
+    if with_pass and rule is None:  # another exam's rule is never applied: no verdict, and why
+        out.update(passed=None, verdict=f"no pass rule for this exam ({'/'.join(kinds)}): jmed knows the rules "
+                                        "of " + ", ".join(k for k, e in exams.kinds().items() if e.pass_rule))
     elif with_pass:
-        out.update(pass_fail(req_points, req_total, gen_points, gen_total, kinki, year,
-                             kinki_known=all(r.get("kinki_known", False) for r in rows)))
+        out.update(rule(req_points, req_total, gen_points, gen_total, kinki, year,
+                        kinki_known=all(r.get("kinki_known", False) for r in rows)))
     return out
-
-
-def pass_fail(required_points, required_total, general_points, general_total, kinki: int,
-              year: int | None, kinki_known: bool = True) -> dict:
-    """The exam's pass rule (datasets README): required ≥ 80 % of its points, general+clinical ≥ the
-    year's line, fewer than 4 contraindicated choices. No verdict (`passed` None, `verdict` says why)
-    without an input the rule needs: both sections (else it is not a whole exam), and the
-    contraindicated choices of every question (`kinki_known`; without them 0 selected would be a guess)."""
-    line = general_line(year)
-    if not required_total or not general_total:
-        return {"passed": None, "verdict": "none (not a whole exam: the rule needs the required and general blocks)",
-                "general_line": line}
-    scores_pass = (required_points >= REQUIRED_LINE * required_total - 1e-9
-                   and general_points >= line * general_total - 1e-9)
-    if not kinki_known:
-        if not scores_pass:  # failing on points needs no contraindication data
-            return {"passed": False, "verdict": "FAIL (on points; no kinki data)", "general_line": line}
-        return {"passed": None, "verdict": "unknown (no kinki data: the contraindicated choices the rule counts "
-                                           "are not in this data)", "general_line": line}
-    ok = scores_pass and kinki < KINKI_LIMIT
-    return {"passed": ok, "verdict": "PASS" if ok else "FAIL", "general_line": line}
 
 
 def _year_key(year) -> str:
@@ -406,10 +344,11 @@ def gold_text(question, answer_set: int = 0) -> str:
 def text_grade(question, response: str | None, extraction: str = "last-block") -> dict:
     """Exact match, gestalt score, gestalt pick and accuracy for one question (not numeric). A missing
     response (None) is wrong in every metric; an empty one is graded like any text, as the harness
-    does (its gestalt pick then ties, and ties go to the first choice)."""
+    does (its gestalt pick then ties, and ties go to the first choice). Reasoning ("<think>…</think>") is
+    removed first, as in parse_answer."""
     if response is None:
         return {"exact": False, "gestalt": 0.0, "pick": (), "gestalt_correct": False}
-    r = clean(extract_response(response, extraction))
+    r = clean(extract_response(strip_reasoning(response), extraction))
     golds = [gold_text(question, i) for i in range(len(question.answer))]
     k = question.n_answers
     pick = topk_by_gestalt(r, question.choices, k)

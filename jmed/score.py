@@ -3,6 +3,10 @@ question data, with the same metrics as `jmed evaluate`, and optionally log them
 
 Predictions are JSONL lines `{"problem_id": …, "prediction": "d,e"}` (letter protocol) or
 `{"problem_id": …, "response": "…"}` (text protocol); a folder is read whole (*.jsonl, by name).
+A reasoning model's output is read without its "<think>…</think>" part (metrics.strip_reasoning). Letter
+protocol: a record may also carry the model's reasoning apart, as vLLM and OpenAI-style APIs return it
+(`reasoning_content`, else `reasoning`); where `prediction` gives no answer under the parsing used (empty,
+null, absent or unreadable), the answer is read from the reasoning instead, if it gives one there.
 Every question of the data is scored: one without a prediction counts as wrong and is listed. A
 prediction for an id the data lacks, a malformed line or a repeated id is an error naming file:line.
 """
@@ -18,6 +22,8 @@ from jmed.data import jsonl_objects, shown
 # Predictions made elsewhere come as letters or as text; loglik scores need the model.
 PROTOCOLS = tuple(p for p in config.PROTOCOLS if p != "loglik")
 FIELDS = {"letter": "prediction", "text": "response"}
+# Where the reasoning is returned apart from the answer, first found first (vLLM/OpenAI: reasoning_content).
+REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 class ScoreError(ValueError):
@@ -42,8 +48,11 @@ def prediction_files(path: str | Path) -> list[Path]:
     return [p]
 
 
-def read_predictions(path: str | Path, protocol: str = "letter") -> tuple[dict[str, str], dict[str, str]]:
-    """Predictions by question id, and where each was read ("file:line"); raises ScoreError."""
+def read_predictions(path: str | Path, protocol: str = "letter",
+                     reasoning: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Predictions by question id, and where each was read ("file:line"); raises ScoreError. Letter protocol:
+    `reasoning`, when given, is filled with the reasoning field of the records that have one
+    (REASONING_FIELDS); such a record's `prediction` may be null or absent (read as "")."""
     field = FIELDS[protocol]
     values: dict[str, str] = {}
     where: dict[str, str] = {}
@@ -54,9 +63,19 @@ def read_predictions(path: str | Path, protocol: str = "letter") -> tuple[dict[s
         for n, rec in objects:
             loc = f"{f}:{n}"
             pid = rec.get("problem_id")
+            if isinstance(pid, int) and not isinstance(pid, bool):  # the medLLM harness writes MMLU's 12 for "12"
+                pid = str(pid)
             if not isinstance(pid, str) or not pid:
                 errors.append(f"{loc}: problem_id: missing or not a non-empty string")
                 continue
+            think_field = next((k for k in REASONING_FIELDS if rec.get(k) is not None), None) \
+                if protocol == "letter" else None
+            if think_field is not None:
+                if not isinstance(rec[think_field], str):
+                    errors.append(f"{loc}: {think_field}: must be a string, got {shown(rec[think_field])}")
+                    continue
+                if rec.get(field) is None:  # all of the output was reasoning (content null in vLLM)
+                    rec = {**rec, field: ""}
             if field not in rec:
                 other = "response" if field == "prediction" else "prediction"
                 hint = f" (it has `{other}`: use --protocol {'text' if other == 'response' else 'letter'})" \
@@ -72,9 +91,22 @@ def read_predictions(path: str | Path, protocol: str = "letter") -> tuple[dict[s
                 continue
             values[pid] = value
             where[pid] = loc
+            if think_field is not None and reasoning is not None:
+                reasoning[pid] = rec[think_field]
     if errors:
         raise ScoreError(errors)
     return values, where
+
+
+def with_reasoning(questions, values: dict[str, str], reasoning: dict[str, str], parsing: str) -> dict[str, str]:
+    """The predictions to score: a prediction that gives no answer is replaced by its reasoning where that
+    gives one (some models, e.g. Qwen3-Swallow, leave the answer only there); otherwise it stays."""
+    out = dict(values)
+    for q in questions:
+        if (q.id in reasoning and metrics.parse_answer(q, values[q.id], parsing) is None
+                and metrics.parse_answer(q, reasoning[q.id], parsing) is not None):
+            out[q.id] = reasoning[q.id]
+    return out
 
 
 def predictions_digest(values: dict[str, str]) -> str:
@@ -104,7 +136,8 @@ def score(data: str, predictions: str, protocol: str = "letter", parsing: str = 
                            exclude_ids=getattr(filters, "exclude_ids", ()), excluded=skipped)
     if exam_kind:  # corrections, years and pass rules of that exam (`--exam-kind`)
         questions = jdata.with_exam_kind(questions, exam_kind)
-    values, where = read_predictions(predictions, protocol)
+    reasoning: dict[str, str] = {}
+    values, where = read_predictions(predictions, protocol, reasoning)
     known = {q.id for q in questions}
     # questions the reader itself left out (no official answer, choices it cannot read) are not unknown:
     # their predictions are set aside and counted
@@ -121,6 +154,7 @@ def score(data: str, predictions: str, protocol: str = "letter", parsing: str = 
                              + ", ".join(f"{why}: {n}" for why, n in counts.items()) + ")")
         questions = kept
     if protocol == "letter":
+        values = with_reasoning(questions, values, reasoning, parsing)  # the digest is of what is scored
         rows = metrics.letter_rows(questions, values, parsing)
         summary = metrics.letter_summary(questions, values, parsing)
     else:

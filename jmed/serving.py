@@ -274,14 +274,15 @@ class JmedModel(PythonModel):
         return [{**o, "model_version": version} for o in out]
 
     def _answer(self, raw: str, row: dict, protocol: str) -> dict:
-        from jmed.metrics import letters_of, parse_letters, topk_by_gestalt
+        from jmed.metrics import letters_of, parse_letters, strip_reasoning, topk_by_gestalt
         from jmed.prompts import extract_response
 
         choices = row["choices"]
+        answer = strip_reasoning(raw)  # as scoring does: letters weighed in <think>…</think> are not the answer
         if protocol == "letter":
-            letters = parse_letters(raw, len(choices)) or ()
+            letters = parse_letters(answer, len(choices)) or ()
         else:
-            letters = letters_of(topk_by_gestalt(extract_response(raw), choices, row["n_answers"]))
+            letters = letters_of(topk_by_gestalt(extract_response(answer), choices, row["n_answers"]))
         return self._row(letters, choices, raw)
 
     def _picked(self, scores: list[float], row: dict) -> dict:

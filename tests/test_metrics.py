@@ -56,6 +56,22 @@ def test_module_is_pure():
     ("a or d", None, None),                     # a hedge is not an answer (it was read as "a")
     ("aまたはd", None, None),
     ("答えは b もしくは c", None, None),
+    # marked answers: JMLE2026-Bench's 【回答】 and the forms reasoning models write; the last one that reads
+    ("【回答】a", ("a",), None),
+    ("【回答】 a,c", ("a", "c"), None),
+    ("【答え】c", ("c",), None),
+    ("[回答] a", ("a",), None),
+    ("［回答］ｂ", ("b",), None),                # full-width brackets and letter
+    ("回答：a", ("a",), None),
+    ("回答: d", ("d",), None),
+    ("答え：e", ("e",), None),
+    ("回答：ｂ，ｅ", ("b", "e"), None),
+    ("**【回答】** c", ("c",), None),           # markdown emphasis around the mark
+    ("答えはaかもしれない。\n【回答】c", ("c",), None),   # the marked answer, not the first guess
+    ("回答：a\n見直すと誤りだった。\n【回答】c", ("c",), None),  # the last one
+    ("【回答】d\n\n回答：以下に理由を述べる。", ("d",), None),  # a later mark that does not read is passed over
+    ("【回答】a または d", None, None),         # a hedge stays unparsed
+    ("【回答】f", None, None),                  # outside a–e
 ])
 def test_parse_letters(text, lenient, official):
     assert M.parse_letters(text, 5, "lenient") == lenient
@@ -307,6 +323,41 @@ REAL_OUTPUTS = [
 def test_lenient_parsing_of_real_model_outputs(text, expected):
     assert M.parse_letters(text, 5, "lenient") == expected
     assert M.parse_letters(text, 5, "official") is None  # IgakuQA's parser: only bare "x,y" strings
+
+
+# Outputs in the forms reasoning models (Qwen3, DeepSeek-R1) and JMLE2026-Bench's prompt produce, as
+# parse_answer reads them (reasoning removed first): (text, lenient, IgakuQA's reference, JMLE2026-Bench's).
+REASONING_OUTPUTS = [
+    ("<think>\nまず選択肢を検討する。aは誤り。bも典型的ではない。\n</think>\n\n【回答】c", ("c",), None, ("c",)),
+    ("<think>\n答えはaかもしれない。しかし所見からはdが合う。\n</think>\n\n回答：d", ("d",), None, None),
+    # the chat template put <think> in the prompt: only the closing tag is in the output
+    ("患者は高齢で、【回答】aとも考えたが、最終的にはbとeを選ぶ。\n</think>\n\n【回答】b,e",
+     ("b", "e"), None, ("b", "e")),
+    ("a. 誤り\nb. 誤り\nc. 正しい\n</think>\n\nc", ("c",), ("c",), None),  # reference scorer reads "c" too
+    ("<think>\naとcで迷う。\n</think>\n\n[回答] a", ("a",), None, None),
+    ("<think>\n答えはeだろう。いや", None, None, None),  # cut off while reasoning: no answer
+    ("<think>\n【回答】a\n", None, None, None),
+]
+
+
+@pytest.mark.parametrize("text, lenient, official, jmle", REASONING_OUTPUTS)
+def test_reasoning_is_removed_before_the_answer_is_read(text, lenient, official, jmle):
+    assert M.parse_answer(q("X"), text, "lenient") == lenient
+    assert M.parse_answer(q("X"), text, "official") == official
+    assert M.parse_answer(q("X", source="jmle2026"), text, "official") == jmle
+
+
+def test_strip_reasoning():
+    assert M.strip_reasoning("<think>\naかも\n</think>\n\n【回答】c\n") == "【回答】c\n"
+    assert M.strip_reasoning("<think>a</think>x<think>b</think> c") == "c"   # up to the last closing tag
+    assert M.strip_reasoning("aかも\n</think>\nb") == "b"                   # no opening tag
+    assert M.strip_reasoning("前置き<think>aかも") == "前置き"                # never closed
+    assert M.strip_reasoning("  c \n") == "  c \n" and M.strip_reasoning(None) is None  # no tags: unchanged
+
+
+def test_text_grade_removes_reasoning():
+    g = M.text_grade(q("T1", answer=(("b",),)), "<think>\n肺炎か腎不全か。\n</think>\n\n心不全")
+    assert g["exact"] is True and g["pick"] == (1,) and g["gestalt_correct"] is True
 
 
 def test_missing_letter_prediction_is_wrong_even_where_any_answer_counts():

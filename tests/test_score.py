@@ -57,6 +57,26 @@ def test_read_predictions_errors_name_file_and_line(tmp_path):
         S.read_predictions(tmp_path / "empty")
 
 
+def test_read_predictions_reasoning_field(tmp_path):
+    f = write_jsonl(tmp_path / "p.jsonl", [
+        {"problem_id": "X1", "prediction": "", "reasoning_content": "…【回答】c"},
+        {"problem_id": "X2", "prediction": None, "reasoning": "答えはd"},    # vLLM: content null
+        {"problem_id": "X3", "reasoning_content": None, "reasoning": "e"},  # null: the next field is read
+        {"problem_id": "X4", "prediction": "a", "reasoning_content": None},
+    ])
+    reasoning = {}
+    values, _ = S.read_predictions(f, reasoning=reasoning)
+    assert values == {"X1": "", "X2": "", "X3": "", "X4": "a"}
+    assert reasoning == {"X1": "…【回答】c", "X2": "答えはd", "X3": "e"}
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"problem_id": "X1", "prediction": "a", "reasoning": ["b"]},
+                                               {"problem_id": "X2", "response": "肺炎"}])
+    with pytest.raises(S.ScoreError) as e:
+        S.read_predictions(bad)
+    assert e.value.errors == [f'{bad}:1: reasoning: must be a string, got ["b"]',
+                              (f"{bad}:2: prediction: missing for X2; the letter protocol reads `prediction` "
+                               "(it has `response`: use --protocol text)")]
+
+
 def test_predictions_digest_is_order_independent():
     a = S.predictions_digest({"X1": "a", "X2": "b"})
     assert a == S.predictions_digest({"X2": "b", "X1": "a"})
@@ -136,6 +156,40 @@ def test_cli_unknown_id_and_malformed_line_exit_1(tmp_path):
     assert r.exit_code == 2 and "'loglik' is not one of 'letter', 'text'" in r.output  # an option error
     r = cli("--data", SAMPLE_TEST)
     assert r.exit_code == 2 and "--predictions is required" in r.output
+
+
+def test_score_reads_the_answer_from_the_reasoning_field_only_when_the_prediction_has_none(tmp_path):
+    # 902A1 e, 902A2 c, 902B1 d, 902B3 c (the bundled sample)
+    preds = write_jsonl(tmp_path / "p.jsonl", [
+        # the answer only in the reasoning field (Qwen3-Swallow on 120F-48 answered this way)
+        {"problem_id": "902A1", "prediction": "",
+         "reasoning_content": "選択肢を順に検討する。aは否定的。…以上より\n\n【回答】e"},
+        {"problem_id": "902A2", "prediction": None, "reasoning": "答えはbかもしれないが、cが妥当。\n【回答】c"},
+        # a prediction that reads is kept: the reasoning's other letter is not used
+        {"problem_id": "902B1", "prediction": "【回答】d", "reasoning_content": "【回答】a"},
+        # neither reads: unparsed, and the row shows the prediction
+        {"problem_id": "902B3", "prediction": "", "reasoning_content": "所見が足りず決められない"},
+    ])
+    summary, _, rows = S.score(SAMPLE_TEST, preds, parsing="lenient", filters=None)
+    by_id = {r["id"]: r for r in rows}
+    assert [(by_id[i]["parsed"], by_id[i]["correct"]) for i in ("902A1", "902A2", "902B1", "902B3")] == [
+        ("e", True), ("c", True), ("d", True), (None, False)]
+    assert by_id["902A2"]["prediction"] == "答えはbかもしれないが、cが妥当。\n【回答】c"
+    assert by_id["902B3"]["prediction"] == "" and by_id["902B3"]["unparsed"] is True
+    assert (summary["correct"], summary["unparsed"], summary["predictions_count"]) == (3, 1, 4)
+
+
+def test_score_does_not_pick_letters_from_think_blocks(tmp_path):
+    # 902A1 e, 902A2 c: the reasoning weighs wrong letters, the answer after </think> is read
+    preds = write_jsonl(tmp_path / "p.jsonl", [
+        {"problem_id": "902A1", "prediction": "<think>\n答えはaかもしれない。\n【回答】a\nいや、所見はeに合う。\n"
+                                              "</think>\n\n【回答】e"},
+        {"problem_id": "902A2", "prediction": "bとdは否定できる。\n</think>\n\nc"},  # opening tag in the prompt
+    ])
+    for parsing in ("lenient", "official"):
+        _, _, rows = S.score(SAMPLE_TEST, preds, parsing=parsing)
+        by_id = {r["id"]: r["parsed"] for r in rows}
+        assert (by_id["902A1"], by_id["902A2"]) == (("e", "c") if parsing == "lenient" else (None, "c"))
 
 
 def test_cli_igakuqa_2022_gold_all_a_and_lenient(tmp_path):
