@@ -25,6 +25,14 @@ class ExamKind:
     pass_rule: Callable[..., dict] | None = None
     pass_source: str = ""  # where the pass rule comes from
     accept_any: frozenset[str] = field(default_factory=frozenset)  # official corrections: every answer scores
+    # Which questions are in the required section, for a section that is not whole blocks (the nursing
+    # exam's questions 1-25 of each session): (question) -> bool. Default: its block is in required_blocks.
+    required: Callable[[object], bool] | None = None
+
+    def is_required(self, question) -> bool:
+        if self.required is not None:
+            return self.required(question)
+        return getattr(question, "block", "") in self.required_blocks
 
     def year(self, exam: str) -> int | None:
         """Calendar year of exam number `exam` ("112" -> 2018 for the medical exam); None if unknown."""
@@ -41,8 +49,9 @@ def kinds() -> dict[str, ExamKind]:
     if not _KINDS:
         found = []
         for mod in pkgutil.iter_modules(__path__):
-            exam = importlib.import_module(f"{__name__}.{mod.name}").EXAM
-            found.append(exam)
+            exam = getattr(importlib.import_module(f"{__name__}.{mod.name}"), "EXAM", None)
+            if exam is not None:  # a helper module shared by kinds (e.g. a common pass rule)
+                found.append(exam)
         found.sort(key=lambda e: (e.name == "other", e.name))
         _KINDS.update((e.name, e) for e in found)
     return _KINDS
