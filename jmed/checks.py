@@ -1,6 +1,7 @@
-"""Data validation: the declarative Great Expectations suites in `data_checks/`, the checks GX
-cannot express (answer letters, 「Nつ選べ」 counts, unique ids, same stem with different choices) and the
-train/test near-duplicate (leakage) check with rapidfuzz. `validate()` returns a `Report`.
+"""Data validation: the Great Expectations suites (jmed.suites), the checks GX cannot express (answer
+letters, 「Nつ選べ」 counts, unique ids, same stem with different choices), the train/test leakage check
+(jmed.leakage), and the loader every step reads its data through (`load_valid`). `validate()` returns a
+`Report`.
 
 great_expectations and rapidfuzz are imported inside functions: `jmed --help` stays fast.
 """
@@ -12,20 +13,15 @@ import re
 import unicodedata
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from importlib.resources import files
 from pathlib import Path
 
 from jmed.data import (
     LETTERS, DataError, DataLoadError, Dataset, Question, apply_filters, digest, duplicate_ids, exclusions, read_dataset,
     shown,
 )
+from jmed.leakage import LEAKAGE_THRESHOLD, leakage_pairs, leakage_pairs_bruteforce, norm_stem  # noqa: F401
 from jmed.metrics import SELECT_RE, stated_count
-
-# The suites: the top-level `data_checks` package (data_checks/ at the repository root), shipped in the wheel
-# with its JSON files as package data; found the same way from a checkout, an editable install or a wheel.
-CHECKS_DIR = files("data_checks")
-LEAKAGE_THRESHOLD = 90.0  # rapidfuzz ratio (0-100) on normalised stems
-
+from jmed.suites import CHECKS_DIR, instruction_frame, load_suite, question_frame, run_suite  # noqa: F401
 
 
 @dataclass
@@ -118,86 +114,6 @@ class Report:
         return json_path, html_path
 
 
-# ------------------------------------------------------------------------------------------------
-# Great Expectations: declarative suites, run on a pandas frame in an ephemeral context.
-
-def question_frame(questions):
-    import pandas as pd
-
-    rows = [{
-        "id": q.id, "stem": q.stem, "n_choices": len(q.choices), "numeric": not q.choices,
-        "n_answers": max((len(a) for a in q.answer), default=0),
-        "blank_choices": sum(1 for c in q.choices if not c.strip()),
-        "repeated_choices": len(q.choices) - len(set(c.strip() for c in q.choices)),
-        "points": float(q.points), "text_only": q.text_only, "year": q.year, "block": q.block,
-        "prompted": not q.no_prompt, "file": q.file, "line": q.line,
-    } for q in questions]
-    df = pd.DataFrame(rows, columns=["id", "stem", "n_choices", "numeric", "n_answers", "blank_choices",
-                                     "repeated_choices", "points", "text_only", "year", "block", "prompted",
-                                     "file", "line"])
-    df["year"] = df["year"].astype("float64")  # None -> NaN, which GX treats as missing
-    return df
-
-
-def instruction_frame(records):
-    import pandas as pd
-
-    return pd.DataFrame([{"id": r.id, "instruction": r.instruction, "input": r.input, "output": r.output,
-                          "file": r.file, "line": r.line} for r in records],
-                        columns=["id", "instruction", "input", "output", "file", "line"])
-
-
-def load_suite(name: str) -> dict:
-    return json.loads(CHECKS_DIR.joinpath(f"{name}.json").read_text(encoding="utf-8"))
-
-
-def run_suite(name: str, frame) -> tuple[dict, list[DataError], list[DataError]]:
-    """Run suite `name` on `frame`: (summary, errors, warnings), one DataError per unexpected row naming
-    file:line:field. An expectation whose meta says "severity": "warning" gives warnings."""
-    import logging
-
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
-
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    spec = load_suite(name)
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    expectations = [ExpectationConfiguration(**e).to_domain_obj() for e in spec["expectations"]]
-    suite = ctx.suites.add(gx.ExpectationSuite(name=spec["name"], expectations=expectations))
-    batch_def = (ctx.data_sources.add_pandas("jmed").add_dataframe_asset(name)
-                 .add_batch_definition_whole_dataframe("all"))
-    result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(
-        suite, result_format={"result_format": "COMPLETE"})
-    errors, warnings = [], []
-    for r in result.results:
-        if r.success:
-            continue
-        meta = r.expectation_config.meta or {}
-        out = warnings if meta.get("severity") == "warning" else errors
-        fld = meta.get("field", r.expectation_config.kwargs.get("column", ""))
-        message = meta.get("message", r.expectation_config.type)
-        values = r.result.get("unexpected_list") or []
-        for i, idx in enumerate(r.result.get("unexpected_index_list") or []):
-            row = frame.loc[idx]
-            value = values[i] if i < len(values) else None
-            show = meta.get("show_value", True) and value is not None and not isinstance(value, tuple)
-            got = f" (got {shown(value)})" if show else ""
-            out.append(DataError(row["file"], int(row["line"]), fld,
-                                 f"{message}{got} [{r.expectation_config.type}]"))
-        if not r.result.get("unexpected_index_list"):  # a table-level failure
-            out.append(DataError("", 0, fld, f"{message} [{r.expectation_config.type}]"))
-    stats = result.statistics
-    summary = {"suite": spec["name"], "success": not errors, "evaluated": int(stats["evaluated_expectations"]),
-               "unsuccessful": int(stats["unsuccessful_expectations"]), "errors": len(errors),
-               "warnings": len(warnings)}
-    return summary, errors, warnings
-
-
-# ------------------------------------------------------------------------------------------------
-# Checks in code.
-
 def check_answers(questions) -> list[DataError]:
     """Every answer letter names one of the question's choices (numeric questions: one number)."""
     errors = []
@@ -231,11 +147,6 @@ def check_select_counts(questions) -> list[DataError]:
                                     f"stem says 「{m.group(0)}」 but the answer has {len(wrong[0])} "
                                     f"letter(s): {','.join(wrong[0])}"))
     return errors
-
-
-def norm_stem(text: str) -> str:
-    """NFKC, whitespace removed: the form in which stems are compared."""
-    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text))
 
 
 def check_same_stem(questions) -> list[DataError]:
@@ -274,91 +185,6 @@ def check_merged_choices(questions) -> list[DataError]:
                 break
     return out
 
-
-_BOUND_DIM = 2048  # hashed features of the character-multiset bound
-
-
-def _char_bags(texts: list[str], dim: int = _BOUND_DIM):
-    """Hashed (character, k-th occurrence) features: (0/1 matrix of occupied buckets, surplus per text).
-
-    Two texts share at most dot(rows) + min(surplus a, surplus b) such features, where a text's surplus
-    is its number of features minus its occupied buckets (features that collided); and the characters
-    two texts share as multisets bound their longest common subsequence from above."""
-    import numpy as np
-
-    bags = np.zeros((len(texts), dim), dtype=np.float32)
-    surplus = np.zeros(len(texts), dtype=np.float32)
-    for i, text in enumerate(texts):
-        if not text:
-            continue
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-        sorted_codes = np.sort(codes)
-        starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
-        k = np.arange(len(codes)) - np.repeat(starts, np.diff(np.r_[starts, len(codes)]))  # k-th occurrence
-        buckets = (sorted_codes * 1000003 + k * 7919) % dim
-        bags[i, buckets] = 1.0
-        surplus[i] = len(codes) - np.count_nonzero(bags[i])
-    return bags, surplus
-
-
-def leakage_pairs(train, test, threshold: float = LEAKAGE_THRESHOLD) -> list[dict]:
-    """Near-duplicate stems between training and test questions: every pair with a rapidfuzz ratio of
-    at least `threshold` (0-100) on normalised stems, with its score, best first.
-
-    Exact and fast: ratio = 200·LCS/(len a + len b), and the LCS is at most the characters two stems share
-    as multisets, which a matrix product of hashed character features bounds from above (`_char_bags`).
-    Only pairs whose bound reaches the threshold are scored, with rapidfuzz `process.cdist` on each
-    block's candidate rows and columns (score_cutoff, all cores)."""
-    import numpy as np
-    from rapidfuzz import fuzz, process
-
-    if not train or not test:
-        return []
-    a = [norm_stem(q.stem) for q in train]
-    b = [norm_stem(q.stem) for q in test]
-    la = np.array([len(x) for x in a], dtype=np.float32)
-    lb = np.array([len(x) for x in b], dtype=np.float32)
-    (bag_a, sur_a), (bag_b, sur_b) = _char_bags(a), _char_bags(b)
-    found: list[tuple[int, int, float]] = []
-    block = 2048
-    for start in range(0, len(a), block):
-        stop = start + block
-        shared = bag_a[start:stop] @ bag_b.T + np.minimum(sur_a[start:stop, None], sur_b[None, :])
-        shared = np.minimum(shared, np.minimum(la[start:stop, None], lb[None, :]))
-        total = la[start:stop, None] + lb[None, :]
-        bound = np.where(total > 0, 200.0 * shared / np.maximum(total, 1), 100.0)
-        rows, cols = np.nonzero(bound >= threshold - 1e-3)
-        if len(rows) == 0:
-            continue
-        urows, ucols = np.unique(rows), np.unique(cols)
-        scores = process.cdist([a[start + i] for i in urows], [b[j] for j in ucols], scorer=fuzz.ratio,
-                               score_cutoff=threshold, dtype=np.float32, workers=-1)
-        for r, c in zip(*np.nonzero(scores)):
-            found.append((start + int(urows[r]), int(ucols[c]), float(scores[r, c])))
-    pairs = []
-    for i, j, score in found:
-        t, s = train[i], test[j]
-        pairs.append({"score": round(score, 2), "train_id": t.id, "test_id": s.id,
-                      "same_choices": list(t.choices) == list(s.choices),
-                      "train_file": t.file, "train_line": t.line, "test_file": s.file, "test_line": s.line,
-                      "train_stem": t.stem[:120], "test_stem": s.stem[:120]})
-    pairs.sort(key=lambda p: (-p["score"], p["train_id"], p["test_id"]))
-    return pairs
-
-
-def leakage_pairs_bruteforce(train, test, threshold: float = LEAKAGE_THRESHOLD) -> list[tuple[str, str, float]]:
-    """The same pairs by scoring every pair with `process.cdist` (for tests and the benchmark)."""
-    import numpy as np
-    from rapidfuzz import fuzz, process
-
-    scores = process.cdist([norm_stem(q.stem) for q in train], [norm_stem(q.stem) for q in test],
-                           scorer=fuzz.ratio, score_cutoff=threshold, dtype=np.float32, workers=-1)
-    return sorted(((train[i].id, test[j].id, round(float(scores[i, j]), 2)) for i, j in zip(*np.nonzero(scores))),
-                  key=lambda p: (-p[2], p[0], p[1]))
-
-
-# ------------------------------------------------------------------------------------------------
-# The whole validation.
 
 def _as_dicts(errors: list[DataError]) -> list[dict]:
     return [asdict(e) for e in errors]
@@ -449,9 +275,6 @@ def load_valid(path, fmt: str = "auto", questions_only: bool = False, exclude_id
         raise DataLoadError([DataError(str(path), 0, "", "holds instruction records, not exam questions")])
     return items
 
-
-# ------------------------------------------------------------------------------------------------
-# MLflow: one validate run.
 
 def log_report(report: Report, requested_format: str = "auto") -> None:
     """Log a report into the active MLflow run: params, metrics, dataset inputs, report.json/.html."""
