@@ -16,6 +16,7 @@ Questions: IgakuQA 2022 from ../shared/datasets when present (text-only), else t
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -84,7 +85,7 @@ def evaluation(args, qs) -> None:
     hf, agree = {}, {}
     res_hf = {}
     for case, (p, f) in CASES.items():
-        res_hf[case], s = timed(lambda: run_questions(net, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
+        res_hf[case], s = timed(functools.partial(run_questions, net, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
         hf[case] = len(qs) / s
     lm = lm_eval_rates(net, tok, qs)
     # a random LoRA (r 8, q/k/v/o) for part 2: throughput does not depend on what it learned
@@ -159,11 +160,11 @@ def serving(args, qs) -> None:
     from serve_latency import load_test
 
     from jmed.config import EvalConfig, TrainConfig
+    from jmed.evaluate import evaluate
     from jmed.prompts import render
     from jmed.registry import promote
     from jmed.server import free_port, group_alive, stop_server
     from jmed.train import train
-    from jmed.evaluate import evaluate
 
     work = Path(tempfile.mkdtemp(prefix="jmed-engines-bench-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"

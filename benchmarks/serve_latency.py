@@ -54,8 +54,9 @@ def group_rss_mb(pgid: int) -> float:
 
 def load_test(url: str, bodies: list, concurrency: int, total: int) -> dict:
     """`total` requests, `concurrency` at a time, cycling through `bodies`; rps and latency percentiles."""
-    import requests
     from concurrent.futures import ThreadPoolExecutor
+
+    import requests
 
     session_for = {}
 

@@ -16,7 +16,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from jmed.data import (
-    LETTERS, DataError, DataLoadError, Dataset, Question, apply_filters, digest, duplicate_ids, exclusions, read_dataset,
+    LETTERS,
+    DataError,
+    DataLoadError,
+    Dataset,
+    Question,
+    apply_filters,
+    digest,
+    duplicate_ids,
+    exclusions,
+    read_dataset,
     shown,
 )
 from jmed.leakage import LEAKAGE_THRESHOLD, leakage_pairs, leakage_pairs_bruteforce, norm_stem  # noqa: F401

@@ -14,7 +14,9 @@ import click
 import jmed
 from jmed import readers
 from jmed.batcher import DEFAULT_MAX_ROWS, DEFAULT_WAIT_S
-from jmed.config import EXAM_KINDS, EXTRACTIONS, FALSE_WORDS as FALSE, PROTOCOLS, TRUE_WORDS as TRUE
+from jmed.config import EXAM_KINDS, EXTRACTIONS, PROTOCOLS
+from jmed.config import FALSE_WORDS as FALSE
+from jmed.config import TRUE_WORDS as TRUE
 from jmed.contract import DEFAULT_POLL_S, MAX_NEW_TOKENS_LIMIT
 from jmed.server import REQUEST_TIMEOUT_S
 
@@ -178,7 +180,8 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run)
     if dry_run:
         return echo_config(validate={"data": data_paths, "against": against_paths, "report": report_path,
                                      "format": fmt, "threshold": threshold, "log": log})
-    from jmed.checks import log_report, validate as run_validation
+    from jmed.checks import log_report
+    from jmed.checks import validate as run_validation
 
     report = run_validation(data_paths, against_paths, fmt=fmt, threshold=threshold)
     if report_path:
@@ -573,9 +576,9 @@ def compare_cmd(experiment, base_model, as_csv):
               help="Evaluate with this engine (default: the one the version was evaluated with).")
 def reproduce_cmd(model_uri, engine):
     """Retrain and re-evaluate a registered version (models:/jmed-<slug>@champion) and compare."""
-    from jmed.reproduce import ReproduceError, reproduce
-
     from mlflow.exceptions import MlflowException
+
+    from jmed.reproduce import ReproduceError, reproduce
 
     try:
         report = reproduce(model_uri, engine)

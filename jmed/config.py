@@ -15,7 +15,8 @@ from pathlib import Path
 
 from jmed import exams
 from jmed.engine import ENGINES
-from jmed.prompts import EXTRACTIONS, FORMATS as PROMPT_FORMATS
+from jmed.prompts import EXTRACTIONS
+from jmed.prompts import FORMATS as PROMPT_FORMATS
 
 EXAM_KINDS = exams.names()  # every registered exam kind (jmed/exams/<kind>.py)
 

@@ -15,8 +15,18 @@ from jmed import exams, readers
 from jmed.exams import exam_year  # noqa: F401  (re-exported: callers read years from here)
 from jmed.readers.jmle2026 import split_jmle_choices  # noqa: F401  (re-exported)
 from jmed.records import (  # noqa: F401  (re-exported: the record types are part of this module's API)
-    LETTERS, MAX_CHOICES, NOT_REGULAR, DataError, DataLoadError, Dataset, InstructionRecord, Question, bad_text,
-    data_files, jsonl_objects, shown,
+    LETTERS,
+    MAX_CHOICES,
+    NOT_REGULAR,
+    DataError,
+    DataLoadError,
+    Dataset,
+    InstructionRecord,
+    Question,
+    bad_text,
+    data_files,
+    jsonl_objects,
+    shown,
 )
 
 SAMPLE_DIR = Path(__file__).parent / "sample"

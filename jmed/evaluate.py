@@ -20,9 +20,8 @@ from pathlib import Path
 
 from jmed import adapter
 from jmed.config import PROTOCOLS
-from jmed.inference import answer_budget, encode_prompt, generate, loglik, shots_for
+from jmed.inference import answer_budget, encode_prompt, shots_for
 from jmed.prompts import check_protocol
-
 
 # ---- adapters: jmed.adapter owns the card and the references ----------------------------------------
 
@@ -201,7 +200,7 @@ def evaluate(cfg) -> str:
     import torch
 
     from jmed import data as D
-    from jmed import models, tracking
+    from jmed import tracking
 
     with tracking.step_run("evaluate", run_name=None) as run, contextlib.ExitStack() as stack:
         adapter_dir = adapter.resolve(cfg.adapter) if cfg.adapter else None

@@ -32,7 +32,6 @@ PICKS = "picks"
 # here because they are what most callers mean.
 from jmed.exams.medical import DEFAULT_GENERAL_LINE, GENERAL_LINES, general_line, pass_fail  # noqa: E402,F401
 
-
 # ---- letter protocol: parsing -----------------------------------------------------------------
 
 _OPEN = r"(\[「『【<"

@@ -8,7 +8,6 @@ import os
 import time
 from pathlib import Path
 
-
 REQUEST_TIMEOUT_S = 120  # seconds per request (`jmed serve --timeout`, `mlflow models serve -t`)
 
 

@@ -43,12 +43,20 @@ from pathlib import Path
 
 import jmed
 from jmed import adapter
+from jmed.checkpoint import (  # noqa: F401  (CHECKPOINT_DONE, resumed_config, TrainError: this module's API)
+    CHECKPOINT_DONE,
+    RESUME_FREE,
+    TRUSTED_ONLY,
+    TrainError,
+    latest_checkpoint,
+    load_checkpoint_adapter,
+    load_checkpoint_state,
+    read_checkpoint_state,
+    resumed_config,
+    save_checkpoint,
+)
 from jmed.config import TrainConfig, flat
 from jmed.inference import encode, shots_for
-from jmed.checkpoint import (  # noqa: F401  (CHECKPOINT_DONE, resumed_config, TrainError: this module's API)
-    CHECKPOINT_DONE, RESUME_FREE, TRUSTED_ONLY, TrainError, latest_checkpoint, load_checkpoint_adapter, load_checkpoint_state, read_checkpoint_state,
-    resumed_config, save_checkpoint,
-)
 from jmed.train_report import _flush, _loss_curve, _system_metrics, description, log_setup, peak_memory_mb, summary
 
 log = logging.getLogger("jmed.train")
@@ -200,9 +208,8 @@ def adapter_state(accelerator, model):
 
 def train(cfg: TrainConfig) -> str:
     """Train a LoRA adapter; returns the MLflow run id (the same on every rank)."""
-    from accelerate import Accelerator
-
     import torch
+    from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jmed
 from jmed.config import flat
 
-log = logging.getLogger("jmed.train")
-from typing import TYPE_CHECKING
-
 if TYPE_CHECKING:
     from jmed.train import Setup
+
+log = logging.getLogger("jmed.train")
 
 
 

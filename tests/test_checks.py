@@ -2,10 +2,10 @@
 import json
 from pathlib import Path
 
+from conftest import BROKEN, broken_990a_errors
+
 from jmed import checks, data
 from jmed.data import DataError, Question
-
-from conftest import BROKEN, broken_990a_errors
 
 
 def lines_of(path: Path) -> int:

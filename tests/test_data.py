@@ -4,12 +4,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import BROKEN, broken_990a_errors
 
 from jmed import data
 from jmed.config import DataFilter
 from jmed.data import DataError, DataLoadError, Question
-
-from conftest import BROKEN, broken_990a_errors
 
 
 def lines_of(path: Path) -> int:

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, private_store, shared_path
+
 from jmed.config import DataFilter, EvalConfig, TrainConfig, flat
 from jmed.data import SAMPLE_TEST, SAMPLE_TRAIN, digest, load_questions
 
@@ -97,9 +97,9 @@ def test_generation_is_greedy_and_bounded_by_max_new_tokens(tiny):
     prompts = [render(q, "igakuqa", (), tok).prompt for q in _mc()[:4]]
     short, cut = generate_ids(model, tok, prompts, batch_size=4, max_new_tokens=2)
     long, _ = generate_ids(model, tok, prompts, batch_size=3, max_new_tokens=8)
-    for s, l in zip(short, long):
-        assert len(s) <= 2 and len(l) <= 8 and l[: len(s)] == s
-        assert tok.eos_token_id not in l
+    for s, longer in zip(short, long):
+        assert len(s) <= 2 and len(longer) <= 8 and longer[: len(s)] == s
+        assert tok.eos_token_id not in longer
     assert cut == [len(s) == 2 for s in short]  # cut off by the limit, not ended by EOS
     assert generate(model, tok, prompts, 4, 8) == [tok.decode(t, skip_special_tokens=True) for t in long]
     # one limit per prompt: each row is cut back to its own, whatever it was batched with

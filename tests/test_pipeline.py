@@ -127,8 +127,8 @@ def test_validation_failure_stops_before_training(tracking, tmp_path):
 @pytest.fixture
 def neox_model(tmp_path):
     """A second architecture: a tiny random GPT-NeoX with the tiny model's tokenizer, saved locally."""
-    from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
     import torch
+    from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
     from jmed.models import tiny_model_dir
 

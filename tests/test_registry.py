@@ -295,7 +295,7 @@ def test_two_concurrent_promote_processes_never_leave_the_worse_champion(store):
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         time.sleep(1.0)
     outs = [p.communicate(timeout=300)[0] for p in procs]
-    print("\n".join(l for o in outs for l in o.splitlines() if "jmed-tiny" in l or l.startswith("  -")))
+    print("\n".join(line for o in outs for line in o.splitlines() if "jmed-tiny" in line or line.startswith("  -")))
     assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
     champion, previous, versions = state()
     assert versions[champion] == runs["B"]["train"]

@@ -105,8 +105,8 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from click.testing import CliRunner  # noqa: E402
-
 from conftest import ROOT, shared_path  # noqa: E402
+
 from jmed.cli import main  # noqa: E402
 from jmed.data import SAMPLE_TEST  # noqa: E402
 

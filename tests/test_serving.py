@@ -271,9 +271,10 @@ def batch(n: int) -> list[dict]:
 
 @pytest.mark.slow
 def test_logged_model_is_code_with_pinned_requirements_and_safetensors(served):
+    from importlib.metadata import version
+
     import mlflow
     import yaml
-    from importlib.metadata import version
 
     local = Path(mlflow.artifacts.download_artifacts(URI))
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
@@ -492,13 +493,12 @@ def test_served_model_uses_its_own_code_copy(served):
 
 @pytest.mark.slow
 def test_jmed_serve_resolves_the_champion_and_answers_every_request_with_its_true_status(served, tmp_path):
+    import signal
     import subprocess
     import sys
     import time
 
     import requests
-
-    import signal
 
     from jmed.registry import champion_uri
     from jmed.server import free_port, group_alive, stop_server

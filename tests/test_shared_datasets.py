@@ -6,7 +6,6 @@ import collections
 import json
 
 import pytest
-
 from conftest import shared_path
 
 from jmed import checks, data

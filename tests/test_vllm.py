@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import ROOT, private_store
+from conftest import private_store
 
 pytestmark = pytest.mark.slow
 JMED = [sys.executable, "-m", "jmed"]

@@ -10,9 +10,22 @@ from pathlib import Path
 from jmed import exams
 from jmed.readers import Reader
 from jmed.records import (
-    EXAM_ID, IGAKUQA_FIELDS, LETTERS, Dataset, Question, Sink, check_answer, check_choices, check_fields,
-    check_points, folder_year, read_jsonl, shown, type_name,
+    EXAM_ID,
+    IGAKUQA_FIELDS,
+    LETTERS,
+    Dataset,
+    Question,
+    Sink,
+    check_answer,
+    check_choices,
+    check_fields,
+    check_points,
+    folder_year,
+    read_jsonl,
+    shown,
+    type_name,
 )
+
 
 def _metadata(path: Path, ds: Dataset) -> dict[str, tuple[int, dict]]:
     meta_path = path.with_name(path.stem + "_metadata.jsonl")

@@ -7,8 +7,20 @@ from pathlib import Path
 from jmed import exams
 from jmed.readers import Reader
 from jmed.records import (
-    EXAM_ID, LETTERS, NUMERIC, Dataset, Question, Sink, check_answer, check_choices, check_fields, json_records,
-    placeholder_choices, read_text, shown, walk,
+    EXAM_ID,
+    LETTERS,
+    NUMERIC,
+    Dataset,
+    Question,
+    Sink,
+    check_answer,
+    check_choices,
+    check_fields,
+    json_records,
+    placeholder_choices,
+    read_text,
+    shown,
+    walk,
 )
 
 # IgakuQA119's own scorer accepts a or c for 119E28 (its answer file says "ac").

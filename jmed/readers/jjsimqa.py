@@ -1,5 +1,7 @@
 """JJSIMQA (aistairc/medLLM_QA_benchmark's jjsimqa.jsonl): self-assessment questions of the Journal of the
-Japanese Society of Internal Medicine, in IgakuQA's schema with `choices_orig` and float points."""
+Japanese Society of Internal Medicine, in IgakuQA's schema with `choices_orig` and float points. That
+benchmark is where JJSIMQA is published, so its scorer (scripts/evaluate_main.py: NFKC, 「、」 as ",", items
+stripped and sorted) is JJSIMQA's official parser."""
 from __future__ import annotations
 
 import re
@@ -7,6 +9,7 @@ from pathlib import Path
 
 from jmed.readers import Reader
 from jmed.readers.igakuqa import read_schema
+from jmed.readers.medllm import official
 from jmed.records import Dataset
 
 
@@ -19,4 +22,4 @@ def detect(p) -> bool:
 
 
 READER = Reader(name="jjsimqa", help="JJSIMQA JSONL (IgakuQA's schema, float points)", read=read, detect=detect,
-                priority=40)
+                priority=40, official=official)

@@ -6,7 +6,19 @@ from pathlib import Path
 
 from jmed import exams
 from jmed.readers import Reader
-from jmed.records import EXAM_ID, LETTERS, placeholder_choices, Dataset, Question, Sink, check_answer, check_fields, json_records, shown, type_name
+from jmed.records import (
+    EXAM_ID,
+    LETTERS,
+    Dataset,
+    Question,
+    Sink,
+    check_answer,
+    check_fields,
+    json_records,
+    placeholder_choices,
+    shown,
+    type_name,
+)
 
 JMLE_FIELDS = {"question_id": str, "block": str, "number": int, "question_type": str,
                "question_text": str, "requires_image": bool, "answer": list}

@@ -24,8 +24,19 @@ from pathlib import Path
 from jmed import exams
 from jmed.readers import Reader
 from jmed.records import (
-    LETTERS, NUMERIC, DataError, Dataset, Question, Sink, check_choices, check_fields, check_points,
-    data_files, json_records, shown, type_name,
+    LETTERS,
+    NUMERIC,
+    DataError,
+    Dataset,
+    Question,
+    Sink,
+    check_choices,
+    check_fields,
+    check_points,
+    data_files,
+    json_records,
+    shown,
+    type_name,
 )
 
 # The file-name prefixes (utils.py ROLE_MAP) and the exam kind each is.

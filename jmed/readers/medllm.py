@@ -13,8 +13,13 @@ from jmed.records import IGAKUQA_FIELDS, Dataset
 # dental exam) answers "NA" for questions without an official answer.
 MEDLLM_FIELDS = {**IGAKUQA_FIELDS, "problem_id": (str, int), "answer": (list, str)}
 MEDLLM_SETS = {"denqa": "dental", "igakuqa": "medical", "jjsimqa": "medical"}  # file stem -> exam kind; others "other"
-MEDLLM_FILES = {"denqa", "mmlu_en_medical", "medmcqa", "medqa_en", "medqa_en_4op", "pubmedqa", "cmexam", "medqa_zh",
-                "medqa_zh_4op"}  # its sets whose ids do not give them away (igakuqa.jsonl and jjsimqa.jsonl read as such)
+# Its files, by stem, wherever they sit: what tells its sets apart (its ids and fields do not always). Its
+# igakuqa.jsonl is IgakuQA's 30 block files joined byte for byte, so only the name differs from IgakuQA's
+# `<exam>-<block>.jsonl`: read as the benchmark (its scorer's rules) unless an `igakuqa_metadata.jsonl`
+# beside it makes it an IgakuQA file. Its jjsimqa.jsonl (the only JJSIMQA there is)
+# is read as `jjsimqa`, whose official parser is this scorer too.
+MEDLLM_FILES = {"denqa", "igakuqa", "mmlu_en_medical", "medmcqa", "medqa_en", "medqa_en_4op", "pubmedqa", "cmexam",
+                "medqa_zh", "medqa_zh_4op"}
 
 
 def read(path: Path, ds: Dataset, translate: bool = False) -> None:
@@ -23,9 +28,14 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
                 numbered=kind in ("medical", "dental"), metadata=False, context=True)
 
 
+def is_benchmark_file(path: Path) -> bool:
+    stem = path.stem.lower()
+    return stem in MEDLLM_FILES and not (stem == "igakuqa" and path.with_name(path.stem + "_metadata.jsonl").exists())
+
+
 def detect(p) -> bool:
     obj = p.obj
-    return obj is not None and (p.path.stem.lower() in MEDLLM_FILES or "context" in obj or (
+    return obj is not None and (is_benchmark_file(p.path) or "context" in obj or (
         isinstance(obj.get("problem_id"), int) and not isinstance(obj.get("problem_id"), bool)))
 
 

@@ -32,15 +32,34 @@ from pathlib import Path
 
 from jmed import adapter, tracking
 from jmed.registry.decision import (  # noqa: F401  (public names of the registry)
-    CHAMPION, PREVIOUS, SECONDARY, Candidate, Champion, Decision, decide, describe_evaluation, on_evaluation,
+    CHAMPION,
+    PREVIOUS,
+    SECONDARY,
+    Candidate,
+    Champion,
+    Decision,
+    decide,
+    describe_evaluation,
+    on_evaluation,
 )
 from jmed.registry.lease import LEASE_TAG, _local_store_file, _retrying, promote_lock  # noqa: F401
 from jmed.registry.packaging import log_serving_model, pip_requirements, signature  # noqa: F401
 from jmed.registry.predict import champion_uri, predict_file, read_questions_file  # noqa: F401
 from jmed.registry.store import (  # noqa: F401
-    EVAL_KEY_DEFAULTS, EVAL_KEYS, EVALUATION_DATA_TAG, EVALUATION_TAG, _evaluation, _version_key,
-    _version_tag_evaluation, candidates, champion, declare_evaluation, declared_evaluation, evaluate_runs,
-    model_name, versions,
+    EVAL_KEY_DEFAULTS,
+    EVAL_KEYS,
+    EVALUATION_DATA_TAG,
+    EVALUATION_TAG,
+    _evaluation,
+    _version_key,
+    _version_tag_evaluation,
+    candidates,
+    champion,
+    declare_evaluation,
+    declared_evaluation,
+    evaluate_runs,
+    model_name,
+    versions,
 )
 
 ADAPTER_DIGEST_TAG = "jmed.adapter_sha256"  # the adapter folder's bytes when registered (jmed.adapter.digest)
@@ -239,9 +258,9 @@ def promote(base_model: str = "", metric: str = "eval/accuracy", min_delta: floa
             eval_runs: list[str] | None = None, bundle_base: bool | None = None, evaluation: str = "") -> list[dict]:
     """`jmed promote`: one decision per base model (or the one given), logged in a `jmed.step=promote` run.
     `evaluation` (an eval run id or data): first switch the ranking evaluation (`switch_evaluation`)."""
+    import mlflow
     from mlflow import MlflowClient
 
-    import mlflow
     from jmed.console import say
     from jmed.tracking import log_params, slug, step_run
 

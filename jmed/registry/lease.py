@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+
 def _local_store_file(uri: str) -> Path | None:
     """The file or folder of a local tracking store (where the OS lock lives); None for remote stores."""
     from urllib.parse import urlparse

@@ -7,6 +7,7 @@ from pathlib import Path
 from jmed.registry.decision import CHAMPION
 from jmed.registry.store import champion, model_name
 
+
 def champion_uri(base_model: str = "") -> str:
     """models:/jmed-<slug>@champion for the base model given, or the only registered jmed model."""
     from mlflow import MlflowClient
@@ -32,8 +33,8 @@ def read_questions_file(path) -> tuple[list[str], list[dict]]:
     """(ids, records) from a JSONL file of {id?, question, choices, n_answers?} or any format jmed.data reads.
     Bad lines raise ValueError naming file:line:field."""
     from jmed.checks import load_valid
-    from jmed.data import jsonl_objects
     from jmed.contract import check_inputs
+    from jmed.data import jsonl_objects
 
     path = Path(path)
     objects, bad = jsonl_objects(path)
