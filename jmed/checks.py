@@ -163,7 +163,8 @@ def check_same_stem(questions) -> list[DataError]:
     the same stem with the same choices under another id (a duplicate question)."""
     by_stem: dict[str, list[Question]] = defaultdict(list)
     for q in questions:
-        by_stem[norm_stem(q.stem)].append(q)
+        if norm_stem(q.stem):  # a blank stem (its reader warned already) is not the same question as another
+            by_stem[norm_stem(q.stem)].append(q)
     warnings = []
     for group in by_stem.values():
         first = group[0]

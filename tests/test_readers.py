@@ -121,7 +121,8 @@ def test_medllm_benchmark_sets_integer_ids_pubmedqa_context_and_denqa(tmp_path):
 
 
 def _yaku(pid, answer, choices=("甲", "乙", "丙", "丁", "戊"), text_only=True):
-    return {"problem_id": pid, "problem_text": "どれか。1つ選べ。", "choices": choices if isinstance(choices, str)
+    asked = sum(a.isdigit() for a in answer) if all(a.isdigit() for a in answer) else 1  # the stem asks for them
+    return {"problem_id": pid, "problem_text": f"どれか。{asked}つ選べ。", "choices": choices if isinstance(choices, str)
             else list(choices), "text_only": text_only, "answer": answer, "points": 1, "comment": "解説"}
 
 
@@ -140,7 +141,7 @@ def test_yakugakuqa_layout_numbers_images_metadata_and_the_whole_year_file(tmp_p
     qs = {q.id: q for q in ds.items}
     assert list(qs) == ["103A001", "103A002", "103B001", "103B002"]  # once each; metadata is not questions
     assert qs["103A001"].answer == (("c",),) and qs["103A002"].answer == (("b", "d"),)  # numbers are choices
-    assert qs["103A001"].category == "Physics"  # metadata ids have no block
+    assert qs["103A001"].category == "Physics"  # metadata ids are exam-wide numbers: 103A001 is 103001
     assert not qs["103B001"].text_only and len(qs["103B001"].choices) == 5  # "IMAGES": the numbers still count
     assert qs["103B002"].answer == (("a", "b"), ("a", "c"), ("b", "c"))  # any two of 1, 2, 3
     assert ds.skipped == {"no_answer": ["103B003"]}
