@@ -5,6 +5,7 @@
 Prints min / median / max wall time of `jmed --help` as a fresh process, the same for a bare
 `python -c pass` (the interpreter's own floor), and the heavy modules loaded by importing jmed.cli.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ def timed(cmd: list[str], runs: int) -> list[float]:
 
 
 def line(name: str, times: list[float]) -> str:
-    return (f"{name:<22} min {min(times):6.3f} s   median {statistics.median(times):6.3f} s   "
-            f"max {max(times):6.3f} s   ({len(times)} runs)")
+    return (
+        f"{name:<22} min {min(times):6.3f} s   median {statistics.median(times):6.3f} s   "
+        f"max {max(times):6.3f} s   ({len(times)} runs)"
+    )
 
 
 def main() -> None:
@@ -44,8 +47,9 @@ def main() -> None:
     print(line("python -c pass", timed([sys.executable, "-c", "pass"], args.runs)))
     print(line("jmed --help", timed(cmd, args.runs)))
     print(line("jmed validate --help", timed(cmd[:-1] + ["validate", "--help"], args.runs)))
-    probe = ("import sys, jmed.cli; heavy = %r; "
-             "print(','.join(m for m in heavy if m in sys.modules) or 'none')" % (HEAVY,))
+    probe = "import sys, jmed.cli; heavy = %r; print(','.join(m for m in heavy if m in sys.modules) or 'none')" % (
+        HEAVY,
+    )
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     print(f"heavy modules imported by jmed.cli: {loaded.stdout.strip()}")
 

@@ -13,6 +13,7 @@
 
 Questions: IgakuQA 2022 from ../shared/datasets when present (text-only), else the bundled sample.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,11 @@ def questions(n: int):
 
     shared = ROOT.parent / "shared" / "datasets" / "igakuqa" / "data" / "2022"
     flt = DataFilter(text_only=True)
-    qs = load_questions(shared, filters=flt) if shared.exists() else \
-        load_questions(SAMPLE_TEST, filters=flt) + load_questions(SAMPLE_TRAIN, filters=flt)
+    qs = (
+        load_questions(shared, filters=flt)
+        if shared.exists()
+        else load_questions(SAMPLE_TEST, filters=flt) + load_questions(SAMPLE_TRAIN, filters=flt)
+    )
     return [q for q in qs if not q.numeric][:n], ("IgakuQA 2022" if shared.exists() else "the bundled sample")
 
 
@@ -92,8 +96,12 @@ def evaluation(args, qs) -> None:
     adapter_dir = Path(tempfile.mkdtemp(prefix="jmed-bench-lora-"))
     from peft import LoraConfig, get_peft_model
 
-    peft = get_peft_model(net, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                                          init_lora_weights="gaussian"))
+    peft = get_peft_model(
+        net,
+        LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights="gaussian"
+        ),
+    )
     peft.save_pretrained(adapter_dir)
     del peft, net
     vl, starts = {}, {}
@@ -102,14 +110,18 @@ def evaluation(args, qs) -> None:
     with E.open_vllm(info["path"], tok) as opened:
         starts["base"] = opened.load_s
         warm = args.warm
-        run_questions(opened.engine, tok, warm, "letter", "igakuqa", 0, "lenient", 8, 0, desc=None)  # kernels' first use
+        run_questions(
+            opened.engine, tok, warm, "letter", "igakuqa", 0, "lenient", 8, 0, desc=None
+        )  # kernels' first use
         for case, (p, f) in CASES.items():
             res, s = timed(lambda: run_questions(opened.engine, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
             vl[case] = len(qs) / s
             agree[case] = sum(a["parsed"] == b["parsed"] for a, b in zip(res_hf[case]["rows"], res["rows"]))
-    print(f"\n1. evaluation: {len(qs)} questions of {args.source}, {args.model}, questions/s "
-          f"(vLLM start {starts['base']:.0f} s and a warm-up on {len(args.warm)} other questions not counted; "
-          "vLLM prefix cache off)")
+    print(
+        f"\n1. evaluation: {len(qs)} questions of {args.source}, {args.model}, questions/s "
+        f"(vLLM start {starts['base']:.0f} s and a warm-up on {len(args.warm)} other questions not counted; "
+        "vLLM prefix cache off)"
+    )
     print(f"{'protocol':<10}{'jmed+hf':>10}{'jmed+vllm':>11}{'ratio':>8}{'lm-eval hf':>12}  picks agree (vllm vs hf)")
     for case in CASES:
         le = f"{lm[case]:>12.2f}" if case in lm else f"{'-':>12}"
@@ -131,8 +143,9 @@ def lora_vs_merged(args, qs, tok, info, adapter_dir) -> None:
     proc, url, started = E.start_vllm(info["path"], served_names=["base"], lora_rank=8)
     try:
         t = time.perf_counter()
-        r = requests.post(f"{url}/load_lora_adapter", json={"lora_name": "lora", "lora_path": str(adapter_dir)},
-                          timeout=600)
+        r = requests.post(
+            f"{url}/load_lora_adapter", json={"lora_name": "lora", "lora_path": str(adapter_dir)}, timeout=600
+        )
         r.raise_for_status()
         eng = E.VLLMEngine(url, tok, "lora")
         _, first = timed(lambda: run_questions(eng, tok, args.warm, p, f, 0, "lenient", 8, 0, desc=None))
@@ -147,8 +160,10 @@ def lora_vs_merged(args, qs, tok, info, adapter_dir) -> None:
         _, first = timed(lambda: run_questions(opened.engine, tok, args.warm, p, f, 0, "lenient", 8, 0, desc=None))
         _, steady = timed(lambda: run_questions(opened.engine, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
         rows["merged copy"] = (merge_s + opened.load_s, first, steady)
-    print(f"\n2. one adapter (r 8, q/k/v/o) on vLLM, letter protocol: seconds (first pass: {len(args.warm)} "
-          f"questions; steady: the {len(qs)} timed ones)")
+    print(
+        f"\n2. one adapter (r 8, q/k/v/o) on vLLM, letter protocol: seconds (first pass: {len(args.warm)} "
+        f"questions; steady: the {len(qs)} timed ones)"
+    )
     print(f"{'':<14}{'start+load':>11}{'first pass':>12}{'steady':>8}{'q/s':>7}")
     for k, (load, first, steady) in rows.items():
         print(f"{k:<14}{load:>11.1f}{first:>12.1f}{steady:>8.1f}{len(qs) / steady:>7.2f}")
@@ -181,17 +196,33 @@ def serving(args, qs) -> None:
     tok, _ = load_tokenizer(args.model)
     records = [{"question": q.stem, "choices": list(q.choices)} for q in qs[:16]]
     prompts = [render(q, "igakuqa", (), tok).prompt for q in qs[:16]]
-    bodies = {"hf": [{"dataframe_records": [r], "params": {"max_new_tokens": 16}} for r in records],
-              "vllm": [{"model": f"{name}@champion", "prompt": p, "max_tokens": 16, "temperature": 0} for p in prompts]}
+    bodies = {
+        "hf": [{"dataframe_records": [r], "params": {"max_new_tokens": 16}} for r in records],
+        "vllm": [{"model": f"{name}@champion", "prompt": p, "max_tokens": 16, "temperature": 0} for p in prompts],
+    }
     paths = {"hf": "/invocations", "vllm": "/v1/completions"}
     results = {}
     import subprocess
 
     for engine in ("hf", "vllm"):
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "jmed", "serve", "--engine", engine, "--model-uri",
-                                 f"models:/{name}@champion", "--port", str(port)], start_new_session=True,
-                                stdout=open(work / f"serve-{engine}.log", "wb"), stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jmed",
+                "serve",
+                "--engine",
+                engine,
+                "--model-uri",
+                f"models:/{name}@champion",
+                "--port",
+                str(port),
+            ],
+            start_new_session=True,
+            stdout=open(work / f"serve-{engine}.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.time() + 900
             while time.time() < deadline:
@@ -208,13 +239,17 @@ def serving(args, qs) -> None:
             stop_server(proc, grace=30)
             assert not group_alive(proc.pid)
     print(f"\n3. serving {args.model} + a registered adapter, single-question requests, 16 new tokens")
-    print(f"{'concurrency':<12}{'jmed serve rps':>15}{'p50 ms':>9}{'p95 ms':>9}{'--engine vllm rps':>19}"
-          f"{'p50 ms':>9}{'p95 ms':>9}{'ratio':>8}")
+    print(
+        f"{'concurrency':<12}{'jmed serve rps':>15}{'p50 ms':>9}{'p95 ms':>9}{'--engine vllm rps':>19}"
+        f"{'p50 ms':>9}{'p95 ms':>9}{'ratio':>8}"
+    )
     for c in (1, 8, 32):
         h, v = results[("hf", c)], results[("vllm", c)]
-        print(f"{c:<12}{h['rps']:>15.2f}{h['p50']:>9.0f}{h['p95']:>9.0f}{v['rps']:>19.2f}{v['p50']:>9.0f}"
-              f"{v['p95']:>9.0f}{v['rps'] / h['rps']:>7.1f}x" + (f"  errors {h['errors']}/{v['errors']}"
-                                                                 if h["errors"] or v["errors"] else ""))
+        print(
+            f"{c:<12}{h['rps']:>15.2f}{h['p50']:>9.0f}{h['p95']:>9.0f}{v['rps']:>19.2f}{v['p50']:>9.0f}"
+            f"{v['p95']:>9.0f}{v['rps'] / h['rps']:>7.1f}x"
+            + (f"  errors {h['errors']}/{v['errors']}" if h["errors"] or v["errors"] else "")
+        )
 
 
 def main() -> None:
@@ -225,11 +260,13 @@ def main() -> None:
     ap.add_argument("--skip-evaluation", action="store_true")
     args = ap.parse_args()
     qs, args.source = questions(args.questions + 8)
-    qs, args.warm = qs[:args.questions], qs[args.questions:]
+    qs, args.warm = qs[: args.questions], qs[args.questions :]
     import torch
 
-    print(f"engines benchmark: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-          f"{time.strftime('%Y-%m-%d')}")
+    print(
+        f"engines benchmark: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
     if not args.skip_evaluation:
         evaluation(args, qs)
     if not args.skip_serving:

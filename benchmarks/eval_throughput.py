@@ -13,6 +13,7 @@ wall time and process CPU time are both reported (CPU time is steadier on a shar
 Needs the `bench` extra (lm-eval). Questions: IgakuQA 2018-2022 from ../shared/datasets when present
 (text-only, 5 choices), else the bundled sample.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,18 +66,45 @@ def write_tasks(folder: Path, qs, tokenizer) -> None:
         path = folder / f"{fmt}.jsonl"
         with open(path, "w", encoding="utf-8") as fh:
             for q in qs:
-                fh.write(json.dumps({"id": q.id, "prompt": render(q, fmt, (), tokenizer).prompt,
-                                     "letters": list(LETTERS[:5]), "choices": list(q.choices),
-                                     "gold": LETTERS.index(q.answer[0][0])}, ensure_ascii=False) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "id": q.id,
+                            "prompt": render(q, fmt, (), tokenizer).prompt,
+                            "letters": list(LETTERS[:5]),
+                            "choices": list(q.choices),
+                            "gold": LETTERS.index(q.answer[0][0]),
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
         data[fmt] = path
     specs = {
-        "jmed_ll_letters": dict(data=data["igakuqa"], output_type="multiple_choice", target="gold",
-                                choice='doc_to_choice: "{{letters}}"\n', generation="", metric="acc"),
-        "jmed_ll_text": dict(data=data["alpaca_med"], output_type="multiple_choice", target="gold",
-                             choice='doc_to_choice: "{{choices}}"\n', generation="", metric="acc"),
-        "jmed_generate": dict(data=data["igakuqa"], output_type="generate_until", target='"{{letters[gold]}}"',
-                              choice="", metric="exact_match",
-                              generation="generation_kwargs:\n  until: []\n  max_gen_toks: 16\n  do_sample: false\n"),
+        "jmed_ll_letters": dict(
+            data=data["igakuqa"],
+            output_type="multiple_choice",
+            target="gold",
+            choice='doc_to_choice: "{{letters}}"\n',
+            generation="",
+            metric="acc",
+        ),
+        "jmed_ll_text": dict(
+            data=data["alpaca_med"],
+            output_type="multiple_choice",
+            target="gold",
+            choice='doc_to_choice: "{{choices}}"\n',
+            generation="",
+            metric="acc",
+        ),
+        "jmed_generate": dict(
+            data=data["igakuqa"],
+            output_type="generate_until",
+            target='"{{letters[gold]}}"',
+            choice="",
+            metric="exact_match",
+            generation="generation_kwargs:\n  until: []\n  max_gen_toks: 16\n  do_sample: false\n",
+        ),
     }
     for name, spec in specs.items():
         (folder / f"{name}.yaml").write_text(TASK.format(name=name, **spec), encoding="utf-8")
@@ -105,9 +133,11 @@ def main() -> None:
     model.eval()
     qs = questions(args.questions)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device="cpu", max_length=2048)
-    cases = [("loglik, letters", "jmed_ll_letters", "loglik", "igakuqa"),
-             ("loglik, text", "jmed_ll_text", "loglik", "alpaca_med"),
-             ("letter (generate)", "jmed_generate", "letter", "igakuqa")]
+    cases = [
+        ("loglik, letters", "jmed_ll_letters", "loglik", "igakuqa"),
+        ("loglik, text", "jmed_ll_text", "loglik", "alpaca_med"),
+        ("letter (generate)", "jmed_generate", "letter", "igakuqa"),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         write_tasks(Path(tmp), qs, tokenizer)
         tm = TaskManager(include_path=tmp, include_defaults=False)
@@ -116,8 +146,9 @@ def main() -> None:
         for rep in range(args.repeats + 1):  # round 0 warms up both
             for label, task, protocol, fmt in cases:
                 t0, c0 = time.perf_counter(), time.process_time()
-                res = E.run_questions(model, tokenizer, qs, protocol, fmt, 0, "lenient", args.batch_size, 16,
-                                      desc=f"jmed {label}")
+                res = E.run_questions(
+                    model, tokenizer, qs, protocol, fmt, 0, "lenient", args.batch_size, 16, desc=f"jmed {label}"
+                )
                 jm, jc = time.perf_counter() - t0, time.process_time() - c0
                 task_dict = tm.load([task])
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -133,8 +164,10 @@ def main() -> None:
                 b = best.setdefault(label, [float("inf")] * 4)
                 best[label] = [min(b[0], jm), min(b[1], le), min(b[2], jc), min(b[3], lc)]
     n = len(qs)
-    print(f"\njmed evaluate vs lm-evaluation-harness: {n} questions, {args.model} ({info['revision'][:19]}), "
-          f"batch {args.batch_size}, torch threads {torch.get_num_threads()}, best of {args.repeats}")
+    print(
+        f"\njmed evaluate vs lm-evaluation-harness: {n} questions, {args.model} ({info['revision'][:19]}), "
+        f"batch {args.batch_size}, torch threads {torch.get_num_threads()}, best of {args.repeats}"
+    )
     print(f"{'protocol':<20}{'jmed q/s':>10}{'lm-eval q/s':>13}{'ratio':>8}{'ratio (CPU time)':>18}  agreement")
     for label, (jm, le, jc, lc) in best.items():
         agreement = f"{agree[label]:.1%} same correct/incorrect" if label in agree else ""

@@ -19,6 +19,7 @@ published answers, side by side with the totals it publishes (questions, correct
 Prints one line per model (OK when all three figures are equal) and exits 1 if any differs. Checkouts
 are not part of jmed (fetch them yourself); nothing is downloaded here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,11 +46,21 @@ def jmle2026(root: Path, tmp: Path):
         if not f.stat().st_size:
             continue  # a file the checkout holds only as a pointer
         d = json.loads(f.read_text(encoding="utf-8"))
-        records = [{"problem_id": r["question_id"], "prediction": r.get("raw_response") or "",
-                    **({"reasoning": r["reasoning"]} if r.get("reasoning") else {})} for r in d["results"]]
+        records = [
+            {
+                "problem_id": r["question_id"],
+                "prediction": r.get("raw_response") or "",
+                **({"reasoning": r["reasoning"]} if r.get("reasoning") else {}),
+            }
+            for r in d["results"]
+        ]
         s = d["summary"]
-        yield f.stem, root / "jmle2026_dataset.json", _write(tmp / f"{f.stem}.jsonl", records), (
-            d["metadata"]["total_questions"], s["correct"], s["score"], s["score_max"])
+        yield (
+            f.stem,
+            root / "jmle2026_dataset.json",
+            _write(tmp / f"{f.stem}.jsonl", records),
+            (d["metadata"]["total_questions"], s["correct"], s["score"], s["score_max"]),
+        )
 
 
 _TOTAL = re.compile(r"--- 全体 ---\s*正解数/問題数: (\d+) / (\d+)\s*正答率: [\d.]+%\s*獲得点/満点: (\d+) / (\d+)")
@@ -107,9 +118,11 @@ def main() -> int:
 
     bad = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for name, source in (("JMLE2026-Bench", args.jmle2026 and jmle2026(args.jmle2026, Path(tmp))),
-                             ("IgakuQA119", args.igakuqa119 and igakuqa119(args.igakuqa119, Path(tmp))),
-                             ("IgakuQA baselines", args.igakuqa and igakuqa(args.igakuqa, Path(tmp)))):
+        for name, source in (
+            ("JMLE2026-Bench", args.jmle2026 and jmle2026(args.jmle2026, Path(tmp))),
+            ("IgakuQA119", args.igakuqa119 and igakuqa119(args.igakuqa119, Path(tmp))),
+            ("IgakuQA baselines", args.igakuqa and igakuqa(args.igakuqa, Path(tmp))),
+        ):
             if not source:
                 continue
             print(f"{name}: model, jmed (questions, correct, points/total), published")
@@ -117,9 +130,11 @@ def main() -> int:
                 s, _, _ = score(str(data), str(preds), parsing="official")
                 got = (s["questions"], s["correct"], s["points"], s["points_total"])
                 bad += got != published
-                print(f"  {'OK ' if got == published else 'BAD'} {model}: {got[0]} q, {got[1]} correct, "
-                      f"{got[2]}/{got[3]} | published {published[0]} q, {published[1]} correct, "
-                      f"{published[2]}/{published[3]}")
+                print(
+                    f"  {'OK ' if got == published else 'BAD'} {model}: {got[0]} q, {got[1]} correct, "
+                    f"{got[2]}/{got[3]} | published {published[0]} q, {published[1]} correct, "
+                    f"{published[2]}/{published[3]}"
+                )
     return 1 if bad else 0
 
 

@@ -9,6 +9,7 @@ character-multiset bound as a matrix product, then rapidfuzz `process.cdist` wit
 candidates, all cores) and prints pairs found and pairs per second; --bruteforce also times cdist on
 every pair and checks that both give the same pairs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,14 +62,16 @@ def main() -> None:
     rng = random.Random(0)
     # new questions: real stems with heavy edits (about 40 % of characters), far from each other
     pool = [mutate(rng, s, max(8, len(s) * 2 // 5)) for s in (rng.choice(base) for _ in range(args.train + args.test))]
-    train = [make(i, s, "T") for i, s in enumerate(pool[:args.train])]
-    test = [make(i, s, "S") for i, s in enumerate(pool[args.train:])]
+    train = [make(i, s, "T") for i, s in enumerate(pool[: args.train])]
+    test = [make(i, s, "S") for i, s in enumerate(pool[args.train :])]
     for k in range(PLANTED):  # light edits of training stems: must be found
         src = train[rng.randrange(len(train))]
         test[k] = make(k, mutate(rng, src.stem, 1), "S")
     lengths = sorted(len(q.stem) for q in train)
-    print(f"leakage check: {len(train):,} train x {len(test):,} test stems (source {source.name}, median "
-          f"{lengths[len(lengths) // 2]} chars), threshold {args.threshold:g}, {os.cpu_count()} CPUs")
+    print(
+        f"leakage check: {len(train):,} train x {len(test):,} test stems (source {source.name}, median "
+        f"{lengths[len(lengths) // 2]} chars), threshold {args.threshold:g}, {os.cpu_count()} CPUs"
+    )
     checks.leakage_pairs(train[:100], test[:100], args.threshold)  # import rapidfuzz/numpy outside the timing
     times = []
     for _ in range(args.repeats):
@@ -78,8 +81,10 @@ def main() -> None:
     found = {p["test_id"] for p in pairs}
     planted = sum(1 for k in range(PLANTED) if f"S{k}" in found)
     best = min(times)
-    print(f"time: best {best:.2f} s, all {', '.join(f'{t:.2f}' for t in times)} s; "
-          f"{len(train) * len(test) / best / 1e6:.1f} M pairs/s")
+    print(
+        f"time: best {best:.2f} s, all {', '.join(f'{t:.2f}' for t in times)} s; "
+        f"{len(train) * len(test) / best / 1e6:.1f} M pairs/s"
+    )
     print(f"pairs >= {args.threshold:g}: {len(pairs)}; planted near-duplicates found: {planted}/{PLANTED}")
     if args.bruteforce:
         t = time.perf_counter()

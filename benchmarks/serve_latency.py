@@ -17,6 +17,7 @@ Trains adapters (--model: tiny, or smollm2-135m for real scale) in a throw-away 
 
 Both generate greedily with the same max_new_tokens from the same rendered prompts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,13 @@ def load_test(url: str, bodies: list, concurrency: int, total: int) -> dict:
         res = list(pool.map(one, range(total)))
     wall = time.perf_counter() - t0
     lat = [x * 1000 for x, _ in res]
-    return {"rps": total / wall, "p50": percentile(lat, 0.5), "p95": percentile(lat, 0.95),
-            "p99": percentile(lat, 0.99), "errors": sum(1 for _, c in res if c != 200)}
+    return {
+        "rps": total / wall,
+        "p50": percentile(lat, 0.5),
+        "p95": percentile(lat, 0.95),
+        "p99": percentile(lat, 0.99),
+        "errors": sum(1 for _, c in res if c != 200),
+    }
 
 
 def log_transformers_model(model: str, adapter_dir: Path, max_new_tokens: int) -> str:
@@ -86,13 +92,19 @@ def log_transformers_model(model: str, adapter_dir: Path, max_new_tokens: int) -
 
     base, tok, _ = load_base(model)
     merged = load_adapter(base, adapter_dir).merge_and_unload()
-    reqs = [f"{p}=={version(p).split('+')[0]}" for p in ("mlflow", "torch", "transformers", "tokenizers",
-                                                            "safetensors", "accelerate")]
+    reqs = [
+        f"{p}=={version(p).split('+')[0]}"
+        for p in ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "accelerate")
+    ]
     info = mlflow.transformers.log_model(
-        transformers_model={"model": merged, "tokenizer": tok}, name="merged", task="text-generation",
+        transformers_model={"model": merged, "tokenizer": tok},
+        name="merged",
+        task="text-generation",
         pip_requirements=reqs,
-        input_example=(["問題：どれか。\na. 甲\nb. 乙\n\n答え："],
-                       {"max_new_tokens": max_new_tokens, "do_sample": False}),
+        input_example=(
+            ["問題：どれか。\na. 甲\nb. 乙\n\n答え："],
+            {"max_new_tokens": max_new_tokens, "do_sample": False},
+        ),
     )
     return info.model_uri
 
@@ -131,24 +143,31 @@ def main() -> None:
     records = [{"question": q.stem, "choices": list(q.choices)} for q in qs]
     prompts = [render_prompt(q.stem, q.choices, "igakuqa", max(1, q.n_answers)) for q in qs]
     bodies = {
-        "jmed": {n: {"dataframe_records": records[:n], "params": {"max_new_tokens": args.max_new_tokens}}
-                 for n in (1, 8)},
-        "transformers": {n: {"inputs": prompts[:n], "params": {"max_new_tokens": args.max_new_tokens,
-                                                                 "do_sample": False}} for n in (1, 8)},
+        "jmed": {
+            n: {"dataframe_records": records[:n], "params": {"max_new_tokens": args.max_new_tokens}} for n in (1, 8)
+        },
+        "transformers": {
+            n: {"inputs": prompts[:n], "params": {"max_new_tokens": args.max_new_tokens, "do_sample": False}}
+            for n in (1, 8)
+        },
     }
     bodies["jmed serve"] = bodies["jmed"]  # the same model behind jmed's front
     servers, ready, ports = {}, {}, {}
     try:
-        for name, uri, front in (("jmed", jmed_uri, False), ("jmed serve", jmed_uri, True),
-                                 ("transformers", hf_uri, False)):
+        for name, uri, front in (
+            ("jmed", jmed_uri, False),
+            ("jmed serve", jmed_uri, True),
+            ("transformers", hf_uri, False),
+        ):
             ports[name] = free_port()
-            servers[name], ready[name] = start_server(uri, ports[name], log_path=work / f"{name.replace(' ', '-')}.log",
-                                                      front=front)
+            servers[name], ready[name] = start_server(
+                uri, ports[name], log_path=work / f"{name.replace(' ', '-')}.log", front=front
+            )
         names = list(servers)
         times = {(name, n): [] for name in servers for n in (1, 8)}
         for i in range(args.requests + 2):  # the first two are warm-up
             for n in (1, 8):
-                for name in names[i % 3:] + names[:i % 3]:  # each server first in turn
+                for name in names[i % 3 :] + names[: i % 3]:  # each server first in turn
                     t = time.perf_counter()
                     r = requests.post(f"http://127.0.0.1:{ports[name]}/invocations", json=bodies[name][n], timeout=120)
                     dt = time.perf_counter() - t
@@ -160,24 +179,32 @@ def main() -> None:
         for c in (1, 8):  # one server at a time: the other is idle
             for name in servers:
                 url = f"http://127.0.0.1:{ports[name]}/invocations"
-                singles = ([{"dataframe_records": [r], "params": {"max_new_tokens": args.max_new_tokens}}
-                            for r in records] if name.startswith("jmed") else
-                           [{"inputs": [p], "params": {"max_new_tokens": args.max_new_tokens, "do_sample": False}}
-                            for p in prompts])
+                singles = (
+                    [{"dataframe_records": [r], "params": {"max_new_tokens": args.max_new_tokens}} for r in records]
+                    if name.startswith("jmed")
+                    else [
+                        {"inputs": [p], "params": {"max_new_tokens": args.max_new_tokens, "do_sample": False}}
+                        for p in prompts
+                    ]
+                )
                 load[(name, c)] = load_test(url, singles, c, args.load_requests)
     finally:
         for proc in servers.values():
             stop_server(proc)
 
-    print(f"serve latency, {args.model}, max_new_tokens={args.max_new_tokens}, {args.requests} requests each, "
-          f"{os.cpu_count()} CPUs visible")
+    print(
+        f"serve latency, {args.model}, max_new_tokens={args.max_new_tokens}, {args.requests} requests each, "
+        f"{os.cpu_count()} CPUs visible"
+    )
     for name in servers:
         print(f"  {name:<13} ready (/ping) {ready[name]:6.2f} s")
     for n in (1, 8):
         for name in servers:
             xs = [x * 1000 for x in times[(name, n)]]
-            print(f"  {name:<13} {n} question(s): p50 {statistics.median(xs):7.1f} ms   "
-                  f"p95 {percentile(xs, 0.95):7.1f} ms")
+            print(
+                f"  {name:<13} {n} question(s): p50 {statistics.median(xs):7.1f} ms   "
+                f"p95 {percentile(xs, 0.95):7.1f} ms"
+            )
         ratio = statistics.median(times[("transformers", n)]) / statistics.median(times[("jmed", n)])
         print(f"  p50 transformers / jmed at {n}: {ratio:.2f}x  (target >= 1.0)")
         front = statistics.median(times[("jmed serve", n)]) / statistics.median(times[("jmed", n)])
@@ -186,14 +213,22 @@ def main() -> None:
     for name in servers:
         c1, c8 = load[(name, 1)], load[(name, 8)]
         for c, m in ((1, c1), (8, c8)):
-            print(f"  {name:<13} concurrency {c}: {m['rps']:6.1f} req/s  p50 {m['p50']:7.1f}  p95 {m['p95']:7.1f}  "
-                  f"p99 {m['p99']:7.1f} ms  errors {m['errors']}")
-        print(f"  {name:<13} throughput c8 / c1: {c8['rps'] / c1['rps']:.2f}x" + ("  (target >= 4x on tiny)"
-                                                                                if name == "jmed" else ""))
-    print(f"  jmed / transformers throughput at concurrency 8: {load[('jmed', 8)]['rps'] / load[('transformers', 8)]['rps']:.2f}x")
+            print(
+                f"  {name:<13} concurrency {c}: {m['rps']:6.1f} req/s  p50 {m['p50']:7.1f}  p95 {m['p95']:7.1f}  "
+                f"p99 {m['p99']:7.1f} ms  errors {m['errors']}"
+            )
+        print(
+            f"  {name:<13} throughput c8 / c1: {c8['rps'] / c1['rps']:.2f}x"
+            + ("  (target >= 4x on tiny)" if name == "jmed" else "")
+        )
+    print(
+        f"  jmed / transformers throughput at concurrency 8: {load[('jmed', 8)]['rps'] / load[('transformers', 8)]['rps']:.2f}x"
+    )
     for c in (1, 8):
-        print(f"  jmed serve (front) / mlflow models serve throughput at concurrency {c}: "
-              f"{load[('jmed serve', c)]['rps'] / load[('jmed', c)]['rps']:.2f}x")
+        print(
+            f"  jmed serve (front) / mlflow models serve throughput at concurrency {c}: "
+            f"{load[('jmed serve', c)]['rps'] / load[('jmed', c)]['rps']:.2f}x"
+        )
     if not args.no_registry:
         registry_part(args, work, records)
     print(f"(work folder {work})")
@@ -215,16 +250,18 @@ def registry_part(args, work: Path, records: list) -> None:
     client, name = MlflowClient(), "jmed-bench"
     for seed in range(4):
         run = train(TrainConfig(model=args.model, max_steps=2, batch_size=4, max_length=384, seed=seed))
-        adapter = Path(mlflow.artifacts.download_artifacts(run_id=run, artifact_path="adapter",
-                                                           dst_path=str(work / f"a{seed}")))
+        adapter = Path(
+            mlflow.artifacts.download_artifacts(run_id=run, artifact_path="adapter", dst_path=str(work / f"a{seed}"))
+        )
         with mlflow.start_run(run_name=f"serve-bench-{seed}"):
             mlflow.register_model(log_serving_model(adapter).model_uri, name)
     client.set_registered_model_alias(name, "champion", "1")
     body = {"dataframe_records": records[:1], "params": {"max_new_tokens": args.max_new_tokens}}
 
     port = free_port()
-    proc, _ = start_server(f"models:/{name}@champion", port, log_path=work / "multi.log",
-                           env={"JMED_SERVE_POLL_S": "0.2"})
+    proc, _ = start_server(
+        f"models:/{name}@champion", port, log_path=work / "multi.log", env={"JMED_SERVE_POLL_S": "0.2"}
+    )
     url = f"http://127.0.0.1:{port}/invocations"
     try:
         one_adapter = group_rss_mb(proc.pid)
@@ -269,12 +306,16 @@ def registry_part(args, work: Path, records: list) -> None:
         for p in separate:
             stop_server(p)
     print("memory: one server holding 4 registered versions vs 4 servers")
-    print(f"  one server, 1 adapter {one_adapter:7.0f} MB; after loading 4: {four_adapters:7.0f} MB "
-          f"(+{four_adapters - one_adapter:.0f} MB for 3 adapters)")
+    print(
+        f"  one server, 1 adapter {one_adapter:7.0f} MB; after loading 4: {four_adapters:7.0f} MB "
+        f"(+{four_adapters - one_adapter:.0f} MB for 3 adapters)"
+    )
     print(f"  4 servers: {four_servers:7.0f} MB  ->  {four_servers / four_adapters:.2f}x the memory of one")
     print("alias switch under load (4 clients, poll 0.2 s)")
-    print(f"  requests {len(statuses)}, failed {sum(1 for c in statuses if c != 200)}; "
-          f"first answer by the new version {first_new:.2f} s after the move")
+    print(
+        f"  requests {len(statuses)}, failed {sum(1 for c in statuses if c != 200)}; "
+        f"first answer by the new version {first_new:.2f} s after the move"
+    )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ measured in the same run (torch.mm of 2048x2048 on all threads).
 
 Needs the `bench` extra (trl).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,7 @@ def matmul_flops(n: int = 2048, seconds: float = 3.0) -> float:
     while time.perf_counter() < end:
         t = time.perf_counter()
         torch.mm(a, b)
-        best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
+        best = max(best, 2 * n**3 / (time.perf_counter() - t))
     return best
 
 
@@ -78,16 +79,31 @@ def run_jmed(model: str, steps: int, batch: int, max_length: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         os.chdir(tmp)
-        run_id = train(TrainConfig(model=model, max_steps=steps, batch_size=batch, learning_rate=rate(model),
-                                   seed=SEED, max_length=max_length))
+        run_id = train(
+            TrainConfig(
+                model=model,
+                max_steps=steps,
+                batch_size=batch,
+                learning_rate=rate(model),
+                seed=SEED,
+                max_length=max_length,
+            )
+        )
         client = mlflow.MlflowClient()
         params = int(client.get_run(run_id).data.params["total_params"])
         tokens = {m.step: (m.value, m.timestamp) for m in client.get_metric_history(run_id, "train/tokens")}
         loss = {m.step: m.value for m in client.get_metric_history(run_id, "train/loss")}
     n = sum(tokens[s][0] for s in range(2, steps + 1))
     seconds = (tokens[steps][1] - tokens[1][1]) / 1000
-    return {"impl": "jmed", "tokens_per_s": n / seconds, "tokens": n, "seconds": seconds,
-            "final_loss": loss[steps], "peak_memory_mb": peak_mb(), "params": params}
+    return {
+        "impl": "jmed",
+        "tokens_per_s": n / seconds,
+        "tokens": n,
+        "seconds": seconds,
+        "final_loss": loss[steps],
+        "peak_memory_mb": peak_mb(),
+        "params": params,
+    }
 
 
 def run_trl(model: str, steps: int, batch: int, max_length: int) -> dict:
@@ -113,20 +129,45 @@ def run_trl(model: str, steps: int, batch: int, max_length: int) -> dict:
 
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=rate(model),
-                        lr_scheduler_type="cosine", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
-                        seed=SEED, logging_steps=1, save_strategy="no", report_to=[], use_cpu=not cuda,
-                        bf16=cuda, gradient_checkpointing=False, completion_only_loss=True, max_length=max_length,
-                        packing=False, dataloader_num_workers=0, disable_tqdm=True)
-        lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                          task_type="CAUSAL_LM")
-        trainer = SFTTrainer(model=net, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora,
-                             callbacks=[Stamp()])
+        cfg = SFTConfig(
+            output_dir=tmp,
+            max_steps=steps,
+            per_device_train_batch_size=batch,
+            learning_rate=rate(model),
+            lr_scheduler_type="cosine",
+            warmup_steps=0,
+            max_grad_norm=1.0,
+            weight_decay=0.0,
+            seed=SEED,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=not cuda,
+            bf16=cuda,
+            gradient_checkpointing=False,
+            completion_only_loss=True,
+            max_length=max_length,
+            packing=False,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+        lora = LoraConfig(
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.05,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            task_type="CAUSAL_LM",
+        )
+        trainer = SFTTrainer(
+            model=net, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora, callbacks=[Stamp()]
+        )
         collate = trainer.data_collator
 
         def counting(examples):
             out = collate(examples)
-            counted.append(int(out["attention_mask"].sum()) if "attention_mask" in out else int(out["input_ids"].numel()))
+            counted.append(
+                int(out["attention_mask"].sum()) if "attention_mask" in out else int(out["input_ids"].numel())
+            )
             return out
 
         trainer.data_collator = counting
@@ -134,9 +175,15 @@ def run_trl(model: str, steps: int, batch: int, max_length: int) -> dict:
         result = trainer.train()
     n = sum(counted[1:steps])
     seconds = stamps[steps - 1] - stamps[0]
-    return {"impl": "trl", "tokens_per_s": n / seconds, "tokens": n, "seconds": seconds,
-            "final_loss": trainer.state.log_history[-2].get("loss", result.training_loss),
-            "peak_memory_mb": peak_mb(), "params": params}
+    return {
+        "impl": "trl",
+        "tokens_per_s": n / seconds,
+        "tokens": n,
+        "seconds": seconds,
+        "final_loss": trainer.state.log_history[-2].get("loss", result.training_loss),
+        "peak_memory_mb": peak_mb(),
+        "params": params,
+    }
 
 
 def worker(impl: str, model: str, steps: int, batch: int, max_length: int) -> None:
@@ -166,30 +213,51 @@ def main() -> None:
     results: dict[str, list[dict]] = {"jmed": [], "trl": []}
     for r in range(args.rounds):
         for impl in ("jmed", "trl"):
-            out = subprocess.run([sys.executable, __file__, "--worker", impl, "--steps", str(args.steps),
-                                  "--batch-size", str(args.batch_size), "--model", args.model,
-                                  "--max-length", str(args.max_length)], capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    impl,
+                    "--steps",
+                    str(args.steps),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--model",
+                    args.model,
+                    "--max-length",
+                    str(args.max_length),
+                ],
+                capture_output=True,
+                text=True,
+            )
             lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode != 0 or not lines:
                 sys.exit(f"{impl} failed:\n{out.stderr[-3000:]}")
             res = json.loads(lines[-1][7:])
             results[impl].append(res)
-            print(f"round {r + 1} {impl:4s}: {res['tokens_per_s']:9.0f} tokens/s  ({res['tokens']:.0f} tokens in "
-                  f"{res['seconds']:.2f} s)  final loss {res['final_loss']:.3f}  peak {res['peak_memory_mb']:.0f} MiB",
-                  flush=True)
+            print(
+                f"round {r + 1} {impl:4s}: {res['tokens_per_s']:9.0f} tokens/s  ({res['tokens']:.0f} tokens in "
+                f"{res['seconds']:.2f} s)  final loss {res['final_loss']:.3f}  peak {res['peak_memory_mb']:.0f} MiB",
+                flush=True,
+            )
     # best of the rounds is the headline (a shared machine only ever slows a run down); median beside it
     best = {k: max(x["tokens_per_s"] for x in v) for k, v in results.items()}
     med = {k: statistics.median(x["tokens_per_s"] for x in v) for k, v in results.items()}
     mem = {k: max(x["peak_memory_mb"] for x in v) for k, v in results.items()}
     peak = matmul_flops()
     params = results["jmed"][0]["params"]
-    print(f"\n{args.model} ({params / 1e6:.1f} M parameters), batch {args.batch_size}, max_length "
-          f"{args.max_length}, {args.steps} steps, {args.rounds} alternating rounds; float32 matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s:")
+    print(
+        f"\n{args.model} ({params / 1e6:.1f} M parameters), batch {args.batch_size}, max_length "
+        f"{args.max_length}, {args.steps} steps, {args.rounds} alternating rounds; float32 matmul peak "
+        f"{peak / 1e9:.1f} GFLOP/s:"
+    )
     for k, name in (("jmed", "jmed train    "), ("trl", "trl SFTTrainer")):
         achieved = 4 * params * best[k]
-        print(f"  {name}  best {best[k]:7.0f} tokens/s  median {med[k]:7.0f}  peak memory {mem[k]:.0f} MiB  "
-              f"{achieved / 1e9:6.1f} GFLOP/s = {100 * achieved / peak:4.1f} % of matmul peak")
+        print(
+            f"  {name}  best {best[k]:7.0f} tokens/s  median {med[k]:7.0f}  peak memory {mem[k]:.0f} MiB  "
+            f"{achieved / 1e9:6.1f} GFLOP/s = {100 * achieved / peak:4.1f} % of matmul peak"
+        )
     print(f"  ratio jmed / trl: best {best['jmed'] / best['trl']:.2f}, median {med['jmed'] / med['trl']:.2f}")
 
 

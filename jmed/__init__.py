@@ -3,6 +3,7 @@
 Importing jmed is cheap on purpose: torch, peft, bitsandbytes, mlflow and great_expectations are
 imported inside the functions that need them, so `jmed --help` and data checks start fast.
 """
+
 import os
 
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ Every module that needs an adapter's metadata asks here. A card is data read fro
 it is type-checked when read and never switches on a setting only the user may (see train.TRUSTED_ONLY).
 Light on purpose (json, yaml): the served model imports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,19 @@ from pathlib import Path
 
 CARD = "jmed.json"
 # field -> type of the values a card may hold (anything else is an error, not ignored)
-FIELDS = {"model": str, "base_revision": str, "prompt_format": str, "shots": int, "protocol": str,
-          "train_run_id": str, "train_data_digest": str, "tokenizer_hash": str, "lora_targets": (list, str),
-          "jmed_version": str, "config": dict}
+FIELDS = {
+    "model": str,
+    "base_revision": str,
+    "prompt_format": str,
+    "shots": int,
+    "protocol": str,
+    "train_run_id": str,
+    "train_data_digest": str,
+    "tokenizer_hash": str,
+    "lora_targets": (list, str),
+    "jmed_version": str,
+    "config": dict,
+}
 
 
 def write(folder, card: dict) -> Path:
@@ -39,8 +50,9 @@ def read(folder) -> dict:
         raise ValueError(f"{path}: expected a JSON object")
     for key, typ in FIELDS.items():
         if key in card and not isinstance(card[key], typ):
-            raise ValueError(f"{path}: {key}: expected {getattr(typ, '__name__', 'list or str')}, "
-                             f"got {type(card[key]).__name__}")
+            raise ValueError(
+                f"{path}: {key}: expected {getattr(typ, '__name__', 'list or str')}, got {type(card[key]).__name__}"
+            )
     return card
 
 
@@ -92,7 +104,9 @@ def resolve(ref: str):
         try:
             path = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
         except Exception as exc:  # noqa: BLE001 - re-raised with the reference named
-            raise ValueError(f"adapter {ref}: cannot download it from {tracking.shown_uri()}: {tracking.masked(exc)}") from exc
+            raise ValueError(
+                f"adapter {ref}: cannot download it from {tracking.shown_uri()}: {tracking.masked(exc)}"
+            ) from exc
         return _adapter_dir(path, ref)
     if ref.startswith("models:/"):
         try:
@@ -100,8 +114,10 @@ def resolve(ref: str):
         except Exception as exc:  # noqa: BLE001
             raise ValueError(f"adapter {ref}: cannot download the registered model: {exc}") from exc
         return _adapter_dir(_pyfunc_artifact(path, "adapter", ref), ref)
-    raise ValueError(f"adapter {ref!r}: expected a train run id, runs:/<id>/adapter, models:/<name>/<version "
-                     "or @alias>, or a local adapter folder")
+    raise ValueError(
+        f"adapter {ref!r}: expected a train run id, runs:/<id>/adapter, models:/<name>/<version "
+        "or @alias>, or a local adapter folder"
+    )
 
 
 def _pyfunc_artifact(model_dir, name: str, ref: str):
@@ -139,5 +155,3 @@ def _adapter_dir(path, ref: str):
     if not (path / "adapter_config.json").exists():
         raise ValueError(f"adapter {ref}: {path} holds no adapter_config.json")
     return path
-
-

@@ -11,6 +11,7 @@ Only requests with the same `key` (the served version, protocol and max_new_toke
 generation settings are never mixed. Input checks run in the caller's thread before `submit`, so a
 bad request fails alone (HTTP 400); an engine error fails the requests of its batch only.
 """
+
 from __future__ import annotations
 
 import threading
@@ -89,7 +90,7 @@ class Batcher:
                     raise RuntimeError(f"engine returned {len(out)} rows for {len(rows)}")
                 start = 0
                 for job in batch:
-                    job.result = out[start:start + len(job.rows)]
+                    job.result = out[start : start + len(job.rows)]
                     start += len(job.rows)
             except BaseException as exc:  # noqa: BLE001 - handed to the callers, the loop goes on
                 for job in batch:

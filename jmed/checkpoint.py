@@ -1,6 +1,7 @@
 """The training checkpoint format: the adapter (safetensors), optimiser, scheduler and RNG state as
 safetensors plus JSON (nothing pickled, nothing unpickled), the data position and the resolved config;
 found in a run's artifacts only when complete (CHECKPOINT_COMPLETE is uploaded last)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,12 @@ def _split_state(value, prefix: str, tensors: dict):
         tensors[prefix] = value.detach().cpu().contiguous()
         return {"__tensor__": prefix}
     if isinstance(value, dict):
-        return {"__dict__": [[_split_state(k, f"{prefix}.k{i}", tensors), _split_state(v, f"{prefix}.{i}", tensors)]
-                             for i, (k, v) in enumerate(value.items())]}
+        return {
+            "__dict__": [
+                [_split_state(k, f"{prefix}.k{i}", tensors), _split_state(v, f"{prefix}.{i}", tensors)]
+                for i, (k, v) in enumerate(value.items())
+            ]
+        }
     if isinstance(value, (list, tuple)):
         items = [_split_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(value)]
         return {"__tuple__": items} if isinstance(value, tuple) else items
@@ -79,8 +84,9 @@ def _join_state(value, tensors: dict, where: str):
     return value
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, position: int, cfg: TrainConfig,
-                    state_dict=None):
+def save_checkpoint(
+    folder: Path, model, optimizer, scheduler, step: int, position: int, cfg: TrainConfig, state_dict=None
+):
     """Adapter (safetensors), optimiser/scheduler/RNG state (safetensors + JSON) and trainer_state.json.
     A checkpoint is read back from a shared store, so nothing in it is pickled: loading it runs no code."""
     import numpy as np
@@ -92,8 +98,9 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, positi
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     tensors: dict = {}
-    layout = _split_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
-                          "s", tensors)
+    layout = _split_state(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}, "s", tensors
+    )
     save_file(tensors, str(folder / STATE_TENSORS))
     (folder / STATE_JSON).write_text(json.dumps(layout), encoding="utf-8")
     state = {"step": step, "position": position, "config": flat(cfg)}
@@ -126,12 +133,19 @@ def latest_checkpoint(run_id: str) -> Path:
     for path in steps:
         if _complete(client, run_id, path):
             if partial:
-                log.warning("resume_from=%s: skipping incomplete checkpoint(s) %s (the run was killed while "
-                            "writing them); resuming from %s", run_id, ", ".join(partial), path)
+                log.warning(
+                    "resume_from=%s: skipping incomplete checkpoint(s) %s (the run was killed while "
+                    "writing them); resuming from %s",
+                    run_id,
+                    ", ".join(partial),
+                    path,
+                )
             return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
         partial.append(path)
-    raise TrainError(f"resume_from={run_id}: no complete checkpoint; {', '.join(reversed(partial))} were only "
-                     f"partly written (no {CHECKPOINT_DONE} marker)")
+    raise TrainError(
+        f"resume_from={run_id}: no complete checkpoint; {', '.join(reversed(partial))} were only "
+        f"partly written (no {CHECKPOINT_DONE} marker)"
+    )
 
 
 def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
@@ -142,12 +156,18 @@ def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
     free, defaults = RESUME_FREE + TRUSTED_ONLY, TrainConfig()
     # An option given with --resume-from that contradicts the run being continued would be silently ignored:
     # refuse it (a value equal to the default cannot be told from "not given", and is not checked).
-    clash = [f"{f.name}={getattr(cfg, f.name)!r} (the run has {getattr(saved, f.name)!r})"
-             for f in dataclasses.fields(TrainConfig) if f.name not in free
-             and getattr(cfg, f.name) != getattr(defaults, f.name) and getattr(cfg, f.name) != getattr(saved, f.name)]
+    clash = [
+        f"{f.name}={getattr(cfg, f.name)!r} (the run has {getattr(saved, f.name)!r})"
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in free
+        and getattr(cfg, f.name) != getattr(defaults, f.name)
+        and getattr(cfg, f.name) != getattr(saved, f.name)
+    ]
     if clash:
-        raise TrainError(f"--resume-from {cfg.resume_from} continues that run with its own settings; these options "
-                         f"differ from them: {', '.join(clash)}. Drop them, or start a new run without --resume-from")
+        raise TrainError(
+            f"--resume-from {cfg.resume_from} continues that run with its own settings; these options "
+            f"differ from them: {', '.join(clash)}. Drop them, or start a new run without --resume-from"
+        )
     return dataclasses.replace(saved, **{k: getattr(cfg, k) for k in free})
 
 
@@ -170,9 +190,11 @@ def read_checkpoint_state(folder: Path) -> dict:
 
     pickled = [n for n in PICKLED_STATE if (folder / n).exists()]
     if pickled:
-        raise TrainError(f"checkpoint {folder.name}: it holds pickled state ({', '.join(pickled)}), which jmed "
-                         f"never loads (unpickling runs code from the store); resume needs a checkpoint with "
-                         f"{STATE_TENSORS} and {STATE_JSON} (jmed >= 0.2), or train again")
+        raise TrainError(
+            f"checkpoint {folder.name}: it holds pickled state ({', '.join(pickled)}), which jmed "
+            f"never loads (unpickling runs code from the store); resume needs a checkpoint with "
+            f"{STATE_TENSORS} and {STATE_JSON} (jmed >= 0.2), or train again"
+        )
     if not (folder / STATE_JSON).is_file():
         raise TrainError(f"checkpoint {folder.name}: {STATE_JSON} is missing; not a jmed checkpoint")
     try:

@@ -5,6 +5,7 @@ letters, 「Nつ選べ」 counts, unique ids, same stem with different choices),
 
 great_expectations and rapidfuzz are imported inside functions: `jmed --help` stays fast.
 """
+
 from __future__ import annotations
 
 import html
@@ -65,8 +66,9 @@ class Report:
             f"leakage pairs: {len(self.leakage)}"
         ]
         for d in self.datasets:
-            lines.append(f"  {d['role']}: {d['path']} ({d['format']}, {d['questions']} records, "
-                         f"digest {d['digest'][:12]})")
+            lines.append(
+                f"  {d['role']}: {d['path']} ({d['format']}, {d['questions']} records, digest {d['digest'][:12]})"
+            )
 
         def listed(kind: str, items: list, limit: int, show) -> None:
             lines.extend(f"  {kind}: {show(x)}" for x in items[:limit])
@@ -75,8 +77,12 @@ class Report:
 
         listed("error", self.errors, max_errors, lambda e: str(DataError(**e)))
         listed("warning", self.warnings, max_listed, lambda e: str(DataError(**e)))
-        listed("leakage", self.leakage, max_listed,
-               lambda p: f"train {p['train_id']} ~ test {p['test_id']} (similarity {p['score']:g})")
+        listed(
+            "leakage",
+            self.leakage,
+            max_listed,
+            lambda p: f"train {p['train_id']} ~ test {p['test_id']} (similarity {p['score']:g})",
+        )
         return "\n".join(lines)
 
     def to_html(self) -> str:
@@ -87,8 +93,7 @@ class Report:
             if not rows:
                 return "<p>none</p>"
             head = "".join(f"<th>{esc(c)}</th>" for c in cols)
-            body = "".join("<tr>" + "".join(f"<td>{esc(str(r.get(c, '')))}</td>" for c in cols) + "</tr>"
-                           for r in rows)
+            body = "".join("<tr>" + "".join(f"<td>{esc(str(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
             return f"<table><tr>{head}</tr>{body}</table>"
 
         status = "passed" if self.success else "FAILED"
@@ -100,15 +105,20 @@ class Report:
             f"<h1>Data validation: <span class='{'ok' if self.success else 'bad'}'>{status}</span></h1>",
             f"<p>{self.questions} questions; {len(self.errors)} errors; {len(self.warnings)} warnings; "
             f"{len(self.leakage)} leakage pairs (threshold {self.leakage_threshold:g}).</p>",
-            "<h2>Datasets</h2>", table(self.datasets, ["role", "path", "format", "questions", "digest"]),
+            "<h2>Datasets</h2>",
+            table(self.datasets, ["role", "path", "format", "questions", "digest"]),
             "<h2>Excluded (counted, kept in the data)</h2>",
             table([{"reason": k, "questions": v} for k, v in self.excluded.items()], ["reason", "questions"]),
-            "<h2>Errors</h2>", table(self.errors, ["file", "line", "field", "message"]),
-            "<h2>Warnings</h2>", table(self.warnings, ["file", "line", "field", "message"]),
+            "<h2>Errors</h2>",
+            table(self.errors, ["file", "line", "field", "message"]),
+            "<h2>Warnings</h2>",
+            table(self.warnings, ["file", "line", "field", "message"]),
             "<h2>Leakage (near-duplicate stems, training vs test)</h2>",
             table(self.leakage, ["score", "train_id", "test_id", "train_stem", "test_stem", "train_file", "test_file"]),
             "<h2>Great Expectations suites</h2>",
-            table(self.expectations, ["dataset", "suite", "success", "evaluated", "unsuccessful", "errors", "warnings"]),
+            table(
+                self.expectations, ["dataset", "suite", "success", "evaluated", "unsuccessful", "errors", "warnings"]
+            ),
             "</body></html>",
         ]
         return "\n".join(parts)
@@ -132,12 +142,13 @@ def check_answers(questions) -> list[DataError]:
             continue
         if q.numeric:
             continue
-        allowed = LETTERS[:len(q.choices)]
+        allowed = LETTERS[: len(q.choices)]
         for s in q.answer:
             bad = [a for a in s if a not in allowed or len(a) != 1]
             if bad:
-                errors.append(DataError(q.file, q.line, "answer",
-                                        f'letter "{bad[0]}" outside {len(q.choices)} choices'))
+                errors.append(
+                    DataError(q.file, q.line, "answer", f'letter "{bad[0]}" outside {len(q.choices)} choices')
+                )
                 break
     return errors
 
@@ -152,9 +163,14 @@ def check_select_counts(questions) -> list[DataError]:
         wrong = [s for s in q.answer if len(s) != n]
         if wrong:
             m = SELECT_RE.search(q.stem)
-            errors.append(DataError(q.file, q.line, "answer",
-                                    f"stem says 「{m.group(0)}」 but the answer has {len(wrong[0])} "
-                                    f"letter(s): {','.join(wrong[0])}"))
+            errors.append(
+                DataError(
+                    q.file,
+                    q.line,
+                    "answer",
+                    f"stem says 「{m.group(0)}」 but the answer has {len(wrong[0])} letter(s): {','.join(wrong[0])}",
+                )
+            )
     return errors
 
 
@@ -172,8 +188,9 @@ def check_same_stem(questions) -> list[DataError]:
             same = [norm_stem(c) for c in q.choices] == [norm_stem(c) for c in first.choices]
             what = "same stem and choices as" if same else "same stem as"
             tail = "" if same else " but different choices"
-            warnings.append(DataError(q.file, q.line, "problem_text",
-                                      f"{what} {first.id} ({first.file}:{first.line}){tail}"))
+            warnings.append(
+                DataError(q.file, q.line, "problem_text", f"{what} {first.id} ({first.file}:{first.line}){tail}")
+            )
     return warnings
 
 
@@ -189,9 +206,15 @@ def check_merged_choices(questions) -> list[DataError]:
     for q in questions:
         for i, c in enumerate(q.choices):
             if i and _MERGED.search(unicodedata.normalize("NFKC", c)):
-                out.append(DataError(q.file, q.line, f"choices[{i}]",
-                                     f"{q.id}: choice {LETTERS[i]} holds another choice label ({shown(c)}): "
-                                     f"choices merged in the source? ({len(q.choices)} choices)"))
+                out.append(
+                    DataError(
+                        q.file,
+                        q.line,
+                        f"choices[{i}]",
+                        f"{q.id}: choice {LETTERS[i]} holds another choice label ({shown(c)}): "
+                        f"choices merged in the source? ({len(q.choices)} choices)",
+                    )
+                )
                 break
     return out
 
@@ -206,8 +229,9 @@ def _split_paths(paths) -> list[str]:
     return [p for p in paths if str(p).strip()]
 
 
-def validate(paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_THRESHOLD, filters=None,
-             against_filters=None) -> Report:
+def validate(
+    paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_THRESHOLD, filters=None, against_filters=None
+) -> Report:
     """Validate every dataset in `paths` (and `against`, the test data), check leakage from `paths` to
     `against`. Never raises on bad data: every problem is in the report.
 
@@ -229,8 +253,16 @@ def validate(paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_TH
             questions = ds.questions
             loaded[role] += apply_filters(ds.items, filters if role == "data" else against_filters)
             report.loaded[str(p)] = ds
-            report.datasets.append({"path": str(p), "role": role, "format": ds.format, "digest": digest(ds.items),
-                                    "questions": ds.records, "files": len(ds.files)})
+            report.datasets.append(
+                {
+                    "path": str(p),
+                    "role": role,
+                    "format": ds.format,
+                    "digest": digest(ds.items),
+                    "questions": ds.records,
+                    "files": len(ds.files),
+                }
+            )
             report.questions += ds.records
             if ds.items:
                 if ds.format == "instructions":
@@ -252,9 +284,15 @@ def validate(paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_TH
     report.leakage = leakage_pairs(train, test, threshold)
     for p in report.leakage:
         if p["score"] >= 100 and p["same_choices"]:
-            errors.append(DataError(p["test_file"], p["test_line"], "problem_text",
-                                    f"test question {p['test_id']} is also in the training data as "
-                                    f"{p['train_id']} ({p['train_file']}:{p['train_line']})"))
+            errors.append(
+                DataError(
+                    p["test_file"],
+                    p["test_line"],
+                    "problem_text",
+                    f"test question {p['test_id']} is also in the training data as "
+                    f"{p['train_id']} ({p['train_file']}:{p['train_line']})",
+                )
+            )
     report.excluded = {**exclusions(qs), **skipped}
     if "choices_unparsed" not in report.excluded:
         report.excluded["choices_unparsed"] = 0
@@ -264,8 +302,9 @@ def validate(paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_TH
     return report
 
 
-def load_valid(path, fmt: str = "auto", questions_only: bool = False, exclude_ids=(),
-               excluded: dict | None = None) -> list:
+def load_valid(
+    path, fmt: str = "auto", questions_only: bool = False, exclude_ids=(), excluded: dict | None = None
+) -> list:
     """What a step reads, after the checks of `jmed validate` (formats, suites, answers, 「Nつ選べ」):
     its items, or DataLoadError naming every error (file:line: field:) before any model is loaded.
     Errors of records the user excluded by id (`exclude_ids`) do not block the rest. `excluded` (a dict)
@@ -278,8 +317,15 @@ def load_valid(path, fmt: str = "auto", questions_only: bool = False, exclude_id
     errors = [DataError(**e) for e in report.errors if (e["file"], e["line"]) not in skipped]
     if errors:
         bad_ids = sorted({it.id for it in items if (it.file, it.line) in {(e.file, e.line) for e in errors}})
-        hint = [DataError(str(path), 0, "", f"to use the rest, leave these out with --exclude-ids "
-                                            f"{','.join(bad_ids)[:200]}")] if bad_ids else []
+        hint = (
+            [
+                DataError(
+                    str(path), 0, "", f"to use the rest, leave these out with --exclude-ids {','.join(bad_ids)[:200]}"
+                )
+            ]
+            if bad_ids
+            else []
+        )
         raise DataLoadError(errors + hint)
     if questions_only and any(not isinstance(it, Question) for it in items):
         raise DataLoadError([DataError(str(path), 0, "", "holds instruction records, not exam questions")])
@@ -304,24 +350,35 @@ def log_report(report: Report, requested_format: str = "auto") -> None:
             if d["path"] not in loaded:
                 loaded[d["path"]] = read_dataset(d["path"], d["format"])
         items = [it for d in sets for it in loaded[d["path"]].items]
-        params.update({
-            f"{role}_paths": ",".join(d["path"] for d in sets),
-            f"{role}_format": ",".join(sorted({d["format"] for d in sets})),
-            f"{role}_digest": digest(items),
-            f"{role}_questions": sum(d["questions"] for d in sets),
-        })
+        params.update(
+            {
+                f"{role}_paths": ",".join(d["path"] for d in sets),
+                f"{role}_format": ",".join(sorted({d["format"] for d in sets})),
+                f"{role}_digest": digest(items),
+                f"{role}_questions": sum(d["questions"] for d in sets),
+            }
+        )
     # under `mlflow run` the entry point's own parameters (data, against, format) are already logged
     logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     tracking.log_params({k: v for k, v in params.items() if k not in logged})
-    metrics = {"data/questions": report.questions, "data/errors": len(report.errors),
-               "data/warnings": len(report.warnings), "data/leakage_pairs": len(report.leakage)}
+    metrics = {
+        "data/questions": report.questions,
+        "data/errors": len(report.errors),
+        "data/warnings": len(report.warnings),
+        "data/leakage_pairs": len(report.leakage),
+    }
     metrics.update({f"data/excluded/{k}": v for k, v in report.excluded.items()})
     mlflow.log_metrics(metrics)
     for d in report.datasets:
         ds = loaded.get(d["path"])
         if ds is not None and ds.items:
-            tracking.log_dataset(ds.items, name="/".join(Path(d["path"]).parts[-2:]), path=d["path"],
-                                 digest=d["digest"], context=d["role"])
+            tracking.log_dataset(
+                ds.items,
+                name="/".join(Path(d["path"]).parts[-2:]),
+                path=d["path"],
+                digest=d["digest"],
+                context=d["role"],
+            )
     with tempfile.TemporaryDirectory() as tmp:
         json_path, html_path = report.write(Path(tmp) / "report.json")
         mlflow.log_artifact(str(json_path))

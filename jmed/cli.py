@@ -3,6 +3,7 @@
 Heavy modules (torch, peft, mlflow, great_expectations) are imported inside the commands, so
 `jmed --help` stays fast.
 """
+
 from __future__ import annotations
 
 import re
@@ -97,7 +98,8 @@ def strict_json(value) -> str:
 
 
 dry_run_option = click.option(
-    "--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit (nothing runs or is logged).")
+    "--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit (nothing runs or is logged)."
+)
 
 
 def echo_config(**configs) -> None:
@@ -135,8 +137,12 @@ def eval_settings(options: dict) -> dict:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(jmed.__version__, prog_name="jmed")
-@click.option("--verbose", "-v", is_flag=True,
-              help="Show third-party warnings, MLflow's info lines and progress bars (also JMED_VERBOSE=1).")
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Show third-party warnings, MLflow's info lines and progress bars (also JMED_VERBOSE=1).",
+)
 def main(verbose):
     """jmed: adapt open LLMs to Japanese medicine — validate, train, evaluate, promote, serve."""
     from jmed.console import quiet
@@ -146,14 +152,20 @@ def main(verbose):
 
 # ---- validate -----------------------------------------------------------------------------------
 
+
 @main.command()
 @click.argument("data", nargs=-1)
 @click.option("--data", "data_opt", multiple=True, help="Same as DATA (for `mlflow run . -e validate -P data=…`).")
 @click.option("--against", multiple=True, help="Test data to check for leakage against DATA (repeatable).")
 @click.option("--report", "report_path", default="", help="Write the JSON report here (and an .html page beside it).")
 @click.option("--format", "fmt", default="auto", help=f"auto | {' | '.join(readers.names())} (jmed/readers/).")
-@click.option("--threshold", default=90.0, show_default=True, type=click.FloatRange(0, 100),
-              help="Leakage: rapidfuzz ratio (0-100) of near-duplicate stems.")
+@click.option(
+    "--threshold",
+    default=90.0,
+    show_default=True,
+    type=click.FloatRange(0, 100),
+    help="Leakage: rapidfuzz ratio (0-100) of near-duplicate stems.",
+)
 @click.option("--log/--no-log", default=True, show_default=True, help="Log an MLflow run (jmed.step=validate).")
 @dry_run_option
 def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run):
@@ -173,13 +185,23 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run)
         against_paths = against_paths or [str(jdata.SAMPLE_TEST)]
     fmt = fmt.strip() or "auto"
     if report_path and Path(report_path).is_dir():
-        raise click.BadParameter(f"{report_path} is a folder; name the report file (e.g. {Path(report_path) / 'report.json'})",
-                                 param_hint="--report")
+        raise click.BadParameter(
+            f"{report_path} is a folder; name the report file (e.g. {Path(report_path) / 'report.json'})",
+            param_hint="--report",
+        )
     if fmt not in ("auto", *jdata.FORMATS):
         raise click.BadParameter(f"choose auto or one of: {', '.join(jdata.FORMATS)}", param_hint="--format")
     if dry_run:
-        return echo_config(validate={"data": data_paths, "against": against_paths, "report": report_path,
-                                     "format": fmt, "threshold": threshold, "log": log})
+        return echo_config(
+            validate={
+                "data": data_paths,
+                "against": against_paths,
+                "report": report_path,
+                "format": fmt,
+                "threshold": threshold,
+                "log": log,
+            }
+        )
     from jmed.checks import log_report
     from jmed.checks import validate as run_validation
 
@@ -209,25 +231,60 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run)
 @main.command("score")
 @click.option("--data", default="", help="Question data (file, folder or IgakuQA data/ tree).")
 @click.option("--predictions", default="", help="Predictions JSONL file, or a folder of *.jsonl.")
-@click.option("--protocol", default="letter", show_default=True, type=click.Choice(("letter", "text")),
-              help="letter reads `prediction`; text reads `response`.")
-@click.option("--parsing", default="official", show_default=True, type=click.Choice(("official", "lenient")),
-              help="Letter answers: official (IgakuQA's reference) or lenient.")
-@click.option("--extraction", default="last-block", show_default=True, type=click.Choice(EXTRACTIONS),
-              help="Text protocol: how the authors' harness reads the answer out of `response`: last-block (as "
-                   "published, June 2024) or first-line (from July 2024).")
-@click.option("--format", "data_format", default="auto",
-              help=f"Data format: auto (detected) | {' | '.join(readers.names())} (jmed/readers/).")
-@click.option("--exam-kind", default="", type=click.Choice(("",) + EXAM_KINDS),
-              help="The exam (jmed/exams/; default: the reader's, IgakuQA is medical): corrections, years and "
-                   "pass rules follow it.")
+@click.option(
+    "--protocol",
+    default="letter",
+    show_default=True,
+    type=click.Choice(("letter", "text")),
+    help="letter reads `prediction`; text reads `response`.",
+)
+@click.option(
+    "--parsing",
+    default="official",
+    show_default=True,
+    type=click.Choice(("official", "lenient")),
+    help="Letter answers: official (IgakuQA's reference) or lenient.",
+)
+@click.option(
+    "--extraction",
+    default="last-block",
+    show_default=True,
+    type=click.Choice(EXTRACTIONS),
+    help="Text protocol: how the authors' harness reads the answer out of `response`: last-block (as "
+    "published, June 2024) or first-line (from July 2024).",
+)
+@click.option(
+    "--format",
+    "data_format",
+    default="auto",
+    help=f"Data format: auto (detected) | {' | '.join(readers.names())} (jmed/readers/).",
+)
+@click.option(
+    "--exam-kind",
+    default="",
+    type=click.Choice(("",) + EXAM_KINDS),
+    help="The exam (jmed/exams/; default: the reader's, IgakuQA is medical): corrections, years and "
+    "pass rules follow it.",
+)
 @click.option("--name", default="", help="A name for the scored system (run name with --log).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--log", "log_run", is_flag=True, help="Log an MLflow run (tag jmed.step=score).")
 @filter_options
 @dry_run_option
-def score_cmd(data, predictions, protocol, parsing, extraction, data_format, exam_kind, name, as_json, log_run,
-              dry_run, **filter_kw):
+def score_cmd(
+    data,
+    predictions,
+    protocol,
+    parsing,
+    extraction,
+    data_format,
+    exam_kind,
+    name,
+    as_json,
+    log_run,
+    dry_run,
+    **filter_kw,
+):
     """Score predictions made elsewhere against question data (every question of the data counts)."""
     from jmed.score import format_summary, log_score, score
 
@@ -240,14 +297,33 @@ def score_cmd(data, predictions, protocol, parsing, extraction, data_format, exa
     except ValueError as e:
         raise click.UsageError(str(e))
     if dry_run:
-        return echo_config(score={"data": data, "predictions": predictions, "protocol": protocol or "letter",
-                                  "parsing": parsing or "official", "extraction": extraction, "exam_kind": exam_kind,
-                                  "format": data_format or "auto", "name": name, "json": as_json, "log": log_run},
-                           filters=filters if filters is not None else {})
+        return echo_config(
+            score={
+                "data": data,
+                "predictions": predictions,
+                "protocol": protocol or "letter",
+                "parsing": parsing or "official",
+                "extraction": extraction,
+                "exam_kind": exam_kind,
+                "format": data_format or "auto",
+                "name": name,
+                "json": as_json,
+                "log": log_run,
+            },
+            filters=filters if filters is not None else {},
+        )
     try:
-        summary, questions, rows = score(data, predictions, protocol or "letter", parsing or "official",
-                                         filters=filters, data_format=data_format or "auto", name=name,
-                                         extraction=extraction, exam_kind=exam_kind)
+        summary, questions, rows = score(
+            data,
+            predictions,
+            protocol or "letter",
+            parsing or "official",
+            filters=filters,
+            data_format=data_format or "auto",
+            name=name,
+            extraction=extraction,
+            exam_kind=exam_kind,
+        )
     except (ValueError, FileNotFoundError) as e:  # ScoreError and DataLoadError are ValueErrors
         raise click.ClickException(str(e))
     if log_run:
@@ -258,6 +334,7 @@ def score_cmd(data, predictions, protocol, parsing, extraction, data_format, exa
         click.echo(format_summary(summary))
         if log_run:
             click.echo(f"logged run {summary['run_id']}")
+
 
 # ---- train --------------------------------------------------------------------------------------
 
@@ -343,13 +420,20 @@ def evaluate_cmd(dry_run, **options):
 @main.command()
 @click.option("--base-model", default="", help="Base model (HF id, folder or tiny); default: every base model.")
 @click.option("--metric", default="eval/accuracy", show_default=True, help="Metric that ranks adapters.")
-@click.option("--min-delta", default="0", show_default=True,
-              help="Move champion only when the best beats it by more than this.")
-@click.option("--bundle-base/--no-bundle-base", default=None,
-              help="Copy the base model into the served model (default: only for tiny and local bases).")
-@click.option("--evaluation", default="",
-              help="Rank on this evaluation from now on: an evaluate run id, or data (evaluated with the champion's "
-                   "settings). The champion is evaluated there first unless it already was.")
+@click.option(
+    "--min-delta", default="0", show_default=True, help="Move champion only when the best beats it by more than this."
+)
+@click.option(
+    "--bundle-base/--no-bundle-base",
+    default=None,
+    help="Copy the base model into the served model (default: only for tiny and local bases).",
+)
+@click.option(
+    "--evaluation",
+    default="",
+    help="Rank on this evaluation from now on: an evaluate run id, or data (evaluated with the champion's "
+    "settings). The champion is evaluated there first unless it already was.",
+)
 @dry_run_option
 def promote(base_model, metric, min_delta, bundle_base, evaluation, dry_run):
     """Register the best evaluated adapter per base model and move the `champion` alias to it.
@@ -363,11 +447,23 @@ def promote(base_model, metric, min_delta, bundle_base, evaluation, dry_run):
     except ValueError:
         raise click.BadParameter(f"{min_delta!r} is not a number", param_hint="--min-delta")
     if dry_run:
-        return echo_config(promote={"base_model": base_model, "metric": metric or "eval/accuracy",
-                                    "min_delta": delta, "bundle_base": bundle_base, "evaluation": evaluation})
+        return echo_config(
+            promote={
+                "base_model": base_model,
+                "metric": metric or "eval/accuracy",
+                "min_delta": delta,
+                "bundle_base": bundle_base,
+                "evaluation": evaluation,
+            }
+        )
     try:
-        run_promote(base_model=base_model or "", metric=metric or "eval/accuracy", min_delta=delta,
-                    bundle_base=bundle_base, evaluation=evaluation.strip())
+        run_promote(
+            base_model=base_model or "",
+            metric=metric or "eval/accuracy",
+            min_delta=delta,
+            bundle_base=bundle_base,
+            evaluation=evaluation.strip(),
+        )
     except ValueError as exc:  # data errors (jmed.data.DataLoadError) included
         raise click.ClickException(str(exc)) from exc
 
@@ -377,18 +473,43 @@ def promote(base_model, metric, min_delta, bundle_base, evaluation, dry_run):
 @click.option("--model-uri", default="", help="Serve this model instead (models:/…, runs:/…).")
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--workers", default=1, show_default=True, type=int,
-              help="Processes, each with its own copy of the model (batching works within each).")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Processes, each with its own copy of the model (batching works within each).",
+)
 @click.option("--timeout", default=REQUEST_TIMEOUT_S, show_default=True, type=int, help="Seconds per request.")
-@click.option("--poll-seconds", default=DEFAULT_POLL_S, show_default=True, type=float,
-              help="Served from models:/…@alias: check the alias this often and follow it (0: never).")
-@click.option("--max-batch-rows", default=DEFAULT_MAX_ROWS, show_default=True, type=int,
-              help="Questions answered together from concurrent requests.")
-@click.option("--batch-wait-ms", default=DEFAULT_WAIT_S * 1000, show_default=True, type=float,
-              help="How long a batch waits for more requests when the server is idle.")
-@click.option("--engine", default="hf", show_default=True, type=click.Choice(["hf", "vllm"]),
-              help="hf: the exam endpoint (POST /invocations, MLflow's scoring app). vllm: vLLM's OpenAI API "
-                   "(/v1/completions, /v1/chat/completions, /v1/models), every registered version a LoRA on one base.")
+@click.option(
+    "--poll-seconds",
+    default=DEFAULT_POLL_S,
+    show_default=True,
+    type=float,
+    help="Served from models:/…@alias: check the alias this often and follow it (0: never).",
+)
+@click.option(
+    "--max-batch-rows",
+    default=DEFAULT_MAX_ROWS,
+    show_default=True,
+    type=int,
+    help="Questions answered together from concurrent requests.",
+)
+@click.option(
+    "--batch-wait-ms",
+    default=DEFAULT_WAIT_S * 1000,
+    show_default=True,
+    type=float,
+    help="How long a batch waits for more requests when the server is idle.",
+)
+@click.option(
+    "--engine",
+    default="hf",
+    show_default=True,
+    type=click.Choice(["hf", "vllm"]),
+    help="hf: the exam endpoint (POST /invocations, MLflow's scoring app). vllm: vLLM's OpenAI API "
+    "(/v1/completions, /v1/chat/completions, /v1/models), every registered version a LoRA on one base.",
+)
 def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max_batch_rows, batch_wait_ms, engine):
     """Serve the champion (POST /invocations) with MLflow's scoring app, as `mlflow models serve` does,
     behind jmed's front: a request without Content-Type, nested too deeply or with unknown params gets
@@ -414,8 +535,10 @@ def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max
         from jmed.serving import parse_models_uri
 
         if not parse_models_uri(uri)[0]:
-            raise click.BadParameter(f"{uri}: the vllm engine serves registered versions (models:/jmed-<slug>@alias "
-                                     "or /<version>)", param_hint="--model-uri")
+            raise click.BadParameter(
+                f"{uri}: the vllm engine serves registered versions (models:/jmed-<slug>@alias or /<version>)",
+                param_hint="--model-uri",
+            )
         click.echo(f"serving {uri} through vLLM on http://{host}:{port}/v1 (OpenAI API)", err=True)
         try:
             llm_serve.serve(uri, host, port, poll_seconds)
@@ -423,8 +546,15 @@ def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max
             raise click.ClickException(str(e))
         return
     cmd = serve_command(uri, port=port, host=host, workers=workers, front=True)
-    env = serve_env(uri, {"JMED_SERVE_POLL_S": poll_seconds, "JMED_SERVE_MAX_ROWS": max_batch_rows,
-                          "JMED_SERVE_WAIT_MS": batch_wait_ms, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": timeout})
+    env = serve_env(
+        uri,
+        {
+            "JMED_SERVE_POLL_S": poll_seconds,
+            "JMED_SERVE_MAX_ROWS": max_batch_rows,
+            "JMED_SERVE_WAIT_MS": batch_wait_ms,
+            "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": timeout,
+        },
+    )
     click.echo(f"serving {uri} on http://{host}:{port}/invocations", err=True)
     sys.stderr.flush()
     # the server replaces this process: SIGTERM from kill, systemd or Kubernetes reaches it directly, and
@@ -436,14 +566,19 @@ def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model-uri", default="", help="models:/jmed-tiny@champion, runs:/…; default: the champion.")
 @click.option("--base-model", default="", help="With no --model-uri: the champion of this base model.")
-@click.option("--protocol", default=None, type=click.Choice(PROTOCOLS),
-              help="Default: the adapter's own.")
-@click.option("--max-new-tokens", default=0, type=click.IntRange(0, MAX_NEW_TOKENS_LIMIT),
-              help="Default (0): the served model's.")
+@click.option("--protocol", default=None, type=click.Choice(PROTOCOLS), help="Default: the adapter's own.")
+@click.option(
+    "--max-new-tokens", default=0, type=click.IntRange(0, MAX_NEW_TOKENS_LIMIT), help="Default (0): the served model's."
+)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--output", "-o", default="-", help="JSONL output (default: stdout).")
-@click.option("--engine", default="hf", show_default=True, type=click.Choice(["hf", "vllm"]),
-              help="hf: jmed's own loop; vllm: a vLLM server started for the file (the adapter merged).")
+@click.option(
+    "--engine",
+    default="hf",
+    show_default=True,
+    type=click.Choice(["hf", "vllm"]),
+    help="hf: jmed's own loop; vllm: a vLLM server started for the file (the adapter merged).",
+)
 def predict(file, model_uri, base_model, protocol, max_new_tokens, batch_size, output, engine):
     """Answer a JSONL file of questions ({question, choices[, n_answers, id]}) offline with a served model.
 
@@ -466,9 +601,11 @@ def predict(file, model_uri, base_model, protocol, max_new_tokens, batch_size, o
     except MlflowException as e:  # a URI that names no served model, a run or version that does not exist
         if e.error_code == "INVALID_PARAMETER_VALUE":  # the served model refused the request (as HTTP 400)
             raise click.ClickException(e.message)
-        raise click.ClickException(f"{model_uri or 'the champion'}: {e.message} (predict needs a served model: "
-                                   "models:/jmed-<slug>@champion or /<version>, or the runs:/… of a logged one; "
-                                   "an adapter becomes one with `jmed promote`)")
+        raise click.ClickException(
+            f"{model_uri or 'the champion'}: {e.message} (predict needs a served model: "
+            "models:/jmed-<slug>@champion or /<version>, or the runs:/… of a logged one; "
+            "an adapter becomes one with `jmed promote`)"
+        )
     with click.open_file(output, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -504,8 +641,11 @@ def pipeline_cmd(protocol, force, eval_data, dry_run, **options):
         settings = eval_settings(options)
         cfg = train_config(**options)
         if dry_run:
-            return echo_config(train=cfg, evaluate=eval_config_for(cfg, eval_data, protocol, settings=settings),
-                               pipeline={"force": _true(force)})
+            return echo_config(
+                train=cfg,
+                evaluate=eval_config_for(cfg, eval_data, protocol, settings=settings),
+                pipeline={"force": _true(force)},
+            )
         main_pipeline(cfg, eval_data=eval_data, protocol=protocol, force=_true(force), eval_settings=settings)
     except (PipelineFailed, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -542,11 +682,28 @@ def study_cmd(models, prompt_formats, shots, protocols, eval_data, force, dry_ru
         if dry_run:
             from jmed.pipeline import eval_config_for
 
-            return echo_config(train=cfg, evaluate=eval_config_for(cfg, eval_data, "", settings=settings),
-                               study={"models": _csv(models), "prompt_formats": _csv(prompt_formats),
-                                      "shots": shot_list, "protocols": _csv(protocols), "force": _true(force)})
-        study(_csv(models), _csv(prompt_formats), shot_list, _csv(protocols), overrides,
-              eval_data=eval_data, force=_true(force), eval_settings=settings, preset=preset)
+            return echo_config(
+                train=cfg,
+                evaluate=eval_config_for(cfg, eval_data, "", settings=settings),
+                study={
+                    "models": _csv(models),
+                    "prompt_formats": _csv(prompt_formats),
+                    "shots": shot_list,
+                    "protocols": _csv(protocols),
+                    "force": _true(force),
+                },
+            )
+        study(
+            _csv(models),
+            _csv(prompt_formats),
+            shot_list,
+            _csv(protocols),
+            overrides,
+            eval_data=eval_data,
+            force=_true(force),
+            eval_settings=settings,
+            preset=preset,
+        )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -572,8 +729,12 @@ def compare_cmd(experiment, base_model, as_csv):
 
 @main.command("reproduce")
 @click.argument("model_uri")
-@click.option("--engine", default="", type=click.Choice(["", "hf", "vllm"]),
-              help="Evaluate with this engine (default: the one the version was evaluated with).")
+@click.option(
+    "--engine",
+    default="",
+    type=click.Choice(["", "hf", "vllm"]),
+    help="Evaluate with this engine (default: the one the version was evaluated with).",
+)
 def reproduce_cmd(model_uri, engine):
     """Retrain and re-evaluate a registered version (models:/jmed-<slug>@champion) and compare."""
     from mlflow.exceptions import MlflowException
@@ -584,8 +745,10 @@ def reproduce_cmd(model_uri, engine):
         report = reproduce(model_uri, engine)
     except (ReproduceError, MlflowException) as exc:
         raise click.ClickException(f"{model_uri}: {getattr(exc, 'message', str(exc))}") from exc
-    click.echo(f"adapter bytes: {'identical' if report.adapter_match else 'DIFFERENT'} "
-               f"({report.adapter_sha256[:16]}… vs {report.new_adapter_sha256[:16]}…)")
+    click.echo(
+        f"adapter bytes: {'identical' if report.adapter_match else 'DIFFERENT'} "
+        f"({report.adapter_sha256[:16]}… vs {report.new_adapter_sha256[:16]}…)"
+    )
     for name, (old, new) in report.metrics.items():
         click.echo(f"  {name}: logged {old} reproduced {new}")
     if not report.match:
@@ -593,7 +756,6 @@ def reproduce_cmd(model_uri, engine):
             click.echo(f"MISMATCH: {problem}", err=True)
         sys.exit(1)
     click.echo(f"reproduced {model_uri} on {report.device}: match")
-
 
 
 @main.group("runs")

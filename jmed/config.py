@@ -5,6 +5,7 @@ Unset is `None`: "the adapter's own" or "by model", resolved where that is known
 itself when built and reports every problem at once (`ConfigError`). `flat(cfg)` gives the flat dict
 logged as MLflow params (None is logged as "", as jmed 0.1 logged its unset values).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,8 +82,11 @@ def _problems(cfg) -> list[str]:
         if typ is bool and not isinstance(value, bool):
             out.append(f"{f.name}: expected true or false, got {value!r}")
             continue
-        if typ in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                    or (typ is int and not isinstance(value, int))):
+        if typ in (int, float) and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (typ is int and not isinstance(value, int))
+        ):
             out.append(f"{f.name}: expected {'an integer' if typ is int else 'a number'}, got {value!r}")
             continue
         if typ is str and not isinstance(value, str):
@@ -139,24 +143,32 @@ class DataFilter(Checked):
 
 @dataclass(frozen=True)
 class TrainConfig(Checked):
-    model: str = setting("tiny", "Base model: tiny, smollm2-135m, gemma3-270m, a .gguf file, an HF id or a local folder.")
-    train_data: str | None = setting(None, "Questions or instruction records.", unset="the bundled sample's train split")
+    model: str = setting(
+        "tiny", "Base model: tiny, smollm2-135m, gemma3-270m, a .gguf file, an HF id or a local folder."
+    )
+    train_data: str | None = setting(
+        None, "Questions or instruction records.", unset="the bundled sample's train split"
+    )
     eval_data: str | None = setting(None, "Optional questions/records for eval/loss.", unset="none")
     data_format: str = setting("auto", "Data format (auto: detected).")
     filters: DataFilter = setting(DataFilter(), "Question filters.")
-    prompt_format: str = setting("igakuqa", "Prompt format: igakuqa | alpaca_med | medpalm | chat-<format>.",
-                                 choices=PROMPT_FORMATS)
+    prompt_format: str = setting(
+        "igakuqa", "Prompt format: igakuqa | alpaca_med | medpalm | chat-<format>.", choices=PROMPT_FORMATS
+    )
     shots: int = setting(0, "Solved examples placed before each question.", minimum=0)
-    preset: str | None = setting(None, "jmedlora-7b | jmedlora-70b (jmed/presets.yaml); explicit options override it.",
-                                 unset="none")
+    preset: str | None = setting(
+        None, "jmedlora-7b | jmedlora-70b (jmed/presets.yaml); explicit options override it.", unset="none"
+    )
     lora_r: int = setting(8, "LoRA rank.", minimum=1)
     lora_alpha: int = setting(16, "LoRA alpha.", minimum=1)
     lora_dropout: float = setting(0.05, "LoRA dropout.", minimum=0, maximum=1)
-    target_modules: str | None = setting(None, "Comma-separated module names, qkv, or all-linear.",
-                                         unset="by architecture")
+    target_modules: str | None = setting(
+        None, "Comma-separated module names, qkv, or all-linear.", unset="by architecture"
+    )
     quantization: str = setting("none", "none | 8bit | 4bit (nf4, double quantisation).", choices=QUANTIZATIONS)
-    learning_rate: float | None = setting(None, "AdamW learning rate (presets set the papers' rates).",
-                                          unset="1e-2 for tiny, 2e-4 for other models")
+    learning_rate: float | None = setting(
+        None, "AdamW learning rate (presets set the papers' rates).", unset="1e-2 for tiny, 2e-4 for other models"
+    )
     lr_schedule: str = setting("cosine", "Learning-rate schedule.", choices=LR_SCHEDULES)
     warmup_steps: int = setting(0, "Linear warmup steps.", minimum=0)
     max_steps: int = setting(60, "Optimiser steps; > 0 wins over --epochs.", minimum=0)
@@ -171,8 +183,9 @@ class TrainConfig(Checked):
     precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
     seed: int = setting(42, "Random seed.", minimum=0)
     checkpoint_every: int = setting(0, "Log a checkpoint every N steps (0: none).", minimum=0)
-    resume_from: str | None = setting(None, "A train run id: continue from its latest checkpoint (new run).",
-                                      unset="a fresh start")
+    resume_from: str | None = setting(
+        None, "A train run id: continue from its latest checkpoint (new run).", unset="a fresh start"
+    )
     stop_after: int = setting(0, "Stop after N steps as if interrupted, writing a checkpoint (0: never).", minimum=0)
     trust_remote_code: bool = setting(False, "Run the model repository's own Python code.")
 
@@ -186,8 +199,12 @@ class TrainConfig(Checked):
         out = []
         if isinstance(self.learning_rate, (int, float)) and self.learning_rate <= 0:
             out.append(f"learning_rate: must be above 0, got {self.learning_rate}")
-        if isinstance(self.max_steps, int) and isinstance(self.epochs, (int, float)) \
-                and self.max_steps <= 0 and self.epochs <= 0:
+        if (
+            isinstance(self.max_steps, int)
+            and isinstance(self.epochs, (int, float))
+            and self.max_steps <= 0
+            and self.epochs <= 0
+        ):
             out.append("max_steps, epochs: set max_steps > 0 or epochs > 0")
         return out
 
@@ -195,32 +212,53 @@ class TrainConfig(Checked):
 @dataclass(frozen=True)
 class EvalConfig(Checked):
     model: str | None = setting(None, "Base model: tiny, an HF id or a local folder.", unset="the adapter's, else tiny")
-    adapter: str | None = setting(None, "Train run id, runs:/<id>/adapter, models:/<name>/<version|@alias>, or a folder.",
-                                  unset="none: the base model alone")
+    adapter: str | None = setting(
+        None,
+        "Train run id, runs:/<id>/adapter, models:/<name>/<version|@alias>, or a folder.",
+        unset="none: the base model alone",
+    )
     eval_data: str | None = setting(None, "Questions to evaluate.", unset="the bundled sample's test split")
     data_format: str = setting("auto", "Data format (auto: detected).")
     filters: DataFilter = setting(DataFilter(), "Question filters.")
     protocol: str | None = setting(None, "letter | text | loglik.", choices=PROTOCOLS, unset="the prompt format's own")
-    prompt_format: str | None = setting(None, "Prompt format.", choices=PROMPT_FORMATS,
-                                        unset="the adapter's, else igakuqa")
+    prompt_format: str | None = setting(
+        None, "Prompt format.", choices=PROMPT_FORMATS, unset="the adapter's, else igakuqa"
+    )
     parsing: str = setting("lenient", "Answer parsing: official (IgakuQA's reference) | lenient.", choices=PARSINGS)
-    exam_kind: str | None = setting(None, "The exam the questions are from: corrections, years and pass rules "
-                                    "follow it.", choices=EXAM_KINDS, unset="the reader's (IgakuQA: medical)")
-    extraction: str = setting("last-block", "Text protocol: the authors' harness's answer extraction, last-block "
-                              "(June 2024) | first-line (from July 2024).", choices=EXTRACTIONS)
+    exam_kind: str | None = setting(
+        None,
+        "The exam the questions are from: corrections, years and pass rules follow it.",
+        choices=EXAM_KINDS,
+        unset="the reader's (IgakuQA: medical)",
+    )
+    extraction: str = setting(
+        "last-block",
+        "Text protocol: the authors' harness's answer extraction, last-block "
+        "(June 2024) | first-line (from July 2024).",
+        choices=EXTRACTIONS,
+    )
     shots: int | None = setting(None, "Solved examples before each question.", minimum=0, unset="the adapter's, else 0")
     limit: int = setting(0, "Evaluate only the first N questions (0: all; biased to block A, see --sample).", minimum=0)
     sample: int = setting(0, "Evaluate a fixed random subset of N questions (seeded by --seed; 0: all).", minimum=0)
     batch_size: int = setting(8, "Questions per batch.", minimum=1)
-    max_new_tokens: int = setting(0, "Generation length (0: fit the answers, 16 for letters, the longest gold "
-                                     "text + 8 for text).", minimum=0)
+    max_new_tokens: int = setting(
+        0, "Generation length (0: fit the answers, 16 for letters, the longest gold text + 8 for text).", minimum=0
+    )
     precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
-    quantization: str | None = setting(None, "none | 8bit | 4bit.", choices=QUANTIZATIONS,
-                                       unset="the adapter's, else none")
-    engine: str = setting("hf", "Inference engine: hf (jmed's own loop: exact, 4-bit, starts in seconds) | "
-                          "vllm (a vLLM server: many times faster on a real evaluation).", choices=ENGINES)
-    engine_url: str = setting("", "With --engine vllm: a running OpenAI-compatible vLLM server "
-                              "(http://host:port/v1) serving the model (empty: jmed starts one for the step).")
+    quantization: str | None = setting(
+        None, "none | 8bit | 4bit.", choices=QUANTIZATIONS, unset="the adapter's, else none"
+    )
+    engine: str = setting(
+        "hf",
+        "Inference engine: hf (jmed's own loop: exact, 4-bit, starts in seconds) | "
+        "vllm (a vLLM server: many times faster on a real evaluation).",
+        choices=ENGINES,
+    )
+    engine_url: str = setting(
+        "",
+        "With --engine vllm: a running OpenAI-compatible vLLM server "
+        "(http://host:port/v1) serving the model (empty: jmed starts one for the step).",
+    )
     seed: int = setting(42, "Random seed.", minimum=0)
     compare_base: bool = setting(True, "Also record the delta against the base model.")
 
@@ -231,8 +269,10 @@ class EvalConfig(Checked):
         if self.engine_url and not str(self.engine_url).startswith(("http://", "https://")):
             out.append(f"engine_url: expected http://host:port/v1, got {self.engine_url!r}")
         if self.engine == "vllm" and self.quantization in ("4bit", "8bit"):
-            out.append(f"quantization: {self.quantization} is bitsandbytes in the hf engine; the vllm engine runs "
-                       "the model in bfloat16 (a QLoRA adapter is merged into it); use --engine hf")
+            out.append(
+                f"quantization: {self.quantization} is bitsandbytes in the hf engine; the vllm engine runs "
+                "the model in bfloat16 (a QLoRA adapter is merged into it); use --engine hf"
+            )
         return out
 
 

@@ -3,6 +3,7 @@ noise kept out of the way unless asked for (`jmed --verbose …` or JMED_VERBOSE
 
 Summaries are built from the values a step logs, so the terminal and the MLflow run agree.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@ and params, checked before the model runs) and its limits. `jmed.serving` (the p
 registry (signature) and `jmed predict` all use these checks, so a bad request gets the same message
 everywhere: MlflowException(INVALID_PARAMETER_VALUE), which `mlflow models serve` answers with HTTP 400.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,13 @@ def check_inputs(model_input) -> list[dict]:
 
     if isinstance(model_input, dict):
         columns = [v for v in model_input.values() if isinstance(v, (list, tuple, np.ndarray))]
-        if model_input and len(columns) == len(model_input) and len({len(v) for v in columns}) == 1 \
-                and "question" in model_input and not isinstance(model_input["question"], str):
+        if (
+            model_input
+            and len(columns) == len(model_input)
+            and len({len(v) for v in columns}) == 1
+            and "question" in model_input
+            and not isinstance(model_input["question"], str)
+        ):
             # columnar: {"question": [...], "choices": [[...], ...]} (`inputs` or `instances` by column)
             model_input = pd.DataFrame({k: list(v) for k, v in model_input.items()})
         else:
@@ -108,8 +114,11 @@ def check_inputs(model_input) -> list[dict]:
                     errors.append(f"{where}: choices[{j}] {bad[1]}")
         if _missing(n):
             n = n_select(q) if isinstance(q, str) else 1
-        elif isinstance(n, bool) or not isinstance(n, (int, np.integer, float)) \
-                or (isinstance(n, float) and not n.is_integer()):  # 1.5, inf
+        elif (
+            isinstance(n, bool)
+            or not isinstance(n, (int, np.integer, float))
+            or (isinstance(n, float) and not n.is_integer())
+        ):  # 1.5, inf
             errors.append(f"{where}: 'n_answers' must be an integer, got {n!r}")
             n = None
         else:
@@ -118,8 +127,11 @@ def check_inputs(model_input) -> list[dict]:
             errors.append(f"{where}: 'n_answers' is {n}; must be between 1 and the {len(ch)} choices")
         rows.append({"question": q, "choices": list(ch or []), "n_answers": n})
     if errors:
-        raise invalid("invalid input: " + "; ".join(errors[:20])
-                      + (f"; … and {len(errors) - 20} more" if len(errors) > 20 else ""))
+        raise invalid(
+            "invalid input: "
+            + "; ".join(errors[:20])
+            + (f"; … and {len(errors) - 20} more" if len(errors) > 20 else "")
+        )
     return rows
 
 
@@ -145,8 +157,10 @@ def check_params(params: dict | None, default_protocol: str, prompt_format: str 
             raise invalid(f"param 'protocol': {exc}") from None
     tokens = params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= MAX_NEW_TOKENS_LIMIT:
-        raise invalid(f"param 'max_new_tokens' is {tokens!r}; must be an integer from 0 (fit the answers) "
-                      f"to {MAX_NEW_TOKENS_LIMIT}")
+        raise invalid(
+            f"param 'max_new_tokens' is {tokens!r}; must be an integer from 0 (fit the answers) "
+            f"to {MAX_NEW_TOKENS_LIMIT}"
+        )
     return protocol, tokens
 
 

@@ -4,6 +4,7 @@ Loaders never drop input silently: a malformed record becomes a `DataError` nami
 field; a known, documented kind (image question, numeric entry, points 0) stays in the data and is
 counted by `exclusions()`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,8 +51,11 @@ def with_exam_kind(questions, kind: str) -> list:
             out.append(q)
             continue
         derived = q.year is None or q.year == exam_year(q.exam, q.exam_kind)
-        out.append(dataclasses.replace(q, exam_kind=kind, accept_any=q.id in accept_any,
-                                       year=exam_year(q.exam, kind) if derived else q.year))
+        out.append(
+            dataclasses.replace(
+                q, exam_kind=kind, accept_any=q.id in accept_any, year=exam_year(q.exam, kind) if derived else q.year
+            )
+        )
     return out
 
 
@@ -112,9 +116,18 @@ def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
             except ValueError:
                 pass  # the reader reports an unreadable file itself
         if len(kinds) > 1:  # read as one format, every file of the others would fail line by line
-            ds.errors.append(DataError(str(path), 0, "", "this folder mixes formats: " + "; ".join(
-                f"{k} ({', '.join(v[:3])}{', …' if len(v) > 3 else ''})" for k, v in sorted(kinds.items()))
-                + "; pass the files (or --format) separately"))
+            ds.errors.append(
+                DataError(
+                    str(path),
+                    0,
+                    "",
+                    "this folder mixes formats: "
+                    + "; ".join(
+                        f"{k} ({', '.join(v[:3])}{', …' if len(v) > 3 else ''})" for k, v in sorted(kinds.items())
+                    )
+                    + "; pass the files (or --format) separately",
+                )
+            )
             return ds
     if not files:
         ds.errors.append(DataError(str(path), 0, "", "no data files in this folder"))
@@ -126,8 +139,14 @@ def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
         ds = _no_reader_fits(path, ds, translate)
     if not ds.items and not ds.errors:  # "OK: 0 questions" would pass an empty file on to training
         excluded = sum(len(v) for v in ds.skipped.values())
-        ds.errors.append(DataError(str(path), 0, "", "no questions or records in the data" +
-                                   (f" ({excluded} excluded)" if excluded else "")))
+        ds.errors.append(
+            DataError(
+                str(path),
+                0,
+                "",
+                "no questions or records in the data" + (f" ({excluded} excluded)" if excluded else ""),
+            )
+        )
     order = {f: i for i, f in enumerate(ds.files)}
     ds.errors.sort(key=lambda e: (order.get(e.file, -1), e.file, e.line))
     return ds
@@ -147,11 +166,15 @@ def _no_reader_fits(path: Path, detected: Dataset, translate: bool) -> Dataset:
         if ds.items and not ds.errors:
             return ds
         top = Counter((e.field, re.sub(r"\b\d+\b", "N", e.message)) for e in ds.errors).most_common(1)
-        why = f"{top[0][0][0] + ': ' if top[0][0][0] else ''}{top[0][0][1]} ({top[0][1]} of {len(ds.errors)} errors)" \
-            if top else "read nothing"
+        why = (
+            f"{top[0][0][0] + ': ' if top[0][0][0] else ''}{top[0][0][1]} ({top[0][1]} of {len(ds.errors)} errors)"
+            if top
+            else "read nothing"
+        )
         tried.append(f"{fmt}: {why}")
-    detected.errors = [DataError(str(path), 0, "", "no reader fits this data; formats tried: " + "; ".join(tried))] \
-        + detected.errors[:5]
+    detected.errors = [
+        DataError(str(path), 0, "", "no reader fits this data; formats tried: " + "; ".join(tried))
+    ] + detected.errors[:5]
     return detected
 
 
@@ -164,7 +187,7 @@ def duplicate_ids(items) -> list[DataError]:
             f = first[it.id]
             where = f"line {f.line}" if f.file == it.file else f"{f.file}:{f.line}"
             fld = "problem_id" if isinstance(it, Question) and it.source in ("igakuqa", "jjsimqa") else "id"
-            errors.append(DataError(it.file, it.line, fld, f'duplicate id {shown(it.id)} (first at {where})'))
+            errors.append(DataError(it.file, it.line, fld, f"duplicate id {shown(it.id)} (first at {where})"))
         else:
             first[it.id] = it
     return errors
@@ -204,11 +227,21 @@ def load_training_items(path, fmt: str = "auto") -> list:
 def _canonical(item) -> dict:
     if isinstance(item, InstructionRecord):
         return {"id": item.id, "instruction": item.instruction, "input": item.input, "output": item.output}
-    return {"id": item.id, "stem": item.stem, "choices": list(item.choices),
-            "answer": [list(a) for a in item.answer], "points": float(item.points), "block": item.block,
-            "exam": item.exam, "year": item.year, "text_only": item.text_only, "kinki": list(item.kinki),
-            "category": item.category, "accept_any": item.accept_any,
-            **({"no_prompt": item.no_prompt} if item.no_prompt else {})}  # digests of earlier data unchanged
+    return {
+        "id": item.id,
+        "stem": item.stem,
+        "choices": list(item.choices),
+        "answer": [list(a) for a in item.answer],
+        "points": float(item.points),
+        "block": item.block,
+        "exam": item.exam,
+        "year": item.year,
+        "text_only": item.text_only,
+        "kinki": list(item.kinki),
+        "category": item.category,
+        "accept_any": item.accept_any,
+        **({"no_prompt": item.no_prompt} if item.no_prompt else {}),
+    }  # digests of earlier data unchanged
 
 
 def digest(items) -> str:

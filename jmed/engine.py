@@ -14,6 +14,7 @@ letters only (`allowed_token_ids` with the engine's logprobs taken after that ma
 generated per question, no prompt logits); a continuation longer than one token (choice text) is
 scored from its `prompt_logprobs` instead, as lm-evaluation-harness does with `echo`.
 """
+
 from __future__ import annotations
 
 import os
@@ -99,12 +100,15 @@ class VLLMEngine:
             r.raise_for_status()
             ids = [m["id"] for m in r.json().get("data", [])]
         except (requests.RequestException, ValueError, KeyError) as exc:
-            raise EngineError(f"vLLM engine at {self.url}: cannot list its models ({exc}); is it an "
-                              "OpenAI-compatible server (…/v1)?") from exc
+            raise EngineError(
+                f"vLLM engine at {self.url}: cannot list its models ({exc}); is it an OpenAI-compatible server (…/v1)?"
+            ) from exc
         bases = [m for m in ids if SERVED_NAME == m] or ids
         if len(bases) != 1:
-            raise EngineError(f"vLLM engine at {self.url} serves {len(ids)} models ({', '.join(ids)}); "
-                              "jmed evaluates the one model it is pointed at")
+            raise EngineError(
+                f"vLLM engine at {self.url} serves {len(ids)} models ({', '.join(ids)}); "
+                "jmed evaluates the one model it is pointed at"
+            )
         return bases[0]
 
     def _common(self) -> dict:
@@ -117,7 +121,7 @@ class VLLMEngine:
             groups.setdefault(key, []).append(i)
         for key, idx in groups.items():
             for s in range(0, len(idx), REQUEST_CHUNK):
-                yield key, idx[s:s + REQUEST_CHUNK]
+                yield key, idx[s : s + REQUEST_CHUNK]
 
     def _run(self, jobs, fn, total: int, desc):
         from concurrent.futures import ThreadPoolExecutor
@@ -142,8 +146,13 @@ class VLLMEngine:
 
         def one(job):
             (limit,), idx = job
-            body = {**self._common(), "prompt": [ids[i] for i in idx], "max_tokens": limit,
-                    "return_token_ids": True, "skip_special_tokens": True}
+            body = {
+                **self._common(),
+                "prompt": [ids[i] for i in idx],
+                "max_tokens": limit,
+                "return_token_ids": True,
+                "skip_special_tokens": True,
+            }
             if eos is not None:
                 body["stop_token_ids"] = [eos]
             out = self._post("/completions", body)["choices"]
@@ -167,14 +176,21 @@ class VLLMEngine:
 
         p_ids, c_ids = encode_choices(self.tokenizer, prompts, continuations)
         scores: list[list[float]] = [[] for _ in prompts]
-        single = [q for q, cs in enumerate(c_ids)
-                  if all(len(x) == 1 for x in cs) and len({x[0] for x in cs}) == len(cs)]
+        single = [
+            q for q, cs in enumerate(c_ids) if all(len(x) == 1 for x in cs) and len({x[0] for x in cs}) == len(cs)
+        ]
         multi = sorted(set(range(len(prompts))) - set(single))
 
         def letters(job):
             allowed, idx = job
-            body = {**self._common(), "prompt": [p_ids[i] for i in idx], "max_tokens": 1,
-                    "logprobs": len(allowed), "allowed_token_ids": list(allowed), "return_tokens_as_token_ids": True}
+            body = {
+                **self._common(),
+                "prompt": [p_ids[i] for i in idx],
+                "max_tokens": 1,
+                "logprobs": len(allowed),
+                "allowed_token_ids": list(allowed),
+                "return_tokens_as_token_ids": True,
+            }
             out = self._post("/completions", body)["choices"]
             for ch in out:
                 i = idx[ch["index"]]
@@ -187,15 +203,16 @@ class VLLMEngine:
                 scores[i] = [got[x[0]] for x in c_ids[i]]
             return len(idx)
 
-        self._run(list(self._chunks([(tuple(x[0] for x in c_ids[q]), q) for q in single])), letters,
-                  len(prompts), desc)
+        self._run(list(self._chunks([(tuple(x[0] for x in c_ids[q]), q) for q in single])), letters, len(prompts), desc)
 
         def echo(q):
             # every choice of the question in one request: vLLM batches them (and shares the prompt's blocks)
             body = {**self._common(), "prompt": [p_ids[q] + c for c in c_ids[q]], "max_tokens": 1, "prompt_logprobs": 0}
             out = sorted(self._post("/completions", body)["choices"], key=lambda ch: ch["index"])
-            scores[q] = [sum(ch["prompt_logprobs"][len(p_ids[q]) + k][str(t)]["logprob"] for k, t in enumerate(c))
-                         for ch, c in zip(out, c_ids[q])]
+            scores[q] = [
+                sum(ch["prompt_logprobs"][len(p_ids[q]) + k][str(t)]["logprob"] for k, t in enumerate(c))
+                for ch, c in zip(out, c_ids[q])
+            ]
             return 1
 
         if multi:
@@ -216,8 +233,10 @@ def vllm_python() -> str:
     local = Path(jmed.__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
     if local.exists():
         return str(local)
-    raise EngineError("the vllm engine is not installed: `make install` puts it in .venv-vllm, or set "
-                      "JMED_VLLM_PYTHON to a Python with vllm installed, or pass --engine-url of a running server")
+    raise EngineError(
+        "the vllm engine is not installed: `make install` puts it in .venv-vllm, or set "
+        "JMED_VLLM_PYTHON to a Python with vllm installed, or pass --engine-url of a running server"
+    )
 
 
 def _on_gpu() -> bool:
@@ -226,14 +245,44 @@ def _on_gpu() -> bool:
     return bool(shutil.which("nvidia-smi")) and os.environ.get("CUDA_VISIBLE_DEVICES", "0") != ""
 
 
-def vllm_command(model_dir: str, port: int, served_names: list[str], lora_rank: int = 0, max_loras: int = 4,
-                 max_model_len: int = 0, extra: list[str] | None = None) -> list[str]:
+def vllm_command(
+    model_dir: str,
+    port: int,
+    served_names: list[str],
+    lora_rank: int = 0,
+    max_loras: int = 4,
+    max_model_len: int = 0,
+    extra: list[str] | None = None,
+) -> list[str]:
     """`python -m jmed.reaper -- <vllm python> -m vllm.entrypoints.openai.api_server …` on 127.0.0.1."""
-    cmd = [sys.executable, "-m", "jmed.reaper", "--", vllm_python(), "-m", "vllm.entrypoints.openai.api_server",
-           "--model", str(model_dir), "--served-model-name", *served_names, "--host", "127.0.0.1",
-           "--port", str(port), "--dtype", "bfloat16" if not _on_gpu() else "auto", "--seed", "0",
-           "--logprobs-mode", "processed_logprobs", "--max-logprobs", str(MAX_LOGPROBS),
-           "--generation-config", "vllm", "--disable-uvicorn-access-log"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jmed.reaper",
+        "--",
+        vllm_python(),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        *served_names,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "bfloat16" if not _on_gpu() else "auto",
+        "--seed",
+        "0",
+        "--logprobs-mode",
+        "processed_logprobs",
+        "--max-logprobs",
+        str(MAX_LOGPROBS),
+        "--generation-config",
+        "vllm",
+        "--disable-uvicorn-access-log",
+    ]
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
     if _on_gpu():
@@ -261,21 +310,32 @@ def _all_cores() -> str:
 
 
 def engine_env(lora: bool = False) -> dict:
-    env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB)),
-           # vLLM binds its worker to all cores but one by default (the one kept for its API server):
-           # half this 2-core machine. Bound to every core the worker ran 1.64 against 0.99 questions/s.
-           "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
-           "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", _all_cores()),
-           "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-           "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
-           "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")}
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB)),
+        # vLLM binds its worker to all cores but one by default (the one kept for its API server):
+        # half this 2-core machine. Bound to every core the worker ran 1.64 against 0.99 questions/s.
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
+        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", _all_cores()),
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+        "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore"),
+    }
     if lora:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     return env
 
 
-def start_vllm(model_dir, served_names: list[str] | None = None, log_path=None, lora_rank: int = 0,
-               timeout: float = 900.0, port: int = 0, max_model_len: int = 0):
+def start_vllm(
+    model_dir,
+    served_names: list[str] | None = None,
+    log_path=None,
+    lora_rank: int = 0,
+    timeout: float = 900.0,
+    port: int = 0,
+    max_model_len: int = 0,
+):
     """Start a vLLM server for `model_dir` and wait until it answers; returns (process, url, seconds).
     Stop it with jmed.server.stop_server (the whole process group: reaper, API server, engine core)."""
     from jmed import server
@@ -285,7 +345,9 @@ def start_vllm(model_dir, served_names: list[str] | None = None, log_path=None, 
     cmd = vllm_command(str(model_dir), port, names, lora_rank=lora_rank, max_model_len=max_model_len)
     env = server.serve_env("", engine_env(lora=bool(lora_rank)))
     try:
-        proc, seconds = server.start_process(cmd, env, port, "/health", log_path, timeout, f"vLLM engine for {model_dir}")
+        proc, seconds = server.start_process(
+            cmd, env, port, "/health", log_path, timeout, f"vLLM engine for {model_dir}"
+        )
     except (RuntimeError, TimeoutError) as exc:
         raise EngineError(f"vLLM could not serve model {model_dir}: {exc}{_log_reason(log_path)}") from exc
     return proc, f"http://127.0.0.1:{port}/v1", seconds
@@ -295,8 +357,11 @@ def _log_reason(log_path) -> str:
     """The last error line of the engine's log: why vLLM refused the model."""
     if not log_path or not Path(log_path).exists():
         return ""
-    lines = [ln for ln in Path(log_path).read_text(errors="replace").splitlines()
-             if "Error" in ln or "error" in ln or "Unsupported" in ln]
+    lines = [
+        ln
+        for ln in Path(log_path).read_text(errors="replace").splitlines()
+        if "Error" in ln or "error" in ln or "Unsupported" in ln
+    ]
     return f"; the engine said: {lines[-1].strip()[-400:]}" if lines else ""
 
 

@@ -11,6 +11,7 @@ records its delta against the base model on the same data and settings: a matchi
 in the store is reused, else the base (adapter disabled) is evaluated now as a child run.
 `eval/questions_per_s` counts inference only (rendering, tokenising, forward passes), not loading.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,9 +29,19 @@ from jmed.prompts import check_protocol
 # ---- one pass over the questions ------------------------------------------------------------------
 
 
-
-def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str, shots: int = 0, parsing: str = "lenient",
-                  batch_size: int = 8, max_new_tokens: int = 0, desc: str = "", extraction: str = "last-block") -> dict:
+def run_questions(
+    model,
+    tokenizer,
+    questions,
+    protocol: str,
+    prompt_format: str,
+    shots: int = 0,
+    parsing: str = "lenient",
+    batch_size: int = 8,
+    max_new_tokens: int = 0,
+    desc: str = "",
+    extraction: str = "last-block",
+) -> dict:
     """Predict and score `questions`; returns {"rows": per-question dicts, "metrics": {...}, "summary": ...}.
 
     Numeric-entry questions are skipped (and counted) in the text and loglik protocols, which need choices.
@@ -49,15 +60,16 @@ def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str
     qs = list(questions) if protocol == "letter" else [q for q in questions if not q.numeric]
     skipped = len(questions) - len(qs)
     if not qs:
-        raise ValueError(f"no questions left to evaluate: all {skipped} are numeric-entry, and the {protocol} "
-                         "protocol needs choices (use --protocol letter)")
+        raise ValueError(
+            f"no questions left to evaluate: all {skipped} are numeric-entry, and the {protocol} "
+            "protocol needs choices (use --protocol letter)"
+        )
     prompts = [render(q, prompt_format, shots_for(qs, i, shots), tokenizer).prompt for i, q in enumerate(qs)]
     started = time.perf_counter()
     extra: dict = {}
     if protocol == "loglik":
         # Letter formats score the letters a, b, …; text formats score the choice texts themselves.
-        conts = [list(LETTERS[: len(q.choices)]) if _is_letter_format(prompt_format) else list(q.choices)
-                 for q in qs]
+        conts = [list(LETTERS[: len(q.choices)]) if _is_letter_format(prompt_format) else list(q.choices) for q in qs]
         scores = engine.loglik(prompts, conts, desc=desc or "loglik")
         seconds = time.perf_counter() - started
         by_id = {q.id: sc for q, sc in zip(qs, scores)}
@@ -81,16 +93,28 @@ def run_questions(model, tokenizer, questions, protocol: str, prompt_format: str
             picks = {r["id"]: r["pick"] for r in M.text_rows(qs, responses, extraction)}
             summary = M.letter_summary(qs, picks, M.PICKS)  # accuracy, score, … of the gestalt picks
             rows = M.letter_rows(qs, picks, M.PICKS)
-            extra.update(exact_match=text["exact_match"], gestalt=text["gestalt"],
-                         gestalt_accuracy=text["gestalt_accuracy"])
+            extra.update(
+                exact_match=text["exact_match"], gestalt=text["gestalt"], gestalt_accuracy=text["gestalt_accuracy"]
+            )
             for year, ys in text["by_year"].items():
                 for key in ("exact_match", "gestalt", "gestalt_accuracy"):
                     extra[f"{year}/{key}"] = ys[key]
     # What a reader compares first (id, parsed, gold, correct) leads; the long prompt comes last.
-    table = [{"id": r["id"], "parsed": r["parsed"] or "", "gold": r["gold"], "correct": bool(r["correct"]),
-              "points": float(r["points_scored"]), "max_points": float(r["points"]), "year": r["year"] or 0,
-              "category": r["category"], "output": out, "prompt": p}
-             for r, p, out in zip(rows, prompts, outputs)]
+    table = [
+        {
+            "id": r["id"],
+            "parsed": r["parsed"] or "",
+            "gold": r["gold"],
+            "correct": bool(r["correct"]),
+            "points": float(r["points_scored"]),
+            "max_points": float(r["points"]),
+            "year": r["year"] or 0,
+            "category": r["category"],
+            "output": out,
+            "prompt": p,
+        }
+        for r, p, out in zip(rows, prompts, outputs)
+    ]
     lengths = sorted(len(encode_prompt(tokenizer, p)) for p in prompts)
     if lengths:
         extra.update(prompt_tokens_median=lengths[len(lengths) // 2], prompt_tokens_max=lengths[-1])
@@ -111,10 +135,21 @@ def _metric_key(name: str) -> str:
 
 
 def _metrics(summary: dict, extra: dict, n: int, skipped: int, seconds: float) -> dict:
-    m = {"eval/questions": n, "eval/skipped_numeric": skipped,
-         "eval/questions_per_s": n / seconds if seconds > 0 else 0.0}
-    for key in ("accuracy", "correct", "score", "points", "points_total", "required_score", "unparsed",
-                "kinki_selected"):
+    m = {
+        "eval/questions": n,
+        "eval/skipped_numeric": skipped,
+        "eval/questions_per_s": n / seconds if seconds > 0 else 0.0,
+    }
+    for key in (
+        "accuracy",
+        "correct",
+        "score",
+        "points",
+        "points_total",
+        "required_score",
+        "unparsed",
+        "kinki_selected",
+    ):
         if key in summary and summary[key] is not None:
             m[f"eval/{key}"] = float(summary[key])
     for key, value in extra.items():
@@ -131,8 +166,20 @@ def _metrics(summary: dict, extra: dict, n: int, skipped: int, seconds: float) -
 
 # ---- the evaluate step ----------------------------------------------------------------------------
 
-MATCH_PARAMS = ("model", "base_revision", "eval_data_digest", "protocol", "prompt_format", "shots", "parsing",
-                "extraction", "limit", "sample", "quantization", "engine")
+MATCH_PARAMS = (
+    "model",
+    "base_revision",
+    "eval_data_digest",
+    "protocol",
+    "prompt_format",
+    "shots",
+    "parsing",
+    "extraction",
+    "limit",
+    "sample",
+    "quantization",
+    "engine",
+)
 
 
 def _resolve(cfg, meta: dict):
@@ -145,8 +192,10 @@ def _resolve(cfg, meta: dict):
 
     model = cfg.model or meta.get("model") or "tiny"
     if meta.get("model") and model != meta["model"]:
-        raise ValueError(f"adapter {cfg.adapter} was trained on {meta['model']!r}, not on model {model!r}; "
-                         f"pass --model {meta['model']} (or leave --model empty)")
+        raise ValueError(
+            f"adapter {cfg.adapter} was trained on {meta['model']!r}, not on model {model!r}; "
+            f"pass --model {meta['model']} (or leave --model empty)"
+        )
     fmt = adapter.prompt_format(meta, cfg.prompt_format)
     protocol = cfg.protocol or protocol_for(fmt)
     check_protocol(fmt, protocol)
@@ -155,11 +204,14 @@ def _resolve(cfg, meta: dict):
     if cfg.engine == "vllm":
         quantization = "none"  # vLLM runs the base in bfloat16, a QLoRA adapter merged into it (config refuses 4bit)
         if cfg.engine_url and cfg.adapter:
-            raise ValueError(f"--engine-url {cfg.engine_url}: the server's model is evaluated as it is served, so "
-                             f"--adapter {cfg.adapter} cannot be applied; serve the adapter there (jmed serve "
-                             "--engine vllm) and evaluate without --adapter, or drop --engine-url")
-    return dataclasses.replace(cfg, model=model, prompt_format=fmt, protocol=protocol, shots=shots,
-                               quantization=quantization)
+            raise ValueError(
+                f"--engine-url {cfg.engine_url}: the server's model is evaluated as it is served, so "
+                f"--adapter {cfg.adapter} cannot be applied; serve the adapter there (jmed serve "
+                "--engine vllm) and evaluate without --adapter, or drop --engine-url"
+            )
+    return dataclasses.replace(
+        cfg, model=model, prompt_format=fmt, protocol=protocol, shots=shots, quantization=quantization
+    )
 
 
 def load_eval_questions(cfg, left_out: dict | None = None):
@@ -169,8 +221,12 @@ def load_eval_questions(cfg, left_out: dict | None = None):
     from jmed.data import SAMPLE_TEST, apply_filters, left_out_counts, sample_questions
 
     path = cfg.eval_data or str(SAMPLE_TEST)
-    valid = load_valid(path, cfg.data_format, questions_only=True,  # `jmed validate`'s checks, before the model
-                       exclude_ids=cfg.filters.exclude_ids)
+    valid = load_valid(
+        path,
+        cfg.data_format,
+        questions_only=True,  # `jmed validate`'s checks, before the model
+        exclude_ids=cfg.filters.exclude_ids,
+    )
     if cfg.exam_kind:
         from jmed.data import with_exam_kind
 
@@ -189,8 +245,10 @@ def load_eval_questions(cfg, left_out: dict | None = None):
     if left_out is not None:
         left_out.update(reasons)
     if not questions:
-        raise ValueError(f"no questions to evaluate in {path} after filters"
-                         + (f" ({', '.join(f'{why}: {n}' for why, n in reasons.items())})" if reasons else ""))
+        raise ValueError(
+            f"no questions to evaluate in {path} after filters"
+            + (f" ({', '.join(f'{why}: {n}' for why, n in reasons.items())})" if reasons else "")
+        )
     return path, questions
 
 
@@ -215,21 +273,44 @@ def evaluate(cfg) -> str:
         if meta.get("base_revision") and meta["base_revision"] != info.get("revision"):
             import warnings
 
-            warnings.warn(f"adapter {cfg.adapter} was trained on {cfg.model} revision {meta['base_revision']}, "
-                          f"evaluating on revision {info.get('revision')} (both are logged)", stacklevel=2)
+            warnings.warn(
+                f"adapter {cfg.adapter} was trained on {cfg.model} revision {meta['base_revision']}, "
+                f"evaluating on revision {info.get('revision')} (both are logged)",
+                stacklevel=2,
+            )
         train_run = meta.get("train_run_id", "") if adapter_dir else ""
-        tags = {tracking.BASE_TAG: info["slug"], tracking.ADAPTER_RUN_TAG: train_run or ("unknown" if adapter_dir else "none")}
+        tags = {
+            tracking.BASE_TAG: info["slug"],
+            tracking.ADAPTER_RUN_TAG: train_run or ("unknown" if adapter_dir else "none"),
+        }
         mlflow.set_tags(tags)
         mlflow.set_tag("mlflow.runName", f"evaluate-{info['slug']}-{(train_run or 'base')[:8]}-{cfg.protocol}")
-        params = {**_flat(cfg), "eval_data_path": path, "eval_data_digest": digest,
-                  "base_revision": info.get("revision", ""), "tokenizer_hash": info.get("tokenizer_hash", ""),
-                  "adapter_train_run": train_run, "adapter_train_data_digest": meta.get("train_data_digest", ""),
-                  "adapter_base_revision": meta.get("base_revision", ""), "questions": len(questions)}
+        params = {
+            **_flat(cfg),
+            "eval_data_path": path,
+            "eval_data_digest": digest,
+            "base_revision": info.get("revision", ""),
+            "tokenizer_hash": info.get("tokenizer_hash", ""),
+            "adapter_train_run": train_run,
+            "adapter_train_data_digest": meta.get("train_data_digest", ""),
+            "adapter_base_revision": meta.get("base_revision", ""),
+            "questions": len(questions),
+        }
         tracking.log_params(params)
         tracking.log_dataset(questions, name=_data_name(path), path=path, digest=digest, context="eval")
-        result = run_questions(opened.engine, tokenizer, questions, cfg.protocol, cfg.prompt_format, cfg.shots,
-                               cfg.parsing, cfg.batch_size, cfg.max_new_tokens, desc=f"evaluate {cfg.protocol}",
-                               extraction=cfg.extraction)
+        result = run_questions(
+            opened.engine,
+            tokenizer,
+            questions,
+            cfg.protocol,
+            cfg.prompt_format,
+            cfg.shots,
+            cfg.parsing,
+            cfg.batch_size,
+            cfg.max_new_tokens,
+            desc=f"evaluate {cfg.protocol}",
+            extraction=cfg.extraction,
+        )
         result["metrics"]["eval/load_s"] = opened.load_s
         if cfg.engine == "vllm":
             opened.close()  # before a base comparison starts an engine of its own: one engine's memory at a time
@@ -292,18 +373,34 @@ def summary(slug: str, cfg, result: dict, base: dict | None, run_id: str, in_dat
         return f" (base {pct(base[key])}, {signed_pct(m[key] - base[key])})"
 
     rows = [
-        ("questions", f"{n} evaluated of {in_data} in the data"
-                      + "".join(f"; {k} left out: {why}" for why, k in left_out.items())),
+        (
+            "questions",
+            f"{n} evaluated of {in_data} in the data"
+            + "".join(f"; {k} left out: {why}" for why, k in left_out.items()),
+        ),
         ("accuracy", pct(m.get("eval/accuracy")) + vs_base("eval/accuracy")),
-        ("exam score", f"{pct(m.get('eval/score'))} ({m.get('eval/points', 0):g} of {m.get('eval/points_total', 0):g} "
-                       f"points)" + vs_base("eval/score") if "eval/score" in m else None),
+        (
+            "exam score",
+            f"{pct(m.get('eval/score'))} ({m.get('eval/points', 0):g} of {m.get('eval/points_total', 0):g} "
+            f"points)" + vs_base("eval/score")
+            if "eval/score" in m
+            else None,
+        ),
         ("required", pct(m["eval/required_score"]) if "eval/required_score" in m else None),
         ("pass", verdict(result.get("summary", {}))),
-        ("exact match", f"{pct(m['eval/exact_match'])}, gestalt accuracy {pct(m['eval/gestalt_accuracy'])}"
-         if "eval/exact_match" in m else None),
+        (
+            "exact match",
+            f"{pct(m['eval/exact_match'])}, gestalt accuracy {pct(m['eval/gestalt_accuracy'])}"
+            if "eval/exact_match" in m
+            else None,
+        ),
         ("unparsed", f"{int(m.get('eval/unparsed', 0))} of {n}" if cfg.protocol == "letter" else None),
-        ("cut off", f"{int(m['eval/truncated'])} answers reached max_new_tokens (up to {int(m['eval/max_new_tokens'])})"
-         if m.get("eval/truncated") else None),
+        (
+            "cut off",
+            f"{int(m['eval/truncated'])} answers reached max_new_tokens (up to {int(m['eval/max_new_tokens'])})"
+            if m.get("eval/truncated")
+            else None,
+        ),
         ("run", run_id),
     ]
     what = f"adapter of train run {_train_run_of(cfg)}" if cfg.adapter else "base model"
@@ -320,12 +417,18 @@ def description(slug: str, cfg, result: dict, params: dict, base: dict | None) -
 
     m = result["metrics"]
     what = f"adapter `{cfg.adapter}`" if cfg.adapter else "the base model"
-    delta = (f" ({signed_pct(m['eval/accuracy'] - base['eval/accuracy'])} vs the base model, run "
-             f"`{params.get('base_eval_run', '')}`)" if base and "eval/accuracy" in base else "")
-    return (f"Evaluated {what} of `{cfg.model}` on `{params['eval_data_path']}` ({params['questions']} questions, "
-            f"data digest `{params['eval_data_digest'][:12]}`), prompt format `{cfg.prompt_format}`, protocol "
-            f"`{cfg.protocol}`, {cfg.shots}-shot.\n\nAccuracy {pct(m.get('eval/accuracy'))}{delta}; exam score "
-            f"{pct(m.get('eval/score'))}; pass: {verdict(result.get('summary', {}))}. Details: `summary.md`, `predictions.json`.")
+    delta = (
+        f" ({signed_pct(m['eval/accuracy'] - base['eval/accuracy'])} vs the base model, run "
+        f"`{params.get('base_eval_run', '')}`)"
+        if base and "eval/accuracy" in base
+        else ""
+    )
+    return (
+        f"Evaluated {what} of `{cfg.model}` on `{params['eval_data_path']}` ({params['questions']} questions, "
+        f"data digest `{params['eval_data_digest'][:12]}`), prompt format `{cfg.prompt_format}`, protocol "
+        f"`{cfg.protocol}`, {cfg.shots}-shot.\n\nAccuracy {pct(m.get('eval/accuracy'))}{delta}; exam score "
+        f"{pct(m.get('eval/score'))}; pass: {verdict(result.get('summary', {}))}. Details: `summary.md`, `predictions.json`."
+    )
 
 
 def _flat(cfg) -> dict:
@@ -341,8 +444,16 @@ def _data_name(path: str) -> str:
     return p.stem if p.is_file() else p.name
 
 
-DELTA_KEYS = ("accuracy", "score", "required_score", "exact_match", "gestalt", "gestalt_accuracy", "unparsed",
-              "accuracy_k_from_stem")
+DELTA_KEYS = (
+    "accuracy",
+    "score",
+    "required_score",
+    "exact_match",
+    "gestalt",
+    "gestalt_accuracy",
+    "unparsed",
+    "accuracy_k_from_stem",
+)
 
 
 def find_base_run(params: dict, generative: bool):
@@ -359,8 +470,9 @@ def find_base_run(params: dict, generative: bool):
         clauses.append(f"params.`{key}` = '{value}'")
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, " and ".join(clauses), order_by=["attributes.start_time DESC"],
-                              max_results=1)
+    runs = client.search_runs(
+        experiments, " and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=1
+    )
     return runs[0] if runs else None
 
 
@@ -376,14 +488,24 @@ def _base_comparison(cfg, params, info, model, tokenizer, questions):
     if found is not None:
         return found.info.run_id, dict(found.data.metrics)
     base_cfg = dataclasses.replace(cfg, adapter=None, compare_base=False)
-    base_params = {**params, **_flat(base_cfg), "adapter_train_run": "", "adapter_train_data_digest": "",
-                   "adapter_base_revision": ""}
+    base_params = {
+        **params,
+        **_flat(base_cfg),
+        "adapter_train_run": "",
+        "adapter_train_data_digest": "",
+        "adapter_base_revision": "",
+    }
     tags = {tracking.BASE_TAG: info["slug"], tracking.ADAPTER_RUN_TAG: "none"}
     name = f"evaluate-{info['slug']}-base-{cfg.protocol}"
     with tracking.step_run("evaluate", run_name=name, nested=True, tags=tags) as child:
         tracking.log_params(base_params)
-        tracking.log_dataset(questions, name=_data_name(params["eval_data_path"]), path=params["eval_data_path"],
-                             digest=params["eval_data_digest"], context="eval")
+        tracking.log_dataset(
+            questions,
+            name=_data_name(params["eval_data_path"]),
+            path=params["eval_data_path"],
+            digest=params["eval_data_digest"],
+            context="eval",
+        )
         with contextlib.ExitStack() as stack:
             if model is None:  # the vllm engine: the base is a model of its own
                 opened = stack.enter_context(open_engine(base_cfg, None)[0])
@@ -392,9 +514,19 @@ def _base_comparison(cfg, params, info, model, tokenizer, questions):
                 if hasattr(model, "disable_adapter"):
                     stack.enter_context(model.disable_adapter())
                 engine, load_s = model, 0.0
-            result = run_questions(engine, tokenizer, questions, cfg.protocol, cfg.prompt_format, cfg.shots,
-                                   cfg.parsing, cfg.batch_size, cfg.max_new_tokens, desc=f"base {cfg.protocol}",
-                                   extraction=cfg.extraction)
+            result = run_questions(
+                engine,
+                tokenizer,
+                questions,
+                cfg.protocol,
+                cfg.prompt_format,
+                cfg.shots,
+                cfg.parsing,
+                cfg.batch_size,
+                cfg.max_new_tokens,
+                desc=f"base {cfg.protocol}",
+                extraction=cfg.extraction,
+            )
             result["metrics"]["eval/load_s"] = load_s
         _log_result(result, base_cfg, base_params, None)
         return child.info.run_id, result["metrics"]
@@ -465,11 +597,15 @@ def plot_categories(rows: list[dict]):
 
 def summary_markdown(result: dict, cfg, params: dict, metrics: dict) -> str:
     adapter = cfg.adapter or "none (base model)"
-    lines = [f"# Evaluation: {cfg.model} + adapter {adapter}", "",
-             f"- data: `{params['eval_data_path']}` ({params['questions']} questions, digest "
-             f"`{params['eval_data_digest'][:12]}`), skipped numeric-entry: {int(metrics['eval/skipped_numeric'])}",
-             f"- protocol `{cfg.protocol}`, prompt format `{cfg.prompt_format}`, {cfg.shots}-shot, parsing "
-             f"`{cfg.parsing}`, {metrics['eval/questions_per_s']:.1f} questions/s", ""]
+    lines = [
+        f"# Evaluation: {cfg.model} + adapter {adapter}",
+        "",
+        f"- data: `{params['eval_data_path']}` ({params['questions']} questions, digest "
+        f"`{params['eval_data_digest'][:12]}`), skipped numeric-entry: {int(metrics['eval/skipped_numeric'])}",
+        f"- protocol `{cfg.protocol}`, prompt format `{cfg.prompt_format}`, {cfg.shots}-shot, parsing "
+        f"`{cfg.parsing}`, {metrics['eval/questions_per_s']:.1f} questions/s",
+        "",
+    ]
     if params.get("base_eval_run"):
         lines.insert(4, f"- compared with base run `{params['base_eval_run']}`")
     for why, n in result.get("left_out", {}).items():
@@ -484,8 +620,11 @@ def summary_markdown(result: dict, cfg, params: dict, metrics: dict) -> str:
         lines += ["", "| year | accuracy | score | required score | passed |", "|---|---|---|---|---|"]
         for y in years:
             cells = [metrics.get(f"eval/{y}/{k}") for k in ("accuracy", "score", "required_score", "passed")]
-            lines.append(f"| {y} | " + " | ".join("" if c is None else f"{c:.4f}" for c in cells[:3])
-                         + f" | {'' if cells[3] is None else ('yes' if cells[3] else 'no')} |")
+            lines.append(
+                f"| {y} | "
+                + " | ".join("" if c is None else f"{c:.4f}" for c in cells[:3])
+                + f" | {'' if cells[3] is None else ('yes' if cells[3] else 'no')} |"
+            )
     lines += ["", "| # | category | questions | accuracy |", "|---|---|---|---|"]
     for i, (c, n, a) in enumerate(category_accuracy(result["rows"])):
         lines.append(f"| {i + 1} | {c} | {n} | {a:.4f} |")

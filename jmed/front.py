@@ -15,6 +15,7 @@ Everything else passes through untouched. Run as `uvicorn jmed.front:app` with $
 (jmed.server.serve_command builds the command); `mlflow models serve` itself still serves the same model,
 without this layer (the README lists the difference).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -85,13 +86,21 @@ def guarded(inner, known_params: set[str] | None):
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         # a question's body is checked in about 20 µs, here; a large one in a thread, as MLflow parses it,
         # so that it does not hold up the requests being answered
-        refused = (refusal(content_type, body, known_params) if len(body) < INLINE_BYTES else
-                   await asyncio.to_thread(refusal, content_type, body, known_params))
+        refused = (
+            refusal(content_type, body, known_params)
+            if len(body) < INLINE_BYTES
+            else await asyncio.to_thread(refusal, content_type, body, known_params)
+        )
         if refused:
             status, text = refused
             payload = json.dumps({"error_code": "BAD_REQUEST", "message": text}, ensure_ascii=False).encode()
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(payload)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(payload)).encode())],
+                }
+            )
             return await send({"type": "http.response.body", "body": payload})
         sent = False
 

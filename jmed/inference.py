@@ -9,6 +9,7 @@ written against a plain HF causal LM + tokenizer:
   text) reuse the prompt's KV cache, repeated per choice, in one more batched pass.
 torch is imported inside the functions.
 """
+
 from __future__ import annotations
 
 
@@ -18,7 +19,7 @@ def shots_for(items: list, index: int, k: int) -> list:
 
     if k <= 0:
         return []
-    pool = [q for j, q in enumerate(items[index + 1:] + items[:index]) if isinstance(q, Question)]
+    pool = [q for j, q in enumerate(items[index + 1 :] + items[:index]) if isinstance(q, Question)]
     return pool[:k]
 
 
@@ -35,7 +36,7 @@ def _sorted_batches(lengths: list[int], batch_size: int):
     """Indices in batches of similar length (longest first: less padding, OOM shows up early)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     for start in range(0, len(order), max(1, batch_size)):
-        yield order[start:start + batch_size]
+        yield order[start : start + batch_size]
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int):
@@ -46,8 +47,8 @@ def _left_pad(seqs: list[list[int]], pad_id: int):
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, s in enumerate(seqs):
         if s:
-            ids[row, width - len(s):] = torch.tensor(s)
-            mask[row, width - len(s):] = 1
+            ids[row, width - len(s) :] = torch.tensor(s)
+            mask[row, width - len(s) :] = 1
     return ids, mask
 
 
@@ -57,8 +58,14 @@ def _progress(total: int, desc: str | None):
 
     from jmed.console import progress_disabled
 
-    return tqdm(total=total, desc=desc, unit="q", dynamic_ncols=True, leave=False,
-                disable=True if desc is None else progress_disabled())
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="q",
+        dynamic_ncols=True,
+        leave=False,
+        disable=True if desc is None else progress_disabled(),
+    )
 
 
 def _pad_id(tokenizer) -> int:
@@ -95,8 +102,14 @@ def answer_budget(tokenizer, choices: list[str], n_answers: int, protocol: str) 
     return len(encode_continuation(tokenizer, ",".join(longest))) + TEXT_MARGIN_TOKENS
 
 
-def generate_ids(model, tokenizer, prompts: list[str], batch_size: int = 8, max_new_tokens: int | list[int] = 16,
-                 desc: str = "generate") -> tuple[list[list[int]], list[bool]]:
+def generate_ids(
+    model,
+    tokenizer,
+    prompts: list[str],
+    batch_size: int = 8,
+    max_new_tokens: int | list[int] = 16,
+    desc: str = "generate",
+) -> tuple[list[list[int]], list[bool]]:
     """Greedy new token ids per prompt (EOS and what follows cut off), in input order, and whether each
     was cut off by its limit before EOS. `max_new_tokens`: one limit, or one per prompt (a batch runs
     to its longest limit; each row is cut back to its own, so results never depend on batching)."""
@@ -114,12 +127,19 @@ def generate_ids(model, tokenizer, prompts: list[str], batch_size: int = 8, max_
         for batch in _sorted_batches([len(e) for e in encoded], batch_size):
             ids, mask = _left_pad([encoded[i] for i in batch], pad)
             gen = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device),
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
                 max_new_tokens=max(limits[i] for i in batch),
-                do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad, eos_token_id=eos,
-                temperature=None, top_p=None, top_k=None,
+                do_sample=False,
+                num_beams=1,
+                use_cache=True,
+                pad_token_id=pad,
+                eos_token_id=eos,
+                temperature=None,
+                top_p=None,
+                top_k=None,
             )
-            new = gen[:, ids.shape[1]:].tolist()
+            new = gen[:, ids.shape[1] :].tolist()
             for row, i in enumerate(batch):
                 toks = new[row][: limits[i]]
                 if eos is not None and eos in toks:
@@ -131,8 +151,15 @@ def generate_ids(model, tokenizer, prompts: list[str], batch_size: int = 8, max_
     return out, truncated
 
 
-def generate(model, tokenizer, prompts: list[str], batch_size: int = 8, max_new_tokens: int | list[int] = 16,
-             desc: str = "generate", with_truncated: bool = False):
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    batch_size: int = 8,
+    max_new_tokens: int | list[int] = 16,
+    desc: str = "generate",
+    with_truncated: bool = False,
+):
     """Greedy continuations of `prompts` (decoded, special tokens skipped), in input order; with
     `with_truncated`, also the cut-off flags of `generate_ids`."""
     ids, truncated = generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, desc)
@@ -161,8 +188,9 @@ def encode_choices(tokenizer, prompts: list[str], continuations: list[list[str]]
     return p_ids, c_ids
 
 
-def loglik(model, tokenizer, prompts: list[str], continuations: list[list[str]], batch_size: int = 8,
-           desc: str = "loglik") -> list[list[float]]:
+def loglik(
+    model, tokenizer, prompts: list[str], continuations: list[list[str]], batch_size: int = 8, desc: str = "loglik"
+) -> list[list[float]]:
     """Sum of log-probabilities of each continuation given its prompt: `scores[q][c]`.
 
     Each prompt is encoded and run once; its KV cache is repeated per choice (`reorder_cache`) and all
@@ -218,8 +246,13 @@ def loglik(model, tokenizer, prompts: list[str], continuations: list[list[str]],
                     cmask[k, : len(c) - 1] = 1
             cont, cmask = cont.to(device), cmask.to(device)
             cpos = (ends[rows_idx] + 1).unsqueeze(1) + torch.arange(cwidth, device=device)
-            out = model(input_ids=cont, attention_mask=torch.cat([mask[rows_idx], cmask], dim=1), position_ids=cpos,
-                        use_cache=False, **{kw["cache"]: cache})
+            out = model(
+                input_ids=cont,
+                attention_mask=torch.cat([mask[rows_idx], cmask], dim=1),
+                position_ids=cpos,
+                use_cache=False,
+                **{kw["cache"]: cache},
+            )
             logp = torch.log_softmax(out.logits.float(), dim=-1)
             tgt = torch.full((len(rows), cwidth), 0, dtype=torch.long)
             for k, (_, _, c) in enumerate(rows):
@@ -235,8 +268,9 @@ def loglik(model, tokenizer, prompts: list[str], continuations: list[list[str]],
     return scores
 
 
-def loglik_concat(model, tokenizer, prompts: list[str], continuations: list[list[str]],
-                  batch_size: int = 8) -> list[list[float]]:
+def loglik_concat(
+    model, tokenizer, prompts: list[str], continuations: list[list[str]], batch_size: int = 8
+) -> list[list[float]]:
     """Reference implementation (no cache sharing): every prompt+choice is its own sequence.
 
     Kept for tests (it must agree with `loglik`) and the benchmark's engine comparison.
@@ -253,7 +287,7 @@ def loglik_concat(model, tokenizer, prompts: list[str], continuations: list[list
     device = next(model.parameters()).device
     with torch.inference_mode():
         for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
+            chunk = items[start : start + batch_size]
             ids, mask = _left_pad([pi + ci for _, pi, ci in chunk], pad)
             ids, mask = ids.to(device), mask.to(device)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)

@@ -1,5 +1,6 @@
 """The train/test near-duplicate (leakage) check: rapidfuzz ratios on normalised stems, with a cheap
 character-multiset bound that finds exactly what scoring every pair finds."""
+
 from __future__ import annotations
 
 import re
@@ -69,17 +70,33 @@ def leakage_pairs(train, test, threshold: float = LEAKAGE_THRESHOLD) -> list[dic
         if len(rows) == 0:
             continue
         urows, ucols = np.unique(rows), np.unique(cols)
-        scores = process.cdist([a[start + i] for i in urows], [b[j] for j in ucols], scorer=fuzz.ratio,
-                               score_cutoff=threshold, dtype=np.float32, workers=-1)
+        scores = process.cdist(
+            [a[start + i] for i in urows],
+            [b[j] for j in ucols],
+            scorer=fuzz.ratio,
+            score_cutoff=threshold,
+            dtype=np.float32,
+            workers=-1,
+        )
         for r, c in zip(*np.nonzero(scores)):
             found.append((start + int(urows[r]), int(ucols[c]), float(scores[r, c])))
     pairs = []
     for i, j, score in found:
         t, s = train[i], test[j]
-        pairs.append({"score": round(score, 2), "train_id": t.id, "test_id": s.id,
-                      "same_choices": list(t.choices) == list(s.choices),
-                      "train_file": t.file, "train_line": t.line, "test_file": s.file, "test_line": s.line,
-                      "train_stem": t.stem[:120], "test_stem": s.stem[:120]})
+        pairs.append(
+            {
+                "score": round(score, 2),
+                "train_id": t.id,
+                "test_id": s.id,
+                "same_choices": list(t.choices) == list(s.choices),
+                "train_file": t.file,
+                "train_line": t.line,
+                "test_file": s.file,
+                "test_line": s.line,
+                "train_stem": t.stem[:120],
+                "test_stem": s.stem[:120],
+            }
+        )
     pairs.sort(key=lambda p: (-p["score"], p["train_id"], p["test_id"]))
     return pairs
 
@@ -89,7 +106,15 @@ def leakage_pairs_bruteforce(train, test, threshold: float = LEAKAGE_THRESHOLD) 
     import numpy as np
     from rapidfuzz import fuzz, process
 
-    scores = process.cdist([norm_stem(q.stem) for q in train], [norm_stem(q.stem) for q in test],
-                           scorer=fuzz.ratio, score_cutoff=threshold, dtype=np.float32, workers=-1)
-    return sorted(((train[i].id, test[j].id, round(float(scores[i, j]), 2)) for i, j in zip(*np.nonzero(scores))),
-                  key=lambda p: (-p[2], p[0], p[1]))
+    scores = process.cdist(
+        [norm_stem(q.stem) for q in train],
+        [norm_stem(q.stem) for q in test],
+        scorer=fuzz.ratio,
+        score_cutoff=threshold,
+        dtype=np.float32,
+        workers=-1,
+    )
+    return sorted(
+        ((train[i].id, test[j].id, round(float(scores[i, j]), 2)) for i, j in zip(*np.nonzero(scores))),
+        key=lambda p: (-p[2], p[0], p[1]),
+    )

@@ -19,6 +19,7 @@ vLLM's LoRA resolver plugins (`vllm.lora.resolver`) were the other way to resolv
 vLLM's environment (no mlflow there: it pins another transformers) and cache by name, so an alias
 would never move. Resolving in front keeps the registry client in jmed's environment.
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,9 +65,12 @@ class Adapters:
             return self.lora_name(self.ensure(self.alias(ref.split("@", 1)[1])))
         if ref.startswith(f"{self.name}/"):
             return self.lora_name(self.ensure(ref.split("/", 1)[1]))
-        raise Refused(404, f"model {requested!r} is not served here: ask for {self.base_model!r}, "
-                           f"{self.name}@<alias> (e.g. {self.name}@champion) or {self.name}/<version>",
-                      "NotFoundError")
+        raise Refused(
+            404,
+            f"model {requested!r} is not served here: ask for {self.base_model!r}, "
+            f"{self.name}@<alias> (e.g. {self.name}@champion) or {self.name}/<version>",
+            "NotFoundError",
+        )
 
     def alias(self, alias: str) -> str:
         known = self.aliases.get(alias)
@@ -107,28 +111,47 @@ class Adapters:
             raise Refused(404, f"{self.name}/{version} is not registered", "NotFoundError") from exc
         adapter_dir = downloaded(self.name, version)
         meta = adapter.read(adapter_dir)
-        if meta.get("model") != self.base_model or (meta.get("base_revision") or self.base_revision) != self.base_revision:
-            raise Refused(400, f"{self.name}/{version} was trained on {meta.get('model')!r} revision "
-                               f"{meta.get('base_revision')}, not on this server's base {self.base_model!r}")
+        if (
+            meta.get("model") != self.base_model
+            or (meta.get("base_revision") or self.base_revision) != self.base_revision
+        ):
+            raise Refused(
+                400,
+                f"{self.name}/{version} was trained on {meta.get('model')!r} revision "
+                f"{meta.get('base_revision')}, not on this server's base {self.base_model!r}",
+            )
         recorded = mv.tags.get(ADAPTER_DIGEST_TAG, "")
         got = adapter.digest(adapter_dir)
         if recorded and recorded != got:
-            raise Refused(409, f"{self.name}/{version}: the downloaded adapter's sha256 {got[:16]}… differs from "
-                               f"the one registered ({recorded[:16]}…); the artifact was changed after registration",
-                          "ConflictError")
+            raise Refused(
+                409,
+                f"{self.name}/{version}: the downloaded adapter's sha256 {got[:16]}… differs from "
+                f"the one registered ({recorded[:16]}…); the artifact was changed after registration",
+                "ConflictError",
+            )
         if not recorded:
-            log.warning("%s/%s has no %s tag (registered before jmed recorded it); loaded unchecked",
-                        self.name, version, ADAPTER_DIGEST_TAG)
-        r = requests.post(f"{self.upstream}/v1/load_lora_adapter", timeout=600,
-                          json={"lora_name": self.lora_name(version), "lora_path": str(adapter_dir)})
+            log.warning(
+                "%s/%s has no %s tag (registered before jmed recorded it); loaded unchecked",
+                self.name,
+                version,
+                ADAPTER_DIGEST_TAG,
+            )
+        r = requests.post(
+            f"{self.upstream}/v1/load_lora_adapter",
+            timeout=600,
+            json={"lora_name": self.lora_name(version), "lora_path": str(adapter_dir)},
+        )
         if r.status_code != 200:
             raise Refused(400, f"vLLM refused {self.name}/{version}: {r.text[:400]}")
         self.loaded[version] = self.lora_name(version)
         log.warning("loaded %s/%s (adapter %s…)", self.name, version, got[:12])
 
     def listing(self) -> list[dict]:
-        names = [self.base_model] + [f"{self.name}@{a}" for a in sorted(self.aliases)] + \
-                [self.lora_name(v) for v in sorted(self.loaded, key=int)]
+        names = (
+            [self.base_model]
+            + [f"{self.name}@{a}" for a in sorted(self.aliases)]
+            + [self.lora_name(v) for v in sorted(self.loaded, key=int)]
+        )
         return [{"id": n, "object": "model", "owned_by": "jmed", "root": self.base_model} for n in names]
 
 
@@ -163,8 +186,9 @@ def build(adapters: Adapters):
             return error(400, "the body must be a JSON object")
         requested = body.get("model")
         if not isinstance(requested, str) or not requested:
-            return error(404, f"name the model: 'model' is one of {[m['id'] for m in adapters.listing()]}",
-                         "NotFoundError")
+            return error(
+                404, f"name the model: 'model' is one of {[m['id'] for m in adapters.listing()]}", "NotFoundError"
+            )
         try:
             body["model"] = await run_in_threadpool(adapters.resolve, requested)
         except Refused as r:
@@ -172,8 +196,11 @@ def build(adapters: Adapters):
         url = f"{upstream}{request.url.path}"
         if body.get("stream"):
             r = await run_in_threadpool(session.post, url, json=body, stream=True, timeout=600)
-            return StreamingResponse(r.iter_content(chunk_size=None), status_code=r.status_code,
-                                     media_type=r.headers.get("content-type", "text/event-stream"))
+            return StreamingResponse(
+                r.iter_content(chunk_size=None),
+                status_code=r.status_code,
+                media_type=r.headers.get("content-type", "text/event-stream"),
+            )
         r = await run_in_threadpool(session.post, url, json=body, timeout=600)
         try:
             out = r.json()
@@ -184,9 +211,15 @@ def build(adapters: Adapters):
         status = r.status_code if r.status_code < 500 else 502  # an engine failure, not the client's
         return JSONResponse(out, status_code=status)
 
-    return Starlette(routes=[Route("/v1/models", models), Route("/health", health), Route("/ping", health),
-                             Route("/v1/completions", forward, methods=["POST"]),
-                             Route("/v1/chat/completions", forward, methods=["POST"])])
+    return Starlette(
+        routes=[
+            Route("/v1/models", models),
+            Route("/health", health),
+            Route("/ping", health),
+            Route("/v1/completions", forward, methods=["POST"]),
+            Route("/v1/chat/completions", forward, methods=["POST"]),
+        ]
+    )
 
 
 def serve(model_uri: str, host: str, port: int, poll_s: float, log_path=None) -> None:
@@ -205,14 +238,21 @@ def serve(model_uri: str, host: str, port: int, poll_s: float, log_path=None) ->
     # LoRA slots sized for the first version (at least r 16): a larger slot costs every request compute on
     # CPU; a later version of higher rank is refused by name (400) and needs a restart with it first
     rank = int((card.get("config") or {}).get("lora_r", 16) or 16)
-    proc, url, seconds = E.start_vllm(info["path"], served_names=[base_model], lora_rank=max(16, rank),
-                                      log_path=log_path)
+    proc, url, seconds = E.start_vllm(
+        info["path"], served_names=[base_model], lora_rank=max(16, rank), log_path=log_path
+    )
     try:
         adapters = Adapters(name, base_model, info["revision"], url.removesuffix("/v1"), poll_s)
         first = adapters.alias(alias) if alias else version
         adapters.ensure(first)
-        log.warning("vLLM ready in %.0f s; serving %s on http://%s:%d/v1 (%s)", seconds, base_model, host, port,
-                    ", ".join(m["id"] for m in adapters.listing()))
+        log.warning(
+            "vLLM ready in %.0f s; serving %s on http://%s:%d/v1 (%s)",
+            seconds,
+            base_model,
+            host,
+            port,
+            ", ".join(m["id"] for m in adapters.listing()),
+        )
         uvicorn.run(build(adapters), host=host, port=port, log_level="warning")
     finally:
         server.stop_server(proc)
@@ -227,8 +267,11 @@ def downloaded(name: str, version: str) -> Path:
 
     from jmed import adapter
 
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}",
-                                                      dst_path=tempfile.mkdtemp(prefix="jmed-vllm-serve-")))
+    folder = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{name}/{version}", dst_path=tempfile.mkdtemp(prefix="jmed-vllm-serve-")
+        )
+    )
     return adapter.inside(folder, "artifacts/adapter", f"{name}/{version}")
 
 

@@ -12,6 +12,7 @@ Multi-answer questions are all-or-nothing everywhere. Corrections come from the 
 makes a question correct for every prediction (116A71). Numeric-entry questions (no choices) are
 compared as strings in the letter protocol and excluded from the text and loglik protocols.
 """
+
 from __future__ import annotations
 
 import re
@@ -57,8 +58,11 @@ _MARKER = re.compile(r"(?:解答|正解|回答|答え|答|answer)\s*(?:は|:|=|i
 # An answer set off as such (after NFKC): 「【回答】a」 (JMLE2026-Bench's prompt asks for it), "[回答] a",
 # "回答:a", "答え: e", with markdown emphasis around ("**【回答】** c"). Reasoning models discuss choices
 # ("a. 誤り", "答えはaかもしれない") before the answer they settle on, so the last one that reads wins.
-_MARKED = re.compile(r"(?:【\s*(?:回答|答え|解答|正解|答)\s*】|\[\s*(?:回答|答え|解答|正解|答)\s*\]"
-                     r"|(?:回答|答え|解答|正解|答|answer)\s*:)[\s*_]*", re.IGNORECASE)
+_MARKED = re.compile(
+    r"(?:【\s*(?:回答|答え|解答|正解|答)\s*】|\[\s*(?:回答|答え|解答|正解|答)\s*\]"
+    r"|(?:回答|答え|解答|正解|答|answer)\s*:)[\s*_]*",
+    re.IGNORECASE,
+)
 # Reasoning (Qwen3, DeepSeek-R1): "<think>…</think>answer"; their chat templates may put the opening tag in
 # the prompt, so the output can hold only the closing one.
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
@@ -78,7 +82,7 @@ def strip_reasoning(text: str | None) -> str | None:
         return None
     end = text.rfind(_THINK_CLOSE)
     if end >= 0:
-        return text[end + len(_THINK_CLOSE):].lstrip()
+        return text[end + len(_THINK_CLOSE) :].lstrip()
     start = text.find(_THINK_OPEN)
     return text[:start] if start >= 0 else text
 
@@ -188,16 +192,26 @@ def letter_rows(questions: Iterable, predictions: Mapping[str, str], parsing: st
         pred = predictions.get(q.id)
         parsed = parse_answer(q, pred, parsing)
         correct = pred is not None and is_correct(q, parsed)  # missing is wrong, even where any answer counts
-        rows.append({
-            "id": q.id, "year": q.year, "block": q.block, "category": q.category,
-            "points": q.points, "prediction": pred,
-            "parsed": None if parsed is None else ",".join(parsed),
-            "gold": "*" if q.accept_any else _gold_str(q),
-            "correct": correct, "points_scored": q.points if correct else 0,
-            "missing": pred is None, "unparsed": pred is not None and parsed is None,
-            "kinki": kinki_selected(q, parsed), "kinki_known": getattr(q, "kinki_known", False),
-            "exam_kind": getattr(q, "exam_kind", "medical"), "required": _required(q),
-        })
+        rows.append(
+            {
+                "id": q.id,
+                "year": q.year,
+                "block": q.block,
+                "category": q.category,
+                "points": q.points,
+                "prediction": pred,
+                "parsed": None if parsed is None else ",".join(parsed),
+                "gold": "*" if q.accept_any else _gold_str(q),
+                "correct": correct,
+                "points_scored": q.points if correct else 0,
+                "missing": pred is None,
+                "unparsed": pred is not None and parsed is None,
+                "kinki": kinki_selected(q, parsed),
+                "kinki_known": getattr(q, "kinki_known", False),
+                "exam_kind": getattr(q, "exam_kind", "medical"),
+                "required": _required(q),
+            }
+        )
     return rows
 
 
@@ -229,23 +243,42 @@ def _aggregate(rows: list[dict], year: int | None = None, with_pass: bool = Fals
     gen_total = sum(r["points"] for r in gen)
     kinki = sum(r["kinki"] for r in rows)
     out = {
-        "questions": n, "correct": correct, "accuracy": _frac(correct, n),
-        "points": _num(points), "points_total": _num(total), "score": _frac(points, total),
-        "required_points": _num(req_points), "required_total": _num(req_total),
+        "questions": n,
+        "correct": correct,
+        "accuracy": _frac(correct, n),
+        "points": _num(points),
+        "points_total": _num(total),
+        "score": _frac(points, total),
+        "required_points": _num(req_points),
+        "required_total": _num(req_total),
         "required_score": _frac(req_points, req_total),
-        "general_points": _num(gen_points), "general_total": _num(gen_total),
+        "general_points": _num(gen_points),
+        "general_total": _num(gen_total),
         "general_score": _frac(gen_points, gen_total),
-        "unparsed": sum(r["unparsed"] for r in rows), "missing": sum(r["missing"] for r in rows),
+        "unparsed": sum(r["unparsed"] for r in rows),
+        "missing": sum(r["missing"] for r in rows),
         "kinki_selected": kinki,
     }
     kinds = sorted({r.get("exam_kind", "medical") for r in rows})
     rule = exams.get(kinds[0]).pass_rule if len(kinds) == 1 and kinds[0] in exams.kinds() else None
     if with_pass and rule is None:  # another exam's rule is never applied: no verdict, and why
-        out.update(passed=None, verdict=f"no pass rule for this exam ({'/'.join(kinds)}): jmed knows the rules "
-                                        "of " + ", ".join(k for k, e in exams.kinds().items() if e.pass_rule))
+        out.update(
+            passed=None,
+            verdict=f"no pass rule for this exam ({'/'.join(kinds)}): jmed knows the rules "
+            "of " + ", ".join(k for k, e in exams.kinds().items() if e.pass_rule),
+        )
     elif with_pass:
-        out.update(rule(req_points, req_total, gen_points, gen_total, kinki, year,
-                        kinki_known=all(r.get("kinki_known", False) for r in rows)))
+        out.update(
+            rule(
+                req_points,
+                req_total,
+                gen_points,
+                gen_total,
+                kinki,
+                year,
+                kinki_known=all(r.get("kinki_known", False) for r in rows),
+            )
+        )
     return out
 
 
@@ -260,13 +293,14 @@ def letter_summary(questions: Sequence, predictions: Mapping[str, str], parsing:
     out = {"protocol": "letter", "parsing": parsing, **_aggregate(rows)}
     out["missing_ids"] = [r["id"] for r in rows if r["missing"]]
     years = sorted({r["year"] for r in rows}, key=lambda y: (y is None, y or 0))
-    out["by_year"] = {
-        _year_key(y): _aggregate([r for r in rows if r["year"] == y], y, with_pass=True) for y in years
-    }
+    out["by_year"] = {_year_key(y): _aggregate([r for r in rows if r["year"] == y], y, with_pass=True) for y in years}
     cats = sorted({r["category"] for r in rows})
     out["by_category"] = {
-        (c or "unknown"): {k: v for k, v in _aggregate([r for r in rows if r["category"] == c]).items()
-                           if k in ("questions", "correct", "accuracy", "points", "points_total", "score")}
+        (c or "unknown"): {
+            k: v
+            for k, v in _aggregate([r for r in rows if r["category"] == c]).items()
+            if k in ("questions", "correct", "accuracy", "points", "points_total", "score")
+        }
         for c in cats
     }
     return out
@@ -381,9 +415,18 @@ def text_rows(questions: Iterable, responses: Mapping[str, str], extraction: str
             continue
         resp = responses.get(q.id)
         g = text_grade(q, resp, extraction)
-        rows.append({"id": q.id, "year": q.year, "category": q.category, "response": resp,
-                     "gold": gold_text(q), "missing": resp is None,
-                     **g, "pick": ",".join(letters_of(g["pick"]))})
+        rows.append(
+            {
+                "id": q.id,
+                "year": q.year,
+                "category": q.category,
+                "response": resp,
+                "gold": gold_text(q),
+                "missing": resp is None,
+                **g,
+                "pick": ",".join(letters_of(g["pick"])),
+            }
+        )
     return rows
 
 
@@ -407,8 +450,7 @@ def loglik_summary(questions: Sequence, scores: Mapping[str, Sequence[float]]) -
     `accuracy_stem_k`, with k read from 「Nつ選べ」. Numeric-entry questions are excluded."""
     qs = [q for q in questions if not q.numeric]
     preds = {q.id: ",".join(letters_of(loglik_pick(scores[q.id], q.n_answers))) for q in qs if q.id in scores}
-    stem_preds = {q.id: ",".join(letters_of(loglik_pick(scores[q.id], n_select(q.stem))))
-                  for q in qs if q.id in scores}
+    stem_preds = {q.id: ",".join(letters_of(loglik_pick(scores[q.id], n_select(q.stem)))) for q in qs if q.id in scores}
     out = letter_summary(qs, preds, PICKS)
     out["protocol"] = "loglik"
     out["excluded_numeric"] = len(questions) - len(qs)

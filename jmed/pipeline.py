@@ -4,6 +4,7 @@ Every step is a child run of one parent run (tag `jmed.step=pipeline` or `study`
 identical inputs — its resolved parameters, the digests of its data and the code version — already
 finished in this tracking store is reused, not run again (tag `jmed.step_key`); `force` reruns.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,17 +54,24 @@ class Ledger:
         import mlflow
 
         mlflow.log_dict([s.__dict__ for s in self.steps], "pipeline_steps.json")
-        mlflow.set_tags({
-            "jmed.steps_run": ",".join(s.step for s in self.steps if not s.reused),
-            "jmed.steps_reused": ",".join(s.step for s in self.steps if s.reused),
-        })
-        mlflow.log_metrics({"pipeline/steps": len(self.steps),
-                            "pipeline/steps_reused": sum(s.reused for s in self.steps)})
+        mlflow.set_tags(
+            {
+                "jmed.steps_run": ",".join(s.step for s in self.steps if not s.reused),
+                "jmed.steps_reused": ",".join(s.step for s in self.steps if s.reused),
+            }
+        )
+        mlflow.log_metrics(
+            {"pipeline/steps": len(self.steps), "pipeline/steps_reused": sum(s.reused for s in self.steps)}
+        )
 
 
 def step_key(step: str, params: dict, digests: dict) -> str:
-    payload = {"step": step, "params": {k: str(v) for k, v in params.items()},
-               "digests": digests, "code": tracking.code_version()}
+    payload = {
+        "step": step,
+        "params": {k: str(v) for k, v in params.items()},
+        "digests": digests,
+        "code": tracking.code_version(),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -73,13 +81,18 @@ def find_finished(key: str) -> str | None:
 
     client = MlflowClient()
     exps = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(exps, f"tags.`{STEP_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        exps,
+        f"tags.`{STEP_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0].info.run_id if runs else None
 
 
-def run_step(ledger: Ledger, step: str, key: str | None, fn, force: bool = False,
-             run_name: str | None = None) -> StepResult:
+def run_step(
+    ledger: Ledger, step: str, key: str | None, fn, force: bool = False, run_name: str | None = None
+) -> StepResult:
     """Run `fn()` in a child run of the active run, or reuse a finished run with the same key
     (`key=None`: always run, e.g. `reproduce`, whose point is to run again).
 
@@ -119,8 +132,9 @@ def _digest_of(path: str, default, strict: bool = True) -> str:
     return data.digest(ds.items) + f"+{len(ds.errors)}-errors" if ds.errors else data.digest(ds.items)
 
 
-def validate_step(ledger: Ledger, train_data: str, eval_data: str, force: bool, train_filters=None,
-                  eval_filters=None) -> None:
+def validate_step(
+    ledger: Ledger, train_data: str, eval_data: str, force: bool, train_filters=None, eval_filters=None
+) -> None:
     """Stop the pipeline before training when the data is invalid; the report goes to the parent.
     Repeated ids and leakage are checked between the questions the steps use (after their filters)."""
     import mlflow
@@ -129,17 +143,27 @@ def validate_step(ledger: Ledger, train_data: str, eval_data: str, force: bool, 
 
     train_path = train_data or str(data.SAMPLE_TRAIN)
     eval_path = eval_data or str(data.SAMPLE_TEST)
-    used = {f"{name}.{k}": v for name, f in (("filters", train_filters), ("eval_filters", eval_filters)) if f
-            for k, v in flat(f).items()}
-    key = step_key("validate", {"data": train_path, "against": eval_path, **used},
-                   {"train": _digest_of(train_path, data.SAMPLE_TRAIN, strict=False),
-                    "eval": _digest_of(eval_path, data.SAMPLE_TEST, strict=False)})
+    used = {
+        f"{name}.{k}": v
+        for name, f in (("filters", train_filters), ("eval_filters", eval_filters))
+        if f
+        for k, v in flat(f).items()
+    }
+    key = step_key(
+        "validate",
+        {"data": train_path, "against": eval_path, **used},
+        {
+            "train": _digest_of(train_path, data.SAMPLE_TRAIN, strict=False),
+            "eval": _digest_of(eval_path, data.SAMPLE_TEST, strict=False),
+        },
+    )
     holder = {}
 
     def fn():
         with tracking.step_run("validate"):
-            report = holder["report"] = checks.validate([train_path], against=[eval_path], filters=train_filters,
-                                                        against_filters=eval_filters)
+            report = holder["report"] = checks.validate(
+                [train_path], against=[eval_path], filters=train_filters, against_filters=eval_filters
+            )
             checks.log_report(report)
             from jmed.console import say
 
@@ -194,8 +218,9 @@ def promote_step(ledger: Ledger, base_model: str, force: bool) -> None:
 
     from jmed import registry
 
-    result = run_step(ledger, "promote", promotion_state_key(base_model),
-                      lambda: registry.promote(base_model=base_model), force)
+    result = run_step(
+        ledger, "promote", promotion_state_key(base_model), lambda: registry.promote(base_model=base_model), force
+    )
     if not result.reused:
         MlflowClient().set_tag(result.run_id, STEP_KEY_TAG, promotion_state_key(base_model))
 
@@ -205,8 +230,14 @@ def adapter_uri(train_run: str) -> str:
     return f"runs:/{train_run}/adapter"
 
 
-def eval_config_for(train_cfg: TrainConfig, eval_data: str, protocol: str, shots: int | None = None,
-                    adapter: str = "", settings: dict | None = None) -> EvalConfig:
+def eval_config_for(
+    train_cfg: TrainConfig,
+    eval_data: str,
+    protocol: str,
+    shots: int | None = None,
+    adapter: str = "",
+    settings: dict | None = None,
+) -> EvalConfig:
     """The evaluation that matches a training config. The kind-of-question filters (text-only,
     five-choices, scored-only) and excluded ids carry over; years/blocks/ids select training questions only, so the
     evaluation's own come from `settings` (years, blocks, ids, limit, sample, max_new_tokens, batch_size)."""
@@ -214,24 +245,45 @@ def eval_config_for(train_cfg: TrainConfig, eval_data: str, protocol: str, shots
 
     settings = dict(settings or {})
     f = train_cfg.filters
-    filters = build(DataFilter, {"text_only": f.text_only, "five_choices": f.five_choices,
-                                 "scored_only": f.scored_only, "exclude_ids": f.exclude_ids,
-                                 **{k: settings.pop(k) for k in ("years", "blocks", "ids") if k in settings}})
+    filters = build(
+        DataFilter,
+        {
+            "text_only": f.text_only,
+            "five_choices": f.five_choices,
+            "scored_only": f.scored_only,
+            "exclude_ids": f.exclude_ids,
+            **{k: settings.pop(k) for k in ("years", "blocks", "ids") if k in settings},
+        },
+    )
     if protocol:  # before any step runs, not after training
         from jmed.prompts import check_protocol
 
         check_protocol(train_cfg.prompt_format, protocol)
-    return build(EvalConfig, {
-        "model": train_cfg.model, "adapter": adapter, "eval_data": eval_data,
-        "protocol": protocol or protocol_for(train_cfg.prompt_format), "prompt_format": train_cfg.prompt_format,
-        "shots": train_cfg.shots if shots is None else shots,
-        # the vllm engine runs the base in bfloat16 with a QLoRA adapter merged in (jmed.evaluate._resolve)
-        "quantization": "none" if settings.get("engine") == "vllm" else train_cfg.quantization,
-        "seed": train_cfg.seed, "filters": filters, **settings})
+    return build(
+        EvalConfig,
+        {
+            "model": train_cfg.model,
+            "adapter": adapter,
+            "eval_data": eval_data,
+            "protocol": protocol or protocol_for(train_cfg.prompt_format),
+            "prompt_format": train_cfg.prompt_format,
+            "shots": train_cfg.shots if shots is None else shots,
+            # the vllm engine runs the base in bfloat16 with a QLoRA adapter merged in (jmed.evaluate._resolve)
+            "quantization": "none" if settings.get("engine") == "vllm" else train_cfg.quantization,
+            "seed": train_cfg.seed,
+            "filters": filters,
+            **settings,
+        },
+    )
 
 
-def main_pipeline(train_cfg: TrainConfig, eval_data: str = "", protocol: str = "", force: bool = False,
-                  eval_settings: dict | None = None) -> str:
+def main_pipeline(
+    train_cfg: TrainConfig,
+    eval_data: str = "",
+    protocol: str = "",
+    force: bool = False,
+    eval_settings: dict | None = None,
+) -> str:
     """validate → train → evaluate (base, adapter) → promote. Returns the parent run id.
     `eval_settings`: EvalConfig overrides (see `eval_config_for`)."""
     import mlflow
@@ -241,10 +293,11 @@ def main_pipeline(train_cfg: TrainConfig, eval_data: str = "", protocol: str = "
     with tracking.step_run("pipeline", run_name=name) as parent:
         mlflow.set_tag("mlflow.runName", name)  # also under `mlflow run`, whose run already has a random name
         base_cfg = eval_config_for(train_cfg, eval_data, protocol, settings=eval_settings)
-        tracking.log_params({f"pipeline.{k}": v for k, v in flat(train_cfg).items()}
-                            | {f"pipeline.eval.{k}": v for k, v in flat(base_cfg).items()}
-                            | {"pipeline.eval_data": eval_data, "pipeline.protocol": protocol,
-                               "pipeline.force": force})
+        tracking.log_params(
+            {f"pipeline.{k}": v for k, v in flat(train_cfg).items()}
+            | {f"pipeline.eval.{k}": v for k, v in flat(base_cfg).items()}
+            | {"pipeline.eval_data": eval_data, "pipeline.protocol": protocol, "pipeline.force": force}
+        )
         try:
             validate_step(ledger, train_cfg.train_data, eval_data, force, train_cfg.filters, base_cfg.filters)
             train_run = train_step(ledger, train_cfg, force)
@@ -255,10 +308,15 @@ def main_pipeline(train_cfg: TrainConfig, eval_data: str = "", protocol: str = "
         finally:
             ledger.log()
         results = outcome(train_cfg.model, base_run, eval_run)
-        mlflow.set_tags({tracking.TRAIN_RUN_TAG: train_run, tracking.EVAL_RUN_TAG: eval_run,
-                         "jmed.adapter_uri": adapter_uri(train_run),
-                         "jmed.model_uri": f"models:/jmed-{tracking.slug(train_cfg.model)}@champion",
-                         "mlflow.note.content": describe(train_cfg, eval_data, ledger, results)})
+        mlflow.set_tags(
+            {
+                tracking.TRAIN_RUN_TAG: train_run,
+                tracking.EVAL_RUN_TAG: eval_run,
+                "jmed.adapter_uri": adapter_uri(train_run),
+                "jmed.model_uri": f"models:/jmed-{tracking.slug(train_cfg.model)}@champion",
+                "mlflow.note.content": describe(train_cfg, eval_data, ledger, results),
+            }
+        )
         from jmed.console import say
 
         say("\n" + final_table(train_cfg, results, parent.info.run_id, ledger))
@@ -278,15 +336,26 @@ def outcome(model: str, base_run: str, eval_run: str) -> list[dict]:
     name = registry.model_name(tracking.slug(model))
     try:
         v = client.get_model_version_by_alias(name, registry.CHAMPION)
-        rows.append({"what": f"champion {name} v{v.version}", "run": v.tags.get(tracking.EVAL_RUN_TAG, ""),
-                     "version": v.version, "name": name, "this": v.tags.get(tracking.EVAL_RUN_TAG) == eval_run})
+        rows.append(
+            {
+                "what": f"champion {name} v{v.version}",
+                "run": v.tags.get(tracking.EVAL_RUN_TAG, ""),
+                "version": v.version,
+                "name": name,
+                "this": v.tags.get(tracking.EVAL_RUN_TAG) == eval_run,
+            }
+        )
     except MlflowException:
         rows.append({"what": f"champion {name}: none", "run": ""})
     for row in rows:
         m = client.get_run(row["run"]).data.metrics if row["run"] else {}
-        row.update(accuracy=m.get("eval/accuracy"), score=m.get("eval/score"), unparsed=m.get("eval/unparsed"),
-                   questions=m.get("eval/questions"),
-                   passed=[v for k, v in sorted(m.items()) if k.count("/") == 2 and k.endswith("/passed")])
+        row.update(
+            accuracy=m.get("eval/accuracy"),
+            score=m.get("eval/score"),
+            unparsed=m.get("eval/unparsed"),
+            questions=m.get("eval/questions"),
+            passed=[v for k, v in sorted(m.items()) if k.count("/") == 2 and k.endswith("/passed")],
+        )
     return rows
 
 
@@ -296,17 +365,28 @@ def final_table(cfg: TrainConfig, rows: list[dict], parent: str, ledger: Ledger)
     def verdict(passed):
         return "n/a" if not passed else "/".join("PASS" if p else "FAIL" for p in passed)
 
-    body = [[r["what"], r["run"][:12], pct(r["accuracy"]), pct(r["score"]),
-             "" if r["unparsed"] is None else int(r["unparsed"]), verdict(r["passed"])] for r in rows]
+    body = [
+        [
+            r["what"],
+            r["run"][:12],
+            pct(r["accuracy"]),
+            pct(r["score"]),
+            "" if r["unparsed"] is None else int(r["unparsed"]),
+            verdict(r["passed"]),
+        ]
+        for r in rows
+    ]
     champ = rows[-1]
     who = ("this pipeline's adapter" if champ.get("this") else "an earlier adapter") if champ.get("version") else "none"
     reused = [s.step for s in ledger.steps if s.reused]
-    return "\n".join([
-        f"[jmed] pipeline {cfg.model} ({cfg.prompt_format}) finished: parent run {parent}",
-        table(["model", "eval run", "accuracy", "exam score", "unparsed", "pass"], body),
-        f"  champion: {who}" + (f" (models:/{champ['name']}@champion)" if champ.get("version") else ""),
-        f"  reused steps: {', '.join(reused) or 'none'}",
-    ])
+    return "\n".join(
+        [
+            f"[jmed] pipeline {cfg.model} ({cfg.prompt_format}) finished: parent run {parent}",
+            table(["model", "eval run", "accuracy", "exam score", "unparsed", "pass"], body),
+            f"  champion: {who}" + (f" (models:/{champ['name']}@champion)" if champ.get("version") else ""),
+            f"  reused steps: {', '.join(reused) or 'none'}",
+        ]
+    )
 
 
 def describe(cfg: TrainConfig, eval_data: str, ledger: Ledger, rows: list[dict]) -> str:
@@ -317,9 +397,14 @@ def describe(cfg: TrainConfig, eval_data: str, ledger: Ledger, rows: list[dict])
     base, tuned, champ = rows
     steps = ", ".join(f"{s.step}{' (reused)' if s.reused else ''}" for s in ledger.steps)
     # the MLflow UI routes model versions at #/models/<name>/versions/<n>: the description links there
-    link = (f"[{champ['name']} v{champ['version']}](#/models/{champ['name']}/versions/{champ['version']})"
-            if champ.get("version") else "none")
-    return (f"Pipeline for `{cfg.model}`, prompt format `{cfg.prompt_format}`: trained on "
-            f"`{cfg.train_data or data.SAMPLE_TRAIN.name}`, evaluated on `{eval_data or data.SAMPLE_TEST.name}`.\n\n"
-            f"Accuracy: base {pct(base['accuracy'])}, adapter {pct(tuned['accuracy'])}. Champion: "
-            f"{link}{' (this adapter)' if champ.get('this') else ''}.\n\nSteps: {steps}.")
+    link = (
+        f"[{champ['name']} v{champ['version']}](#/models/{champ['name']}/versions/{champ['version']})"
+        if champ.get("version")
+        else "none"
+    )
+    return (
+        f"Pipeline for `{cfg.model}`, prompt format `{cfg.prompt_format}`: trained on "
+        f"`{cfg.train_data or data.SAMPLE_TRAIN.name}`, evaluated on `{eval_data or data.SAMPLE_TEST.name}`.\n\n"
+        f"Accuracy: base {pct(base['accuracy'])}, adapter {pct(tuned['accuracy'])}. Champion: "
+        f"{link}{' (this adapter)' if champ.get('this') else ''}.\n\nSteps: {steps}."
+    )

@@ -3,6 +3,7 @@
 One rendering serves training, evaluation and serving: `render(question, fmt, shots)` returns the prompt
 and the target the model should produce after it. The format name travels with the adapter.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,8 +19,12 @@ def preamble(n_choices: int = 5, exam_kind: str = DEFAULT_KIND) -> str:
     """The authors' harness instruction, with the question's own number of choices ("4つの選択肢" for
     JMMLU's 4) and its exam's field (薬学知識 for the pharmacist exam); for IgakuQA's 5 it is the
     harness's text exactly."""
-    return (f"以下は{exams.get(exam_kind).knowledge}に関する多肢選択問題です。利用可能な情報を要約してから、段階的に解決してください。"
-            f"最終的な答えとして{n_choices}つの選択肢のうちの1つを出力してください。")
+    return (
+        f"以下は{exams.get(exam_kind).knowledge}に関する多肢選択問題です。利用可能な情報を要約してから、段階的に解決してください。"
+        f"最終的な答えとして{n_choices}つの選択肢のうちの1つを出力してください。"
+    )
+
+
 RESPONSE_HEADER = "### 応答：\n"
 
 BASE_FORMATS = ("igakuqa", "alpaca_med", "medpalm")
@@ -48,9 +53,11 @@ def base_format(fmt: str) -> str:
 def check_protocol(fmt: str, protocol: str) -> None:
     """A generation protocol must read the answers the prompt format asks for (loglik reads any)."""
     if protocol in ("letter", "text") and protocol != protocol_for(fmt):
-        raise ValueError(f"protocol {protocol!r} cannot read answers of prompt format {fmt!r} (its answers are "
-                         f"{'letters' if protocol_for(fmt) == 'letter' else 'choice text'}); use protocol "
-                         f"{protocol_for(fmt)!r} or loglik")
+        raise ValueError(
+            f"protocol {protocol!r} cannot read answers of prompt format {fmt!r} (its answers are "
+            f"{'letters' if protocol_for(fmt) == 'letter' else 'choice text'}); use protocol "
+            f"{protocol_for(fmt)!r} or loglik"
+        )
 
 
 def check_format(fmt: str) -> None:
@@ -91,8 +98,9 @@ def target_text(question) -> str:
     return ",".join(question.choices[i] for i in idx)
 
 
-def render_prompt(stem: str, choices: Sequence[str], fmt: str, n_answers: int = 1,
-                  exam_kind: str = DEFAULT_KIND) -> str:
+def render_prompt(
+    stem: str, choices: Sequence[str], fmt: str, n_answers: int = 1, exam_kind: str = DEFAULT_KIND
+) -> str:
     """The prompt alone, from raw fields: what serving sees (no gold answer). More choices than letters
     is an error: a prompt never drops a choice."""
     if len(choices) > MAX_CHOICES:
@@ -135,6 +143,7 @@ def _harness_shots(question, shots: Sequence, base: str) -> str:
     once, then each solved example as an input and its response, then the question. Examples list their
     choices joined by ", " and answer with the choice text, as that template does; alpaca_med, which has
     no few-shot template there, follows the same layout in its own sections."""
+
     def block(q, answer: str | None) -> str:
         sep = ", " if answer is not None else ","
         if base == "medpalm":

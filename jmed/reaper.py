@@ -8,6 +8,7 @@ everything it starts share our process group; we watch our parent and, when it i
 pid changes to 1 or a subreaper), SIGKILL the group, ourselves included. Stdlib only, no jmed import:
 it runs before anything heavy and must not fail.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ def main(argv: list[str]) -> int:
     if "--" not in argv or argv.index("--") == len(argv) - 1:
         print("usage: python -m jmed.reaper -- COMMAND [ARGS…]", file=sys.stderr)
         return 2
-    cmd = argv[argv.index("--") + 1:]
+    cmd = argv[argv.index("--") + 1 :]
     parent = os.getppid()
     child = subprocess.Popen(cmd)
 

@@ -5,6 +5,7 @@ lines, field specs, choices, answers and points.
 Loaders never drop input silently: a malformed record becomes a `DataError`; a known, documented kind
 (image question, numeric entry, points 0) stays in the data and is counted by `data.exclusions()`.
 """
+
 from __future__ import annotations
 
 import json
@@ -151,8 +152,15 @@ def _japanese_score(text: str) -> float:
     """Share of characters that plausibly belong to Japanese or ASCII text (for encoding guesses)."""
     if not text:
         return 0.0
-    good = sum(1 for ch in text if ch.isascii() or "\u3040" <= ch <= "\u30ff" or "\u4e00" <= ch <= "\u9fff"
-               or "\uff01" <= ch <= "\uff5e" or "\u3000" <= ch <= "\u303f")
+    good = sum(
+        1
+        for ch in text
+        if ch.isascii()
+        or "\u3040" <= ch <= "\u30ff"
+        or "\u4e00" <= ch <= "\u9fff"
+        or "\uff01" <= ch <= "\uff5e"
+        or "\u3000" <= ch <= "\u303f"
+    )
     return good / len(text)
 
 
@@ -213,8 +221,10 @@ def read_text(path: Path, sink: Sink) -> str | None:
     if not bad_lines:
         return raw.decode(enc, errors="replace")
     bad = set(bad_lines)
-    return "\n".join(line.decode(enc or "utf-8", errors="replace") if i in bad else line.decode("utf-8")
-                     for i, line in enumerate(lines))
+    return "\n".join(
+        line.decode(enc or "utf-8", errors="replace") if i in bad else line.decode("utf-8")
+        for i, line in enumerate(lines)
+    )
 
 
 def read_jsonl(path: Path, sink: Sink):
@@ -270,8 +280,9 @@ def bad_text(value, path: str = "") -> tuple[str, str] | None:
         for key, v in items:
             if isinstance(key, str):
                 children.append((where, key))  # a key is checked as a string of its parent's field
-            children.append((f"{where}.{key}" if where and isinstance(key, str) else
-                             f"{where}[{key}]" if where else str(key), v))
+            children.append(
+                (f"{where}.{key}" if where and isinstance(key, str) else f"{where}[{key}]" if where else str(key), v)
+            )
         stack.extend(reversed(children))
     return None
 
@@ -293,8 +304,15 @@ def jsonl_objects(path) -> tuple[list[tuple[int, dict]], list[DataError]]:
 
 
 def type_name(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def check_fields(obj: dict, spec: dict, n: int, sink: Sink) -> bool:
@@ -307,8 +325,9 @@ def check_fields(obj: dict, spec: dict, n: int, sink: Sink) -> bool:
         elif not isinstance(obj[name], kind) or (isinstance(obj[name], bool) and kind in (int, (str, int))):
             # true is not an id or a count (points reports its own bool error: `check_points`)
             names = {str: "a string", list: "a list", bool: "a boolean (true/false)", int: "an integer"}
-            want = names.get(kind) or ("a number or a numeric string" if float in kind else
-                                       " or ".join(names[k] for k in kind))
+            want = names.get(kind) or (
+                "a number or a numeric string" if float in kind else " or ".join(names[k] for k in kind)
+            )
             sink.error(n, name, f"expected {want}, got {type_name(obj[name])}")
             ok = False
     return ok
@@ -348,7 +367,7 @@ def check_answer(value: list, n_choices: int, n: int, sink: Sink, fld: str = "an
         return ((value[0].strip(),),)
     tokens = [a.strip().lower() for a in value]
     if any(t == "," for t in tokens):  # a stray "," between letters (seen in JJSIMQA 107_888-26)
-        sink.warn(n, fld, f"stray \",\" in answer {shown(value)}, read as {shown([t for t in tokens if t != ','])}")
+        sink.warn(n, fld, f'stray "," in answer {shown(value)}, read as {shown([t for t in tokens if t != ","])}')
         tokens = [t for t in tokens if t != ","]
     if len(tokens) == 1 and " or " in tokens[0]:
         sets = [(t.strip(),) for t in tokens[0].split(" or ")]
@@ -358,7 +377,7 @@ def check_answer(value: list, n_choices: int, n: int, sink: Sink, fld: str = "an
     for s in sets:
         for letter in s:
             if len(letter) != 1 or letter not in allowed:
-                sink.error(n, fld, f'letter {shown(letter)} outside {n_choices} choices')
+                sink.error(n, fld, f"letter {shown(letter)} outside {n_choices} choices")
                 return None
         if len(set(s)) != len(s):
             sink.error(n, fld, f"repeated letter in {list(s)}")
@@ -392,8 +411,12 @@ def json_records(path: Path, sink: Sink):
         sink.error(exc.lineno, "", f"invalid JSON: {exc.msg} (column {exc.colno}); the file cannot be read further")
         return
     except RecursionError:
-        sink.error(1, "", "invalid JSON: nested too deeply (about a thousand levels of [ or { or more); "
-                          "the file cannot be read further")
+        sink.error(
+            1,
+            "",
+            "invalid JSON: nested too deeply (about a thousand levels of [ or { or more); "
+            "the file cannot be read further",
+        )
         return
     if not isinstance(data, list):
         sink.error(1, "", f"expected a JSON list of questions, got {type_name(data)}")
@@ -438,8 +461,11 @@ def data_files(path: Path) -> list[Path]:
     files = []
     for folder, names in walk(path):
         files += [folder / n for n in names if n.endswith((".jsonl", ".json", ".csv"))]
-    return sorted(p for p in files if not p.name.endswith(("_metadata.jsonl", "_translate.jsonl"))
-                  and not p.name.startswith("metadata_"))  # YakugakuQA's metadata_103.jsonl
+    return sorted(
+        p
+        for p in files
+        if not p.name.endswith(("_metadata.jsonl", "_translate.jsonl")) and not p.name.startswith("metadata_")
+    )  # YakugakuQA's metadata_103.jsonl
 
 
 def folder_year(path: Path) -> int | None:
@@ -447,5 +473,11 @@ def folder_year(path: Path) -> int | None:
     return int(name) if name.isdigit() and len(name) == 4 else None
 
 
-IGAKUQA_FIELDS = {"problem_id": str, "problem_text": str, "choices": list, "text_only": bool,
-                  "answer": list, "points": (str, int, float)}
+IGAKUQA_FIELDS = {
+    "problem_id": str,
+    "problem_text": str,
+    "choices": list,
+    "text_only": bool,
+    "answer": list,
+    "points": (str, int, float),
+}

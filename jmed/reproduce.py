@@ -4,6 +4,7 @@ re-evaluate, and report whether adapter bytes and metrics match.
 Exact on CPU. On CUDA, kernels are not bitwise deterministic, so metrics must agree within
 `GPU_TOLERANCE` and differing adapter bytes are reported but not a failure.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,7 +51,7 @@ def resolve_version(model_uri: str):
 
     if not model_uri.startswith("models:/"):
         raise ReproduceError(f"expected a registered model URI models:/<name>@<alias> or /<version>, got {model_uri!r}")
-    ref = model_uri[len("models:/"):]
+    ref = model_uri[len("models:/") :]
     client = MlflowClient()
     if "@" in ref:
         name, alias = ref.split("@", 1)
@@ -92,11 +93,14 @@ def reproduce(model_uri: str, engine: str = "") -> Report:
         raise ReproduceError(
             f"{model_uri}: its adapter's jmed.json sets {', '.join(f'{k}={getattr(train_cfg, k)}' for k in refused)};"
             f" reproduce never takes security-relevant settings from the store. Retrain it with `jmed train` "
-            f"and the option given on your own command line")
+            f"and the option given on your own command line"
+        )
     train_cfg = replace(train_cfg, resume_from=None, stop_after=0)
-    print(f"[jmed] reproduce takes from the store: the training config of {train_run} (adapter jmed.json: "
-          f"{', '.join(f'{k}={v}' for k, v in sorted(config.flat(train_cfg).items()))}) and the evaluation "
-          f"config of {eval_run}; never {', '.join(train.TRUSTED_ONLY)}")
+    print(
+        f"[jmed] reproduce takes from the store: the training config of {train_run} (adapter jmed.json: "
+        f"{', '.join(f'{k}={v}' for k, v in sorted(config.flat(train_cfg).items()))}) and the evaluation "
+        f"config of {eval_run}; never {', '.join(train.TRUSTED_ONLY)}"
+    )
 
     # The training data must be the data that was used: a changed file is a failure, named.
     path = train_cfg.train_data or str(data.SAMPLE_TRAIN)
@@ -104,7 +108,8 @@ def reproduce(model_uri: str, engine: str = "") -> Report:
     if now != meta["train_data_digest"]:
         raise ReproduceError(
             f"training data changed: {path} has digest {now[:16]}…, the version was trained on "
-            f"{meta['train_data_digest'][:16]}…; restore the original file to reproduce")
+            f"{meta['train_data_digest'][:16]}…; restore the original file to reproduce"
+        )
 
     eval_params = client.get_run(eval_run).data.params
     eval_cfg = config.from_flat(config.EvalConfig, eval_params)
@@ -124,7 +129,9 @@ def reproduce(model_uri: str, engine: str = "") -> Report:
         fresh = client.get_run(report.new_eval_run).data.metrics
         tol = 0.0 if report.device == "cpu" else GPU_TOLERANCE
         for name in sorted(logged):
-            if not name.startswith("eval/") or "/delta/" in name or name.endswith(("questions_per_s", "load_s")):  # timings, not results
+            if (
+                not name.startswith("eval/") or "/delta/" in name or name.endswith(("questions_per_s", "load_s"))
+            ):  # timings, not results
                 continue
             old, new = logged[name], fresh.get(name)
             report.metrics[name] = [old, new]

@@ -10,6 +10,7 @@ null, absent or unreadable), the answer is read from the reasoning instead, if i
 Every question of the data is scored: one without a prediction counts as wrong and is listed. A
 prediction for an id the data lacks, a malformed line or a repeated id is an error naming file:line.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,8 +49,9 @@ def prediction_files(path: str | Path) -> list[Path]:
     return [p]
 
 
-def read_predictions(path: str | Path, protocol: str = "letter",
-                     reasoning: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+def read_predictions(
+    path: str | Path, protocol: str = "letter", reasoning: dict[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
     """Predictions by question id, and where each was read ("file:line"); raises ScoreError. Letter protocol:
     `reasoning`, when given, is filled with the reasoning field of the records that have one
     (REASONING_FIELDS); such a record's `prediction` may be null or absent (read as "")."""
@@ -68,8 +70,9 @@ def read_predictions(path: str | Path, protocol: str = "letter",
             if not isinstance(pid, str) or not pid:
                 errors.append(f"{loc}: problem_id: missing or not a non-empty string")
                 continue
-            think_field = next((k for k in REASONING_FIELDS if rec.get(k) is not None), None) \
-                if protocol == "letter" else None
+            think_field = (
+                next((k for k in REASONING_FIELDS if rec.get(k) is not None), None) if protocol == "letter" else None
+            )
             if think_field is not None:
                 if not isinstance(rec[think_field], str):
                     errors.append(f"{loc}: {think_field}: must be a string, got {shown(rec[think_field])}")
@@ -78,8 +81,11 @@ def read_predictions(path: str | Path, protocol: str = "letter",
                     rec = {**rec, field: ""}
             if field not in rec:
                 other = "response" if field == "prediction" else "prediction"
-                hint = f" (it has `{other}`: use --protocol {'text' if other == 'response' else 'letter'})" \
-                    if other in rec else ""
+                hint = (
+                    f" (it has `{other}`: use --protocol {'text' if other == 'response' else 'letter'})"
+                    if other in rec
+                    else ""
+                )
                 errors.append(f"{loc}: {field}: missing for {pid}; the {protocol} protocol reads `{field}`{hint}")
                 continue
             value = rec[field]
@@ -103,8 +109,11 @@ def with_reasoning(questions, values: dict[str, str], reasoning: dict[str, str],
     gives one (some models, e.g. Qwen3-Swallow, leave the answer only there); otherwise it stays."""
     out = dict(values)
     for q in questions:
-        if (q.id in reasoning and metrics.parse_answer(q, values[q.id], parsing) is None
-                and metrics.parse_answer(q, reasoning[q.id], parsing) is not None):
+        if (
+            q.id in reasoning
+            and metrics.parse_answer(q, values[q.id], parsing) is None
+            and metrics.parse_answer(q, reasoning[q.id], parsing) is not None
+        ):
             out[q.id] = reasoning[q.id]
     return out
 
@@ -115,9 +124,17 @@ def predictions_digest(values: dict[str, str]) -> str:
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
-def score(data: str, predictions: str, protocol: str = "letter", parsing: str = "official",
-          filters=None, data_format: str = "auto", name: str = "", extraction: str = "last-block",
-          exam_kind: str = "") -> tuple[dict, list, list[dict]]:
+def score(
+    data: str,
+    predictions: str,
+    protocol: str = "letter",
+    parsing: str = "official",
+    filters=None,
+    data_format: str = "auto",
+    name: str = "",
+    extraction: str = "last-block",
+    exam_kind: str = "",
+) -> tuple[dict, list, list[dict]]:
     """Score a predictions file or folder against question data.
 
     Returns (summary, questions scored, per-question rows). Unknown ids are checked against the
@@ -132,8 +149,13 @@ def score(data: str, predictions: str, protocol: str = "letter", parsing: str = 
     from jmed.checks import load_valid
 
     skipped: dict = {}
-    questions = load_valid(data, data_format, questions_only=True,  # the checks of `jmed validate`
-                           exclude_ids=getattr(filters, "exclude_ids", ()), excluded=skipped)
+    questions = load_valid(
+        data,
+        data_format,
+        questions_only=True,  # the checks of `jmed validate`
+        exclude_ids=getattr(filters, "exclude_ids", ()),
+        excluded=skipped,
+    )
     if exam_kind:  # corrections, years and pass rules of that exam (`--exam-kind`)
         questions = jdata.with_exam_kind(questions, exam_kind)
     reasoning: dict[str, str] = {}
@@ -150,8 +172,11 @@ def score(data: str, predictions: str, protocol: str = "letter", parsing: str = 
         kept = jdata.apply_filters(questions, filters)
         if not kept:
             counts = jdata.left_out_counts(questions, filters)
-            raise ValueError(f"no question of {data} is left to score after the filters ("
-                             + ", ".join(f"{why}: {n}" for why, n in counts.items()) + ")")
+            raise ValueError(
+                f"no question of {data} is left to score after the filters ("
+                + ", ".join(f"{why}: {n}" for why, n in counts.items())
+                + ")"
+            )
         questions = kept
     if protocol == "letter":
         values = with_reasoning(questions, values, reasoning, parsing)  # the digest is of what is scored
@@ -161,21 +186,38 @@ def score(data: str, predictions: str, protocol: str = "letter", parsing: str = 
         rows = metrics.text_rows(questions, values, extraction)
         summary = metrics.text_summary(questions, values, extraction)
         summary["parsing"] = parsing  # not used by the text protocol; kept for the record
-    summary.update({
-        "name": name, "data": str(data), "data_digest": jdata.digest(questions),
-        "predictions": str(predictions), "predictions_digest": predictions_digest(values),
-        "predictions_count": len(values),
-        "set_aside": set_aside,  # predictions of questions the data's reader excluded, with why
-    })
+    summary.update(
+        {
+            "name": name,
+            "data": str(data),
+            "data_digest": jdata.digest(questions),
+            "predictions": str(predictions),
+            "predictions_digest": predictions_digest(values),
+            "predictions_count": len(values),
+            "set_aside": set_aside,  # predictions of questions the data's reader excluded, with why
+        }
+    )
     return summary, questions, rows
 
 
 def run_metrics(summary: dict) -> dict[str, float]:
     """The summary as MLflow metrics: eval/<name> and eval/<year>/<name>."""
-    keys = (("accuracy", "score", "required_score", "general_score", "unparsed", "missing",
-             "kinki_selected", "correct", "points", "questions")
-            if summary["protocol"] == "letter" else
-            ("exact_match", "gestalt", "gestalt_accuracy", "missing", "questions"))
+    keys = (
+        (
+            "accuracy",
+            "score",
+            "required_score",
+            "general_score",
+            "unparsed",
+            "missing",
+            "kinki_selected",
+            "correct",
+            "points",
+            "questions",
+        )
+        if summary["protocol"] == "letter"
+        else ("exact_match", "gestalt", "gestalt_accuracy", "missing", "questions")
+    )
     out = {f"eval/{k}": float(summary[k]) for k in keys}
     for year, ys in summary["by_year"].items():
         for k in keys:
@@ -197,9 +239,13 @@ def log_score(summary: dict, questions: list, rows: list[dict]) -> str:
         import mlflow
 
         params = {
-            "data": summary["data"], "eval_data_digest": summary["data_digest"],
-            "predictions": summary["predictions"], "predictions_digest": summary["predictions_digest"],
-            "protocol": summary["protocol"], "parsing": summary.get("parsing", ""), "name": name,
+            "data": summary["data"],
+            "eval_data_digest": summary["data_digest"],
+            "predictions": summary["predictions"],
+            "predictions_digest": summary["predictions_digest"],
+            "protocol": summary["protocol"],
+            "parsing": summary.get("parsing", ""),
+            "name": name,
         }
         # Under `mlflow run` the entry point's parameters are already logged (an empty one as "''"):
         # params cannot change, so only the ones not there yet are added.
@@ -207,14 +253,24 @@ def log_score(summary: dict, questions: list, rows: list[dict]) -> str:
         tracking.log_params({k: v for k, v in params.items() if k not in logged})
         mlflow.log_metrics(run_metrics(summary))
         mlflow.log_dict(summary, "score.json")
-        mlflow.set_tag("mlflow.note.content", f"Scored predictions `{summary['predictions']}` against "
-                       f"`{summary['data']}` (data digest `{summary['data_digest'][:12]}`).\n\n" + format_summary(summary))
-        table = [{k: ("" if v is None else v) if not isinstance(v, tuple) else ",".join(map(str, v))
-                  for k, v in r.items()} for r in rows]
+        mlflow.set_tag(
+            "mlflow.note.content",
+            f"Scored predictions `{summary['predictions']}` against "
+            f"`{summary['data']}` (data digest `{summary['data_digest'][:12]}`).\n\n" + format_summary(summary),
+        )
+        table = [
+            {k: ("" if v is None else v) if not isinstance(v, tuple) else ",".join(map(str, v)) for k, v in r.items()}
+            for r in rows
+        ]
         if table:
             mlflow.log_table({k: [r[k] for r in table] for k in table[0]}, "predictions.json")
-        tracking.log_dataset(questions, name=Path(summary["data"]).name or "data", path=summary["data"],
-                             digest=summary["data_digest"], context="eval")
+        tracking.log_dataset(
+            questions,
+            name=Path(summary["data"]).name or "data",
+            path=summary["data"],
+            digest=summary["data_digest"],
+            context="eval",
+        )
         return run.info.run_id
 
 
@@ -223,30 +279,44 @@ def format_summary(summary: dict, max_missing: int = 20) -> str:
     lines = []
     if summary["protocol"] == "letter":
         s = summary
-        lines.append(f"{s['questions']} questions, parsing {s['parsing']}: {s['correct']} correct, "
-                     f"accuracy {s['accuracy']:.4f}, score {s['points']}/{s['points_total']} ({s['score']:.4f})")
-        lines.append(f"required (B,E) {s['required_points']}/{s['required_total']} ({s['required_score']:.4f}); "
-                     f"unparsed {s['unparsed']}; missing {s['missing']}; kinki selected {s['kinki_selected']}")
+        lines.append(
+            f"{s['questions']} questions, parsing {s['parsing']}: {s['correct']} correct, "
+            f"accuracy {s['accuracy']:.4f}, score {s['points']}/{s['points_total']} ({s['score']:.4f})"
+        )
+        lines.append(
+            f"required (B,E) {s['required_points']}/{s['required_total']} ({s['required_score']:.4f}); "
+            f"unparsed {s['unparsed']}; missing {s['missing']}; kinki selected {s['kinki_selected']}"
+        )
         for year, y in s["by_year"].items():
             verdict = y.get("verdict") or {True: "PASS", False: "FAIL", None: "-"}[y["passed"]]
-            lines.append(f"  {year}: accuracy {y['accuracy']:.4f} ({y['correct']}/{y['questions']}), "
-                         f"required {y['required_points']}/{y['required_total']}, "
-                         f"general {y['general_points']}/{y['general_total']} (line {y['general_line']:.3f}), "
-                         f"kinki {y['kinki_selected']}: {verdict}")
+            lines.append(
+                f"  {year}: accuracy {y['accuracy']:.4f} ({y['correct']}/{y['questions']}), "
+                f"required {y['required_points']}/{y['required_total']}, "
+                f"general {y['general_points']}/{y['general_total']} (line {y['general_line']:.3f}), "
+                f"kinki {y['kinki_selected']}: {verdict}"
+            )
     else:
         s = summary
-        lines.append(f"{s['questions']} questions (numeric-entry excluded: {s['excluded_numeric']}): "
-                     f"exact match {s['exact_match']:.4f}, gestalt {s['gestalt']:.4f}, "
-                     f"gestalt accuracy {s['gestalt_accuracy']:.4f}; missing {s['missing']}")
+        lines.append(
+            f"{s['questions']} questions (numeric-entry excluded: {s['excluded_numeric']}): "
+            f"exact match {s['exact_match']:.4f}, gestalt {s['gestalt']:.4f}, "
+            f"gestalt accuracy {s['gestalt_accuracy']:.4f}; missing {s['missing']}"
+        )
         for year, y in s["by_year"].items():
-            lines.append(f"  {year}: exact {y['exact_match']:.4f}, gestalt {y['gestalt']:.4f}, "
-                         f"gestalt accuracy {y['gestalt_accuracy']:.4f} ({y['questions']} questions)")
+            lines.append(
+                f"  {year}: exact {y['exact_match']:.4f}, gestalt {y['gestalt']:.4f}, "
+                f"gestalt accuracy {y['gestalt_accuracy']:.4f} ({y['questions']} questions)"
+            )
     if summary.get("set_aside"):
-        lines.append(f"set aside: {len(summary['set_aside'])} prediction(s) of questions the data's reader excluded ("
-                     + ", ".join(f"{pid}: {why}" for pid, why in list(summary["set_aside"].items())[:10]) + ")")
+        lines.append(
+            f"set aside: {len(summary['set_aside'])} prediction(s) of questions the data's reader excluded ("
+            + ", ".join(f"{pid}: {why}" for pid, why in list(summary["set_aside"].items())[:10])
+            + ")"
+        )
     missing = summary["missing_ids"]
     if missing:
-        shown = ", ".join(missing[:max_missing]) + (f", … ({len(missing) - max_missing} more)"
-                                                     if len(missing) > max_missing else "")
+        shown = ", ".join(missing[:max_missing]) + (
+            f", … ({len(missing) - max_missing} more)" if len(missing) > max_missing else ""
+        )
         lines.append(f"no prediction (counted wrong): {shown}")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 with everything it started (the mlflow CLI and its uvicorn workers). Used by `jmed serve`, the demo,
 tests and benchmarks; knows nothing about the registry.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,20 +12,50 @@ from pathlib import Path
 REQUEST_TIMEOUT_S = 120  # seconds per request (`jmed serve --timeout`, `mlflow models serve -t`)
 
 
-def serve_command(model_uri: str, port: int = 5000, host: str = "127.0.0.1", workers: int = 1,
-                  timeout: int = REQUEST_TIMEOUT_S, front: bool = False) -> list[str]:
+def serve_command(
+    model_uri: str,
+    port: int = 5000,
+    host: str = "127.0.0.1",
+    workers: int = 1,
+    timeout: int = REQUEST_TIMEOUT_S,
+    front: bool = False,
+) -> list[str]:
     """`mlflow models serve`; with `front`, MLflow's same scoring app behind jmed.front, as `jmed serve`
     runs it (uvicorn, like `mlflow models serve`; the request timeout travels in serve_env)."""
     import shutil
     import sys
 
     if front:
-        return [sys.executable, "-m", "uvicorn", "--host", host, "--port", str(port), "--workers", str(workers),
-                "jmed.front:app"]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "jmed.front:app",
+        ]
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
     cmd = [exe] if exe else [sys.executable, "-m", "mlflow"]
-    return cmd + ["models", "serve", "-m", model_uri, "--env-manager", "local", "-h", host, "-p", str(port),
-                  "-w", str(workers), "-t", str(timeout)]
+    return cmd + [
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        host,
+        "-p",
+        str(port),
+        "-w",
+        str(workers),
+        "-t",
+        str(timeout),
+    ]
 
 
 def free_port() -> int:
@@ -48,19 +79,18 @@ def serve_env(model_uri: str, extra: dict | None = None) -> dict:
     return env
 
 
-def start_server(model_uri: str, port: int, log_path=None, timeout: float = 180.0, env: dict | None = None,
-                 **kwargs):
+def start_server(model_uri: str, port: int, log_path=None, timeout: float = 180.0, env: dict | None = None, **kwargs):
     """Start `mlflow models serve` (front=True: `jmed serve`'s guarded front) in its own process group and
     wait for /ping; returns (process, seconds). `env`: extra environment (JMED_SERVE_POLL_S …). Stop it
     with `stop_server` (kills the whole group: the mlflow CLI and its uvicorn child)."""
     # the front reads the request timeout from the environment (`mlflow models serve -t` sets the same)
     env = serve_env(model_uri, {"MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": REQUEST_TIMEOUT_S, **(env or {})})
-    return start_process(serve_command(model_uri, port=port, **kwargs), env, port, "/ping", log_path, timeout,
-                    f"server for {model_uri}")
+    return start_process(
+        serve_command(model_uri, port=port, **kwargs), env, port, "/ping", log_path, timeout, f"server for {model_uri}"
+    )
 
 
-def start_tracking_server(backend_store_uri: str, artifacts: Path, port: int, log_path=None,
-                          timeout: float = 180.0):
+def start_tracking_server(backend_store_uri: str, artifacts: Path, port: int, log_path=None, timeout: float = 180.0):
     """Start `mlflow server` (a team tracking server: PostgreSQL or SQLite backend, proxied artifacts in
     `artifacts`) on 127.0.0.1 in its own process group and wait for /health; returns (process, seconds)."""
     import shutil
@@ -68,8 +98,20 @@ def start_tracking_server(backend_store_uri: str, artifacts: Path, port: int, lo
 
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     env = serve_env("", {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job-runner processes
-    cmd = [exe, "server", "--backend-store-uri", backend_store_uri, "--artifacts-destination", str(artifacts),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    cmd = [
+        exe,
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+    ]
     return start_process(cmd, env, port, "/health", log_path, timeout, "mlflow server")
 
 

@@ -32,6 +32,7 @@ jmed.inference (the batched engines evaluation uses too) and jmed.metrics (answe
 or evaluate. Importing this file registers the model with MLflow (models-from-code): nothing else
 imports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -117,12 +118,15 @@ class JmedModel(PythonModel):
             tokenizer, info = load_tokenizer(base)
             model = None
         else:
-            model, tokenizer, info = load_base(base, quantization=config.get("quantization", "none"),
-                                               precision=config.get("precision", "auto"))
+            model, tokenizer, info = load_base(
+                base, quantization=config.get("quantization", "none"), precision=config.get("precision", "auto")
+            )
         want = config.get("base_revision") or meta.get("base_revision")
         if want and info.get("revision") and info["revision"] != want:
-            raise invalid(f"base model {base!r} has revision {info['revision']}, but the adapter was trained "
-                          f"on revision {want}; fetch that revision")
+            raise invalid(
+                f"base model {base!r} has revision {info['revision']}, but the adapter was trained "
+                f"on revision {want}; fetch that revision"
+            )
         self.base_model, self.base_revision = meta.get("model"), want or info.get("revision")
         if model is None:  # the adapter merged into a copy of the base, run by vLLM (one version)
             self.vllm = E.open_vllm(E.merged_dir(info["path"], info["revision"], adapter_dir), tokenizer)
@@ -142,8 +146,11 @@ class JmedModel(PythonModel):
             version = self._alias_version(alias) or ""
         self.adapters = {version: self._served("default", meta)}
         self.default = version  # replaced in one assignment when the followed alias moves
-        self.batcher = Batcher(self._run_batch, int(os.environ.get("JMED_SERVE_MAX_ROWS", DEFAULT_MAX_ROWS)),
-                               float(os.environ.get("JMED_SERVE_WAIT_MS", DEFAULT_WAIT_S * 1000)) / 1000)
+        self.batcher = Batcher(
+            self._run_batch,
+            int(os.environ.get("JMED_SERVE_MAX_ROWS", DEFAULT_MAX_ROWS)),
+            float(os.environ.get("JMED_SERVE_WAIT_MS", DEFAULT_WAIT_S * 1000)) / 1000,
+        )
         poll = float(os.environ.get("JMED_SERVE_POLL_S", DEFAULT_POLL_S))
         if alias and poll > 0:
             threading.Thread(target=self._follow, args=(alias, poll), name="jmed-follow", daemon=True).start()
@@ -176,8 +183,13 @@ class JmedModel(PythonModel):
             try:
                 self._ensure(version)
             except Exception:  # noqa: BLE001 - a broken version must not stop serving
-                log.exception("alias %s@%s moved to version %s, which failed to load; still serving version %s",
-                              self.name, alias, version, self.default)
+                log.exception(
+                    "alias %s@%s moved to version %s, which failed to load; still serving version %s",
+                    self.name,
+                    alias,
+                    version,
+                    self.default,
+                )
                 continue
             log.info("alias %s@%s moved: serving version %s (was %s)", self.name, alias, version, self.default)
             self.default = version
@@ -187,27 +199,39 @@ class JmedModel(PythonModel):
         if version in self.adapters:
             return version
         if self.vllm is not None:
-            raise invalid(f"version {version} asked for, but this model runs its own version on the vllm engine "
-                          "(one merged adapter); serve several versions with `jmed serve --engine vllm`")
+            raise invalid(
+                f"version {version} asked for, but this model runs its own version on the vllm engine "
+                "(one merged adapter); serve several versions with `jmed serve --engine vllm`"
+            )
         import tempfile
 
         import mlflow
 
         if not self.name:
-            raise invalid(f"version {version} asked for, but this server was not started from a models:/ URI; "
-                          f"it serves only its own adapter")
+            raise invalid(
+                f"version {version} asked for, but this server was not started from a models:/ URI; "
+                f"it serves only its own adapter"
+            )
         client = self._client()
         registered = sorted((str(v.version) for v in client.search_model_versions(f"name = '{self.name}'")), key=int)
         if version not in registered:
             raise invalid(f"version {version} of {self.name} is not registered; available: {', '.join(registered)}")
-        folder = Path(mlflow.artifacts.download_artifacts(f"models:/{self.name}/{version}",
-                                                          dst_path=tempfile.mkdtemp(prefix="jmed-serve-")))
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                f"models:/{self.name}/{version}", dst_path=tempfile.mkdtemp(prefix="jmed-serve-")
+            )
+        )
         adapter_dir = folder / "artifacts" / "adapter"
         meta = adapter.read(adapter_dir)
-        if meta.get("model") != self.base_model or (meta.get("base_revision") or self.base_revision) != self.base_revision:
-            raise invalid(f"version {version} of {self.name} was trained on {meta.get('model')!r} revision "
-                          f"{meta.get('base_revision')}, not on this server's base {self.base_model!r} revision "
-                          f"{self.base_revision}; serve it from its own server")
+        if (
+            meta.get("model") != self.base_model
+            or (meta.get("base_revision") or self.base_revision) != self.base_revision
+        ):
+            raise invalid(
+                f"version {version} of {self.name} was trained on {meta.get('model')!r} revision "
+                f"{meta.get('base_revision')}, not on this server's base {self.base_model!r} revision "
+                f"{self.base_revision}; serve it from its own server"
+            )
         with self.lock:
             if version not in self.adapters:
                 if self.merged:
@@ -240,8 +264,7 @@ class JmedModel(PythonModel):
 
         rows = check_inputs(model_input)  # in the request's own thread: a bad request fails alone
         version = self._select(params)
-        protocol, max_new_tokens = check_params(params, self.adapters[version].protocol,
-                                                self.adapters[version].format)
+        protocol, max_new_tokens = check_params(params, self.adapters[version].protocol, self.adapters[version].format)
         out = self.batcher.submit((version, protocol, max_new_tokens), rows)
         return pd.DataFrame(out, columns=OUTPUT_COLUMNS)
 
@@ -267,8 +290,13 @@ class JmedModel(PythonModel):
                 scores = engine.loglik(prompts, conts)
                 out = [self._picked(s, r) for s, r in zip(scores, rows)]
             else:
-                limits = [min(max_new_tokens or answer_budget(self.tokenizer, r["choices"], r["n_answers"], protocol),
-                              MAX_NEW_TOKENS_LIMIT) for r in rows]
+                limits = [
+                    min(
+                        max_new_tokens or answer_budget(self.tokenizer, r["choices"], r["n_answers"], protocol),
+                        MAX_NEW_TOKENS_LIMIT,
+                    )
+                    for r in rows
+                ]
                 raws = engine.generate(prompts, limits)[0]
                 out = [self._answer(raw, r, protocol) for raw, r in zip(raws, rows)]
         return [{**o, "model_version": version} for o in out]

@@ -4,6 +4,7 @@
 with the tuning delta); `study` fills the grid through the pipeline's reusable steps, `compare` reads
 existing runs.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -18,8 +19,14 @@ CELL = ("base_model", "prompt_format", "shots", "protocol", "engine", "eval_data
 
 def _cell(run) -> tuple:
     p, t = run.data.params, run.data.tags
-    return (t.get(tracking.BASE_TAG, p.get("model", "")), p.get("prompt_format", ""), p.get("shots", "0"),
-            p.get("protocol", ""), p.get("engine", "") or "hf", p.get("eval_data_digest", "")[:12])
+    return (
+        t.get(tracking.BASE_TAG, p.get("model", "")),
+        p.get("prompt_format", ""),
+        p.get("shots", "0"),
+        p.get("protocol", ""),
+        p.get("engine", "") or "hf",
+        p.get("eval_data_digest", "")[:12],
+    )
 
 
 def comparison(runs) -> list[dict]:
@@ -44,7 +51,8 @@ def comparison(runs) -> list[dict]:
 
 # eval_data_digest: cells evaluated on different data are different rows, and the table says so
 COLUMNS = ["base_model", "prompt_format", "shots", "protocol", "engine", "eval_data_digest"] + [
-    f"{side}_{m}" for m in METRICS for side in ("untuned", "tuned", "delta")]
+    f"{side}_{m}" for m in METRICS for side in ("untuned", "tuned", "delta")
+]
 
 
 def to_markdown(rows: list[dict]) -> str:
@@ -61,8 +69,7 @@ def to_csv(rows: list[dict]) -> str:
     import io
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS + ["untuned_run", "tuned_run"],
-                            extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS + ["untuned_run", "tuned_run"], extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
@@ -119,9 +126,17 @@ def log_comparison(rows: list[dict]) -> None:
         mlflow.log_artifact(str(png), "comparison")
 
 
-def study(models, prompt_formats, shots=(0,), protocols=(), train_overrides: dict | None = None,
-          eval_data: str = "", force: bool = False, eval_settings: dict | None = None,
-          preset: str | None = None) -> tuple[str, list[dict]]:
+def study(
+    models,
+    prompt_formats,
+    shots=(0,),
+    protocols=(),
+    train_overrides: dict | None = None,
+    eval_data: str = "",
+    force: bool = False,
+    eval_settings: dict | None = None,
+    preset: str | None = None,
+) -> tuple[str, list[dict]]:
     """Run every model × prompt format × shots × protocol, untuned and tuned. Returns (parent run, table).
 
     `train_overrides` (+ `preset`): TrainConfig settings of every cell, which sets model and prompt
@@ -129,7 +144,9 @@ def study(models, prompt_formats, shots=(0,), protocols=(), train_overrides: dic
     from jmed import config, pipeline
 
     overrides = {k: v for k, v in (train_overrides or {}).items() if k not in ("model", "prompt_format")}
-    ledger = pipeline.Ledger(total=1 + len(models) * len(prompt_formats) * (1 + 2 * len(shots) * max(1, len(protocols))))
+    ledger = pipeline.Ledger(
+        total=1 + len(models) * len(prompt_formats) * (1 + 2 * len(shots) * max(1, len(protocols)))
+    )
     eval_runs = []
     for model in models:  # every cell's settings are checked before the first one trains
         for fmt in prompt_formats:
@@ -142,28 +159,47 @@ def study(models, prompt_formats, shots=(0,), protocols=(), train_overrides: dic
         import mlflow
 
         mlflow.set_tag("mlflow.runName", name)  # also under `mlflow run`, whose run already has a random name
-        tracking.log_params({"study.models": ",".join(models), "study.prompt_formats": ",".join(prompt_formats),
-                             "study.shots": ",".join(map(str, shots)), "study.protocols": ",".join(protocols),
-                             "study.eval_data": eval_data}
-                            | {f"study.train.{k}": v for k, v in config.flat(
-                                config.build(TrainConfig, overrides, preset=preset)).items()
-                               if k not in ("model", "prompt_format", "learning_rate")}
-                            | {f"study.eval.{k}": v for k, v in (eval_settings or {}).items()})
+        tracking.log_params(
+            {
+                "study.models": ",".join(models),
+                "study.prompt_formats": ",".join(prompt_formats),
+                "study.shots": ",".join(map(str, shots)),
+                "study.protocols": ",".join(protocols),
+                "study.eval_data": eval_data,
+            }
+            | {
+                f"study.train.{k}": v
+                for k, v in config.flat(config.build(TrainConfig, overrides, preset=preset)).items()
+                if k not in ("model", "prompt_format", "learning_rate")
+            }
+            | {f"study.eval.{k}": v for k, v in (eval_settings or {}).items()}
+        )
         try:
             for model in models:
                 for fmt in prompt_formats:
                     cfg = config.build(TrainConfig, {**overrides, "model": model, "prompt_format": fmt}, preset)
                     if not eval_runs and not ledger.steps:
-                        pipeline.validate_step(ledger, cfg.train_data, eval_data, force, cfg.filters,
-                                               pipeline.eval_config_for(cfg, eval_data, "", settings=eval_settings).filters)
+                        pipeline.validate_step(
+                            ledger,
+                            cfg.train_data,
+                            eval_data,
+                            force,
+                            cfg.filters,
+                            pipeline.eval_config_for(cfg, eval_data, "", settings=eval_settings).filters,
+                        )
                     train_run = pipeline.train_step(ledger, cfg, force)
                     for n_shots in shots:
                         for protocol in protocols or (protocol_for(fmt),):
-                            base = pipeline.eval_config_for(cfg, eval_data, protocol, n_shots,
-                                                            settings=eval_settings)
+                            base = pipeline.eval_config_for(cfg, eval_data, protocol, n_shots, settings=eval_settings)
                             eval_runs.append(pipeline.evaluate_step(ledger, base, force, "evaluate-base"))
-                            eval_runs.append(pipeline.evaluate_step(
-                                ledger, replace(base, adapter=pipeline.adapter_uri(train_run)), force, "evaluate-adapter"))
+                            eval_runs.append(
+                                pipeline.evaluate_step(
+                                    ledger,
+                                    replace(base, adapter=pipeline.adapter_uri(train_run)),
+                                    force,
+                                    "evaluate-adapter",
+                                )
+                            )
         finally:
             ledger.log()
         rows = comparison(evaluate_runs(run_ids=eval_runs))
@@ -179,9 +215,15 @@ def describe(models, prompt_formats, shots, eval_data: str, rows: list[dict]) ->
 
     tuned = [r for r in rows if r.get("tuned_accuracy") is not None]
     best = max(tuned, key=lambda r: r["tuned_accuracy"], default=None)  # rows: see `comparison`
-    return (f"Study grid: {len(models)} model(s) ({', '.join(models)}) × {len(prompt_formats)} prompt format(s) "
-            f"({', '.join(prompt_formats)}) × shots {', '.join(map(str, shots))}, each untuned and tuned, evaluated "
-            f"on `{eval_data or 'the bundled sample test split'}`.\n\n"
-            + (f"Best tuned cell: {best['base_model']} / {best['prompt_format']} / {best['shots']}-shot, accuracy "
-               f"{pct(best['tuned_accuracy'])} (untuned {pct(best.get('untuned_accuracy'))}). " if best else "")
-            + "Table: `comparison/comparison.md`.")
+    return (
+        f"Study grid: {len(models)} model(s) ({', '.join(models)}) × {len(prompt_formats)} prompt format(s) "
+        f"({', '.join(prompt_formats)}) × shots {', '.join(map(str, shots))}, each untuned and tuned, evaluated "
+        f"on `{eval_data or 'the bundled sample test split'}`.\n\n"
+        + (
+            f"Best tuned cell: {best['base_model']} / {best['prompt_format']} / {best['shots']}-shot, accuracy "
+            f"{pct(best['tuned_accuracy'])} (untuned {pct(best.get('untuned_accuracy'))}). "
+            if best
+            else ""
+        )
+        + "Table: `comparison/comparison.md`."
+    )

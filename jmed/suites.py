@@ -1,5 +1,6 @@
 """The declarative Great Expectations suites (`data_checks/*.json`, shipped as package data), run on a pandas
 frame of the questions or records in an ephemeral context; great_expectations is imported when a suite runs."""
+
 from __future__ import annotations
 
 import json
@@ -15,17 +16,44 @@ CHECKS_DIR = files("data_checks")
 def question_frame(questions):
     import pandas as pd
 
-    rows = [{
-        "id": q.id, "stem": q.stem, "n_choices": len(q.choices), "numeric": not q.choices,
-        "n_answers": max((len(a) for a in q.answer), default=0),
-        "blank_choices": sum(1 for c in q.choices if not c.strip()),
-        "repeated_choices": len(q.choices) - len(set(c.strip() for c in q.choices)),
-        "points": float(q.points), "text_only": q.text_only, "year": q.year, "block": q.block,
-        "prompted": not q.no_prompt, "file": q.file, "line": q.line,
-    } for q in questions]
-    df = pd.DataFrame(rows, columns=["id", "stem", "n_choices", "numeric", "n_answers", "blank_choices",
-                                     "repeated_choices", "points", "text_only", "year", "block", "prompted",
-                                     "file", "line"])
+    rows = [
+        {
+            "id": q.id,
+            "stem": q.stem,
+            "n_choices": len(q.choices),
+            "numeric": not q.choices,
+            "n_answers": max((len(a) for a in q.answer), default=0),
+            "blank_choices": sum(1 for c in q.choices if not c.strip()),
+            "repeated_choices": len(q.choices) - len(set(c.strip() for c in q.choices)),
+            "points": float(q.points),
+            "text_only": q.text_only,
+            "year": q.year,
+            "block": q.block,
+            "prompted": not q.no_prompt,
+            "file": q.file,
+            "line": q.line,
+        }
+        for q in questions
+    ]
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "id",
+            "stem",
+            "n_choices",
+            "numeric",
+            "n_answers",
+            "blank_choices",
+            "repeated_choices",
+            "points",
+            "text_only",
+            "year",
+            "block",
+            "prompted",
+            "file",
+            "line",
+        ],
+    )
     df["year"] = df["year"].astype("float64")  # None -> NaN, which GX treats as missing
     return df
 
@@ -33,9 +61,20 @@ def question_frame(questions):
 def instruction_frame(records):
     import pandas as pd
 
-    return pd.DataFrame([{"id": r.id, "instruction": r.instruction, "input": r.input, "output": r.output,
-                          "file": r.file, "line": r.line} for r in records],
-                        columns=["id", "instruction", "input", "output", "file", "line"])
+    return pd.DataFrame(
+        [
+            {
+                "id": r.id,
+                "instruction": r.instruction,
+                "input": r.input,
+                "output": r.output,
+                "file": r.file,
+                "line": r.line,
+            }
+            for r in records
+        ],
+        columns=["id", "instruction", "input", "output", "file", "line"],
+    )
 
 
 def load_suite(name: str) -> dict:
@@ -57,10 +96,12 @@ def run_suite(name: str, frame) -> tuple[dict, list[DataError], list[DataError]]
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     expectations = [ExpectationConfiguration(**e).to_domain_obj() for e in spec["expectations"]]
     suite = ctx.suites.add(gx.ExpectationSuite(name=spec["name"], expectations=expectations))
-    batch_def = (ctx.data_sources.add_pandas("jmed").add_dataframe_asset(name)
-                 .add_batch_definition_whole_dataframe("all"))
+    batch_def = (
+        ctx.data_sources.add_pandas("jmed").add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+    )
     result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(
-        suite, result_format={"result_format": "COMPLETE"})
+        suite, result_format={"result_format": "COMPLETE"}
+    )
     errors, warnings = [], []
     for r in result.results:
         if r.success:
@@ -75,12 +116,16 @@ def run_suite(name: str, frame) -> tuple[dict, list[DataError], list[DataError]]
             value = values[i] if i < len(values) else None
             show = meta.get("show_value", True) and value is not None and not isinstance(value, tuple)
             got = f" (got {shown(value)})" if show else ""
-            out.append(DataError(row["file"], int(row["line"]), fld,
-                                 f"{message}{got} [{r.expectation_config.type}]"))
+            out.append(DataError(row["file"], int(row["line"]), fld, f"{message}{got} [{r.expectation_config.type}]"))
         if not r.result.get("unexpected_index_list"):  # a table-level failure
             out.append(DataError("", 0, fld, f"{message} [{r.expectation_config.type}]"))
     stats = result.statistics
-    summary = {"suite": spec["name"], "success": not errors, "evaluated": int(stats["evaluated_expectations"]),
-               "unsuccessful": int(stats["unsuccessful_expectations"]), "errors": len(errors),
-               "warnings": len(warnings)}
+    summary = {
+        "suite": spec["name"],
+        "success": not errors,
+        "evaluated": int(stats["evaluated_expectations"]),
+        "unsuccessful": int(stats["unsuccessful_expectations"]),
+        "errors": len(errors),
+        "warnings": len(warnings),
+    }
     return summary, errors, warnings

@@ -2,6 +2,7 @@
 
 mlflow is imported inside functions so that importing this module stays cheap.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,6 +37,7 @@ _CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<userinfo>[^/@\s]+
 def masked(text: str) -> str:
     """Any URL in `text` with its password (or a bare token) replaced by *** (`http://alice:***@host`):
     what jmed prints or logs about a tracking store, an error message included."""
+
     def hide(m):
         user, colon, _ = m.group("userinfo").partition(":")
         return f"{m.group('scheme')}{user + ':***' if colon else '***'}@"
@@ -69,7 +71,10 @@ def git_commit() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, timeout=5,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -105,8 +110,16 @@ def step_run(step: str, run_name: str | None = None, nested: bool = False, tags:
         run = mlflow.start_run(run_name=run_name, nested=nested)
         own = True
     reap(quiet=True)  # cheap: one query for RUNNING runs of this host whose process is gone
-    mlflow.set_tags({STEP_TAG: step, "jmed.version": jmed.__version__, "jmed.code_version": code_version(),
-                     HOST_TAG: _host(), PID_TAG: str(os.getpid()), **(tags or {})})
+    mlflow.set_tags(
+        {
+            STEP_TAG: step,
+            "jmed.version": jmed.__version__,
+            "jmed.code_version": code_version(),
+            HOST_TAG: _host(),
+            PID_TAG: str(os.getpid()),
+            **(tags or {}),
+        }
+    )
     try:
         yield run
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (jmed.cli turns it into SystemExit)
@@ -155,8 +168,13 @@ def reap(quiet: bool = False) -> list[str]:
     client, host, ended = mlflow.MlflowClient(), _host(), []
     try:
         experiments = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(experiments, f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
-                                  max_results=1000) if experiments else []
+        runs = (
+            client.search_runs(
+                experiments, f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'", max_results=1000
+            )
+            if experiments
+            else []
+        )
     except MlflowException as exc:
         if not quiet:
             raise
@@ -166,8 +184,11 @@ def reap(quiet: bool = False) -> list[str]:
         pid = run.data.tags.get(PID_TAG, "")
         if not pid.isdigit() or alive(int(pid)) or run.info.status != "RUNNING":
             continue
-        client.set_tag(run.info.run_id, REAPED_TAG, f"process {pid} on {host} was gone at "
-                                                    f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}; ended KILLED")
+        client.set_tag(
+            run.info.run_id,
+            REAPED_TAG,
+            f"process {pid} on {host} was gone at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}; ended KILLED",
+        )
         client.set_terminated(run.info.run_id, "KILLED")
         ended.append(run.info.run_id)
     if ended:
@@ -217,10 +238,17 @@ def log_dataset(questions, name: str, path: str, digest: str, context: str) -> N
     import pandas as pd
 
     df = pd.DataFrame(
-        [{"id": q.id, "stem": q.stem, "choices": list(getattr(q, "choices", ())),
-          "answer": [list(a) for a in getattr(q, "answer", ())]} for q in questions]
-        if questions and hasattr(questions[0], "stem") else
-        [{"id": r.id, "instruction": r.instruction, "input": r.input, "output": r.output} for r in questions]
+        [
+            {
+                "id": q.id,
+                "stem": q.stem,
+                "choices": list(getattr(q, "choices", ())),
+                "answer": [list(a) for a in getattr(q, "answer", ())],
+            }
+            for q in questions
+        ]
+        if questions and hasattr(questions[0], "stem")
+        else [{"id": r.id, "instruction": r.instruction, "input": r.input, "output": r.output} for r in questions]
     )
     ds = mlflow.data.from_pandas(df, source=str(path), name=name, digest=digest[:36])
     mlflow.log_input(ds, context=context)
@@ -237,8 +265,11 @@ def evaluate_runs(client, experiment_ids=None, base_slug: str = "", adapters_onl
     runs, token = [], None
     while True:
         page = client.search_runs(exps, flt, max_results=1000, page_token=token)
-        runs += [r for r in page if not adapters_only
-                 or r.data.tags.get(ADAPTER_RUN_TAG, "none") not in ("", "none", "unknown")]
+        runs += [
+            r
+            for r in page
+            if not adapters_only or r.data.tags.get(ADAPTER_RUN_TAG, "none") not in ("", "none", "unknown")
+        ]
         token = page.token
         if not token:
             return runs

@@ -26,6 +26,7 @@ the same bytes as an uninterrupted run. (A new run, because `mlflow run` always 
 `stop_after=k` stops after k optimiser steps as if interrupted: a checkpoint is written, the run is
 tagged `jmed.stopped_at=k` and no `adapter/` is logged (it is not a finished model).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -78,8 +79,9 @@ def load_items(path: str, fmt: str, filters, what: str) -> tuple[list, str]:
     items, _ = data.promptable(items)  # a question no prompt can be made of cannot be trained on
     kept = data.apply_filters(items, filters)
     if not kept:
-        raise TrainError(f"{what} set is empty after filters: {source} holds {len(items)} item(s), "
-                         f"none left after {filters}")
+        raise TrainError(
+            f"{what} set is empty after filters: {source} holds {len(items)} item(s), none left after {filters}"
+        )
     return kept, source
 
 
@@ -108,18 +110,26 @@ def tokenize(items: list, cfg: TrainConfig, tokenizer) -> tuple[list[Example], d
                 dropped += 1
                 continue
             keep = cfg.max_length - len(t)  # truncate_prompt: keep the first token (BOS) and the end
-            p = p[:1] + p[len(p) - (keep - 1):]
+            p = p[:1] + p[len(p) - (keep - 1) :]
         examples.append(Example(item.id, p + t, [-100] * len(p) + t))
     if cfg.overlength == "error" and over:
-        raise TrainError(f"{over} example(s) longer than max_length={cfg.max_length} tokens "
-                         f"(overlength=error): {', '.join(over_ids[:20])}")
+        raise TrainError(
+            f"{over} example(s) longer than max_length={cfg.max_length} tokens "
+            f"(overlength=error): {', '.join(over_ids[:20])}"
+        )
     if not examples:
-        raise TrainError(f"no training example left: all {len(items)} are longer than max_length="
-                         f"{cfg.max_length} (overlength={cfg.overlength})")
+        raise TrainError(
+            f"no training example left: all {len(items)} are longer than max_length="
+            f"{cfg.max_length} (overlength={cfg.overlength})"
+        )
     excess.sort()
-    return examples, {"overlength_examples": over, "dropped_examples": dropped, "examples": len(examples),
-                      "overlength_median_tokens": excess[len(excess) // 2] if excess else 0,
-                      "overlength_max_tokens": excess[-1] if excess else 0}
+    return examples, {
+        "overlength_examples": over,
+        "dropped_examples": dropped,
+        "examples": len(examples),
+        "overlength_median_tokens": excess[len(excess) // 2] if excess else 0,
+        "overlength_max_tokens": excess[-1] if excess else 0,
+    }
 
 
 def collate(batch: list[Example], pad_id: int):
@@ -147,7 +157,7 @@ def batch_indices(n: int, seed: int, global_step_batch: int, position: int) -> l
         epoch, offset = divmod(position, n)
         g = torch.Generator().manual_seed(seed * 100003 + epoch)
         perm = torch.randperm(n, generator=g).tolist()
-        take = perm[offset:offset + global_step_batch - len(out)]
+        take = perm[offset : offset + global_step_batch - len(out)]
         out += take
         position += len(take)
     return out
@@ -180,13 +190,20 @@ def wrap_lora(net, cfg: TrainConfig):
         raise TrainError(str(exc)) from None
     ckpt_kwargs = {"use_reentrant": False}  # works with DDP and frozen inputs
     if cfg.quantization in ("4bit", "8bit"):
-        net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                              gradient_checkpointing_kwargs=ckpt_kwargs)
+        net = prepare_model_for_kbit_training(
+            net, use_gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs=ckpt_kwargs
+        )
     elif cfg.gradient_checkpointing:
         net.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
         net.enable_input_require_grads()
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM", bias="none")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
     torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn here
     model = get_peft_model(net, lora)
     if not fsdp():  # LoRA weights train in fp32 (autocast computes in bf16 on CUDA); FSDP: one dtype
@@ -332,10 +349,13 @@ def setup(cfg: TrainConfig, accelerator) -> Setup:
     device = str(accelerator.device)
     if cfg.quantization in ("4bit", "8bit") and device.startswith("cuda"):
         device = f"cuda:{accelerator.local_process_index}"
-    net, tokenizer, info = models.load_base(cfg.model, cfg.quantization, cfg.precision,
-                                            cfg.trust_remote_code, device=device)
+    net, tokenizer, info = models.load_base(
+        cfg.model, cfg.quantization, cfg.precision, cfg.trust_remote_code, device=device
+    )
     examples, counts = tokenize(items, cfg, tokenizer)
-    eval_examples = tokenize(eval_items, dataclasses.replace(cfg, overlength="drop"), tokenizer)[0] if eval_items else []
+    eval_examples = (
+        tokenize(eval_items, dataclasses.replace(cfg, overlength="drop"), tokenizer)[0] if eval_items else []
+    )
     model, targets = wrap_lora(net, cfg)
 
     per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes  # examples per optimiser step
@@ -351,9 +371,30 @@ def setup(cfg: TrainConfig, accelerator) -> Setup:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, cfg.warmup_steps, max_steps))
     if checkpoint is not None:
         load_checkpoint_state(checkpoint, optimizer, scheduler)
-    return Setup(cfg, main, mlflow, items, train_path, eval_items, eval_path, examples, counts, eval_examples,
-                 model, tokenizer, info, targets, optimizer, scheduler, max_steps, step, position, device,
-                 models.resolve_precision(cfg.precision)[1], accelerator.num_processes)
+    return Setup(
+        cfg,
+        main,
+        mlflow,
+        items,
+        train_path,
+        eval_items,
+        eval_path,
+        examples,
+        counts,
+        eval_examples,
+        model,
+        tokenizer,
+        info,
+        targets,
+        optimizer,
+        scheduler,
+        max_steps,
+        step,
+        position,
+        device,
+        models.resolve_precision(cfg.precision)[1],
+        accelerator.num_processes,
+    )
 
 
 def fit(s: Setup, accelerator, run_id: str, tmp: Path) -> bool:
@@ -363,8 +404,14 @@ def fit(s: Setup, accelerator, run_id: str, tmp: Path) -> bool:
     cfg = s.cfg
     from jmed.console import progress_disabled
 
-    bar = tqdm(total=s.max_steps, initial=s.step, disable=True if not s.main else progress_disabled(), desc="train",
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=s.max_steps,
+        initial=s.step,
+        disable=True if not s.main else progress_disabled(),
+        desc="train",
+        dynamic_ncols=True,
+        leave=False,
+    )
     stop_at = cfg.stop_after if cfg.stop_after and cfg.stop_after < s.max_steps else 0
     s.model.train()
     while s.step < s.max_steps:
@@ -374,10 +421,20 @@ def fit(s: Setup, accelerator, run_id: str, tmp: Path) -> bool:
             took = time.perf_counter() - t0
             tps, s.tokens, s.seconds = tokens / took, s.tokens + tokens, s.seconds + took
             s.losses.append((s.step, loss))
-            s.pending.append((s.step, time.time(), {
-                "train/loss": loss, "train/lr": s.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
-                "train/tokens_per_s": tps, "train/tokens": tokens,
-                "train/peak_memory_mb": peak_memory_mb(s.base_dev.type)}))
+            s.pending.append(
+                (
+                    s.step,
+                    time.time(),
+                    {
+                        "train/loss": loss,
+                        "train/lr": s.scheduler.get_last_lr()[0],
+                        "train/grad_norm": grad_norm,
+                        "train/tokens_per_s": tps,
+                        "train/tokens": tokens,
+                        "train/peak_memory_mb": peak_memory_mb(s.base_dev.type),
+                    },
+                )
+            )
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
             if len(s.pending) >= 10:
@@ -402,10 +459,10 @@ def optimizer_step(s: Setup, accelerator) -> tuple[float, float, float]:
     loss_sum, tokens = torch.zeros((), device=dev), torch.zeros((), device=dev)
     for micro in range(cfg.grad_accum):
         start = (micro * world + rank) * cfg.batch_size
-        micro_batch = [s.examples[i] for i in idx[start:start + cfg.batch_size]]  # this rank's slice
+        micro_batch = [s.examples[i] for i in idx[start : start + cfg.batch_size]]  # this rank's slice
         ids, labels, mask = (t.to(dev) for t in collate(micro_batch, s.tokenizer.pad_token_id))
         sync = micro == cfg.grad_accum - 1
-        with (contextlib.nullcontext() if sync else accelerator.no_sync(s.model)):
+        with contextlib.nullcontext() if sync else accelerator.no_sync(s.model):
             with torch.autocast(dev.type, dtype=s.dtype, enabled=s.autocast):
                 loss = s.model(input_ids=ids, attention_mask=mask, labels=labels).loss
             accelerator.backward(loss / cfg.grad_accum)
@@ -416,22 +473,23 @@ def optimizer_step(s: Setup, accelerator) -> tuple[float, float, float]:
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
     s.step += 1
-    return (accelerator.reduce(loss_sum, "mean").item(), accelerator.reduce(tokens, "sum").item(),
-            float(grad_norm))
+    return (accelerator.reduce(loss_sum, "mean").item(), accelerator.reduce(tokens, "sum").item(), float(grad_norm))
 
 
 def checkpoint(s: Setup, accelerator, tmp: Path, with_eval_loss: bool) -> None:
     """Log a checkpoint (and the eval loss, when there is eval data) at the current step."""
     if s.eval_examples and with_eval_loss:
-        ev = eval_loss(s.model, s.eval_examples, s.cfg.batch_size, s.tokenizer.pad_token_id, accelerator,
-                       s.dtype, s.autocast)
+        ev = eval_loss(
+            s.model, s.eval_examples, s.cfg.batch_size, s.tokenizer.pad_token_id, accelerator, s.dtype, s.autocast
+        )
         if s.main:
             s.pending.append((s.step, time.time(), {"eval/loss": ev}))
     full = adapter_state(accelerator, s.model)
     if s.main:
         folder = tmp / f"step-{s.step:06d}"
-        save_checkpoint(folder, accelerator.unwrap_model(s.model), s.optimizer, s.scheduler, s.step, s.position,
-                        s.cfg, full)
+        save_checkpoint(
+            folder, accelerator.unwrap_model(s.model), s.optimizer, s.scheduler, s.step, s.position, s.cfg, full
+        )
         s.mlflow.log_artifacts(str(folder), f"checkpoints/step-{s.step:06d}")
         done = tmp / CHECKPOINT_DONE  # last, on its own: its presence means every file above is there
         done.write_text(f"step {s.step}\n", encoding="utf-8")
@@ -444,8 +502,9 @@ def finish(s: Setup, accelerator, run_id: str, tmp: Path, stopped: bool) -> None
     from jmed import data
 
     if s.eval_examples and not stopped:
-        ev = eval_loss(s.model, s.eval_examples, s.cfg.batch_size, s.tokenizer.pad_token_id, accelerator,
-                       s.dtype, s.autocast)
+        ev = eval_loss(
+            s.model, s.eval_examples, s.cfg.batch_size, s.tokenizer.pad_token_id, accelerator, s.dtype, s.autocast
+        )
         if s.main:
             s.eval_loss = ev
             s.pending.append((s.step, time.time(), {"eval/loss": ev}))
@@ -458,11 +517,22 @@ def finish(s: Setup, accelerator, run_id: str, tmp: Path, stopped: bool) -> None
         else:
             cfg, out = s.cfg, tmp / "adapter"
             accelerator.unwrap_model(s.model).save_pretrained(out, save_embedding_layers=False, state_dict=full)
-            adapter.write(out, {
-                "model": cfg.model, "base_revision": s.info["revision"], "prompt_format": cfg.prompt_format,
-                "shots": cfg.shots, "protocol": _protocol(cfg.prompt_format), "train_run_id": run_id,
-                "train_data_digest": data.digest(s.items), "tokenizer_hash": s.info["tokenizer_hash"],
-                "lora_targets": s.targets, "jmed_version": jmed.__version__, "config": flat(cfg)})
+            adapter.write(
+                out,
+                {
+                    "model": cfg.model,
+                    "base_revision": s.info["revision"],
+                    "prompt_format": cfg.prompt_format,
+                    "shots": cfg.shots,
+                    "protocol": _protocol(cfg.prompt_format),
+                    "train_run_id": run_id,
+                    "train_data_digest": data.digest(s.items),
+                    "tokenizer_hash": s.info["tokenizer_hash"],
+                    "lora_targets": s.targets,
+                    "jmed_version": jmed.__version__,
+                    "config": flat(cfg),
+                },
+            )
             s.mlflow.log_artifacts(str(out), "adapter")
         from jmed.console import say
 
@@ -485,15 +555,16 @@ def eval_loss(model, examples, batch_size, pad_id, accelerator, dtype, use_autoc
     model.eval()
     total = torch.zeros((), device=dev, dtype=torch.float64)
     count = torch.zeros((), device=dev, dtype=torch.float64)
-    shard = examples[accelerator.process_index::accelerator.num_processes]
+    shard = examples[accelerator.process_index :: accelerator.num_processes]
     with torch.no_grad():
         for i in range(0, len(shard), batch_size):
-            ids, labels, mask = (t.to(dev) for t in collate(shard[i:i + batch_size], pad_id))
+            ids, labels, mask = (t.to(dev) for t in collate(shard[i : i + batch_size], pad_id))
             with torch.autocast(dev.type, dtype=dtype, enabled=use_autocast):
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
             shift, gold = logits[:, :-1], labels[:, 1:]
-            nll = torch.nn.functional.cross_entropy(shift.reshape(-1, shift.size(-1)), gold.reshape(-1),
-                                                    ignore_index=-100, reduction="sum")
+            nll = torch.nn.functional.cross_entropy(
+                shift.reshape(-1, shift.size(-1)), gold.reshape(-1), ignore_index=-100, reduction="sum"
+            )
             total += nll.double()
             count += (gold != -100).sum()
     model.train()

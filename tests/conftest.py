@@ -1,4 +1,5 @@
 """Shared fixtures. Every test runs offline, with telemetry off, in its own tracking store."""
+
 import contextlib
 import os
 from pathlib import Path
@@ -16,8 +17,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # End-to-end modules: every test starts processes, servers or trainings. Elsewhere a test is slow when
 # it opens an MLflow store (`tracking`) or is marked by itself. `make test-fast` runs the rest.
-E2E_MODULES = {"test_options", "test_pipeline", "test_quickstart", "test_real_models", "test_registry",
-               "test_security", "test_serving", "test_train", "test_train_ddp"}
+E2E_MODULES = {
+    "test_options",
+    "test_pipeline",
+    "test_quickstart",
+    "test_real_models",
+    "test_registry",
+    "test_security",
+    "test_serving",
+    "test_train",
+    "test_train_ddp",
+}
 SLOW_FIXTURES = {"tracking", "trained"}
 
 
@@ -41,6 +51,8 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.get_closest_marker("gpu"):
                 item.add_marker(skip)
+
+
 SHARED = ROOT.parent / "shared" / "datasets"
 
 
@@ -125,6 +137,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             continue
         stores += 1
         left += [f"{db}: {r[0]}" for r in rows]
-    terminalreporter.write_line(f"runs left RUNNING in the {stores} SQLite tracking stores of this session: {len(left)}")
+    terminalreporter.write_line(
+        f"runs left RUNNING in the {stores} SQLite tracking stores of this session: {len(left)}"
+    )
     for line in left[:20]:
         terminalreporter.write_line(f"  {line}")

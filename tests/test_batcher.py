@@ -1,4 +1,5 @@
 """jmed.batcher: concurrent submits become one engine call; each caller gets exactly its own rows."""
+
 import threading
 
 import pytest
@@ -75,8 +76,14 @@ def test_settings_are_never_mixed_and_a_batch_never_exceeds_max_rows():
     engine.gate.clear()
     blocker, _ = submit_all(batcher, [(("v1", "letter"), ["x"])])
     engine_busy(engine)
-    jobs = [(("v1", "letter"), ["a1", "a2"]), (("v2", "letter"), ["b1"]), (("v1", "loglik"), ["c1"]),
-            (("v1", "letter"), ["a3", "a4"]), (("v1", "letter"), ["a5"]), (("v1", "letter"), list("123456"))]
+    jobs = [
+        (("v1", "letter"), ["a1", "a2"]),
+        (("v2", "letter"), ["b1"]),
+        (("v1", "loglik"), ["c1"]),
+        (("v1", "letter"), ["a3", "a4"]),
+        (("v1", "letter"), ["a5"]),
+        (("v1", "letter"), list("123456")),
+    ]
     threads, out = [], [None] * len(jobs)
     for i, job in enumerate(jobs):  # queued in this order
         ts, o = submit_all(batcher, [job])

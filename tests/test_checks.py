@@ -1,4 +1,5 @@
 """Validation checks (jmed/checks.py): GX suites, code checks, leakage, the report."""
+
 import json
 from pathlib import Path
 
@@ -35,17 +36,20 @@ def test_select_counts_on_file():
 
 
 def test_answers_inside_choices():
-    qs = [make("A"), make("B", answer=(("a",), ("f",))), make("C", choices=(), answer=(("26",),)),
-          make("D", answer=())]
+    qs = [make("A"), make("B", answer=(("a",), ("f",))), make("C", choices=(), answer=(("26",),)), make("D", answer=())]
     assert [str(e) for e in checks.check_answers(qs)] == [
-        'f.jsonl:1: answer: letter "f" outside 5 choices', "f.jsonl:1: answer: no answer"]
+        'f.jsonl:1: answer: letter "f" outside 5 choices',
+        "f.jsonl:1: answer: no answer",
+    ]
 
 
 def test_same_stem_warnings():
-    qs = [make("112B20", stem="医師の職業倫理に反するのはどれか。", line=20),
-          make("113E1", stem="医師の職業倫理に反するのはどれか。 ", choices=("6", "7", "8", "9", "0"), line=1),
-          make("113E9", stem="医師の　職業倫理に反するのはどれか。", line=9),
-          make("113E2", stem="別の問題はどれか。", line=2)]
+    qs = [
+        make("112B20", stem="医師の職業倫理に反するのはどれか。", line=20),
+        make("113E1", stem="医師の職業倫理に反するのはどれか。 ", choices=("6", "7", "8", "9", "0"), line=1),
+        make("113E9", stem="医師の　職業倫理に反するのはどれか。", line=9),
+        make("113E2", stem="別の問題はどれか。", line=2),
+    ]
     assert [str(w) for w in checks.check_same_stem(qs)] == [
         "f.jsonl:1: problem_text: same stem as 112B20 (f.jsonl:20) but different choices",
         "f.jsonl:9: problem_text: same stem and choices as 112B20 (f.jsonl:20)",
@@ -58,21 +62,34 @@ def test_leakage_pairs_scores():
     pairs = checks.leakage_pairs(train, test, threshold=90)
     # Indel ratio: 2 * 9 common / (10 + 10) = 90.0
     assert [(p["train_id"], p["test_id"], p["score"]) for p in pairs] == [
-        ("T1", "S2", 100.0), ("T3", "S2", 100.0), ("T1", "S1", 90.0), ("T3", "S1", 90.0)]
+        ("T1", "S2", 100.0),
+        ("T3", "S2", 100.0),
+        ("T1", "S1", 90.0),
+        ("T3", "S1", 90.0),
+    ]
     assert pairs[2]["test_line"] == 7 and pairs[0]["same_choices"] is True
     assert checks.leakage_pairs(train, test, threshold=95) == pairs[:2]
     assert checks.leakage_pairs([], test) == []
 
 
 def test_gx_suite_errors_name_file_line_field():
-    qs = [make("A", points=12.0, line=3), make("B", answer=(("a", "b", "c", "d", "e", "f"),),
-                                                 choices=("1", "2", "3", "4", "5"), line=4),
-          make("C", choices=("1", " ", "3", "4", "5"), line=5),
-          make("D", choices=("1", " ", "3", "4", "5"), text_only=False, line=6),
-          make("E", choices=("1", "1", "3", "4", "5"), line=7), make("F", year=1900, line=8)]
+    qs = [
+        make("A", points=12.0, line=3),
+        make("B", answer=(("a", "b", "c", "d", "e", "f"),), choices=("1", "2", "3", "4", "5"), line=4),
+        make("C", choices=("1", " ", "3", "4", "5"), line=5),
+        make("D", choices=("1", " ", "3", "4", "5"), text_only=False, line=6),
+        make("E", choices=("1", "1", "3", "4", "5"), line=7),
+        make("F", year=1900, line=8),
+    ]
     summary, errors, warnings = checks.run_suite("questions", checks.question_frame(qs))
-    assert summary == {"suite": "questions", "success": False, "evaluated": len(checks.load_suite("questions")["expectations"]),
-                       "unsuccessful": 6, "errors": 4, "warnings": 2}
+    assert summary == {
+        "suite": "questions",
+        "success": False,
+        "evaluated": len(checks.load_suite("questions")["expectations"]),
+        "unsuccessful": 6,
+        "errors": 4,
+        "warnings": 2,
+    }
     assert sorted(str(e) for e in errors) == [
         "f.jsonl:3: points: points outside 0..10 (got 12.0) [expect_column_values_to_be_between]",
         "f.jsonl:4: answer: more answers than choices [expect_column_pair_values_a_to_be_greater_than_b]",
@@ -102,7 +119,9 @@ def test_validate_sample_is_clean():
     qs = data.load_questions(data.SAMPLE_TRAIN) + data.load_questions(data.SAMPLE_TEST)
     assert report.excluded == {**data.exclusions(qs), "choices_unparsed": 0}
     assert [(d["role"], d["questions"], d["format"]) for d in report.datasets] == [
-        ("data", n_train, "igakuqa"), ("against", n_test, "igakuqa")]
+        ("data", n_train, "igakuqa"),
+        ("against", n_test, "igakuqa"),
+    ]
     assert report.datasets[0]["digest"] == data.digest(data.load_questions(data.SAMPLE_TRAIN))
     assert [e["success"] for e in report.expectations] == [True, True]
     inst = checks.validate([data.SAMPLE_INSTRUCTIONS])
@@ -125,8 +144,17 @@ def test_validate_broken_collects_every_error():
 
 
 def test_validate_cross_dataset_duplicates_and_identical_leak(tmp_path):
-    line = json.dumps({"problem_id": "1A1", "problem_text": "同じ問題はどれか。", "choices": ["1", "2", "3", "4", "5"],
-                       "text_only": True, "answer": ["a"], "points": "1"}, ensure_ascii=False)
+    line = json.dumps(
+        {
+            "problem_id": "1A1",
+            "problem_text": "同じ問題はどれか。",
+            "choices": ["1", "2", "3", "4", "5"],
+            "text_only": True,
+            "answer": ["a"],
+            "points": "1",
+        },
+        ensure_ascii=False,
+    )
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     a.write_text(line + "\n", encoding="utf-8")
     b.write_text(line + "\n", encoding="utf-8")
@@ -154,8 +182,9 @@ def test_report_json_and_html(tmp_path):
     assert html_path.name == "report.html" and "FAILED" in page
     assert "letter &quot;f&quot; outside 5 choices" in page and "990-A.jsonl" in page
     summary = report.summary()
-    assert summary.splitlines()[0] == ("FAILED: 3 questions in 1 dataset(s); 6 error(s), 0 warning(s); "
-                                       "excluded: none; leakage pairs: 0")
+    assert summary.splitlines()[0] == (
+        "FAILED: 3 questions in 1 dataset(s); 6 error(s), 0 warning(s); excluded: none; leakage pairs: 0"
+    )
     assert f'  error: {BROKEN / "990-A.jsonl"}:3: answer: letter "f" outside 5 choices' in summary
 
 
@@ -169,7 +198,7 @@ def test_leakage_bound_is_exact_against_bruteforce():
         chars = list(text)
         for _ in range(n):
             i = rng.randrange(len(chars))
-            chars[i:i + 1] = rng.choice([[], [chr(0x4E00 + rng.randrange(500))], [chars[i], "の"]])
+            chars[i : i + 1] = rng.choice([[], [chr(0x4E00 + rng.randrange(500))], [chars[i], "の"]])
         return "".join(chars) or "。"
 
     train = [make(f"T{i}", stem=edit(rng.choice(stems), rng.randrange(0, 12))) for i in range(300)]
@@ -193,7 +222,8 @@ def test_cross_dataset_checks_see_only_the_questions_used(tmp_path):
         (tree / str(year)).mkdir(parents=True)
         qs = [json.loads(x) for x in (data.SAMPLE_DIR / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
         (tree / str(year) / f"{name}.jsonl").write_text(
-            "\n".join(json.dumps(q, ensure_ascii=False) for q in qs) + "\n", encoding="utf-8")
+            "\n".join(json.dumps(q, ensure_ascii=False) for q in qs) + "\n", encoding="utf-8"
+        )
         shutil.copy(data.SAMPLE_DIR / f"{name}_metadata.jsonl", tree / str(year) / f"{name}_metadata.jsonl")
     test = tree / "2022"
     unfiltered = checks.validate([tree], against=[test])
@@ -207,10 +237,22 @@ def test_merged_choices_are_a_warning_naming_the_question():
     from jmed.checks import check_merged_choices
     from jmed.data import Question
 
-    merged = Question(id="119A22", stem="どれか。", choices=("肺炎", "結核 c. 腎炎", "ｄ．肝炎", "敗血症"),
-                      answer=(("a",),), file="119-A.jsonl", line=22)
-    fine = Question(id="113B4", stem="どれか。", choices=("A型肝炎", "C.difficile", "IgA(immunoglobulin A)血管炎",
-                                                         "ビタミンB12", "T細胞"), answer=(("a",),))
+    merged = Question(
+        id="119A22",
+        stem="どれか。",
+        choices=("肺炎", "結核 c. 腎炎", "ｄ．肝炎", "敗血症"),
+        answer=(("a",),),
+        file="119-A.jsonl",
+        line=22,
+    )
+    fine = Question(
+        id="113B4",
+        stem="どれか。",
+        choices=("A型肝炎", "C.difficile", "IgA(immunoglobulin A)血管炎", "ビタミンB12", "T細胞"),
+        answer=(("a",),),
+    )
     [w] = check_merged_choices([merged, fine])
-    assert str(w) == ('119-A.jsonl:22: choices[1]: 119A22: choice b holds another choice label ("結核 c. 腎炎"): '
-                      "choices merged in the source? (4 choices)")
+    assert str(w) == (
+        '119-A.jsonl:22: choices[1]: 119A22: choice b holds another choice label ("結核 c. 腎炎"): '
+        "choices merged in the source? (4 choices)"
+    )

@@ -1,4 +1,5 @@
 """What the terminal shows: aligned step summaries, the lists validate prints, quiet by default."""
+
 import os
 import subprocess
 import sys
@@ -13,20 +14,29 @@ JMED = str(Path(sys.executable).parent / "jmed")
 
 def test_block_aligns_names_and_leaves_out_missing_values():
     assert block("train tiny", [("final loss", "1.5"), ("eval loss", None), ("run", "abc")]) == (
-        "[jmed] train tiny\n  final loss  1.5\n  run         abc")
+        "[jmed] train tiny\n  final loss  1.5\n  run         abc"
+    )
 
 
 def test_table_aligns_columns_under_a_rule():
     assert table(["model", "accuracy"], [["base", "0.0%"], ["adapter", "25.0%"]]).splitlines() == [
-        "  model    accuracy", "  -------  --------", "  base     0.0%", "  adapter  25.0%"]
+        "  model    accuracy",
+        "  -------  --------",
+        "  base     0.0%",
+        "  adapter  25.0%",
+    ]
 
 
 def test_validate_summary_lists_warnings_and_leakage_up_to_a_limit():
     from jmed.checks import Report
 
-    report = Report(questions=3, warnings=[{"file": "a.jsonl", "line": i, "field": "problem_text",
-                                            "message": f"warning {i}"} for i in range(1, 13)],
-                    leakage=[{"train_id": "116A1", "test_id": "117A2", "score": 97.5}])
+    report = Report(
+        questions=3,
+        warnings=[
+            {"file": "a.jsonl", "line": i, "field": "problem_text", "message": f"warning {i}"} for i in range(1, 13)
+        ],
+        leakage=[{"train_id": "116A1", "test_id": "117A2", "score": 97.5}],
+    )
     lines = report.summary(max_listed=10).splitlines()
     warnings = [ln for ln in lines if ln.startswith("  warning: ")]
     assert warnings[0] == "  warning: a.jsonl:1: problem_text: warning 1" and len(warnings) == 10
@@ -39,10 +49,22 @@ def test_evaluate_summary_counts_every_question_left_out_and_the_delta_against_t
     from jmed.evaluate import summary
 
     cfg = EvalConfig(adapter="runs:/0123456789abcdef/adapter", protocol="letter", prompt_format="igakuqa", shots=0)
-    metrics = {"eval/questions": 19, "eval/accuracy": 0.25, "eval/score": 0.3, "eval/points": 6, "eval/points_total": 20,
-               "eval/unparsed": 2, "eval/2022/passed": 0.0, "eval/truncated": 1, "eval/max_new_tokens": 16}
-    result = {"metrics": metrics, "summary": {"by_year": {"2022": {"verdict": "FAIL"}}}, "left_out": {"beyond --limit 20": 280, "numeric-entry (the text and loglik "
-                                                                        "protocols need choices)": 1}}
+    metrics = {
+        "eval/questions": 19,
+        "eval/accuracy": 0.25,
+        "eval/score": 0.3,
+        "eval/points": 6,
+        "eval/points_total": 20,
+        "eval/unparsed": 2,
+        "eval/2022/passed": 0.0,
+        "eval/truncated": 1,
+        "eval/max_new_tokens": 16,
+    }
+    result = {
+        "metrics": metrics,
+        "summary": {"by_year": {"2022": {"verdict": "FAIL"}}},
+        "left_out": {"beyond --limit 20": 280, "numeric-entry (the text and loglik protocols need choices)": 1},
+    }
     text = summary("tiny", cfg, result, {"eval/accuracy": 0.2}, "run1", in_data=300)
     assert text.splitlines() == [
         "[jmed] evaluate tiny adapter of train run 0123456789ab: igakuqa/letter, 0-shot",
@@ -63,25 +85,43 @@ def test_left_out_counts_name_the_filter_that_drops_each_question():
 
     qs = load_questions(str(SAMPLE_TEST))
     counts = left_out_counts(qs, DataFilter(text_only=True, five_choices=True))
-    assert counts == {"--text-only (has images)": sum(not q.text_only for q in qs),
-                      "--five-choices (not 5 choices)": sum(q.text_only and len(q.choices) != 5 for q in qs)}
+    assert counts == {
+        "--text-only (has images)": sum(not q.text_only for q in qs),
+        "--five-choices (not 5 choices)": sum(q.text_only and len(q.choices) != 5 for q in qs),
+    }
     assert sum(counts.values()) > 0
 
 
 def test_category_chart_labels_japanese_names_with_a_bundled_font():
     from jmed.evaluate import plot_categories
 
-    fig = plot_categories([{"category": "循環器", "correct": True}, {"category": "循環器", "correct": False},
-                           {"category": "消化器", "correct": True}])
+    fig = plot_categories(
+        [
+            {"category": "循環器", "correct": True},
+            {"category": "循環器", "correct": False},
+            {"category": "消化器", "correct": True},
+        ]
+    )
     labels = fig.axes[0].get_yticklabels()
     assert [t.get_text() for t in labels] == ["循環器 (n=2)", "消化器 (n=1)"]
     assert {t.get_fontname() for t in labels} == {"IPAexGothic"}
 
 
 def _jmed(args, cwd, **env):
-    return subprocess.run([JMED, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}",
-                               "MLFLOW_LOGGING_LEVEL": "", "JMED_VERBOSE": "", **env})
+    return subprocess.run(
+        [JMED, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}",
+            "MLFLOW_LOGGING_LEVEL": "",
+            "JMED_VERBOSE": "",
+            **env,
+        },
+    )
 
 
 @pytest.mark.slow
@@ -103,18 +143,31 @@ ONE_QUESTION = '{"question": "どれか。", "choices": ["A", "B"], "id": 7}\n'
 # Inputs each command's --help allows (a type it accepts, a file or URI that may not exist): each gets a
 # one-line error naming the option or the thing, never a traceback. (args, exit code, part of the message)
 NO_TRACEBACK = [
-    (["validate", "--no-log", str(S / "test.jsonl"), "--against", str(S / "train.jsonl"), "--threshold", "-5"], 2,
-     "is not in the range 0<=x<=100"),
+    (
+        ["validate", "--no-log", str(S / "test.jsonl"), "--against", str(S / "train.jsonl"), "--threshold", "-5"],
+        2,
+        "is not in the range 0<=x<=100",
+    ),
     (["validate", "--no-log", str(S / "test.jsonl"), "--report", "{tmp}"], 2, "is a folder; name the report file"),
-    (["score", "--data", str(S / "test.jsonl"), "--predictions", "{q}", "--years", "abc"], 2,
-     "years: expected an integer, got 'abc'"),
-    (["score", "--data", str(S / "test.jsonl"), "--predictions", "{q}", "--protocol", "loglik"], 2,
-     "'loglik' is not one of 'letter', 'text'"),
+    (
+        ["score", "--data", str(S / "test.jsonl"), "--predictions", "{q}", "--years", "abc"],
+        2,
+        "years: expected an integer, got 'abc'",
+    ),
+    (
+        ["score", "--data", str(S / "test.jsonl"), "--predictions", "{q}", "--protocol", "loglik"],
+        2,
+        "'loglik' is not one of 'letter', 'text'",
+    ),
     (["predict", "{q}", "--batch-size", "0"], 2, "0 is not in the range x>=1"),
     (["predict", "{q}", "--max-new-tokens", "-1"], 2, "-1 is not in the range 0<=x<=1024"),
     (["predict", "{q}", "--output", "{tmp}"], 2, "is a folder; name the output file"),
     (["predict", "{q}", "--model-uri", "models:/nope@champion"], 1, "Registered Model with name=nope not found"),
-    (["reproduce", "models:/jmed-tiny/99"], 1, "models:/jmed-tiny/99: Model Version (name=jmed-tiny, version=99) not found"),
+    (
+        ["reproduce", "models:/jmed-tiny/99"],
+        1,
+        "models:/jmed-tiny/99: Model Version (name=jmed-tiny, version=99) not found",
+    ),
     (["promote", "--base-model", "nope"], 1, "no evaluated adapter of base model 'nope'"),
     (["study", "--shots", "a"], 2, "expected comma-separated whole numbers"),
     (["study", "--models", ","], 2, "--models and --prompt-formats each need at least one value"),
@@ -122,18 +175,37 @@ NO_TRACEBACK = [
     (["pipeline", "--protocol", "text"], 1, "protocol 'text' cannot read answers of prompt format 'igakuqa'"),
     (["evaluate", "--ids", "902F1", "--protocol", "loglik"], 1, "all 1 are numeric-entry"),
     # checked when the options are read (--dry-run too), not when training reaches them
-    (["train", "--lora-dropout", "1.5", "--seed", "-1", "--dry-run"], 1,
-     "lora_dropout: must be at most 1, got 1.5; seed: must be at least 0, got -1"),
-    (["score", "--data", str(S / "test.jsonl"), "--predictions", "{q}", "--blocks", "b"], 2,
-     "blocks: 'b' is lower case; blocks are A, B, … (e.g. B,E)"),
+    (
+        ["train", "--lora-dropout", "1.5", "--seed", "-1", "--dry-run"],
+        1,
+        "lora_dropout: must be at most 1, got 1.5; seed: must be at least 0, got -1",
+    ),
+    (
+        ["score", "--data", str(S / "test.jsonl"), "--predictions", "{q}", "--blocks", "b"],
+        2,
+        "blocks: 'b' is lower case; blocks are A, B, … (e.g. B,E)",
+    ),
     # the vllm engine: settings that cannot combine, refused before anything starts
-    (["evaluate", "--engine", "vllm", "--quantization", "4bit", "--dry-run"], 1,
-     "quantization: 4bit is bitsandbytes in the hf engine"),
-    (["evaluate", "--engine-url", "http://127.0.0.1:9/v1", "--dry-run"], 1, "engine_url: a server URL is for --engine vllm"),
-    (["evaluate", "--engine", "vllm", "--engine-url", "gpu-node:8000", "--dry-run"], 1,
-     "engine_url: expected http://host:port/v1"),
-    (["evaluate", "--engine", "vllm", "--engine-url", "http://127.0.0.1:9/v1", "--limit", "1"], 1,
-     "vLLM engine at http://127.0.0.1:9/v1: cannot list its models"),
+    (
+        ["evaluate", "--engine", "vllm", "--quantization", "4bit", "--dry-run"],
+        1,
+        "quantization: 4bit is bitsandbytes in the hf engine",
+    ),
+    (
+        ["evaluate", "--engine-url", "http://127.0.0.1:9/v1", "--dry-run"],
+        1,
+        "engine_url: a server URL is for --engine vllm",
+    ),
+    (
+        ["evaluate", "--engine", "vllm", "--engine-url", "gpu-node:8000", "--dry-run"],
+        1,
+        "engine_url: expected http://host:port/v1",
+    ),
+    (
+        ["evaluate", "--engine", "vllm", "--engine-url", "http://127.0.0.1:9/v1", "--limit", "1"],
+        1,
+        "vLLM engine at http://127.0.0.1:9/v1: cannot list its models",
+    ),
     (["serve", "--port", "99999", "--model-uri", "models:/jmed-tiny/1"], 2, "99999 is not a TCP port"),
 ]
 

@@ -1,4 +1,5 @@
 """Loaders, digests, filters and splits (jmed/data.py) on the bundled sample and on broken files."""
+
 import json
 import shutil
 from pathlib import Path
@@ -26,11 +27,18 @@ def write_jsonl(path: Path, records) -> Path:
 
 
 def q(pid, answer=("a",), choices=("一", "二", "三", "四", "五"), points="1", text_only=True, stem=None):
-    return {"problem_id": pid, "problem_text": stem or f"{pid}の問題はどれか。", "choices": list(choices),
-            "text_only": text_only, "answer": list(answer), "points": points}
+    return {
+        "problem_id": pid,
+        "problem_text": stem or f"{pid}の問題はどれか。",
+        "choices": list(choices),
+        "text_only": text_only,
+        "answer": list(answer),
+        "points": points,
+    }
 
 
 # ---- bundled sample ---------------------------------------------------------------------------------
+
 
 def test_sample_loads_with_exact_counts():
     train = data.load_questions(data.SAMPLE_TRAIN)
@@ -62,19 +70,35 @@ def test_sample_instructions():
 
 # ---- IgakuQA reading ------------------------------------------------------------------------------
 
+
 def test_igakuqa_fields_metadata_and_corrections(tmp_path):
     year = tmp_path / "data" / "2022"
-    write_jsonl(year / "116-A.jsonl", [
-        q("116A1", ["c", "a"], stem="正しいのはどれか。2つ選べ。"),
-        q("116A71", ["e"]),
-        q("116A75", ["04"], choices=(), points="0"),
-    ])
-    write_jsonl(year / "116-A_metadata.jsonl", [
-        {"problem_id": "116A1", "category": "小児科", "kinki": ["ｂ", "de"]},
-        {"problem_id": "116A71", "category": "小児科", "kinki": []},
-    ])
-    write_jsonl(year / "116-A_translate.jsonl", [{"problem_id": "116A1", "problem_text_en": "Which?",
-                                                  "choices_en": ["1", "2", "3", "4", "5"], "answer": ["a"]}])
+    write_jsonl(
+        year / "116-A.jsonl",
+        [
+            q("116A1", ["c", "a"], stem="正しいのはどれか。2つ選べ。"),
+            q("116A71", ["e"]),
+            q("116A75", ["04"], choices=(), points="0"),
+        ],
+    )
+    write_jsonl(
+        year / "116-A_metadata.jsonl",
+        [
+            {"problem_id": "116A1", "category": "小児科", "kinki": ["ｂ", "de"]},
+            {"problem_id": "116A71", "category": "小児科", "kinki": []},
+        ],
+    )
+    write_jsonl(
+        year / "116-A_translate.jsonl",
+        [
+            {
+                "problem_id": "116A1",
+                "problem_text_en": "Which?",
+                "choices_en": ["1", "2", "3", "4", "5"],
+                "answer": ["a"],
+            }
+        ],
+    )
     write_jsonl(tmp_path / "data" / "2021" / "115-B.jsonl", [q("115B30", ["a or d"], points="3")])
     qs = data.load_questions(tmp_path / "data")  # the whole tree; _translate ignored
     assert [x.id for x in qs] == ["115B30", "116A1", "116A71", "116A75"]
@@ -109,11 +133,14 @@ def test_broken_igakuqa_each_error_named_and_rest_checked():
     assert len(exc.value.errors) == 6 and f'{f}:3: answer: letter "f" outside 5 choices' in str(exc.value)
 
 
-@pytest.mark.parametrize("name,looks,enc", [
-    ("sjis.jsonl", "Shift_JIS (cp932)", "cp932"),
-    ("eucjp.jsonl", "EUC-JP", "euc_jp"),
-    ("utf16.jsonl", "UTF-16", "utf-16"),
-])
+@pytest.mark.parametrize(
+    "name,looks,enc",
+    [
+        ("sjis.jsonl", "Shift_JIS (cp932)", "cp932"),
+        ("eucjp.jsonl", "EUC-JP", "euc_jp"),
+        ("utf16.jsonl", "UTF-16", "utf-16"),
+    ],
+)
 def test_non_utf8_files_name_the_encoding(name, looks, enc):
     f = BROKEN / name
     ds = data.read_dataset(f)
@@ -123,13 +150,18 @@ def test_non_utf8_files_name_the_encoding(name, looks, enc):
     assert err.message.startswith("not UTF-8 (byte 0x")
     assert err.message.endswith(f"it looks like {looks}; convert the file, e.g. iconv -f {enc} -t utf-8")
     # the rest is still checked: both records were read with the guessed encoding
-    assert [x.stem for x in ds.questions] == ["甲状腺ホルモンの合成に必須の元素はどれか。", "Wilson病で蓄積する金属はどれか。"]
+    assert [x.stem for x in ds.questions] == [
+        "甲状腺ホルモンの合成に必須の元素はどれか。",
+        "Wilson病で蓄積する金属はどれか。",
+    ]
 
 
 def test_one_shift_jis_line_in_a_utf8_file():
     f = BROKEN / "mixed_sjis_line2.jsonl"
-    assert errors_of(f) == [f"{f}:2: encoding: not UTF-8 (byte 0x95); it looks like Shift_JIS (cp932); "
-                            "convert the file, e.g. iconv -f cp932 -t utf-8"]
+    assert errors_of(f) == [
+        f"{f}:2: encoding: not UTF-8 (byte 0x95); it looks like Shift_JIS (cp932); "
+        "convert the file, e.g. iconv -f cp932 -t utf-8"
+    ]
 
 
 def test_empty_and_missing(tmp_path):
@@ -145,14 +177,17 @@ def test_empty_and_missing(tmp_path):
 
 
 def test_wrong_types_and_kinki(tmp_path):
-    f = write_jsonl(tmp_path / "t.jsonl", [
-        {**q("1A1"), "text_only": "yes"},
-        {**q("1A2"), "answer": "a"},
-        {**q("1A3"), "choices": ["x", 3, "y", "z", "w"]},
-        q("1A4", ["26", "27"], choices=()),
-        q("1A5", ["a", "a"]),
-        ["not", "an", "object"],
-    ])
+    f = write_jsonl(
+        tmp_path / "t.jsonl",
+        [
+            {**q("1A1"), "text_only": "yes"},
+            {**q("1A2"), "answer": "a"},
+            {**q("1A3"), "choices": ["x", 3, "y", "z", "w"]},
+            q("1A4", ["26", "27"], choices=()),
+            q("1A5", ["a", "a"]),
+            ["not", "an", "object"],
+        ],
+    )
     write_jsonl(tmp_path / "t_metadata.jsonl", [{"problem_id": "1A1", "kinki": "a"}])
     meta = tmp_path / "t_metadata.jsonl"
     assert errors_of(f) == [
@@ -160,7 +195,7 @@ def test_wrong_types_and_kinki(tmp_path):
         f"{f}:1: text_only: expected a boolean (true/false), got a string",
         f"{f}:2: answer: expected a list, got a string",
         f"{f}:3: choices: choice 2 is a number, expected a string",
-        f"{f}:4: answer: numeric-entry question (no choices) needs one number, got [\"26\", \"27\"]",
+        f'{f}:4: answer: numeric-entry question (no choices) needs one number, got ["26", "27"]',
         f"{f}:5: answer: repeated letter in ['a', 'a']",
         f"{f}:6: expected a JSON object, got a list",
     ]
@@ -168,16 +203,20 @@ def test_wrong_types_and_kinki(tmp_path):
 
 # ---- other formats ----------------------------------------------------------------------------------
 
+
 def test_jmle2026_choices_from_stem_lines_and_exclusion():
     f = BROKEN / "jmle_broken.json"
     ds = data.read_dataset(f)
     assert ds.format == "jmle2026"
-    assert [str(e) for e in ds.errors] == [f'{f}:28: answer: letter "g" outside 5 choices',
-                                           f"{f}:43: question_text: missing field"]
+    assert [str(e) for e in ds.errors] == [
+        f'{f}:28: answer: letter "g" outside 5 choices',
+        f"{f}:43: question_text: missing field",
+    ]
     assert ds.skipped == {}
     assert [str(w) for w in ds.warnings] == [
         f"{f}:15: question_text: 990A-2: its choices could not be parsed from the text (a table?): scored, but left "
-        "out wherever a prompt is needed"]
+        "out wherever a prompt is needed"
+    ]
     first, table, calc = ds.questions
     assert table.no_prompt == "choices_unparsed" and len(table.choices) == 5  # graded a-e, never prompted
     assert first.id == "990A-1" and first.stem == "甲状腺ホルモンの合成に必須の元素はどれか。"
@@ -198,9 +237,11 @@ def test_jmmlu_csv():
     f = BROKEN / "jmmlu_broken.csv"
     ds = data.read_dataset(f)
     assert ds.format == "jmmlu"
-    assert [str(e) for e in ds.errors] == [f'{f}:3: answer: letter "E" outside 4 choices (A-D)',
-                                           f"{f}:4: optionB: empty value",
-                                           f"{f}:5: expected 7 columns, got 5"]
+    assert [str(e) for e in ds.errors] == [
+        f'{f}:3: answer: letter "E" outside 4 choices (A-D)',
+        f"{f}:4: optionB: empty value",
+        f"{f}:5: expected 7 columns, got 5",
+    ]
     ok, multiline = ds.questions
     assert ok.id == "jmmlu_broken-1" and ok.choices == ("僧帽弁", "三尖弁", "大動脈弁", "肺動脈弁")
     assert ok.answer == (("b",),) and ok.category == "anatomy" and ok.source == "jmmlu"
@@ -210,27 +251,34 @@ def test_jmmlu_csv():
 def test_jmmlu_missing_column(tmp_path):
     f = tmp_path / "x.csv"
     f.write_text("tag,question,optionA,optionB,optionC,answer\nt,q,a,b,c,A\n", encoding="utf-8")
-    assert errors_of(f) == [f"{f}:1: header: missing column(s) optionD "
-                            "(expected question,optionA,optionB,optionC,optionD,answer)"]
+    assert errors_of(f) == [
+        f"{f}:1: header: missing column(s) optionD (expected question,optionA,optionB,optionC,optionD,answer)"
+    ]
 
 
 def test_jjsimqa_schema(tmp_path):
-    f = write_jsonl(tmp_path / "jj.jsonl", [
-        {**q("107_64-0", ["d"]), "points": 1.0, "choices_orig": "[…]"},
-        {**q("107_888-26", ["d", ",", "e"]), "points": 1.0, "choices_orig": "[…]"},
-    ])
+    f = write_jsonl(
+        tmp_path / "jj.jsonl",
+        [
+            {**q("107_64-0", ["d"]), "points": 1.0, "choices_orig": "[…]"},
+            {**q("107_888-26", ["d", ",", "e"]), "points": 1.0, "choices_orig": "[…]"},
+        ],
+    )
     ds = data.read_dataset(f)
     assert ds.format == "jjsimqa" and not ds.errors
     assert [x.answer for x in ds.questions] == [(("d",),), (("d", "e"),)]
     assert ds.questions[0].year is None and ds.questions[0].block == "" and ds.questions[0].source == "jjsimqa"
-    assert [str(w) for w in ds.warnings] == [
-        f'{f}:2: answer: stray "," in answer ["d", ",", "e"], read as ["d", "e"]']
+    assert [str(w) for w in ds.warnings] == [f'{f}:2: answer: stray "," in answer ["d", ",", "e"], read as ["d", "e"]']
 
 
 def test_instructions_errors():
     f = BROKEN / "instructions_broken.jsonl"
-    assert errors_of(f) == [f"{f}:2: output: missing field", f"{f}:3: input: expected a string, got a number",
-                            f"{f}:4: instruction: empty value", f"{f}:5: expected a JSON object, got a list"]
+    assert errors_of(f) == [
+        f"{f}:2: output: missing field",
+        f"{f}:3: input: expected a string, got a number",
+        f"{f}:4: instruction: empty value",
+        f"{f}:5: expected a JSON object, got a list",
+    ]
     with pytest.raises(DataLoadError):
         data.load_instructions(f)
 
@@ -240,7 +288,9 @@ def test_detect_and_forced_format(tmp_path):
     assert data.detect_format(BROKEN / "jmmlu_broken.csv") == "jmmlu"
     assert data.detect_format(BROKEN / "990-A.jsonl") == "igakuqa"
     write_jsonl(tmp_path / "2018" / "112-A.jsonl", [q("112A1")])
-    write_jsonl(tmp_path / "2018" / "112-A_metadata.jsonl", [{"problem_id": "112A1", "instruction": "x", "output": "y"}])
+    write_jsonl(
+        tmp_path / "2018" / "112-A_metadata.jsonl", [{"problem_id": "112A1", "instruction": "x", "output": "y"}]
+    )
     assert data.detect_format(tmp_path) == "igakuqa"  # a folder: its first data file decides
     assert data.detect_format(data.SAMPLE_TEST) == "igakuqa"
     # forcing a format that does not fit gives errors, never a crash
@@ -251,6 +301,7 @@ def test_detect_and_forced_format(tmp_path):
 
 
 # ---- digest, filters, splits, exclusions ------------------------------------------------------------
+
 
 def test_digest_ignores_order_paths_and_lines(tmp_path):
     a = data.load_questions(data.SAMPLE_TRAIN)
@@ -273,9 +324,14 @@ def make(pid, **kw):
 
 
 def test_filters_splits_exclusions():
-    qs = [make("A", year=2018, block="A"), make("B", year=2019, block="B", text_only=False),
-          make("C", year=2020, block="C", choices=(), answer=(("26",),)), make("D", year=2021, points=0.0),
-          make("E", year=2022, choices=("1", "2", "3", "4")), make("F")]
+    qs = [
+        make("A", year=2018, block="A"),
+        make("B", year=2019, block="B", text_only=False),
+        make("C", year=2020, block="C", choices=(), answer=(("26",),)),
+        make("D", year=2021, points=0.0),
+        make("E", year=2022, choices=("1", "2", "3", "4")),
+        make("F"),
+    ]
     ids = lambda xs: [x.id for x in xs]  # noqa: E731
     assert ids(data.apply_filters(qs, DataFilter(text_only=True))) == ["A", "C", "D", "E", "F"]
     assert ids(data.apply_filters(qs, DataFilter(five_choices=True))) == ["A", "B", "D", "F"]
@@ -290,12 +346,18 @@ def test_filters_splits_exclusions():
     assert ids(data.split_by_year(qs, 2019)[1]) == ["B"]
     assert data.exclusions(qs) == {"image": 1, "numeric_answer": 1, "not_scored": 1, "not_five_choices": 2}
     assert data.exclusion_reasons(make("X", text_only=False, choices=(), answer=(("1",),), points=0)) == [
-        "image", "numeric_answer", "not_scored", "not_five_choices"]
+        "image",
+        "numeric_answer",
+        "not_scored",
+        "not_five_choices",
+    ]
 
 
 def test_load_questions_applies_filters():
     everything = data.load_questions(data.SAMPLE_TEST)
-    kept = data.load_questions(data.SAMPLE_TEST, filters=DataFilter(text_only=True, five_choices=True, scored_only=True))
+    kept = data.load_questions(
+        data.SAMPLE_TEST, filters=DataFilter(text_only=True, five_choices=True, scored_only=True)
+    )
     expected = [x for x in everything if x.text_only and len(x.choices) == 5 and x.points > 0]
     assert kept == expected and len(kept) < len(everything)
 

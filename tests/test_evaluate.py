@@ -4,6 +4,7 @@ All on the built-in tiny model (CPU). The adapter tests train one tiny LoRA adap
 on the sample's training questions and evaluate it on those same questions: proof that prompt
 rendering, loss masking and adapter loading agree between train and evaluate.
 """
+
 import json
 import os
 import subprocess
@@ -38,8 +39,10 @@ def test_loglik_with_shared_prompt_cache_equals_scoring_each_sequence(tiny):
 
     model, tok, _ = tiny
     qs = _mc()[:9]
-    for fmt, conts in (("igakuqa", [list(LETTERS[:len(q.choices)]) for q in qs]),
-                       ("alpaca_med", [list(q.choices) for q in qs])):
+    for fmt, conts in (
+        ("igakuqa", [list(LETTERS[: len(q.choices)]) for q in qs]),
+        ("alpaca_med", [list(q.choices) for q in qs]),
+    ):
         prompts = [render(q, fmt, (), tok).prompt for q in qs]
         cached = E.loglik(model, tok, prompts, conts, batch_size=4)
         reference = E.loglik_concat(model, tok, prompts, conts, batch_size=3)
@@ -61,11 +64,27 @@ def test_loglik_cache_sharing_on_other_architectures(tiny, arch):
     _, tok, _ = tiny
     torch.manual_seed(0)
     if arch == "gpt_neox":  # fused query_key_value, partial rotary
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
-                                                 num_attention_heads=4, intermediate_size=64, rotary_pct=0.5))
+        model = GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                vocab_size=len(tok),
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                rotary_pct=0.5,
+            )
+        )
     else:
-        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
-                                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=64))
+        model = Qwen2ForCausalLM(
+            Qwen2Config(
+                vocab_size=len(tok),
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+            )
+        )
     model.eval()
     qs = _mc()[:6]
     for fmt in ("igakuqa", "alpaca_med"):
@@ -75,8 +94,9 @@ def test_loglik_cache_sharing_on_other_architectures(tiny, arch):
             assert a == pytest.approx(b, abs=1e-4)
 
 
-@pytest.mark.parametrize("protocol,fmt", [("letter", "igakuqa"), ("loglik", "igakuqa"), ("text", "medpalm"),
-                                          ("loglik", "alpaca_med")])
+@pytest.mark.parametrize(
+    "protocol,fmt", [("letter", "igakuqa"), ("loglik", "igakuqa"), ("text", "medpalm"), ("loglik", "alpaca_med")]
+)
 def test_batching_gives_the_same_predictions_as_one_at_a_time(tiny, protocol, fmt):
     from jmed.evaluate import run_questions
 
@@ -152,8 +172,11 @@ def test_a_rejected_question_blocks_evaluation_until_excluded():
     from jmed.evaluate import load_eval_questions
 
     path = shared_path(*DATASETS["jjsimqa"])
-    with pytest.raises(DataLoadError, match=r"jjsimqa.jsonl:5: answer: stem says 「1つ選べ」(.|\n)*"
-                                            r"leave these out with --exclude-ids 107_64-4"):
+    with pytest.raises(
+        DataLoadError,
+        match=r"jjsimqa.jsonl:5: answer: stem says 「1つ選べ」(.|\n)*"
+        r"leave these out with --exclude-ids 107_64-4",
+    ):
         load_eval_questions(EvalConfig(eval_data=str(path)))
     _, qs = load_eval_questions(EvalConfig(eval_data=str(path), filters=DataFilter(exclude_ids=JJSIMQA_BAD)))
     assert len(qs) == 459 and "107_64-4" not in {q.id for q in qs}
@@ -166,8 +189,11 @@ def test_shared_datasets_limit_20(tiny, dataset, protocol, fmt):
 
     path = shared_path(*DATASETS[dataset])
     # JJSIMQA's one inconsistent question (validate rejects it) is left out by id, as a user would
-    _, qs = load_eval_questions(EvalConfig(eval_data=str(path), limit=20,
-                                           filters=DataFilter(exclude_ids=JJSIMQA_BAD if dataset == "jjsimqa" else ())))
+    _, qs = load_eval_questions(
+        EvalConfig(
+            eval_data=str(path), limit=20, filters=DataFilter(exclude_ids=JJSIMQA_BAD if dataset == "jjsimqa" else ())
+        )
+    )
     assert len(qs) == 20
     model, tok, _ = tiny
     res = run_questions(model, tok, qs, protocol, fmt, 0, "lenient", 8, 8)
@@ -230,8 +256,13 @@ def test_base_evaluation_run_logs_params_metrics_table_and_artifacts(tracking):
     assert metrics["eval/questions"] == 19 and metrics["eval/skipped_numeric"] == 1
     assert metrics["eval/accuracy"] == sum(r["correct"] for r in rows) / 19
     assert metrics["eval/2025/accuracy"] == metrics["eval/accuracy"]  # the sample's test split is 2025
-    for key in ("eval/score", "eval/required_score", "eval/unparsed", "eval/questions_per_s",
-                "eval/accuracy_k_from_stem"):
+    for key in (
+        "eval/score",
+        "eval/required_score",
+        "eval/unparsed",
+        "eval/questions_per_s",
+        "eval/accuracy_k_from_stem",
+    ):
         assert key in metrics
     assert any(k.startswith("eval/category/") for k in metrics)
     assert _artifact_text(client, run_id, "accuracy_by_category.png")[:8] == b"\x89PNG\r\n\x1a\n"
@@ -253,10 +284,13 @@ def test_text_protocol_run_reports_exact_match_and_gestalt(tracking):
     assert m["eval/accuracy"] == m["eval/gestalt_accuracy"]
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"protocol": "letter", "prompt_format": "alpaca_med"}, "cannot read answers"),
-    ({"adapter": "not-a-run"}, "expected a train run id"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"protocol": "letter", "prompt_format": "alpaca_med"}, "cannot read answers"),
+        ({"adapter": "not-a-run"}, "expected a train run id"),
+    ],
+)
 def test_bad_settings_are_clear_errors_and_the_run_ends_failed(tracking, overrides, message):
     import mlflow
 
@@ -273,8 +307,17 @@ def test_bad_values_fail_when_the_config_is_built_all_at_once():
     from jmed.config import ConfigError, build
 
     with pytest.raises(ConfigError) as err:
-        build(EvalConfig, {"protocol": "ranking", "prompt_format": "plain", "shots": "-1", "batch_size": "0",
-                           "compare_base": "maybe", "limit": "ten"})
+        build(
+            EvalConfig,
+            {
+                "protocol": "ranking",
+                "prompt_format": "plain",
+                "shots": "-1",
+                "batch_size": "0",
+                "compare_base": "maybe",
+                "limit": "ten",
+            },
+        )
     assert err.value.problems == [
         "compare_base: expected true or false, got 'maybe'",
         "limit: expected an integer, got 'ten'",
@@ -301,12 +344,23 @@ def trained(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("trained")
     with private_store(folder) as uri:
-        train_run = train(TrainConfig(max_steps=100, learning_rate=5e-3, lora_r=16, lora_alpha=32,
-                                      lora_dropout=0.0, target_modules="all-linear"))
-        runs = {p: evaluate(EvalConfig(adapter=train_run, eval_data=str(SAMPLE_TRAIN), protocol=p))
-                for p in ("letter", "loglik")}
-        runs["again"] = evaluate(EvalConfig(adapter=f"runs:/{train_run}/adapter", eval_data=str(SAMPLE_TRAIN),
-                                            protocol="letter"))
+        train_run = train(
+            TrainConfig(
+                max_steps=100,
+                learning_rate=5e-3,
+                lora_r=16,
+                lora_alpha=32,
+                lora_dropout=0.0,
+                target_modules="all-linear",
+            )
+        )
+        runs = {
+            p: evaluate(EvalConfig(adapter=train_run, eval_data=str(SAMPLE_TRAIN), protocol=p))
+            for p in ("letter", "loglik")
+        }
+        runs["again"] = evaluate(
+            EvalConfig(adapter=f"runs:/{train_run}/adapter", eval_data=str(SAMPLE_TRAIN), protocol="letter")
+        )
         yield {"uri": uri, "folder": folder, "train_run": train_run, "runs": runs}
 
 
@@ -332,11 +386,11 @@ def test_memorising_adapter_beats_the_untuned_model_on_its_training_questions(st
     assert acc >= 0.7 and acc >= base_acc + 0.5, (acc, base_acc)
     assert run.data.metrics["eval/delta/accuracy"] == pytest.approx(acc - base_acc)
     assert run.data.metrics["eval/delta/score"] == pytest.approx(
-        run.data.metrics["eval/score"] - base.data.metrics["eval/score"])
+        run.data.metrics["eval/score"] - base.data.metrics["eval/score"]
+    )
     # the base run is a complete evaluate run of its own, with identical settings and data
     assert base.info.status == "FINISHED" and base.data.tags["jmed.adapter_run"] == "none"
-    for key in ("model", "base_revision", "eval_data_digest", "protocol", "prompt_format", "shots", "parsing",
-                "limit"):
+    for key in ("model", "base_revision", "eval_data_digest", "protocol", "prompt_format", "shots", "parsing", "limit"):
         assert base.data.params[key] == run.data.params[key], key
     assert base.data.params["adapter"] == ""
 
@@ -361,8 +415,11 @@ def test_a_matching_base_run_is_reused(store):
     first = client.get_run(store["runs"]["letter"]).data.params["base_eval_run"]
     again = client.get_run(store["runs"]["again"])
     assert again.data.params["base_eval_run"] == first
-    bases = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                               filter_string="tags.`jmed.adapter_run` = 'none' and params.protocol = 'letter'")
+    bases = mlflow.search_runs(
+        search_all_experiments=True,
+        output_format="list",
+        filter_string="tags.`jmed.adapter_run` = 'none' and params.protocol = 'letter'",
+    )
     assert [b.info.run_id for b in bases] == [first]
     assert again.data.metrics["eval/accuracy"] == client.get_run(store["runs"]["letter"]).data.metrics["eval/accuracy"]
 
@@ -374,8 +431,10 @@ def test_resolve_adapter_from_run_id_run_uri_and_registered_model(store):
     from jmed.registry import log_serving_model
 
     rid = store["train_run"]
-    weights = {ref: (resolve_adapter(ref) / "adapter_model.safetensors").read_bytes()
-               for ref in (rid, f"runs:/{rid}", f"runs:/{rid}/adapter")}
+    weights = {
+        ref: (resolve_adapter(ref) / "adapter_model.safetensors").read_bytes()
+        for ref in (rid, f"runs:/{rid}", f"runs:/{rid}/adapter")
+    }
     assert len(set(weights.values())) == 1
     with mlflow.start_run():
         info = log_serving_model(resolve_adapter(rid))
@@ -393,8 +452,9 @@ def test_cli_evaluates_a_registered_adapter_with_its_own_defaults(store):
 
     from jmed.cli import main
 
-    result = CliRunner().invoke(main, ["evaluate", "--adapter", store["train_run"], "--limit", "3",
-                                       "--compare-base", "false"])
+    result = CliRunner().invoke(
+        main, ["evaluate", "--adapter", store["train_run"], "--limit", "3", "--compare-base", "false"]
+    )
     assert result.exit_code == 0, result.output
     run_id = result.output.strip().splitlines()[-1].split()[-1]
     run = mlflow.get_run(run_id)
@@ -412,12 +472,34 @@ def test_mlflow_run_evaluate_entry_point(tmp_path):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "evaluate", "-P", "limit=3", "-P", "protocol=loglik",
-         "--env-manager", "local", "--experiment-name", "eval-entry"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(ROOT),
+            "-e",
+            "evaluate",
+            "-P",
+            "limit=3",
+            "-P",
+            "protocol=loglik",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "eval-entry",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow.MlflowClient(uri)

@@ -1,5 +1,6 @@
 """KokushiMD-10 (github juniorliu95/KokushiMD-10): its reader, its exam kinds and its scorer, on small
 original files in its layout (tests/fixtures_kokushimd10/exams/JA/<profession>/<profession>_<year>_<section>.json)."""
+
 import json
 import os
 import subprocess
@@ -20,9 +21,24 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).parent / "fixtures_kokushimd10"
 JA = FIXTURE / "exams" / "JA"
 
-IDS = ["作業_2023_a_1", "保健_2024_b_1", "助産_2021_a_1", "医師_2022_a_1", "医師_2022_a_2", "医師_2022_a_3",
-       "医師_2022_b_1", "医師_2022_b_30", "歯科_2021_a_1", "理学_2022_b_1", "看護_2020_a_1", "看護_2020_a_2",
-       "薬剤_2023_a1_1", "薬剤_2023_a1_2", "視能_2020_b_1", "診療_2024_a_1"]
+IDS = [
+    "作業_2023_a_1",
+    "保健_2024_b_1",
+    "助産_2021_a_1",
+    "医師_2022_a_1",
+    "医師_2022_a_2",
+    "医師_2022_a_3",
+    "医師_2022_b_1",
+    "医師_2022_b_30",
+    "歯科_2021_a_1",
+    "理学_2022_b_1",
+    "看護_2020_a_1",
+    "看護_2020_a_2",
+    "薬剤_2023_a1_1",
+    "薬剤_2023_a1_2",
+    "視能_2020_b_1",
+    "診療_2024_a_1",
+]
 
 
 def write(path: Path, records) -> Path:
@@ -32,8 +48,19 @@ def write(path: Path, records) -> Path:
 
 
 def record(index="1", answer="B", **extra):
-    rec = {"index": index, "question": "どれか。", "a": "甲", "b": "乙", "c": "丙", "d": "丁", "e": "戊",
-           "answer": answer, "points": 1, "text_only": True, "human_accuracy": 0.5}
+    rec = {
+        "index": index,
+        "question": "どれか。",
+        "a": "甲",
+        "b": "乙",
+        "c": "丙",
+        "d": "丁",
+        "e": "戊",
+        "answer": answer,
+        "points": 1,
+        "text_only": True,
+        "human_accuracy": 0.5,
+    }
     rec.update(extra)
     return rec
 
@@ -65,23 +92,58 @@ def test_fixtures_read_into_questions_with_ids_answers_kinds_years_and_blocks():
     assert ds.records == 18 and len(ds.warnings) == 2
     qs = {q.id: q for q in ds.questions}
     kinds = {q.id.split("_")[0]: q.exam_kind for q in ds.questions}
-    assert kinds == {"医師": "medical", "歯科": "dental", "薬剤": "pharmacist", "看護": "nurse",
-                     "保健": "public_health_nurse", "助産": "midwife", "理学": "physical_therapist",
-                     "作業": "occupational_therapist", "診療": "radiological_technologist", "視能": "orthoptist"}
+    assert kinds == {
+        "医師": "medical",
+        "歯科": "dental",
+        "薬剤": "pharmacist",
+        "看護": "nurse",
+        "保健": "public_health_nurse",
+        "助産": "midwife",
+        "理学": "physical_therapist",
+        "作業": "occupational_therapist",
+        "診療": "radiological_technologist",
+        "視能": "orthoptist",
+    }
     assert {q.id: q.year for q in ds.questions if q.id.endswith("_1")} == {
-        "作業_2023_a_1": 2023, "保健_2024_b_1": 2024, "助産_2021_a_1": 2021, "医師_2022_a_1": 2022,
-        "医師_2022_b_1": 2022, "歯科_2021_a_1": 2021, "理学_2022_b_1": 2022, "看護_2020_a_1": 2020,
-        "薬剤_2023_a1_1": 2023, "視能_2020_b_1": 2020, "診療_2024_a_1": 2024}
+        "作業_2023_a_1": 2023,
+        "保健_2024_b_1": 2024,
+        "助産_2021_a_1": 2021,
+        "医師_2022_a_1": 2022,
+        "医師_2022_b_1": 2022,
+        "歯科_2021_a_1": 2021,
+        "理学_2022_b_1": 2022,
+        "看護_2020_a_1": 2020,
+        "薬剤_2023_a1_1": 2023,
+        "視能_2020_b_1": 2020,
+        "診療_2024_a_1": 2024,
+    }
     # exam numbers where the kind maps them (medical 116th = 2022, nurse 109th = 2020, …)
-    assert [qs[i].exam for i in ("医師_2022_a_1", "歯科_2021_a_1", "薬剤_2023_a1_1", "看護_2020_a_1",
-                                 "保健_2024_b_1", "助産_2021_a_1", "理学_2022_b_1")] == ["116", "114", "108", "109",
-                                                                                       "110", "104", ""]
+    assert [
+        qs[i].exam
+        for i in (
+            "医師_2022_a_1",
+            "歯科_2021_a_1",
+            "薬剤_2023_a1_1",
+            "看護_2020_a_1",
+            "保健_2024_b_1",
+            "助産_2021_a_1",
+            "理学_2022_b_1",
+        )
+    ] == ["116", "114", "108", "109", "110", "104", ""]
     assert qs["医師_2022_a_2"].answer == (("a", "c"),) and qs["医師_2022_a_1"].answer == (("b",),)  # "AC", "B"
-    assert [qs[i].block for i in ("医師_2022_a_1", "医師_2022_b_1", "薬剤_2023_a1_1", "視能_2020_b_1")] == \
-        ["A", "B", "A", "B"]
+    assert [qs[i].block for i in ("医師_2022_a_1", "医師_2022_b_1", "薬剤_2023_a1_1", "視能_2020_b_1")] == [
+        "A",
+        "B",
+        "A",
+        "B",
+    ]
     assert qs["医師_2022_b_30"].points == 3.0 and not qs["医師_2022_b_30"].text_only
     assert not qs["診療_2024_a_1"].text_only and qs["医師_2022_a_1"].text_only
-    assert (qs["医師_2022_b_1"].kinki, qs["医師_2022_b_30"].kinki, qs["歯科_2021_a_1"].kinki) == (("e",), ("a",), ("e",))
+    assert (qs["医師_2022_b_1"].kinki, qs["医師_2022_b_30"].kinki, qs["歯科_2021_a_1"].kinki) == (
+        ("e",),
+        ("a",),
+        ("e",),
+    )
     assert qs["医師_2022_a_1"].kinki_known and not qs["看護_2020_a_1"].kinki_known
     assert len(qs["医師_2022_a_1"].choices) == 5 and qs["看護_2020_a_1"].choices == ("腋窩", "口腔", "直腸", "手掌")
     assert qs["保健_2024_b_1"].choices[0] == "既存資料の収集と分析"  # a `choices` list is read too
@@ -92,8 +154,15 @@ def test_fixtures_read_into_questions_with_ids_answers_kinds_years_and_blocks():
 
 def test_jmed_validate_accepts_the_fixtures():
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "GX_ANALYTICS_ENABLED": "false"}
-    res = subprocess.run([sys.executable, "-m", "jmed", "validate", str(FIXTURE), "--no-log"], cwd=ROOT, env=env, check=False,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "jmed", "validate", str(FIXTURE), "--no-log"],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.startswith("OK: 18 questions in 1 dataset(s); 0 error(s), 2 warning(s)")
     assert "no_answer 1, corrected 1" in res.stdout
@@ -101,8 +170,12 @@ def test_jmed_validate_accepts_the_fixtures():
 
 def _score(tmp_path: Path, data_path: Path, predictions: dict[str, str], name: str) -> dict:
     preds = tmp_path / f"{name}.jsonl"
-    preds.write_text("".join(json.dumps({"problem_id": k, "prediction": v}, ensure_ascii=False) + "\n"
-                             for k, v in predictions.items()), encoding="utf-8")
+    preds.write_text(
+        "".join(
+            json.dumps({"problem_id": k, "prediction": v}, ensure_ascii=False) + "\n" for k, v in predictions.items()
+        ),
+        encoding="utf-8",
+    )
     res = CliRunner().invoke(main, ["score", "--data", str(data_path), "--predictions", str(preds), "--json"])
     assert res.exit_code == 0, res.output
     return json.loads(res.output)
@@ -140,30 +213,53 @@ def test_official_parsing_is_its_scorers_normalize_answer(tmp_path):
     assert K.official(two, "ACD") == ("a", "c", "d") and K.official(two, "") is None
     assert [right(calc, t) for t in ("41", "14", "41 滴", "42")] == [True, True, True, False]  # digits sorted too
     # numbered choices ("1": …, "2": …) are answered with their numbers, as the scorer compares them
-    f = write(tmp_path / "看護" / "看護_2021_b.json", [
-        {"index": "5", "question": "2つ選べ。", "1": "甲", "2": "乙", "3": "丙", "4": "丁", "answer": "24",
-         "points": 1, "text_only": True, "human_accuracy": 0.4}])
+    f = write(
+        tmp_path / "看護" / "看護_2021_b.json",
+        [
+            {
+                "index": "5",
+                "question": "2つ選べ。",
+                "1": "甲",
+                "2": "乙",
+                "3": "丙",
+                "4": "丁",
+                "answer": "24",
+                "points": 1,
+                "text_only": True,
+                "human_accuracy": 0.4,
+            }
+        ],
+    )
     ds = data.read_dataset(f)
     assert ds.errors == [] and ds.questions[0].answer == (("b", "d"),)
     q = ds.questions[0]
-    assert (K.answer_text(q), right(q, "24"), right(q, "4,2"), right(q, "BD"), K.official(q, "BD")) == \
-        ("24", True, True, False, None)
+    assert (K.answer_text(q), right(q, "24"), right(q, "4,2"), right(q, "BD"), K.official(q, "BD")) == (
+        "24",
+        True,
+        True,
+        False,
+        None,
+    )
 
 
 def test_pass_rules_where_the_scorer_or_mhlw_states_one():
     def rule(kind, points, total, year=2024):
         return exams.get(kind).pass_rule(0, 0, points, total, 0, year)
 
-    assert (rule("radiological_technologist", 120, 200)["passed"], rule("radiological_technologist", 119, 200)["passed"]) \
-        == (True, False)
+    assert (
+        rule("radiological_technologist", 120, 200)["passed"],
+        rule("radiological_technologist", 119, 200)["passed"],
+    ) == (True, False)
     assert (rule("orthoptist", 102, 169)["passed"], rule("orthoptist", 101, 169)["passed"]) == (True, False)
     assert (rule("midwife", 87, 145, 2021)["passed"], rule("midwife", 86, 145, 2021)["passed"]) == (True, False)
     # 保健師: MHLW's lines where found (2022: 86/142), else the scorer's 87 of 145
-    assert rule("public_health_nurse", 86, 142, 2022)["passed"] and not rule("public_health_nurse", 86, 145, 2023)["passed"]
+    assert (
+        rule("public_health_nurse", 86, 142, 2022)["passed"]
+        and not rule("public_health_nurse", 86, 145, 2023)["passed"]
+    )
     assert rule("radiological_technologist", 60, 100)["passed"]  # a fraction of the points scored
     assert exams.get("midwife").pass_rule(40, 50, 47, 95, 0, 2020)["passed"]  # both sections are added up
-    assert rule("orthoptist", 0, 0) == {"passed": None, "verdict": "none (no scored points)",
-                                        "general_line": 102 / 169}
+    assert rule("orthoptist", 0, 0) == {"passed": None, "verdict": "none (no scored points)", "general_line": 102 / 169}
     ruled = {k for k in exams.names() if exams.get(k).pass_rule}
     assert ruled == {"medical", "midwife", "orthoptist", "public_health_nurse", "radiological_technologist"}
     assert all("KokushiMD-10" in exams.get(k).pass_source for k in ruled - {"medical"})
@@ -173,12 +269,32 @@ def test_exam_kinds_name_their_exam_and_map_their_numbers():
     from jmed.prompts import render_one
     from jmed.records import Question
 
-    assert [exams.get(k).title for k in ("nurse", "public_health_nurse", "midwife", "physical_therapist",
-                                          "occupational_therapist", "radiological_technologist", "orthoptist")] == [
-        "看護師国家試験", "保健師国家試験", "助産師国家試験", "理学療法士国家試験", "作業療法士国家試験",
-        "診療放射線技師国家試験", "視能訓練士国家試験"]
-    assert (exams.exam_year("113", "nurse"), exams.exam_year("110", "public_health_nurse"),
-            exams.exam_year("107", "midwife"), exams.exam_year("116", "physical_therapist")) == (2024, 2024, 2024, None)
+    assert [
+        exams.get(k).title
+        for k in (
+            "nurse",
+            "public_health_nurse",
+            "midwife",
+            "physical_therapist",
+            "occupational_therapist",
+            "radiological_technologist",
+            "orthoptist",
+        )
+    ] == [
+        "看護師国家試験",
+        "保健師国家試験",
+        "助産師国家試験",
+        "理学療法士国家試験",
+        "作業療法士国家試験",
+        "診療放射線技師国家試験",
+        "視能訓練士国家試験",
+    ]
+    assert (
+        exams.exam_year("113", "nurse"),
+        exams.exam_year("110", "public_health_nurse"),
+        exams.exam_year("107", "midwife"),
+        exams.exam_year("116", "physical_therapist"),
+    ) == (2024, 2024, 2024, None)
     q = Question(id="看護_2024_a_1", stem="どれか。", choices=("甲", "乙"), answer=(("a",),), exam_kind="nurse")
     assert render_one(q, "igakuqa").prompt.startswith("以下は看護師国家試験の問題です。")
     assert "以下は看護学知識に関する多肢選択問題です。" in render_one(q, "medpalm").prompt
@@ -189,22 +305,30 @@ def test_corrections_follow_the_exam_kind_not_the_dataset(tmp_path):
     write(tmp_path / "医師" / "医師_2021_a.json", [record("71", "C")])
     ds = data.read_dataset(tmp_path / "医師")
     assert ds.errors == [] and [(q.id, q.accept_any) for q in ds.questions] == [
-        ("医師_2021_a_71", False), ("医師_2022_a_71", True)]
+        ("医師_2021_a_71", False),
+        ("医師_2022_a_71", True),
+    ]
 
 
-@pytest.mark.parametrize("name, records, message", [
-    ("看護_2020_c.json", [record()], "section 'c' is not one of 看護's: a, b"),
-    ("医師_2022_a.json", [record(answer="F")], 'answer: letter "f" outside 5 choices'),
-    ("医師_2022_a.json", [record(answer="13")], 'answer: choice numbers "13" for choices labelled a, b, …'),
-    ("医師_2022_a.json", [record(answer="A1")], 'answer: "A1" mixes letters and numbers'),
-    ("医師_2022_a.json", [record(answer="AA")], 'answer: repeated choice in "AA"'),
-    ("医師_2022_a.json", [record(index="第1問")], 'index: "第1問" is not a question number such as "12" or "12-1"'),
-    ("医師_2022_a.json", [record(kinki="G")], 'kinki: letter "g" outside 5 choices'),
-    ("医師_2022_a.json", [{k: v for k, v in record().items() if k != "text_only"}], "text_only: missing field"),
-    ("医師_2022_a.json", [{**record(), "f": "己", "h": "辛"}], "choices: choice labels"),
-    ("看護_2020_a.json", [{"index": "1", "question": "求めよ。", "answer": "B", "points": 1, "text_only": True}],
-     'answer: "B": a question without choices needs a number'),
-])
+@pytest.mark.parametrize(
+    "name, records, message",
+    [
+        ("看護_2020_c.json", [record()], "section 'c' is not one of 看護's: a, b"),
+        ("医師_2022_a.json", [record(answer="F")], 'answer: letter "f" outside 5 choices'),
+        ("医師_2022_a.json", [record(answer="13")], 'answer: choice numbers "13" for choices labelled a, b, …'),
+        ("医師_2022_a.json", [record(answer="A1")], 'answer: "A1" mixes letters and numbers'),
+        ("医師_2022_a.json", [record(answer="AA")], 'answer: repeated choice in "AA"'),
+        ("医師_2022_a.json", [record(index="第1問")], 'index: "第1問" is not a question number such as "12" or "12-1"'),
+        ("医師_2022_a.json", [record(kinki="G")], 'kinki: letter "g" outside 5 choices'),
+        ("医師_2022_a.json", [{k: v for k, v in record().items() if k != "text_only"}], "text_only: missing field"),
+        ("医師_2022_a.json", [{**record(), "f": "己", "h": "辛"}], "choices: choice labels"),
+        (
+            "看護_2020_a.json",
+            [{"index": "1", "question": "求めよ。", "answer": "B", "points": 1, "text_only": True}],
+            'answer: "B": a question without choices needs a number',
+        ),
+    ],
+)
 def test_bad_records_are_errors_naming_file_line_and_field(tmp_path, name, records, message):
     path = write(tmp_path / name, records)
     errors = [str(e) for e in data.read_dataset(path).errors]
@@ -219,7 +343,9 @@ def test_a_checkout_reads_its_japanese_questions_only(tmp_path):
     write(tmp_path / "results" / "openai" / "gpt-4o" / "text" / "医師" / "医師_2022_a_pred.json", [{"pred": "B"}])
     ds = data.read_dataset(tmp_path)
     assert (ds.format, ds.errors, [q.id for q in ds.questions]) == ("kokushimd10", [], ["医師_2022_a_1"])
-    assert [w.message for w in ds.warnings] == ["2 other file(s) not read as KokushiMD-10 questions (医師_2022_a.json …)"]
+    assert [w.message for w in ds.warnings] == [
+        "2 other file(s) not read as KokushiMD-10 questions (医師_2022_a.json …)"
+    ]
     assert "no published layout" in str(data.read_dataset(tmp_path, translate=True).errors[0])
 
 

@@ -1,4 +1,5 @@
 """jmed.metrics: exact values for parsing, set-exact accuracy, exam score, pass/fail, text and loglik."""
+
 import subprocess
 import sys
 from difflib import SequenceMatcher
@@ -13,66 +14,76 @@ CH5 = ("肺炎", "心不全", "腎不全", "肝硬変", "敗血症")
 
 def q(id, answer=(("c",),), choices=CH5, points=1.0, block="A", year=2022, **kw):
     kw.setdefault("kinki_known", True)  # as read with IgakuQA's metadata
-    return Question(id=id, stem=kw.pop("stem", "どれか。"), choices=choices, answer=answer,
-                    points=points, block=block, year=year, **kw)
+    return Question(
+        id=id,
+        stem=kw.pop("stem", "どれか。"),
+        choices=choices,
+        answer=answer,
+        points=points,
+        block=block,
+        year=year,
+        **kw,
+    )
 
 
 def test_module_is_pure():
-    code = ("import sys, jmed.metrics; bad = {'torch', 'mlflow', 'pandas'} & set(sys.modules); "
-            "print(sorted(bad))")
+    code = "import sys, jmed.metrics; bad = {'torch', 'mlflow', 'pandas'} & set(sys.modules); print(sorted(bad))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("text, lenient, official", [
-    ("c", ("c",), ("c",)),
-    ("e,c", ("c", "e"), ("c", "e")),
-    ("C", ("c",), None),
-    ("ｃ", ("c",), None),                       # full-width letter
-    ("（ｃ）", ("c",), None),
-    ("(c)", ("c",), None),
-    ("「答え：c」", ("c",), None),
-    ("答え: c", ("c",), None),
-    ("答えはcとeです。", ("c", "e"), None),
-    ("正解は b. 肺炎だから", ("b",), None),
-    ("Answer: C", ("c",), None),
-    ("c、e", ("c", "e"), None),
-    ("c, e", ("c", "e"), None),                 # official keeps " e": never equal to gold
-    ("  c \n", ("c",), None),
-    ("c\n解説: e is wrong because", ("c",), None),
-    ("a,a", ("a",), ("a", "a")),                # official keeps duplicates (then wrong)
-    ("f", None, None),                          # outside a–e
-    ("c,f", None, None),
-    ("", None, None),
-    ("I think so", None, None),
-    ("cat", None, None),
-    ("ce", ("c", "e"), None),                   # written together (IgakuQA119's style)
-    ("bde", ("b", "d", "e"), None),
-    ("答え：ＣＥ", ("c", "e"), None),
-    ("(ce) です", ("c", "e"), None),
-    ("ec", None, None),                         # together only in ascending order: not a word
-    ("bad", None, None),
-    ("dead", None, None),
-    ("a or d", None, None),                     # a hedge is not an answer (it was read as "a")
-    ("aまたはd", None, None),
-    ("答えは b もしくは c", None, None),
-    # marked answers: JMLE2026-Bench's 【回答】 and the forms reasoning models write; the last one that reads
-    ("【回答】a", ("a",), None),
-    ("【回答】 a,c", ("a", "c"), None),
-    ("【答え】c", ("c",), None),
-    ("[回答] a", ("a",), None),
-    ("［回答］ｂ", ("b",), None),                # full-width brackets and letter
-    ("回答：a", ("a",), None),
-    ("回答: d", ("d",), None),
-    ("答え：e", ("e",), None),
-    ("回答：ｂ，ｅ", ("b", "e"), None),
-    ("**【回答】** c", ("c",), None),           # markdown emphasis around the mark
-    ("答えはaかもしれない。\n【回答】c", ("c",), None),   # the marked answer, not the first guess
-    ("回答：a\n見直すと誤りだった。\n【回答】c", ("c",), None),  # the last one
-    ("【回答】d\n\n回答：以下に理由を述べる。", ("d",), None),  # a later mark that does not read is passed over
-    ("【回答】a または d", None, None),         # a hedge stays unparsed
-    ("【回答】f", None, None),                  # outside a–e
-])
+@pytest.mark.parametrize(
+    "text, lenient, official",
+    [
+        ("c", ("c",), ("c",)),
+        ("e,c", ("c", "e"), ("c", "e")),
+        ("C", ("c",), None),
+        ("ｃ", ("c",), None),  # full-width letter
+        ("（ｃ）", ("c",), None),
+        ("(c)", ("c",), None),
+        ("「答え：c」", ("c",), None),
+        ("答え: c", ("c",), None),
+        ("答えはcとeです。", ("c", "e"), None),
+        ("正解は b. 肺炎だから", ("b",), None),
+        ("Answer: C", ("c",), None),
+        ("c、e", ("c", "e"), None),
+        ("c, e", ("c", "e"), None),  # official keeps " e": never equal to gold
+        ("  c \n", ("c",), None),
+        ("c\n解説: e is wrong because", ("c",), None),
+        ("a,a", ("a",), ("a", "a")),  # official keeps duplicates (then wrong)
+        ("f", None, None),  # outside a–e
+        ("c,f", None, None),
+        ("", None, None),
+        ("I think so", None, None),
+        ("cat", None, None),
+        ("ce", ("c", "e"), None),  # written together (IgakuQA119's style)
+        ("bde", ("b", "d", "e"), None),
+        ("答え：ＣＥ", ("c", "e"), None),
+        ("(ce) です", ("c", "e"), None),
+        ("ec", None, None),  # together only in ascending order: not a word
+        ("bad", None, None),
+        ("dead", None, None),
+        ("a or d", None, None),  # a hedge is not an answer (it was read as "a")
+        ("aまたはd", None, None),
+        ("答えは b もしくは c", None, None),
+        # marked answers: JMLE2026-Bench's 【回答】 and the forms reasoning models write; the last one that reads
+        ("【回答】a", ("a",), None),
+        ("【回答】 a,c", ("a", "c"), None),
+        ("【答え】c", ("c",), None),
+        ("[回答] a", ("a",), None),
+        ("［回答］ｂ", ("b",), None),  # full-width brackets and letter
+        ("回答：a", ("a",), None),
+        ("回答: d", ("d",), None),
+        ("答え：e", ("e",), None),
+        ("回答：ｂ，ｅ", ("b", "e"), None),
+        ("**【回答】** c", ("c",), None),  # markdown emphasis around the mark
+        ("答えはaかもしれない。\n【回答】c", ("c",), None),  # the marked answer, not the first guess
+        ("回答：a\n見直すと誤りだった。\n【回答】c", ("c",), None),  # the last one
+        ("【回答】d\n\n回答：以下に理由を述べる。", ("d",), None),  # a later mark that does not read is passed over
+        ("【回答】a または d", None, None),  # a hedge stays unparsed
+        ("【回答】f", None, None),  # outside a–e
+    ],
+)
 def test_parse_letters(text, lenient, official):
     assert M.parse_letters(text, 5, "lenient") == lenient
     assert M.parse_letters(text, 5, "official") == official
@@ -148,8 +159,14 @@ def test_letter_summary_exact_values():
     assert s["kinki_selected"] == 2  # R2 chose a, G1 chose b
     y = s["by_year"]["2022"]
     assert y["correct"] == 3 and y["passed"] is False and y["general_line"] == 214 / 297
-    assert s["by_category"]["産科"] == {"questions": 1, "correct": 0, "accuracy": 0.0, "points": 0,
-                                       "points_total": 0, "score": 0.0}
+    assert s["by_category"]["産科"] == {
+        "questions": 1,
+        "correct": 0,
+        "accuracy": 0.0,
+        "points": 0,
+        "points_total": 0,
+        "score": 0.0,
+    }
     assert s["by_category"]["unknown"]["questions"] == 6
 
     lenient = M.letter_summary(_exam(), preds, "lenient")
@@ -177,7 +194,10 @@ def test_pass_fail_rule():
     assert M.pass_fail(200, 200, 297, 297, 0, 2022, kinki_known=False)["passed"] is None
     assert M.pass_fail(200, 200, 297, 297, 0, 2022, kinki_known=False)["verdict"].startswith("unknown (no kinki data")
     assert M.pass_fail(159, 200, 297, 297, 0, 2022, kinki_known=False) == {
-        "passed": False, "verdict": "FAIL (on points; no kinki data)", "general_line": 214 / 297}
+        "passed": False,
+        "verdict": "FAIL (on points; no kinki data)",
+        "general_line": 214 / 297,
+    }
 
 
 def test_no_pass_verdict_when_any_question_lacks_kinki_data():
@@ -216,9 +236,9 @@ def test_choice_scores_and_topk_ties():
     assert s == [0.0, 1.0, 2 * 2 / 6, 0.0, 0.0]
     assert M.topk(s, 1) == (1,)
     assert M.topk(s, 2) == (1, 2)
-    assert M.topk([0.5, 0.9, 0.9, 0.1], 1) == (1,)       # tie → earlier
+    assert M.topk([0.5, 0.9, 0.9, 0.1], 1) == (1,)  # tie → earlier
     assert M.topk([0.5, 0.9, 0.9, 0.9], 2) == (1, 2)
-    assert M.topk([0.0] * 5, 2) == (0, 1)               # empty output → first choices
+    assert M.topk([0.0] * 5, 2) == (0, 1)  # empty output → first choices
     assert M.loglik_pick([-3.0, -1.0, -1.0, -0.5, -9.0], 2) == (1, 3)
     # asymmetry of SequenceMatcher is why the per-choice score averages both directions
     a, b = "abxcd", "abcxd"
@@ -227,7 +247,7 @@ def test_choice_scores_and_topk_ties():
 
 def test_n_select():
     assert M.n_select("正しいのはどれか。2つ選べ。") == 2
-    assert M.n_select("どれか。３つ選べ。") == 3       # full-width digit
+    assert M.n_select("どれか。３つ選べ。") == 3  # full-width digit
     assert M.n_select("どれか。二つ選べ。") == 2
     assert M.n_select("どれか。") == 1
 
@@ -238,7 +258,7 @@ COMMA = ("A, B併用", "C", "肺炎.", "D", "E")
 def test_text_grade_choice_with_comma():
     two = q("T1", choices=COMMA, answer=(("a", "c"),))
     assert M.gold_indices(two) == ((0, 2),)
-    assert M.gold_text(two) == "A, B併用,肺炎"            # "." removed
+    assert M.gold_text(two) == "A, B併用,肺炎"  # "." removed
     g = M.text_grade(two, "### 応答：\nA, B併用,肺炎.")
     assert g["exact"] is True and g["gestalt"] == 1.0
     assert g["pick"] == (0, 2) and g["gestalt_correct"] is True
@@ -258,12 +278,12 @@ def test_exact_answer_can_miss_gestalt_accuracy():
 
 def test_text_summary_exact_values():
     qs = [
-        q("T1", answer=(("b",),)),                      # exact
-        q("T2", answer=(("b", "c"),)),                  # near: picks b,c
-        q("T3", answer=(("a",),)),                      # empty output
-        q("T4", answer=(("a",), ("d",))),               # "a or d": 肝硬変 → d
-        q("T5", answer=(("e",),), accept_any=True),     # missing: wrong even where any answer counts
-        q("N1", answer=(("26",),), choices=()),         # numeric: excluded
+        q("T1", answer=(("b",),)),  # exact
+        q("T2", answer=(("b", "c"),)),  # near: picks b,c
+        q("T3", answer=(("a",),)),  # empty output
+        q("T4", answer=(("a",), ("d",))),  # "a or d": 肝硬変 → d
+        q("T5", answer=(("e",),), accept_any=True),  # missing: wrong even where any answer counts
+        q("N1", answer=(("26",),), choices=()),  # numeric: excluded
     ]
     resp = {"T1": "prompt ### 応答：\n心不全。", "T2": "心不全,腎不全", "T3": "", "T4": "肝硬変"}
     s = M.text_summary(qs, resp)
@@ -283,7 +303,7 @@ def test_loglik_summary():
     qs = [
         q("L1", answer=(("b",),)),
         q("L2", answer=(("b", "d"),), stem="どれか。2つ選べ。"),
-        q("L3", answer=(("a", "c"),), stem="どれか。"),            # stem lacks 「2つ選べ」
+        q("L3", answer=(("a", "c"),), stem="どれか。"),  # stem lacks 「2つ選べ」
         q("N1", answer=(("26",),), choices=()),
     ]
     scores = {"L1": [-2, -1, -3, -4, -5], "L2": [-9, -1, -3, -1, -5], "L3": [-1, -5, -2, -3, -4]}
@@ -298,16 +318,16 @@ def test_loglik_summary():
 # not answers; the official parser (unchanged) reads none of these.
 REAL_OUTPUTS = [
     # SmolLM2-135M-Instruct
-    ("a. 統合失調症の陽性症状\nb. 感", None),                # the choices listed back
+    ("a. 統合失調症の陽性症状\nb. 感", None),  # the choices listed back
     ("a. 胆石\nb. 低カルシウム血症\nc.", None),
     ("1. \na. 急速進行性糸\nb. \nc. 脱水", None),
-    ("1. 24時間\n2. 24時間\n3. 24時間", None),             # numbered lines
+    ("1. 24時間\n2. 24時間\n3. 24時間", None),  # numbered lines
     ("1. トラネキサム酸\n2. ビタミンK\n3", None),
-    ("B群連鎖葉はど", None),                               # a letter that begins a word
+    ("B群連鎖葉はど", None),  # a letter that begins a word
     ("2つ選べ。\n\n## ビタミンB12欠乏症の", None),
     ("1\n\n答えは1である。\n\nそれは1である。\n", None),
     ("3つ選べ。\n\nそれは、サーシャップバッ", None),
-    ("a. 僧帽弁狭窄症の原因として最も", ("a",)),            # one label: read as the answer a
+    ("a. 僧帽弁狭窄症の原因として最も", ("a",)),  # one label: read as the answer a
     # tiny (random weights)
     ('\ufffdアトロ"ﾟま@c吸気が途中で止まスタン五区由', None),
     ("\ufffd嘔卵スタン院力障害び、記号で答えてください。最終胱ｋ衝けいれん", None),
@@ -331,8 +351,12 @@ REASONING_OUTPUTS = [
     ("<think>\nまず選択肢を検討する。aは誤り。bも典型的ではない。\n</think>\n\n【回答】c", ("c",), None, ("c",)),
     ("<think>\n答えはaかもしれない。しかし所見からはdが合う。\n</think>\n\n回答：d", ("d",), None, None),
     # the chat template put <think> in the prompt: only the closing tag is in the output
-    ("患者は高齢で、【回答】aとも考えたが、最終的にはbとeを選ぶ。\n</think>\n\n【回答】b,e",
-     ("b", "e"), None, ("b", "e")),
+    (
+        "患者は高齢で、【回答】aとも考えたが、最終的にはbとeを選ぶ。\n</think>\n\n【回答】b,e",
+        ("b", "e"),
+        None,
+        ("b", "e"),
+    ),
     ("a. 誤り\nb. 誤り\nc. 正しい\n</think>\n\nc", ("c",), ("c",), None),  # reference scorer reads "c" too
     ("<think>\naとcで迷う。\n</think>\n\n[回答] a", ("a",), None, None),
     ("<think>\n答えはeだろう。いや", None, None, None),  # cut off while reasoning: no answer
@@ -349,9 +373,9 @@ def test_reasoning_is_removed_before_the_answer_is_read(text, lenient, official,
 
 def test_strip_reasoning():
     assert M.strip_reasoning("<think>\naかも\n</think>\n\n【回答】c\n") == "【回答】c\n"
-    assert M.strip_reasoning("<think>a</think>x<think>b</think> c") == "c"   # up to the last closing tag
-    assert M.strip_reasoning("aかも\n</think>\nb") == "b"                   # no opening tag
-    assert M.strip_reasoning("前置き<think>aかも") == "前置き"                # never closed
+    assert M.strip_reasoning("<think>a</think>x<think>b</think> c") == "c"  # up to the last closing tag
+    assert M.strip_reasoning("aかも\n</think>\nb") == "b"  # no opening tag
+    assert M.strip_reasoning("前置き<think>aかも") == "前置き"  # never closed
     assert M.strip_reasoning("  c \n") == "  c \n" and M.strip_reasoning(None) is None  # no tags: unchanged
 
 
@@ -366,10 +390,13 @@ def test_missing_letter_prediction_is_wrong_even_where_any_answer_counts():
     assert (s["correct"], s["missing"], s["missing_ids"]) == (1, 1, ["B"])
 
 
-@pytest.mark.parametrize("extraction, expected", [
-    ("last-block", "心不全\n理由：うっ血がある"),  # as first published: everything after the last header
-    ("first-line", "心不全"),                      # from July 2024: the first line of the first chunk
-])
+@pytest.mark.parametrize(
+    "extraction, expected",
+    [
+        ("last-block", "心不全\n理由：うっ血がある"),  # as first published: everything after the last header
+        ("first-line", "心不全"),  # from July 2024: the first line of the first chunk
+    ],
+)
 def test_harness_extractions_on_a_multi_line_response(extraction, expected):
     from jmed.prompts import extract_response
 
@@ -397,8 +424,12 @@ def test_one_shot_medpalm_is_the_harness_template():
     (the question's choices joined by "," as eval_bench.py renders them)."""
     from jmed.prompts import render
 
-    shot = q("S1", answer=(("e",),), stem="ヒトゲノム・遺伝子解析研究の被験者に対する説明で必須でないのはどれか。",
-             choices=("研究の目的", "同意の自由", "匿名化の方法", "参加による不利益", "研究成果還元の保証"))
+    shot = q(
+        "S1",
+        answer=(("e",),),
+        stem="ヒトゲノム・遺伝子解析研究の被験者に対する説明で必須でないのはどれか。",
+        choices=("研究の目的", "同意の自由", "匿名化の方法", "参加による不利益", "研究成果還元の保証"),
+    )
     main = q("Q1", stem="どれか。")
     assert render(main, "medpalm", [shot]).prompt == (
         "### 指示：\n"
@@ -412,4 +443,5 @@ def test_one_shot_medpalm_is_the_harness_template():
         "### 入力：\n"
         "どれか。\n"
         "肺炎,心不全,腎不全,肝硬変,敗血症\n"
-        "### 応答：\n")
+        "### 応答：\n"
+    )

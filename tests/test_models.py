@@ -1,4 +1,5 @@
 """jmed.models: the built-in tiny model, loading, precision, LoRA targets per architecture."""
+
 import hashlib
 import json
 import os
@@ -23,8 +24,9 @@ for f in sorted(d.iterdir()):
 
 def _build_in(cache: Path, **env) -> subprocess.Popen:
     e = {**os.environ, "JMED_CACHE": str(cache), **env}
-    return subprocess.Popen([sys.executable, "-c", HASH_SCRIPT], env=e, cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", HASH_SCRIPT], env=e, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 @pytest.mark.slow
@@ -38,8 +40,14 @@ def test_tiny_build_is_deterministic_across_processes(tmp_path):
     assert b.returncode == 0, err_b
     assert out_a == out_b
     names = [line.split()[0] for line in out_a.splitlines()]
-    assert names == ["chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
-                     "tokenizer.json", "tokenizer_config.json"]
+    assert names == [
+        "chat_template.jinja",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
 
 
 @pytest.mark.slow
@@ -90,8 +98,12 @@ def test_tiny_tokenizer_covers_letters_digits_and_templates(tiny):
     ids = tok("a,c,e", add_special_tokens=False).input_ids
     assert tok.convert_ids_to_tokens(ids) == ["a", ",", "c", ",", "e"]
     for fmt in prompts.BASE_FORMATS:
-        text = prompts.render_prompt("急性心筋梗塞で上昇するのはどれか。", ["トロポニンT", "CK-MB", "AST", "LDH", "ALP"],
-                                     fmt, 2) + "0123456789"
+        text = (
+            prompts.render_prompt(
+                "急性心筋梗塞で上昇するのはどれか。", ["トロポニンT", "CK-MB", "AST", "LDH", "ALP"], fmt, 2
+            )
+            + "0123456789"
+        )
         ids = tok(text).input_ids
         assert unk not in ids
         assert ids[0] == tok.bos_token_id
@@ -99,8 +111,10 @@ def test_tiny_tokenizer_covers_letters_digits_and_templates(tiny):
     rare = "齲蝕と鬱病"  # characters outside the corpus: byte fallback, never <unk>
     ids = tok(rare, add_special_tokens=False).input_ids
     assert unk not in ids and tok.decode(ids) == rare
-    assert tok.apply_chat_template([{"role": "user", "content": "質問"}], tokenize=False,
-                                   add_generation_prompt=True) == "<|user|>\n質問\n<|assistant|>\n"
+    assert (
+        tok.apply_chat_template([{"role": "user", "content": "質問"}], tokenize=False, add_generation_prompt=True)
+        == "<|user|>\n質問\n<|assistant|>\n"
+    )
 
 
 def test_local_folder_and_revision(tiny, tmp_path):
@@ -158,12 +172,15 @@ def _tiny_random(kind: str):
     return model_cls(config_cls(num_key_value_heads=2, **common))
 
 
-@pytest.mark.parametrize("kind,targets,qkv", [
-    ("llama", ["q_proj", "k_proj", "v_proj", "o_proj"], ["q_proj", "k_proj", "v_proj"]),
-    ("qwen2", ["q_proj", "k_proj", "v_proj", "o_proj"], ["q_proj", "k_proj", "v_proj"]),
-    ("mistral", ["q_proj", "k_proj", "v_proj", "o_proj"], ["q_proj", "k_proj", "v_proj"]),
-    ("gpt_neox", ["query_key_value", "dense"], ["query_key_value"]),
-])
+@pytest.mark.parametrize(
+    "kind,targets,qkv",
+    [
+        ("llama", ["q_proj", "k_proj", "v_proj", "o_proj"], ["q_proj", "k_proj", "v_proj"]),
+        ("qwen2", ["q_proj", "k_proj", "v_proj", "o_proj"], ["q_proj", "k_proj", "v_proj"]),
+        ("mistral", ["q_proj", "k_proj", "v_proj", "o_proj"], ["q_proj", "k_proj", "v_proj"]),
+        ("gpt_neox", ["query_key_value", "dense"], ["query_key_value"]),
+    ],
+)
 def test_default_targets_per_architecture(kind, targets, qkv):
     from peft import LoraConfig, get_peft_model
 
@@ -176,8 +193,11 @@ def test_default_targets_per_architecture(kind, targets, qkv):
     assert wrapped == sorted(targets)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     # r=2: each wrapped Linear(in, out) adds 2*(in + out) parameters, one layer.
-    expected = sum(2 * (m.in_features + m.out_features) for n, m in net.named_modules()
-                   if n.split(".")[-1] in targets and hasattr(m, "in_features") and "lora" not in n)
+    expected = sum(
+        2 * (m.in_features + m.out_features)
+        for n, m in net.named_modules()
+        if n.split(".")[-1] in targets and hasattr(m, "in_features") and "lora" not in n
+    )
     assert trainable == expected
 
 
@@ -185,8 +205,10 @@ def test_unknown_target_module_lists_available():
     net = _tiny_random("gpt_neox")
     with pytest.raises(models.ModelError) as err:
         models.resolve_target_modules(net, "q_proj,dense")
-    assert str(err.value) == ("unknown target module(s) q_proj for gpt_neox; available: dense, dense_4h_to_h, "
-                              "dense_h_to_4h, query_key_value, all-linear, qkv")
+    assert str(err.value) == (
+        "unknown target module(s) q_proj for gpt_neox; available: dense, dense_4h_to_h, "
+        "dense_h_to_4h, query_key_value, all-linear, qkv"
+    )
     assert models.resolve_target_modules(net, "all-linear") == "all-linear"
 
 
@@ -213,11 +235,12 @@ def test_hub_id_from_the_local_cache_records_the_commit(tmp_path):
     shutil.copytree(models.tiny_model_dir(), snap)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    script = ("import json; from jmed import models; net, tok, info = models.load_base('jmed-test/tiny-copy'); "
-              "print(json.dumps(info))")
+    script = (
+        "import json; from jmed import models; net, tok, info = models.load_base('jmed-test/tiny-copy'); "
+        "print(json.dumps(info))"
+    )
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     info = json.loads(res.stdout.strip().splitlines()[-1])
     assert (info["model"], info["revision"], info["slug"]) == ("jmed-test/tiny-copy", commit, "jmed-test--tiny-copy")

@@ -4,6 +4,7 @@
 `--text-only`. Each test below drives one real `mlflow run` with every option of the entry point set
 to a non-default value and `dry_run=true`, and reads the resolved configuration jmed prints.
 """
+
 import json
 import os
 import subprocess
@@ -118,11 +119,14 @@ def _mlflow_run(entry: str, params: dict, tmp_path) -> dict:
     cmd = [MLFLOW, "run", str(ROOT), "-e", entry, "--env-manager", "local", "-P", "dry_run=true"]
     for key, value in params.items():
         cmd += ["-P", f"{key}={value}"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout[res.stdout.index("{"):])
+    return json.loads(res.stdout[res.stdout.index("{") :])
 
 
 def _check(resolved: dict, table: dict) -> None:
@@ -158,24 +162,37 @@ def test_every_main_option_reaches_train_and_evaluation(tmp_path):
 
 
 def test_every_study_option_reaches_train_and_evaluation(tmp_path):
-    own = {"models": "tiny,smollm2-135m", "prompt_formats": "igakuqa,alpaca_med", "shots": "0,1",
-           "protocols": "loglik", "force": "true"}
+    own = {
+        "models": "tiny,smollm2-135m",
+        "prompt_formats": "igakuqa,alpaca_med",
+        "shots": "0,1",
+        "protocols": "loglik",
+        "force": "true",
+    }
     train = {k: v for k, v in TRAIN.items() if k not in ("model", "prompt_format", "shots")}
     assert set(train) | set(EVAL) | set(own) == _options(cli.main.commands["study"])
     out = _mlflow_run("study", {k: v for k, (v, _, _) in (train | EVAL).items()} | own, tmp_path)
     _check(out["train"], train)
     _check(out["evaluate"], EVAL)
-    assert out["study"] == {"models": ["tiny", "smollm2-135m"], "prompt_formats": ["igakuqa", "alpaca_med"],
-                            "shots": [0, 1], "protocols": ["loglik"], "force": True}
+    assert out["study"] == {
+        "models": ["tiny", "smollm2-135m"],
+        "prompt_formats": ["igakuqa", "alpaca_med"],
+        "shots": [0, 1],
+        "protocols": ["loglik"],
+        "force": True,
+    }
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["train", "--text_only", "true"], ["train", "--text-only"]),
-    (["train", "--text_only", "False"], ["train", "--no-text-only"]),
-    (["train", "--five-choices=yes", "--lora_r", "4"], ["train", "--five-choices", "--lora-r", "4"]),
-    (["score", "--json", "false", "--log"], ["score", "--log"]),
-    (["train", "--text-only", "--model", "tiny"], ["train", "--text-only", "--model", "tiny"]),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--text_only", "true"], ["train", "--text-only"]),
+        (["train", "--text_only", "False"], ["train", "--no-text-only"]),
+        (["train", "--five-choices=yes", "--lora_r", "4"], ["train", "--five-choices", "--lora-r", "4"]),
+        (["score", "--json", "false", "--log"], ["score", "--log"]),
+        (["train", "--text-only", "--model", "tiny"], ["train", "--text-only", "--model", "tiny"]),
+    ],
+)
 def test_mlflow_style_booleans_become_click_flags(args, expected):
     assert cli.mlflow_args(args) == expected
 
@@ -188,27 +205,80 @@ def test_a_boolean_flag_with_a_bad_value_is_an_error():
 
 
 def test_every_validate_score_and_promote_option_reaches_the_step(tmp_path):
-    validate = {"data": "/data/a,/data/b", "against": "/data/test", "report": "/tmp/r.json", "format": "igakuqa",
-                "threshold": "85", "log": "false"}
+    validate = {
+        "data": "/data/a,/data/b",
+        "against": "/data/test",
+        "report": "/tmp/r.json",
+        "format": "igakuqa",
+        "threshold": "85",
+        "log": "false",
+    }
     assert set(validate) == _options(cli.main.commands["validate"])
     out = _mlflow_run("validate", validate, tmp_path)["validate"]
-    assert out == {"data": ["/data/a", "/data/b"], "against": ["/data/test"], "report": "/tmp/r.json",
-                   "format": "igakuqa", "threshold": 85.0, "log": False}
+    assert out == {
+        "data": ["/data/a", "/data/b"],
+        "against": ["/data/test"],
+        "report": "/tmp/r.json",
+        "format": "igakuqa",
+        "threshold": 85.0,
+        "log": False,
+    }
 
-    score = {"data": "/data/2022", "predictions": "/p.jsonl", "protocol": "text", "parsing": "lenient",
-             "extraction": "first-line", "exam_kind": "dental", "format": "jjsimqa", "name": "gpt-x", "json": "true", "text_only": "true", "five_choices": "true",
-             "scored_only": "true", "years": "2022", "blocks": "B,E", "ids": "116B1", "exclude_ids": "116B2"}
+    score = {
+        "data": "/data/2022",
+        "predictions": "/p.jsonl",
+        "protocol": "text",
+        "parsing": "lenient",
+        "extraction": "first-line",
+        "exam_kind": "dental",
+        "format": "jjsimqa",
+        "name": "gpt-x",
+        "json": "true",
+        "text_only": "true",
+        "five_choices": "true",
+        "scored_only": "true",
+        "years": "2022",
+        "blocks": "B,E",
+        "ids": "116B1",
+        "exclude_ids": "116B2",
+    }
     assert set(score) | {"log"} == _options(cli.main.commands["score"])
     out = _mlflow_run("score", score, tmp_path)
-    assert out["score"] == {"data": "/data/2022", "predictions": "/p.jsonl", "protocol": "text",
-                            "parsing": "lenient", "extraction": "first-line", "exam_kind": "dental", "format": "jjsimqa", "name": "gpt-x", "json": True,
-                            "log": True}  # MLproject's score entry always logs
-    assert out["filters"] == {"text_only": True, "five_choices": True, "scored_only": True, "years": "2022",
-                              "blocks": "B,E", "ids": "116B1", "exclude_ids": "116B2"}
+    assert out["score"] == {
+        "data": "/data/2022",
+        "predictions": "/p.jsonl",
+        "protocol": "text",
+        "parsing": "lenient",
+        "extraction": "first-line",
+        "exam_kind": "dental",
+        "format": "jjsimqa",
+        "name": "gpt-x",
+        "json": True,
+        "log": True,
+    }  # MLproject's score entry always logs
+    assert out["filters"] == {
+        "text_only": True,
+        "five_choices": True,
+        "scored_only": True,
+        "years": "2022",
+        "blocks": "B,E",
+        "ids": "116B1",
+        "exclude_ids": "116B2",
+    }
 
-    promote = {"base_model": "smollm2-135m", "metric": "eval/score", "min_delta": "0.01", "bundle_base": "true",
-               "evaluation": "igakuqa-2022.json"}
+    promote = {
+        "base_model": "smollm2-135m",
+        "metric": "eval/score",
+        "min_delta": "0.01",
+        "bundle_base": "true",
+        "evaluation": "igakuqa-2022.json",
+    }
     assert set(promote) == _options(cli.main.commands["promote"])
     out = _mlflow_run("promote", promote, tmp_path)["promote"]
-    assert out == {"base_model": "smollm2-135m", "metric": "eval/score", "min_delta": 0.01, "bundle_base": True,
-                   "evaluation": "igakuqa-2022.json"}
+    assert out == {
+        "base_model": "smollm2-135m",
+        "metric": "eval/score",
+        "min_delta": 0.01,
+        "bundle_base": True,
+        "evaluation": "igakuqa-2022.json",
+    }

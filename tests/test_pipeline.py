@@ -1,4 +1,5 @@
 """The `main` pipeline end to end, step reuse, validation stopping it, `reproduce`, `study` and `compare`."""
+
 import json
 import shutil
 from pathlib import Path
@@ -116,8 +117,9 @@ def test_validation_failure_stops_before_training(tracking, tmp_path):
         main_pipeline(TrainConfig(train_data=str(bad), max_steps=2))
     parents = _runs("pipeline")
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
-    report = json.loads(Path(_client().download_artifacts(parents[0].info.run_id, "validation_report.json"))
-                        .read_text(encoding="utf-8"))
+    report = json.loads(
+        Path(_client().download_artifacts(parents[0].info.run_id, "validation_report.json")).read_text(encoding="utf-8")
+    )
     assert report["success"] is False
     assert _runs("train") == []
     [child] = _children(parents[0].info.run_id)
@@ -134,10 +136,19 @@ def neox_model(tmp_path):
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir())
     torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(GPTNeoXConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    model = GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=1024,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
     out = tmp_path / "tiny-neox"
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -190,8 +201,13 @@ def test_main_forwards_filters_sample_and_limit_to_evaluation(tracking, capsys):
     assert "[jmed] evaluate tiny adapter of train run" in out
     assert "[jmed] train tiny (igakuqa): finished step 2 of 2\n  final loss  " in out
     assert "  tokens/s    " in out and "  adapter     runs:/" in out
-    assert out.count("questions   6 evaluated of 20 in the data; 1 left out: --five-choices (not 5 choices); "
-                     "13 left out: not in --sample 6") == 2, out
+    assert (
+        out.count(
+            "questions   6 evaluated of 20 in the data; 1 left out: --five-choices (not 5 choices); "
+            "13 left out: not in --sample 6"
+        )
+        == 2
+    ), out
     assert "[jmed] promote jmed-tiny: v1 is the new champion: no champion yet" in out
     assert "model                    eval run      accuracy  exam score  unparsed  pass" in out
     assert "champion: this pipeline's adapter (models:/jmed-tiny@champion)" in out
@@ -233,8 +249,9 @@ def test_mlflow_ui_rest_api_shows_the_parent_run_named_described_and_linked_to_i
         assert mv["run_id"] == tags["jmed.eval_run"]  # the evaluate run's page lists this version
         assert mv["description"].startswith("LoRA adapter for base model tiny")
         assert "Promoted to champion: the first one of this model." in mv["description"]
-        found = requests.get(f"{api}/model-versions/search", params={"filter": f"run_id='{tags['jmed.eval_run']}'"},
-                             timeout=30)
+        found = requests.get(
+            f"{api}/model-versions/search", params={"filter": f"run_id='{tags['jmed.eval_run']}'"}, timeout=30
+        )
         assert [v["version"] for v in found.json()["model_versions"]] == [version]
         model = requests.get(f"{api}/registered-models/get", params={"name": name}, timeout=30).json()
         assert "--evaluation" in model["registered_model"]["description"]

@@ -1,4 +1,5 @@
 """The README's two commands: what `make demo` and `make test` run, and the demo itself, for real."""
+
 import os
 import subprocess
 import sys
@@ -18,8 +19,14 @@ def test_readme_starts_with_the_two_commands():
 @pytest.mark.parametrize("target,expected", [("demo", "-m jmed.demo"), ("test", "-m pytest")])
 def test_make_targets_install_then_run(target, expected):
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under make test
-    out = subprocess.run(["make", "-n", "-B", "--no-print-directory", target], cwd=ROOT, env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["make", "-n", "-B", "--no-print-directory", target],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     lines = out.strip().splitlines()
     install = [i for i, line in enumerate(lines) if "pip install -q -e '.[test]'" in line]
     assert "-m venv .venv" in out and "torch==2.13.0" in out and install
@@ -42,8 +49,9 @@ def _processes_with(marker: str) -> list[int]:
 def test_demo_runs_pipeline_serves_champion_and_stops_server(tmp_path):
     uri = f"sqlite:///{tmp_path / 'demo.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    proc = subprocess.run([sys.executable, "-m", "jmed.demo"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jmed.demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "no medical skill" in out

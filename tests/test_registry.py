@@ -1,4 +1,5 @@
 """Promotion: the pure decision (table-driven), then the real registry on a real sqlite store."""
+
 import pytest
 from conftest import private_store
 
@@ -20,41 +21,150 @@ def champ(version, run, train, metric, evaluation=E1):
 CASES = [
     ("nothing", [], None, 0, "none", None, False, "no evaluated adapter"),
     ("no metric", [cand("e1", "t1", None)], None, 0, "none", None, False, "without metric"),
-    ("first champion", [cand("e1", "t1", 0.4), cand("e2", "t2", 0.6)], None, 0,
-     "promote", "e2", True, "no champion yet"),
-    ("first champion already registered", [cand("e1", "t1", 0.6, version="3")], None, 0,
-     "promote", "e1", False, "no champion yet"),
-    ("tie -> secondary", [cand("e1", "t1", 0.5, 0.7, t=2), cand("e2", "t2", 0.5, 0.8, t=1)], None, 0,
-     "promote", "e2", True, "tie"),
-    ("tie on both -> newer", [cand("e1", "t1", 0.5, 0.7, t=1), cand("e2", "t2", 0.5, 0.7, t=2)], None, 0,
-     "promote", "e2", True, "tie"),
-    ("no champion: newest evaluation wins the comparison set",
-     [cand("e1", "t1", 0.9, t=1, evaluation=E2), cand("e2", "t2", 0.3, t=5)], None, 0,
-     "promote", "e2", True, "another evaluation"),
-    ("better candidate", [cand("e1", "t1", 0.4), cand("e2", "t2", 0.6)], champ("1", "e1", "t1", 0.4), 0,
-     "promote", "e2", True, "beats champion v1"),
-    ("champion already best (idempotent)", [cand("e1", "t1", 0.6, version="1"), cand("e2", "t2", 0.4)],
-     champ("1", "e1", "t1", 0.6), 0, "keep", "e1", False, "already the best"),
-    ("equal metric does not move", [cand("e1", "t1", 0.6, 0.1), cand("e2", "t2", 0.6, 0.9)],
-     champ("1", "e1", "t1", 0.6), 0, "keep", "e2", True, "does not beat"),
-    ("within min_delta", [cand("e1", "t1", 0.5), cand("e2", "t2", 0.55)], champ("1", "e1", "t1", 0.5), 0.1,
-     "keep", "e2", True, "min_delta 0.1"),
-    ("beyond min_delta", [cand("e1", "t1", 0.5), cand("e2", "t2", 0.65)], champ("1", "e1", "t1", 0.5), 0.1,
-     "promote", "e2", True, "> min_delta 0.1"),
-    ("worse registered candidate", [cand("e2", "t2", 0.3, version="2")], champ("1", "e1", "t1", 0.5), 0,
-     "keep", "e2", False, "does not beat"),
-    ("candidates only on another evaluation: not compared, the switch named", [cand("e2", "t2", 0.99, evaluation=E2)],
-     champ("1", "e1", "t1", 0.1), 0, "keep", None, False, "`jmed promote --evaluation e2`"),
-    ("other-evaluation candidates ignored",
-     [cand("e2", "t2", 0.99, evaluation=E2), cand("e3", "t3", 0.2)], champ("1", "e1", "t1", 0.3), 0,
-     "keep", "e3", True, "1 candidate(s) evaluated on another evaluation"),
-    ("registered candidate promoted without re-registering", [cand("e2", "t2", 0.8, version="2")],
-     champ("1", "e1", "t1", 0.5), 0, "promote", "e2", False, "beats champion v1"),
+    (
+        "first champion",
+        [cand("e1", "t1", 0.4), cand("e2", "t2", 0.6)],
+        None,
+        0,
+        "promote",
+        "e2",
+        True,
+        "no champion yet",
+    ),
+    (
+        "first champion already registered",
+        [cand("e1", "t1", 0.6, version="3")],
+        None,
+        0,
+        "promote",
+        "e1",
+        False,
+        "no champion yet",
+    ),
+    (
+        "tie -> secondary",
+        [cand("e1", "t1", 0.5, 0.7, t=2), cand("e2", "t2", 0.5, 0.8, t=1)],
+        None,
+        0,
+        "promote",
+        "e2",
+        True,
+        "tie",
+    ),
+    (
+        "tie on both -> newer",
+        [cand("e1", "t1", 0.5, 0.7, t=1), cand("e2", "t2", 0.5, 0.7, t=2)],
+        None,
+        0,
+        "promote",
+        "e2",
+        True,
+        "tie",
+    ),
+    (
+        "no champion: newest evaluation wins the comparison set",
+        [cand("e1", "t1", 0.9, t=1, evaluation=E2), cand("e2", "t2", 0.3, t=5)],
+        None,
+        0,
+        "promote",
+        "e2",
+        True,
+        "another evaluation",
+    ),
+    (
+        "better candidate",
+        [cand("e1", "t1", 0.4), cand("e2", "t2", 0.6)],
+        champ("1", "e1", "t1", 0.4),
+        0,
+        "promote",
+        "e2",
+        True,
+        "beats champion v1",
+    ),
+    (
+        "champion already best (idempotent)",
+        [cand("e1", "t1", 0.6, version="1"), cand("e2", "t2", 0.4)],
+        champ("1", "e1", "t1", 0.6),
+        0,
+        "keep",
+        "e1",
+        False,
+        "already the best",
+    ),
+    (
+        "equal metric does not move",
+        [cand("e1", "t1", 0.6, 0.1), cand("e2", "t2", 0.6, 0.9)],
+        champ("1", "e1", "t1", 0.6),
+        0,
+        "keep",
+        "e2",
+        True,
+        "does not beat",
+    ),
+    (
+        "within min_delta",
+        [cand("e1", "t1", 0.5), cand("e2", "t2", 0.55)],
+        champ("1", "e1", "t1", 0.5),
+        0.1,
+        "keep",
+        "e2",
+        True,
+        "min_delta 0.1",
+    ),
+    (
+        "beyond min_delta",
+        [cand("e1", "t1", 0.5), cand("e2", "t2", 0.65)],
+        champ("1", "e1", "t1", 0.5),
+        0.1,
+        "promote",
+        "e2",
+        True,
+        "> min_delta 0.1",
+    ),
+    (
+        "worse registered candidate",
+        [cand("e2", "t2", 0.3, version="2")],
+        champ("1", "e1", "t1", 0.5),
+        0,
+        "keep",
+        "e2",
+        False,
+        "does not beat",
+    ),
+    (
+        "candidates only on another evaluation: not compared, the switch named",
+        [cand("e2", "t2", 0.99, evaluation=E2)],
+        champ("1", "e1", "t1", 0.1),
+        0,
+        "keep",
+        None,
+        False,
+        "`jmed promote --evaluation e2`",
+    ),
+    (
+        "other-evaluation candidates ignored",
+        [cand("e2", "t2", 0.99, evaluation=E2), cand("e3", "t3", 0.2)],
+        champ("1", "e1", "t1", 0.3),
+        0,
+        "keep",
+        "e3",
+        True,
+        "1 candidate(s) evaluated on another evaluation",
+    ),
+    (
+        "registered candidate promoted without re-registering",
+        [cand("e2", "t2", 0.8, version="2")],
+        champ("1", "e1", "t1", 0.5),
+        0,
+        "promote",
+        "e2",
+        False,
+        "beats champion v1",
+    ),
 ]
 
 
-@pytest.mark.parametrize("name,cands,champion,min_delta,action,run,register,reason", CASES,
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name,cands,champion,min_delta,action,run,register,reason", CASES, ids=[c[0] for c in CASES])
 def test_decide(name, cands, champion, min_delta, action, run, register, reason):
     d = decide(cands, champion, "eval/accuracy", min_delta)
     assert d.action == action
@@ -67,13 +177,27 @@ def test_decide(name, cands, champion, min_delta, action, run, register, reason)
 # Ranked on a declared evaluation (E2) while the champion v1 was first measured on E1:
 # (name, candidates, expected action, expected candidate, reason part)
 SWITCH_CASES = [
-    ("champion re-evaluated there and beaten",
-     [cand("e1", "t1", 0.9), cand("e1b", "t1", 0.3, evaluation=E2), cand("e2", "t2", 0.5, evaluation=E2)],
-     "promote", "e2", "beats champion v1 (0.3)"),
-    ("champion re-evaluated there and still best",
-     [cand("e1b", "t1", 0.6, evaluation=E2), cand("e2", "t2", 0.5, evaluation=E2)], "keep", "e1b", "already the best"),
-    ("champion not evaluated there: not compared blindly",
-     [cand("e2", "t2", 0.99, evaluation=E2)], "keep", None, "`jmed promote --evaluation <an eval run on that data>`"),
+    (
+        "champion re-evaluated there and beaten",
+        [cand("e1", "t1", 0.9), cand("e1b", "t1", 0.3, evaluation=E2), cand("e2", "t2", 0.5, evaluation=E2)],
+        "promote",
+        "e2",
+        "beats champion v1 (0.3)",
+    ),
+    (
+        "champion re-evaluated there and still best",
+        [cand("e1b", "t1", 0.6, evaluation=E2), cand("e2", "t2", 0.5, evaluation=E2)],
+        "keep",
+        "e1b",
+        "already the best",
+    ),
+    (
+        "champion not evaluated there: not compared blindly",
+        [cand("e2", "t2", 0.99, evaluation=E2)],
+        "keep",
+        None,
+        "`jmed promote --evaluation <an eval run on that data>`",
+    ),
 ]
 
 
@@ -107,8 +231,9 @@ def store(tmp_path_factory):
         runs = {}
         for key, steps in (("A", 1), ("B", 30)):
             train_run = train(TrainConfig(max_steps=steps, learning_rate=1e-2))
-            eval_run = evaluate(EvalConfig(adapter=train_run, eval_data=str(SAMPLE_TRAIN), compare_base=False,
-                                           max_new_tokens=4))
+            eval_run = evaluate(
+                EvalConfig(adapter=train_run, eval_data=str(SAMPLE_TRAIN), compare_base=False, max_new_tokens=4)
+            )
             acc = mlflow.get_run(eval_run).data.metrics["eval/accuracy"]
             runs[key] = {"train": train_run, "eval": eval_run, "accuracy": acc}
         assert runs["A"]["accuracy"] < runs["B"]["accuracy"], runs  # B learned; A did not
@@ -143,8 +268,12 @@ def state():
 def promote_runs():
     import mlflow
 
-    return mlflow.search_runs(search_all_experiments=True, filter_string="tags.`jmed.step` = 'promote'",
-                              order_by=["attributes.start_time DESC"], output_format="list")
+    return mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string="tags.`jmed.step` = 'promote'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
 
 
 @pytest.mark.slow
@@ -188,9 +317,24 @@ def test_promote_registers_the_better_adapter_and_is_idempotent(store):
     # again, through the MLproject entry point: nothing changes
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     repo = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "run", str(repo), "-e", "promote",
-                           "--env-manager", "local", "-P", "base_model=tiny"],
-                          env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "run",
+            str(repo),
+            "-e",
+            "promote",
+            "--env-manager",
+            "local",
+            "-P",
+            "base_model=tiny",
+        ],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert state() == ("1", None, {"1": runs["B"]["train"]})
     latest = promote_runs()[0]
@@ -209,8 +353,9 @@ def test_champion_on_other_evaluation_is_not_compared_blindly(store):
     fresh_registry()
     promote("tiny", eval_runs=[runs["A"]["eval"]])
     assert state() == ("1", None, {"1": runs["A"]["train"]})
-    other = evaluate(EvalConfig(adapter=runs["B"]["train"], eval_data=str(SAMPLE_TEST), compare_base=False,
-                                max_new_tokens=4))
+    other = evaluate(
+        EvalConfig(adapter=runs["B"]["train"], eval_data=str(SAMPLE_TEST), compare_base=False, max_new_tokens=4)
+    )
     [rec] = promote("tiny", eval_runs=[other])
     assert rec["action"] == "keep" and rec["champion_version"] == "1"
     # the message names the command that makes the comparison possible
@@ -250,14 +395,18 @@ def test_promote_switches_the_ranking_evaluation_and_reevaluates_the_champion_on
     assert state()[0] == "1" and state()[2]["1"] == runs["B"]["train"]
     client = MlflowClient()
     on_train = json.loads(client.get_registered_model(NAME).tags[EVALUATION_TAG])
-    other = evaluate(EvalConfig(adapter=runs["A"]["train"], eval_data=str(SAMPLE_TEST), compare_base=False,
-                                max_new_tokens=4))
+    other = evaluate(
+        EvalConfig(adapter=runs["A"]["train"], eval_data=str(SAMPLE_TEST), compare_base=False, max_new_tokens=4)
+    )
     params = client.get_run(other).data.params
 
     def champion_runs_on_test():
-        return [r for r in tracking.evaluate_runs(client, adapters_only=True)
-                if r.data.tags[tracking.ADAPTER_RUN_TAG] == runs["B"]["train"]
-                and r.data.params["eval_data_digest"] == params["eval_data_digest"]]
+        return [
+            r
+            for r in tracking.evaluate_runs(client, adapters_only=True)
+            if r.data.tags[tracking.ADAPTER_RUN_TAG] == runs["B"]["train"]
+            and r.data.params["eval_data_digest"] == params["eval_data_digest"]
+        ]
 
     before = len(champion_runs_on_test())  # an earlier test of this module may have evaluated B there
     [rec] = promote("tiny", evaluation=other)
@@ -286,13 +435,23 @@ def test_two_concurrent_promote_processes_never_leave_the_worse_champion(store):
     fresh_registry()
     env = dict(os.environ)
     # each process pauses 3 s between reading the state (decide) and applying it: a wide race window
-    code = ("import sys, time; from jmed import registry; decide = registry.decide\n"
-            "registry.decide = lambda *a, **k: (time.sleep(3), decide(*a, **k))[1]\n"
-            "registry.promote('tiny', eval_runs=[sys.argv[1]])")
+    code = (
+        "import sys, time; from jmed import registry; decide = registry.decide\n"
+        "registry.decide = lambda *a, **k: (time.sleep(3), decide(*a, **k))[1]\n"
+        "registry.promote('tiny', eval_runs=[sys.argv[1]])"
+    )
     procs = []
     for key in ("B", "A"):
-        procs.append(subprocess.Popen([sys.executable, "-c", code, runs[key]["eval"]], env=env, cwd=root,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code, runs[key]["eval"]],
+                env=env,
+                cwd=root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
         time.sleep(1.0)
     outs = [p.communicate(timeout=300)[0] for p in procs]
     print("\n".join(line for o in outs for line in o.splitlines() if "jmed-tiny" in line or line.startswith("  -")))

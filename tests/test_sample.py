@@ -2,6 +2,7 @@
 
 Uses only json and pathlib so it does not depend on jmed.data.
 """
+
 import json
 import re
 from collections import Counter
@@ -99,10 +100,24 @@ def test_feature_counts():
             "kinki": sum(bool(META[q["problem_id"]]["kinki"]) for q in qs),
         }
 
-    assert count(TRAIN) == {"single": 35, "two": 7, "three": 2, "image": 3, "numeric": 0,
-                            "points": {"1": 34, "3": 9, "0": 1}, "kinki": 8}
-    assert count(TEST) == {"single": 14, "two": 3, "three": 2, "image": 2, "numeric": 1,
-                           "points": {"1": 16, "3": 3, "0": 1}, "kinki": 2}
+    assert count(TRAIN) == {
+        "single": 35,
+        "two": 7,
+        "three": 2,
+        "image": 3,
+        "numeric": 0,
+        "points": {"1": 34, "3": 9, "0": 1},
+        "kinki": 8,
+    }
+    assert count(TEST) == {
+        "single": 14,
+        "two": 3,
+        "three": 2,
+        "image": 2,
+        "numeric": 1,
+        "points": {"1": 16, "3": 3, "0": 1},
+        "kinki": 2,
+    }
     assert sum(int(q["points"]) for q in TRAIN) == 61
     assert sum(int(q["points"]) for q in TEST) == 25
     numeric = [q for q in ALL if not q["choices"]]

@@ -1,4 +1,5 @@
 """Trust boundaries: nothing read from the tracking store runs as code."""
+
 import os
 import pickle
 import re
@@ -31,8 +32,11 @@ def test_resume_refuses_a_planted_pickle_and_runs_nothing(tracking, tmp_path):
     planted = tmp_path / "optimizer.pt"
     planted.write_bytes(pickle.dumps(Payload()))
     client.log_artifact(stopped, str(planted), "checkpoints/step-000003")
-    with pytest.raises(TrainError, match=r"step-000003: it holds pickled state \(optimizer\.pt\), which jmed never "
-                                         r"loads"):
+    with pytest.raises(
+        TrainError,
+        match=r"step-000003: it holds pickled state \(optimizer\.pt\), which jmed never "
+        r"loads",
+    ):
         train(TrainConfig(resume_from=stopped))
     assert not MARKER.exists()  # nothing was unpickled
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -50,8 +54,15 @@ def test_checkpoint_state_holds_only_safetensors_and_json(tracking):
 
 # Source rule: no deserialisation of code and no shell in the package (comments and strings included,
 # so that a future use cannot hide). `.eval()` (torch's eval mode) is a method call, not the builtin.
-FORBIDDEN = [r"\bpickle\b", r"\bcloudpickle\b", r"weights_only\s*=\s*False", r"(?<![\w.])eval\(",
-             r"(?<![\w.])exec\(", r"shell\s*=\s*True", r"\btorch\.load\("]
+FORBIDDEN = [
+    r"\bpickle\b",
+    r"\bcloudpickle\b",
+    r"weights_only\s*=\s*False",
+    r"(?<![\w.])eval\(",
+    r"(?<![\w.])exec\(",
+    r"shell\s*=\s*True",
+    r"\btorch\.load\(",
+]
 
 
 def test_package_source_has_no_pickle_eval_exec_or_shell():
@@ -63,6 +74,7 @@ def test_package_source_has_no_pickle_eval_exec_or_shell():
 
 
 # ---- artifacts are data, never policy ---------------------------------------------------------------
+
 
 def test_resume_never_takes_trust_remote_code_from_the_checkpoint():
     from jmed.config import flat
@@ -82,12 +94,14 @@ def test_a_path_in_an_mlmodel_file_cannot_leave_the_download_folder(tmp_path):
     model.mkdir()
     for path in ("../elsewhere/adapter", str(outside / "adapter")):
         (model / "MLmodel").write_text(
-            f"flavors:\n  python_function:\n    artifacts:\n      adapter:\n        path: {path}\n")
+            f"flavors:\n  python_function:\n    artifacts:\n      adapter:\n        path: {path}\n"
+        )
         with pytest.raises(ValueError, match="(leaves the artifact folder|is not a relative path)"):
             _pyfunc_artifact(model, "adapter", "models:/x/1")
     (model / "artifacts" / "adapter").mkdir(parents=True)
-    (model / "MLmodel").write_text("flavors:\n  python_function:\n    artifacts:\n      adapter:\n"
-                                   "        path: artifacts/adapter\n")
+    (model / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    artifacts:\n      adapter:\n        path: artifacts/adapter\n"
+    )
     assert _pyfunc_artifact(model, "adapter", "models:/x/1") == (model / "artifacts" / "adapter").resolve()
 
 
@@ -104,8 +118,11 @@ def test_reproduce_refuses_trust_remote_code_from_a_tampered_adapter(tracking, c
     version = mlflow.MlflowClient().get_model_version_by_alias("jmed-tiny", "champion")
     train_run = version.tags["jmed.train_run"]
     # tamper with the stored artifact in place (a file store: the artifact folder of the train run)
-    meta_path = Path(mlflow.MlflowClient().get_run(train_run).info.artifact_uri.removeprefix("file://")) / \
-        "adapter" / "jmed.json"
+    meta_path = (
+        Path(mlflow.MlflowClient().get_run(train_run).info.artifact_uri.removeprefix("file://"))
+        / "adapter"
+        / "jmed.json"
+    )
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta["config"]["trust_remote_code"] = "true"
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
@@ -114,6 +131,7 @@ def test_reproduce_refuses_trust_remote_code_from_a_tampered_adapter(tracking, c
 
 
 # ---- no secret on the terminal or in the store ------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_a_password_in_the_tracking_uri_is_never_printed_or_logged(tmp_path):
@@ -133,13 +151,32 @@ def test_a_password_in_the_tracking_uri_is_never_printed_or_logged(tmp_path):
     secret = "s3cretPW-4711"
     port = free_port()
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     server = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        [
+            str(bin_dir / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while True:
@@ -153,14 +190,24 @@ def test_a_password_in_the_tracking_uri_is_never_printed_or_logged(tmp_path):
         uri = f"http://alice:{secret}@127.0.0.1:{port}"
         work = tmp_path / "work"
         work.mkdir()
-        res = subprocess.run([str(bin_dir / "jmed"), "pipeline", "--max-steps", "2", "--batch-size", "4",
-                              "--sample", "4"], cwd=work, env={**env, "MLFLOW_TRACKING_URI": uri},
-                             capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            [str(bin_dir / "jmed"), "pipeline", "--max-steps", "2", "--batch-size", "4", "--sample", "4"],
+            cwd=work,
+            env={**env, "MLFLOW_TRACKING_URI": uri},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         assert secret not in res.stdout + res.stderr
-        bad = subprocess.run([str(bin_dir / "jmed"), "evaluate", "--adapter", "runs:/" + "0" * 32 + "/adapter"],
-                             cwd=work, env={**env, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True,
-                             timeout=300)
+        bad = subprocess.run(
+            [str(bin_dir / "jmed"), "evaluate", "--adapter", "runs:/" + "0" * 32 + "/adapter"],
+            cwd=work,
+            env={**env, "MLFLOW_TRACKING_URI": uri},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert bad.returncode != 0 and "alice:***@" in bad.stdout + bad.stderr
         assert secret not in bad.stdout + bad.stderr
         client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
@@ -178,6 +225,7 @@ def test_a_password_in_the_tracking_uri_is_never_printed_or_logged(tmp_path):
 
 # ---- every step validates what it reads ---------------------------------------------------------------
 
+
 def _bad_questions(tmp_path) -> Path:
     """A file `jmed validate` rejects: 「2つ選べ」 with one answer, a blank choice, 30 choices, and a
     50 MB points value."""
@@ -185,14 +233,38 @@ def _bad_questions(tmp_path) -> Path:
 
     stem = "次のうち正しいのはどれか。2つ選べ。"
     rows = [
-        {"problem_id": "990A1", "problem_text": stem, "choices": ["甲", "乙", "丙", "丁", "戊"], "text_only": True,
-         "answer": ["a"], "points": "1"},
-        {"problem_id": "990A2", "problem_text": "どれか。", "choices": ["甲", " ", "丙", "丁", "戊"],
-         "text_only": True, "answer": ["a"], "points": "1"},
-        {"problem_id": "990A3", "problem_text": "どれか。", "choices": [f"選択肢{i}" for i in range(30)],
-         "text_only": True, "answer": ["a"], "points": "1"},
-        {"problem_id": "990A4", "problem_text": "どれか。", "choices": ["甲", "乙", "丙", "丁", "戊"],
-         "text_only": True, "answer": ["a"], "points": "x" * 50_000_000},
+        {
+            "problem_id": "990A1",
+            "problem_text": stem,
+            "choices": ["甲", "乙", "丙", "丁", "戊"],
+            "text_only": True,
+            "answer": ["a"],
+            "points": "1",
+        },
+        {
+            "problem_id": "990A2",
+            "problem_text": "どれか。",
+            "choices": ["甲", " ", "丙", "丁", "戊"],
+            "text_only": True,
+            "answer": ["a"],
+            "points": "1",
+        },
+        {
+            "problem_id": "990A3",
+            "problem_text": "どれか。",
+            "choices": [f"選択肢{i}" for i in range(30)],
+            "text_only": True,
+            "answer": ["a"],
+            "points": "1",
+        },
+        {
+            "problem_id": "990A4",
+            "problem_text": "どれか。",
+            "choices": ["甲", "乙", "丙", "丁", "戊"],
+            "text_only": True,
+            "answer": ["a"],
+            "points": "x" * 50_000_000,
+        },
     ]
     path = tmp_path / "990-A.jsonl"
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
@@ -210,9 +282,12 @@ def test_train_evaluate_score_and_predict_refuse_what_validate_rejects(tracking,
     pred.write_text('{"problem_id": "990A1", "prediction": "a"}\n', encoding="utf-8")
     loaded = []
     monkeypatch.setattr(models, "load_base", lambda *a, **k: loaded.append(a) or (_ for _ in ()).throw(AssertionError))
-    for args in (["train", "--train-data", str(bad)], ["evaluate", "--eval-data", str(bad)],
-                 ["score", "--data", str(bad), "--predictions", str(pred)],
-                 ["predict", "--model-uri", "models:/none/1", str(bad)]):
+    for args in (
+        ["train", "--train-data", str(bad)],
+        ["evaluate", "--eval-data", str(bad)],
+        ["score", "--data", str(bad), "--predictions", str(pred)],
+        ["predict", "--model-uri", "models:/none/1", str(bad)],
+    ):
         res = CliRunner().invoke(main, args)
         out = res.output
         assert res.exit_code == 1, (args, out[-500:])
@@ -230,8 +305,14 @@ def test_json_output_is_always_valid_json_and_infinite_points_are_errors(tmp_pat
     from jmed.cli import main, strict_json
 
     assert json.loads(strict_json({"a": float("nan"), "b": [float("inf"), 1.5]})) == {"a": None, "b": [None, 1.5]}
-    q = {"problem_id": "990A1", "problem_text": "どれか。", "choices": ["甲", "乙", "丙", "丁", "戊"],
-         "text_only": True, "answer": ["a"], "points": "Infinity"}
+    q = {
+        "problem_id": "990A1",
+        "problem_text": "どれか。",
+        "choices": ["甲", "乙", "丙", "丁", "戊"],
+        "text_only": True,
+        "answer": ["a"],
+        "points": "Infinity",
+    }
     data = tmp_path / "990-A.jsonl"
     data.write_text(json.dumps(q, ensure_ascii=False) + "\n", encoding="utf-8")
     pred = tmp_path / "pred.jsonl"
@@ -245,6 +326,7 @@ def test_json_output_is_always_valid_json_and_infinite_points_are_errors(tmp_pat
 
 
 # ---- the promotion lease on a remote store --------------------------------------------------------------
+
 
 def _as_remote(monkeypatch):
     from jmed.registry import lease
@@ -266,7 +348,9 @@ def test_a_lease_whose_holder_is_gone_is_broken_at_once(tracking, monkeypatch):
     client.create_registered_model("jmed-x")
     dead = subprocess.Popen(["true"])
     dead.wait()
-    client.set_registered_model_tag("jmed-x", LEASE_TAG, f"abc {time.time() + 600:.0f} {socket.gethostname()} {dead.pid}")
+    client.set_registered_model_tag(
+        "jmed-x", LEASE_TAG, f"abc {time.time() + 600:.0f} {socket.gethostname()} {dead.pid}"
+    )
     with promote_lock(client, "jmed-x", timeout=30) as how:  # the dead holder's lease runs 600 s
         assert how == f"lease tag {LEASE_TAG} on jmed-x"
         assert client.get_registered_model("jmed-x").tags[LEASE_TAG].endswith(f"{socket.gethostname()} {os.getpid()}")
@@ -274,12 +358,16 @@ def test_a_lease_whose_holder_is_gone_is_broken_at_once(tracking, monkeypatch):
     # a holder that crashed but is not reaped yet (a zombie of its parent) is gone too
     zombie = subprocess.Popen(["true"])
     os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited; left unreaped
-    client.set_registered_model_tag("jmed-x", LEASE_TAG, f"abc {time.time() + 600:.0f} {socket.gethostname()} {zombie.pid}")
+    client.set_registered_model_tag(
+        "jmed-x", LEASE_TAG, f"abc {time.time() + 600:.0f} {socket.gethostname()} {zombie.pid}"
+    )
     with promote_lock(client, "jmed-x", timeout=30) as how:
         assert how == f"lease tag {LEASE_TAG} on jmed-x"
     zombie.wait()
     # a live holder (this process, another token) is respected until the timeout
-    client.set_registered_model_tag("jmed-x", LEASE_TAG, f"abc {time.time() + 600:.0f} {socket.gethostname()} {os.getpid()}")
+    client.set_registered_model_tag(
+        "jmed-x", LEASE_TAG, f"abc {time.time() + 600:.0f} {socket.gethostname()} {os.getpid()}"
+    )
     with pytest.raises(TimeoutError, match="held by abc"):
         with promote_lock(client, "jmed-x", timeout=1):
             pass
@@ -312,11 +400,14 @@ def test_a_terminated_step_ends_killed_not_running(tracking, tmp_path, signame):
 
     from mlflow import MlflowClient
 
-    code = ("import time; from jmed import cli, tracking\n"
-            "cli.handle_signals()\n"
-            "with tracking.step_run('promote'):\n    print('started', flush=True); time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env={**os.environ})
+    code = (
+        "import time; from jmed import cli, tracking\n"
+        "cli.handle_signals()\n"
+        "with tracking.step_run('promote'):\n    print('started', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path, env={**os.environ}
+    )
     assert proc.stdout.readline().strip() == "started"
     sig = getattr(signal, signame)
     proc.send_signal(sig)
@@ -331,8 +422,14 @@ def test_a_50mb_stem_is_named_not_echoed_in_the_report(tmp_path):
 
     from jmed import checks
 
-    row = {"problem_id": "990A1", "problem_text": "x" * 50_000_000, "choices": ["甲", "乙", "丙", "丁", "戊"],
-           "text_only": True, "answer": ["a"], "points": "1"}
+    row = {
+        "problem_id": "990A1",
+        "problem_text": "x" * 50_000_000,
+        "choices": ["甲", "乙", "丙", "丁", "戊"],
+        "text_only": True,
+        "answer": ["a"],
+        "points": "1",
+    }
     data = tmp_path / "990-A.jsonl"
     data.write_text(json.dumps(row) + "\n", encoding="utf-8")
     report = checks.validate([str(data)])
@@ -357,13 +454,18 @@ def test_runs_of_dead_processes_are_reaped_and_nothing_else(tracking, tmp_path):
 
     from jmed.cli import main
 
-    code = ("import time; from jmed import tracking\n"
-            "with tracking.step_run('promote'):\n    print('started', flush=True); time.sleep(120)\n")
+    code = (
+        "import time; from jmed import tracking\n"
+        "with tracking.step_run('promote'):\n    print('started', flush=True); time.sleep(120)\n"
+    )
     procs = []
     try:
         for _ in range(2):  # one after the other: two processes creating one SQLite store race
-            procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                                          cwd=tmp_path, env={**os.environ}))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path, env={**os.environ}
+                )
+            )
             assert procs[-1].stdout.readline().strip() == "started"
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(30)
@@ -400,10 +502,23 @@ def test_a_tracking_server_restart_mid_training_loses_nothing(tmp_path):
     port, db = free_port(), f"sqlite:///{tmp_path / 'server.db'}"
     server, _ = start_tracking_server(db, tmp_path / "artifacts", port, log_path=tmp_path / "server.log")
     uri = f"http://127.0.0.1:{port}"
-    train = subprocess.Popen([str(Path(sys.executable).parent / "jmed"), "train", "--max-steps", "300",
-                              "--batch-size", "2", "--max-length", "128"], cwd=tmp_path,
-                             env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    train = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "jmed"),
+            "train",
+            "--max-steps",
+            "300",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "128",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         client = MlflowClient(uri)
         deadline = time.time() + 300

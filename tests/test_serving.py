@@ -1,4 +1,5 @@
 """The served model: input checks, then a real `mlflow models serve` process answering HTTP requests."""
+
 import json
 import os
 import shutil
@@ -51,15 +52,18 @@ def test_params():
 
     assert check_params(None, "letter") == ("letter", 0)  # 0: fit each question's answers
     assert check_params({"protocol": "loglik", "max_new_tokens": 4}, "letter") == ("loglik", 4)
-    for params, message in [({"protocol": "vote"}, "param 'protocol' is 'vote'"),
-                            ({"max_new_tokens": -1}, "param 'max_new_tokens' is -1"),
-                            ({"temperature": 1}, "unknown param(s): temperature")]:
+    for params, message in [
+        ({"protocol": "vote"}, "param 'protocol' is 'vote'"),
+        ({"max_new_tokens": -1}, "param 'max_new_tokens' is -1"),
+        ({"temperature": 1}, "unknown param(s): temperature"),
+    ]:
         with pytest.raises(MlflowException, match=message.replace("(", r"\(").replace(")", r"\)")):
             check_params(params, "letter")
     # a generation protocol that cannot read the adapter's answers is refused (it answered "" before)
     assert check_params({"protocol": "loglik"}, "letter", "igakuqa") == ("loglik", 0)
-    with pytest.raises(MlflowException, match="param 'protocol': protocol 'text' cannot read answers of prompt format "
-                                              "'igakuqa'"):
+    with pytest.raises(
+        MlflowException, match="param 'protocol': protocol 'text' cannot read answers of prompt format 'igakuqa'"
+    ):
         check_params({"protocol": "text"}, "letter", "igakuqa")
 
 
@@ -73,23 +77,58 @@ _OK = {"question": "どれか。", "choices": ["甲", "乙", "丙"]}
 HOSTILE = [
     ("no Content-Type", {}, _body({"dataframe_records": [_OK]}), 415, "Content-Type is required"),
     ("text/plain", {"Content-Type": "text/plain"}, _body({"dataframe_records": [_OK]}), 415, "only supports"),
-    ("charset latin-1", {"Content-Type": "application/json; charset=latin-1"}, _body({"dataframe_records": [_OK]}),
-     415, "only supports UTF-8"),
-    ("format parameter", {"Content-Type": "application/json; format=pandas-records"},
-     _body({"dataframe_records": [_OK]}), 415, "Unrecognized content type parameters: format"),
+    (
+        "charset latin-1",
+        {"Content-Type": "application/json; charset=latin-1"},
+        _body({"dataframe_records": [_OK]}),
+        415,
+        "only supports UTF-8",
+    ),
+    (
+        "format parameter",
+        {"Content-Type": "application/json; format=pandas-records"},
+        _body({"dataframe_records": [_OK]}),
+        415,
+        "Unrecognized content type parameters: format",
+    ),
     ("nested 100,000 deep", _JSON, b"[" * 100_000 + b"]" * 100_000, 400, "invalid JSON: nested too deeply"),
-    ("nested 100 deep", _JSON, _body({"dataframe_records": [_OK], "x": json.loads("[" * 99 + "]" * 99)}), 400,
-     "nested 100 levels deep; a request is at most 64"),
-    ("unknown param", _JSON, _body({"dataframe_records": [_OK], "params": {"temperature": 1}}), 400,
-     "unknown param(s): temperature; known: alias, max_new_tokens, protocol, version"),
+    (
+        "nested 100 deep",
+        _JSON,
+        _body({"dataframe_records": [_OK], "x": json.loads("[" * 99 + "]" * 99)}),
+        400,
+        "nested 100 levels deep; a request is at most 64",
+    ),
+    (
+        "unknown param",
+        _JSON,
+        _body({"dataframe_records": [_OK], "params": {"temperature": 1}}),
+        400,
+        "unknown param(s): temperature; known: alias, max_new_tokens, protocol, version",
+    ),
     ("params a list", _JSON, _body({"dataframe_records": [_OK], "params": [1]}), 400, "must be a dictionary"),
-    ("max_new_tokens a string", _JSON, _body({"dataframe_records": [_OK], "params": {"max_new_tokens": "4"}}), 400,
-     "max_new_tokens"),
-    ("max_new_tokens 2000", _JSON, _body({"dataframe_records": [_OK], "params": {"max_new_tokens": 2000}}), 400,
-     "param 'max_new_tokens' is 2000"),
+    (
+        "max_new_tokens a string",
+        _JSON,
+        _body({"dataframe_records": [_OK], "params": {"max_new_tokens": "4"}}),
+        400,
+        "max_new_tokens",
+    ),
+    (
+        "max_new_tokens 2000",
+        _JSON,
+        _body({"dataframe_records": [_OK], "params": {"max_new_tokens": 2000}}),
+        400,
+        "param 'max_new_tokens' is 2000",
+    ),
     ("unknown version", _JSON, _body({"dataframe_records": [_OK], "params": {"version": "99"}}), 400, "99"),
-    ("version and alias", _JSON, _body({"dataframe_records": [_OK], "params": {"version": "1", "alias": "champion"}}),
-     400, "give param 'version' or 'alias', not both"),
+    (
+        "version and alias",
+        _JSON,
+        _body({"dataframe_records": [_OK], "params": {"version": "1", "alias": "champion"}}),
+        400,
+        "give param 'version' or 'alias', not both",
+    ),
     ("invalid JSON", _JSON, b'{"dataframe_records": [{"question": "q", "choices": ["a",', 400, "valid JSON"),
     ("invalid UTF-8", _JSON, b'{"dataframe_records": [{"question": "\xff\xfe", "choices": ["a"]}]}', 400, "valid JSON"),
     ("empty body", _JSON, b"", 400, "valid JSON"),
@@ -99,25 +138,71 @@ HOSTILE = [
     ("two input forms", _JSON, _body({"dataframe_records": [_OK], "instances": [_OK]}), 400, "exactly one"),
     ("records a number", _JSON, _body({"dataframe_records": 5}), 400, "must be a list of records"),
     ("records strings", _JSON, _body({"dataframe_records": ["a", "b"]}), 400, "missing input field(s)"),
-    ("lone surrogate in a question", _JSON, b'{"dataframe_records": [{"question": "\\ud800", "choices": ["a"]}]}',
-     400, "dataframe_records[0].question: not valid Unicode: lone surrogate \\ud800"),
-    ("lone surrogate in a choice", _JSON, b'{"dataframe_records": [{"question": "q", "choices": ["a", "\\udc00"]}]}',
-     400, "choices[1]"),
-    ("NUL in a question", _JSON, _body({"dataframe_records": [{"question": "q\u0000", "choices": ["a"]}]}), 400,
-     "question: contains a NUL character"),
-    ("n_answers 1e400", _JSON, b'{"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": 1e400}]}',
-     400, "record 0: 'n_answers' must be an integer, got inf"),
-    ("n_answers 10**30", _JSON, _body({"dataframe_records": [{**_OK, "n_answers": 10 ** 30}]}), 400,
-     "'n_answers' is 1000000000000000000000000000000; must be between 1 and the 3 choices"),
-    ("split with a missing column", _JSON, _body({"dataframe_split": {"columns": ["question"], "data": [["q", ["a"]]]}}),
-     400, "not a valid dataframe"),
+    (
+        "lone surrogate in a question",
+        _JSON,
+        b'{"dataframe_records": [{"question": "\\ud800", "choices": ["a"]}]}',
+        400,
+        "dataframe_records[0].question: not valid Unicode: lone surrogate \\ud800",
+    ),
+    (
+        "lone surrogate in a choice",
+        _JSON,
+        b'{"dataframe_records": [{"question": "q", "choices": ["a", "\\udc00"]}]}',
+        400,
+        "choices[1]",
+    ),
+    (
+        "NUL in a question",
+        _JSON,
+        _body({"dataframe_records": [{"question": "q\u0000", "choices": ["a"]}]}),
+        400,
+        "question: contains a NUL character",
+    ),
+    (
+        "n_answers 1e400",
+        _JSON,
+        b'{"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": 1e400}]}',
+        400,
+        "record 0: 'n_answers' must be an integer, got inf",
+    ),
+    (
+        "n_answers 10**30",
+        _JSON,
+        _body({"dataframe_records": [{**_OK, "n_answers": 10**30}]}),
+        400,
+        "'n_answers' is 1000000000000000000000000000000; must be between 1 and the 3 choices",
+    ),
+    (
+        "split with a missing column",
+        _JSON,
+        _body({"dataframe_split": {"columns": ["question"], "data": [["q", ["a"]]]}}),
+        400,
+        "not a valid dataframe",
+    ),
     ("inputs a string", _JSON, _body({"inputs": "q"}), 400, "input must be a table of questions"),
     ("chat messages", _JSON, _body({"messages": [{"role": "user", "content": "hi"}]}), 400, "missing input field(s)"),
-    ("question a list", _JSON, _body({"dataframe_records": [{"question": ["q"], "choices": ["a"]}]}), 400,
-     "'question' must be a string, got list"),
-    ("choices nested", _JSON, _body({"dataframe_records": [{"question": "q", "choices": [["a"]]}]}), 400,
-     "choices[0] must be a string, got list"),
-    ("257 questions", _JSON, _body({"dataframe_records": [_OK] * 257}), 400, "257 questions in one request; at most 256"),
+    (
+        "question a list",
+        _JSON,
+        _body({"dataframe_records": [{"question": ["q"], "choices": ["a"]}]}),
+        400,
+        "'question' must be a string, got list",
+    ),
+    (
+        "choices nested",
+        _JSON,
+        _body({"dataframe_records": [{"question": "q", "choices": [["a"]]}]}),
+        400,
+        "choices[0] must be a string, got list",
+    ),
+    (
+        "257 questions",
+        _JSON,
+        _body({"dataframe_records": [_OK] * 257}),
+        400,
+        "257 questions in one request; at most 256",
+    ),
     ("CSV without lists", {"Content-Type": "text/csv"}, b"question,choices\nq,a\n", 400, "'choices' must be a list"),
     ("CSV not UTF-8", {"Content-Type": "text/csv"}, b"\x00\xff\n,,,\n", 400, "valid UTF-8"),
 ]
@@ -136,8 +221,10 @@ def test_front_refuses_only_what_mlflow_mishandles():
     ok = _body({"dataframe_records": [_OK], "params": {"max_new_tokens": 4}})
     assert _front_refusal("application/json", ok) is None
     assert _front_refusal("application/json; charset=utf-8", ok) is None
-    assert _front_refusal(None, ok) == (415, "Content-Type is required: application/json (or text/csv, "
-                                             "application/x-parquet)")
+    assert _front_refusal(None, ok) == (
+        415,
+        "Content-Type is required: application/json (or text/csv, application/x-parquet)",
+    )
     assert _front_refusal("  ", ok)[0] == 415
     # CSV, Parquet, invalid JSON and non-dict params are MLflow's to answer (it names the problem, 4xx)
     assert _front_refusal("text/csv", b"\x00\xff") is None
@@ -146,17 +233,29 @@ def test_front_refuses_only_what_mlflow_mishandles():
     deep = lambda n: _body({"inputs": [_OK], "x": json.loads("[" * (n - 1) + "]" * (n - 1))})  # noqa: E731
     assert _front_refusal("application/json", deep(64)) is None
     assert _front_refusal("application/json", deep(65)) == (
-        400, "invalid JSON: nested 65 levels deep; a request is at most 64")
+        400,
+        "invalid JSON: nested 65 levels deep; a request is at most 64",
+    )
     assert _front_refusal("application/json", b"[" * 100_000 + b"]" * 100_000) == (
-        400, "invalid JSON: nested too deeply (a request is at most 64 levels of [ or {)")
+        400,
+        "invalid JSON: nested too deeply (a request is at most 64 levels of [ or {)",
+    )
     assert _front_refusal("application/json", _body({"inputs": [_OK], "params": {"max_tokens": 4, "top_p": 1}})) == (
-        400, "unknown param(s): max_tokens, top_p; known: alias, max_new_tokens, protocol, version")
+        400,
+        "unknown param(s): max_tokens, top_p; known: alias, max_new_tokens, protocol, version",
+    )
     assert _front_refusal("application/json", _body({"inputs": [_OK], "params": {"x": 1}}), known=None) == (
-        400, "unknown param(s): x; known: none")
+        400,
+        "unknown param(s): x; known: none",
+    )
     assert _front_refusal("application/json", b'{"inputs": [{"question": "q", "choices": ["a", "\\ud83d"]}]}') == (
-        400, "inputs[0].choices[1]: not valid Unicode: lone surrogate \\ud83d")
+        400,
+        "inputs[0].choices[1]: not valid Unicode: lone surrogate \\ud83d",
+    )
     assert _front_refusal("application/json", _body({"instances": [{"question": "\u0000", "choices": ["a"]}]})) == (
-        400, "instances[0].question: contains a NUL character (\\u0000)")
+        400,
+        "instances[0].question: contains a NUL character (\\u0000)",
+    )
 
 
 def test_front_replays_the_body_to_mlflows_app_and_answers_refusals_itself():
@@ -171,8 +270,10 @@ def test_front_replays_the_body_to_mlflows_app_and_answers_refusals_itself():
         await send({"type": "http.response.body", "body": message["body"]})
 
     def call(method, path, headers, chunks):
-        sent, queue = [], [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
-                           for i, c in enumerate(chunks)]
+        sent, queue = (
+            [],
+            [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)],
+        )
 
         async def receive():
             return queue.pop(0)
@@ -250,12 +351,20 @@ def test_a_version_registered_before_the_package_layout_changed_still_loads(serv
             info = packaging.log_serving_model(adapter_dir)
         version = mlflow.register_model(info.model_uri, "jmed-tiny-old-layout").version
         uri = mlflow.get_tracking_uri()
-    code = ("import json, sys, mlflow, pandas as pd; m = mlflow.pyfunc.load_model('models:/jmed-tiny-old-layout/"
-            f"{version}'); out = m.predict(pd.DataFrame([{{'question': 'どれか。', 'choices': ['甲', '乙', '丙']}}]), "
-            "params={'max_new_tokens': 2}); import jmed; print(json.dumps({'jmed': jmed.__file__, "
-            "'readers': 'jmed.readers' in sys.modules, 'cols': list(out.columns), 'n': len(out)}))")
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    code = (
+        "import json, sys, mlflow, pandas as pd; m = mlflow.pyfunc.load_model('models:/jmed-tiny-old-layout/"
+        f"{version}'); out = m.predict(pd.DataFrame([{{'question': 'どれか。', 'choices': ['甲', '乙', '丙']}}]), "
+        "params={'max_new_tokens': 2}); import jmed; print(json.dumps({'jmed': jmed.__file__, "
+        "'readers': 'jmed.readers' in sys.modules, 'cols': list(out.columns), 'n': len(out)}))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert "/code/jmed/" in got["jmed"] and got["n"] == 1 and "answer" in got["cols"]  # its own code copy ran
@@ -295,8 +404,12 @@ def test_logged_model_is_code_with_pinned_requirements_and_safetensors(served):
     assert f"mlflow=={version('mlflow')}" in reqs and f"peft=={version('peft')}" in reqs
     assert all("==" in r for r in reqs)
     sig = json.loads(mlmodel["signature"]["params"])
-    assert {p["name"]: p["default"] for p in sig} == {"protocol": "letter", "max_new_tokens": 0, "version": "",
-                                                      "alias": ""}
+    assert {p["name"]: p["default"] for p in sig} == {
+        "protocol": "letter",
+        "max_new_tokens": 0,
+        "version": "",
+        "alias": "",
+    }
     assert (local / "input_example.json").exists()
 
 
@@ -317,8 +430,10 @@ def test_predict_offline_and_cli(served, tmp_path):
     assert set(json.loads(ll["raw_output"][0])) == {"a", "b", "c", "d", "e"}
 
     src = tmp_path / "questions.jsonl"
-    src.write_text("\n".join(json.dumps({"id": f"q{i}", **r}, ensure_ascii=False)
-                             for i, r in enumerate(batch(3))) + "\n", encoding="utf-8")
+    src.write_text(
+        "\n".join(json.dumps({"id": f"q{i}", **r}, ensure_ascii=False) for i, r in enumerate(batch(3))) + "\n",
+        encoding="utf-8",
+    )
     res = CliRunner().invoke(main, ["predict", "--model-uri", URI, "--max-new-tokens", "4", str(src)])
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in res.stdout.splitlines()]
@@ -330,13 +445,16 @@ def test_predict_offline_and_cli(served, tmp_path):
     from jmed.data import SAMPLE_TEST, load_questions
 
     qs = load_questions(SAMPLE_TEST)
-    res = CliRunner().invoke(main, ["predict", "--model-uri", URI, "--max-new-tokens", "4", str(SAMPLE_TEST),
-                                    "-o", str(tmp_path / "pred.jsonl")])
+    res = CliRunner().invoke(
+        main,
+        ["predict", "--model-uri", URI, "--max-new-tokens", "4", str(SAMPLE_TEST), "-o", str(tmp_path / "pred.jsonl")],
+    )
     assert res.exit_code == 0, res.output
     preds = [json.loads(x) for x in (tmp_path / "pred.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [p["problem_id"] for p in preds] == [q.id for q in qs if q.choices]
-    res = CliRunner().invoke(main, ["score", "--data", str(SAMPLE_TEST), "--predictions", str(tmp_path / "pred.jsonl"),
-                                    "--json"])
+    res = CliRunner().invoke(
+        main, ["score", "--data", str(SAMPLE_TEST), "--predictions", str(tmp_path / "pred.jsonl"), "--json"]
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert (summary["questions"], summary["missing"]) == (len(qs), sum(1 for q in qs if not q.choices))
@@ -344,8 +462,14 @@ def test_predict_offline_and_cli(served, tmp_path):
     # lines with different optional fields (n_answers on some, id on some): allowed, so no traceback
     mixed = tmp_path / "mixed.jsonl"
     three = batch(3)
-    mixed.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in (
-        {**three[0], "n_answers": 2, "id": "x1"}, three[1], {**three[2], "id": "x3"})) + "\n", encoding="utf-8")
+    mixed.write_text(
+        "\n".join(
+            json.dumps(r, ensure_ascii=False)
+            for r in ({**three[0], "n_answers": 2, "id": "x1"}, three[1], {**three[2], "id": "x3"})
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     res = CliRunner().invoke(main, ["predict", "--model-uri", URI, "--protocol", "loglik", str(mixed)])
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in res.stdout.splitlines()]
@@ -353,8 +477,11 @@ def test_predict_offline_and_cli(served, tmp_path):
     from jmed.metrics import n_select
 
     # loglik picks n_answers choices: given, else 「Nつ選べ」 in the stem
-    assert [len(x["prediction"].split(",")) for x in lines] == [2, n_select(three[1]["question"]),
-                                                                 n_select(three[2]["question"])]
+    assert [len(x["prediction"].split(",")) for x in lines] == [
+        2,
+        n_select(three[1]["question"]),
+        n_select(three[2]["question"]),
+    ]
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "choices": ["a"]}\n{"question": "q", "choices": []}\nnot json\n')
@@ -387,53 +514,96 @@ def test_served_over_http(served, tmp_path):
             ({"dataframe_records": [{"question": "q"}]}, "missing input field(s): choices"),
             ({"dataframe_records": [{"question": "q", "choices": []}]}, "'choices' is empty"),
             # the model sees the raw rows (no input schema to convert them first): record and field named
-            ({"dataframe_records": [{"question": "q", "choices": [1, 2]}]}, "record 0: choices[0] must be a string, got int"),
-            ({"dataframe_records": [{"question": "q", "choices": ["a", 2]}]}, "record 0: choices[1] must be a string, got int"),
-            ({"dataframe_records": [{"question": "q", "choices": [{"a": 1}, "b"]}]},
-             "record 0: choices[0] must be a string, got dict"),
-            ({"dataframe_records": [{"question": "q", "choices": ["a", None]}]},
-             "record 0: choices[1] must be a string, got NoneType"),
-            ({"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": "1"}]},
-             "record 0: 'n_answers' must be an integer, got '1'"),
-            ({"dataframe_records": [{"question": "q", "choices": ["a", "b"], "n_answers": 1.5}]},
-             "record 0: 'n_answers' must be an integer, got 1.5"),
-            ({"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": True}]},
-             "record 0: 'n_answers' must be an integer, got True"),
+            (
+                {"dataframe_records": [{"question": "q", "choices": [1, 2]}]},
+                "record 0: choices[0] must be a string, got int",
+            ),
+            (
+                {"dataframe_records": [{"question": "q", "choices": ["a", 2]}]},
+                "record 0: choices[1] must be a string, got int",
+            ),
+            (
+                {"dataframe_records": [{"question": "q", "choices": [{"a": 1}, "b"]}]},
+                "record 0: choices[0] must be a string, got dict",
+            ),
+            (
+                {"dataframe_records": [{"question": "q", "choices": ["a", None]}]},
+                "record 0: choices[1] must be a string, got NoneType",
+            ),
+            (
+                {"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": "1"}]},
+                "record 0: 'n_answers' must be an integer, got '1'",
+            ),
+            (
+                {"dataframe_records": [{"question": "q", "choices": ["a", "b"], "n_answers": 1.5}]},
+                "record 0: 'n_answers' must be an integer, got 1.5",
+            ),
+            (
+                {"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": True}]},
+                "record 0: 'n_answers' must be an integer, got True",
+            ),
             ({"dataframe_records": [{"question": "q", "choices": ["a"], "foo": 1}]}, "unknown input field(s): foo"),
-            ({"dataframe_records": [{"question": "q", "choices": [str(i) for i in range(27)]}]},
-             "'choices' has 27 entries; at most 26"),
-            ({"dataframe_records": [{"question": "x" * 20001, "choices": ["a"]}]},
-             "'question' has 20001 characters; at most 20000"),
-            ({"dataframe_records": [{"question": "q", "choices": ["y" * 20001]}]},
-             "choices[0] has 20001 characters; at most 20000"),
+            (
+                {"dataframe_records": [{"question": "q", "choices": [str(i) for i in range(27)]}]},
+                "'choices' has 27 entries; at most 26",
+            ),
+            (
+                {"dataframe_records": [{"question": "x" * 20001, "choices": ["a"]}]},
+                "'question' has 20001 characters; at most 20000",
+            ),
+            (
+                {"dataframe_records": [{"question": "q", "choices": ["y" * 20001]}]},
+                "choices[0] has 20001 characters; at most 20000",
+            ),
             ({"dataframe_records": [{"question": 5, "choices": ["a"]}]}, "'question' must be a string, got int"),
-            ({"dataframe_records": [{"question": "q", "choices": "ab"}]}, "'choices' must be a list of strings, got str"),
-            ({"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": "two"}]},
-             "record 0: 'n_answers' must be an integer, got 'two'"),
-            ({"dataframe_records": [{"question": "q", "choices": ["a"]}], "params": {"protocol": "vote"}},
-             "param 'protocol' is 'vote'"),
+            (
+                {"dataframe_records": [{"question": "q", "choices": "ab"}]},
+                "'choices' must be a list of strings, got str",
+            ),
+            (
+                {"dataframe_records": [{"question": "q", "choices": ["a"], "n_answers": "two"}]},
+                "record 0: 'n_answers' must be an integer, got 'two'",
+            ),
+            (
+                {"dataframe_records": [{"question": "q", "choices": ["a"]}], "params": {"protocol": "vote"}},
+                "param 'protocol' is 'vote'",
+            ),
         ]
         for body, message in bad_requests:
             r = requests.post(url, json=body, timeout=60)
             assert 400 <= r.status_code < 500 and message in r.json()["message"], (body, r.status_code, r.text[:300])
         # every request form MLflow documents for pyfunc gives the same answers
-        want = [{**w, "model_version": "1"} for w in
-                model.predict(pd.DataFrame(batch(2)), params={"max_new_tokens": 4}).to_dict("records")]
+        want = [
+            {**w, "model_version": "1"}
+            for w in model.predict(pd.DataFrame(batch(2)), params={"max_new_tokens": 4}).to_dict("records")
+        ]
         two = batch(2)
-        for body in ({"instances": two}, {"inputs": two},
-                     {"inputs": {"question": [r["question"] for r in two], "choices": [r["choices"] for r in two]}},
-                     {"dataframe_split": {"columns": ["question", "choices"],
-                                          "data": [[r["question"], r["choices"]] for r in two]}}):
+        for body in (
+            {"instances": two},
+            {"inputs": two},
+            {"inputs": {"question": [r["question"] for r in two], "choices": [r["choices"] for r in two]}},
+            {
+                "dataframe_split": {
+                    "columns": ["question", "choices"],
+                    "data": [[r["question"], r["choices"]] for r in two],
+                }
+            },
+        ):
             r = requests.post(url, json={**body, "params": {"max_new_tokens": 4}}, timeout=60)
             assert r.status_code == 200 and r.json()["predictions"] == want, (list(body), r.text[:300])
-        r = requests.post(url, data='{"dataframe_records": [{"question": "q", "choices": ["a",',
-                          headers={"Content-Type": "application/json"}, timeout=60)
+        r = requests.post(
+            url,
+            data='{"dataframe_records": [{"question": "q", "choices": ["a",',
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        )
         assert r.status_code == 400 and "valid JSON" in r.json()["message"]
         # the hostile corpus: MLflow's own server answers exactly as `jmed serve` does but for MLFLOW_ITSELF
         got = _answers(url)
         assert {name: got[name][0] for name in MLFLOW_ITSELF} == MLFLOW_ITSELF, got
-        assert {name: got[name][0] for name, *_, status, _ in HOSTILE if name not in MLFLOW_ITSELF} == \
-            {name: status for name, *_, status, _ in HOSTILE if name not in MLFLOW_ITSELF}, got
+        assert {name: got[name][0] for name, *_, status, _ in HOSTILE if name not in MLFLOW_ITSELF} == {
+            name: status for name, *_, status, _ in HOSTILE if name not in MLFLOW_ITSELF
+        }, got
         r = requests.post(url, json={"dataframe_records": batch(1), "params": {"max_new_tokens": 4}}, timeout=60)
         assert r.status_code == 200 and len(r.json()["predictions"]) == 1
     finally:
@@ -453,8 +623,9 @@ def test_base_referenced_not_bundled_and_revision_checked(served, tmp_path):
 
     champion = mlflow.pyfunc.load_model(URI)
     train_run = mlflow.MlflowClient().get_model_version_by_alias("jmed-tiny", "champion").tags["jmed.train_run"]
-    adapter = Path(mlflow.artifacts.download_artifacts(run_id=train_run, artifact_path="adapter",
-                                                       dst_path=str(tmp_path)))
+    adapter = Path(
+        mlflow.artifacts.download_artifacts(run_id=train_run, artifact_path="adapter", dst_path=str(tmp_path))
+    )
     with mlflow.start_run():
         info = log_serving_model(adapter, bundle_base=False)
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
@@ -478,13 +649,15 @@ def test_served_model_uses_its_own_code_copy(served):
     import subprocess
     import sys
 
-    code = ("import mlflow, sys; m = mlflow.pyfunc.load_model(sys.argv[1]); import jmed; print(jmed.__file__)")
+    code = "import mlflow, sys; m = mlflow.pyfunc.load_model(sys.argv[1]); import jmed; print(jmed.__file__)"
     out = subprocess.run([sys.executable, "-c", code, URI], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith(os.path.join("code", "jmed", "__init__.py")), out.stdout
     # so does the model behind `jmed serve`'s front, though the front itself was imported from jmed
-    code = ("import sys, jmed.front; jmed.front.build(sys.argv[1]); "
-            "print(sys.modules['jmed.contract'].__file__, jmed.front.__file__)")
+    code = (
+        "import sys, jmed.front; jmed.front.build(sys.argv[1]); "
+        "print(sys.modules['jmed.contract'].__file__, jmed.front.__file__)"
+    )
     out = subprocess.run([sys.executable, "-c", code, URI], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     serving, front = out.stdout.split()
@@ -507,8 +680,12 @@ def test_jmed_serve_resolves_the_champion_and_answers_every_request_with_its_tru
     with pytest.raises(ValueError, match="registered model jmed-other has no 'champion' alias"):
         champion_uri("other")
     port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "jmed"), "serve", "--port", str(port)],
-                            stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "jmed"), "serve", "--port", str(port)],
+        stdout=open(tmp_path / "serve.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 180
         while True:
@@ -532,12 +709,24 @@ def test_jmed_serve_resolves_the_champion_and_answers_every_request_with_its_tru
         import pandas as pd
 
         two = batch(2)
-        want = [{**w, "model_version": "1"} for w in mlflow.pyfunc.load_model(URI).predict(
-            pd.DataFrame(two), params={"max_new_tokens": 4}).to_dict("records")]
-        for body in ({"dataframe_records": two}, {"instances": two}, {"inputs": two},
-                     {"inputs": {"question": [r["question"] for r in two], "choices": [r["choices"] for r in two]}},
-                     {"dataframe_split": {"columns": ["question", "choices"],
-                                          "data": [[r["question"], r["choices"]] for r in two]}}):
+        want = [
+            {**w, "model_version": "1"}
+            for w in mlflow.pyfunc.load_model(URI)
+            .predict(pd.DataFrame(two), params={"max_new_tokens": 4})
+            .to_dict("records")
+        ]
+        for body in (
+            {"dataframe_records": two},
+            {"instances": two},
+            {"inputs": two},
+            {"inputs": {"question": [r["question"] for r in two], "choices": [r["choices"] for r in two]}},
+            {
+                "dataframe_split": {
+                    "columns": ["question", "choices"],
+                    "data": [[r["question"], r["choices"]] for r in two],
+                }
+            },
+        ):
             r = requests.post(url, json={**body, "params": {"max_new_tokens": 4}}, timeout=60)
             assert r.status_code == 200 and r.json()["predictions"] == want, (list(body), r.text[:300])
         # seeded fuzz: a valid request cut, spliced and byte-flipped, 200 times; never a 5xx
@@ -553,7 +742,7 @@ def test_jmed_serve_resolves_the_champion_and_answers_every_request_with_its_tru
                 if op == 0:
                     b[i] = rng.randrange(256)
                 elif op == 1:
-                    del b[i:i + rng.randint(1, 20)]
+                    del b[i : i + rng.randint(1, 20)]
                 else:
                     b[i:i] = rng.choice([b"[", b"{", b'"', b"\\ud800", b"null", b"1e999", b",", b"\x00"])
             headers = rng.choice([_JSON, _JSON, {}, {"Content-Type": "text/csv"}])
@@ -590,8 +779,9 @@ def _answers(url: str) -> dict:
 def post(url: str, records: list, params: dict | None = None):
     import requests
 
-    return requests.post(url, json={"dataframe_records": records, "params": {"max_new_tokens": 4, **(params or {})}},
-                         timeout=120)
+    return requests.post(
+        url, json={"dataframe_records": records, "params": {"max_new_tokens": 4, **(params or {})}}, timeout=120
+    )
 
 
 @pytest.mark.slow
@@ -669,16 +859,23 @@ def test_concurrent_requests_are_batched_the_champion_is_followed_and_versions_c
         # 4. version and alias params pick the adapter; the old version still answers as it did
         r = post(url, records, {"version": "1"})
         assert r.status_code == 200 and r.json()["predictions"] == [
-            {**w, "model_version": "1"} for w in v1.predict(pd.DataFrame(records), params={"max_new_tokens": 4})
-            .to_dict("records")]
-        assert {p["model_version"] for p in post(url, records[:2], {"alias": "champion"}).json()["predictions"]} == {"2"}
+            {**w, "model_version": "1"}
+            for w in v1.predict(pd.DataFrame(records), params={"max_new_tokens": 4}).to_dict("records")
+        ]
+        assert {p["model_version"] for p in post(url, records[:2], {"alias": "champion"}).json()["predictions"]} == {
+            "2"
+        }
         r = post(url, records[:1], {"version": "9"})
-        assert r.status_code == 400 and "version 9 of jmed-tiny is not registered; available: 1, 2" in r.json()["message"]
+        assert (
+            r.status_code == 400 and "version 9 of jmed-tiny is not registered; available: 1, 2" in r.json()["message"]
+        )
         r = post(url, records[:1], {"alias": "nightly"})
         assert r.status_code == 400 and "alias 'nightly' is not set on jmed-tiny" in r.json()["message"]
 
         # 5. a version trained on another revision of the base is refused, naming both
-        folder = Path(mlflow.artifacts.download_artifacts(run_id=better, artifact_path="adapter", dst_path=str(tmp_path)))
+        folder = Path(
+            mlflow.artifacts.download_artifacts(run_id=better, artifact_path="adapter", dst_path=str(tmp_path))
+        )
         meta = json.loads((folder / "jmed.json").read_text())
         (folder / "jmed.json").write_text(json.dumps({**meta, "base_revision": "sha256:" + "0" * 64}))
         with mlflow.start_run():

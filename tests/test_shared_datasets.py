@@ -2,6 +2,7 @@
 
 Skipped with a reason when the folder is absent; failing under JMED_REQUIRE_SHARED=1.
 """
+
 import collections
 import json
 
@@ -18,8 +19,13 @@ def test_igakuqa_2018_2022_exact_counts():
     report = checks.validate([root])
     assert report.success is True and report.errors == []
     assert report.questions == 2000
-    assert report.excluded == {"image": 529, "numeric_answer": 12, "not_scored": 11, "not_five_choices": 16,
-                               "choices_unparsed": 0}
+    assert report.excluded == {
+        "image": 529,
+        "numeric_answer": 12,
+        "not_scored": 11,
+        "not_five_choices": 16,
+        "choices_unparsed": 0,
+    }
     qs = data.load_questions(root)
     assert collections.Counter(q.year for q in qs) == {2018: 400, 2019: 400, 2020: 400, 2021: 400, 2022: 400}
     assert collections.Counter(q.n_answers for q in qs if not q.numeric) == {1: 1690, 2: 243, 3: 55}
@@ -100,13 +106,25 @@ def test_jmle2026_published_totals_count_every_question(tmp_path):
     f = shared_path("jmle2026", "jmle2026_dataset.json")
     qs = data.load_questions(f)
     preds = tmp_path / "perfect.jsonl"
-    preds.write_text("".join(json.dumps({"problem_id": q.id, "prediction": readers.get("jmle2026").answer_text(q)},
-                                        ensure_ascii=False) + "\n" for q in qs), encoding="utf-8")
+    preds.write_text(
+        "".join(
+            json.dumps({"problem_id": q.id, "prediction": readers.get("jmle2026").answer_text(q)}, ensure_ascii=False)
+            + "\n"
+            for q in qs
+        ),
+        encoding="utf-8",
+    )
     summary, _, _ = score(str(f), str(preds), parsing="official")
-    assert (summary["questions"], summary["correct"], summary["points"], summary["points_total"]) == (400, 400, 500, 500)
+    assert (summary["questions"], summary["correct"], summary["points"], summary["points_total"]) == (
+        400,
+        400,
+        500,
+        500,
+    )
     assert (summary["required_total"], summary["general_total"]) == (200, 300)
-    wrong_tables = preds.read_text(encoding="utf-8").replace('"problem_id": "120C-71", "prediction": "【回答】',
-                                                             '"problem_id": "120C-71", "prediction": "【回答】x')
+    wrong_tables = preds.read_text(encoding="utf-8").replace(
+        '"problem_id": "120C-71", "prediction": "【回答】', '"problem_id": "120C-71", "prediction": "【回答】x'
+    )
     preds.write_text(wrong_tables, encoding="utf-8")
     summary, _, _ = score(str(f), str(preds), parsing="official")
     assert (summary["correct"], summary["points"]) == (399, 499)  # 120C-71 is graded like any other
@@ -126,7 +144,8 @@ def test_jjsimqa_exact_counts_and_its_one_inconsistency():
     report = checks.validate([f])
     assert report.questions == 460 and report.success is False
     assert [str(DataError(**e)) for e in report.errors] == [
-        f"{f}:5: answer: stem says 「1つ選べ」 but the answer has 4 letter(s): a,b,c,d"]
+        f"{f}:5: answer: stem says 「1つ選べ」 but the answer has 4 letter(s): a,b,c,d"
+    ]
 
 
 def test_jmmlu_med_exact_counts():

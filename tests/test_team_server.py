@@ -6,6 +6,7 @@ Debian or Ubuntu host runs, nothing downloaded. PostgreSQL refuses to run as roo
 binaries run as the `postgres` user (runuser). Skipped with the reason when PostgreSQL is absent;
 `.ci/run` sets JMED_REQUIRE_POSTGRES=1 so that CI fails instead.
 """
+
 import glob
 import os
 import shutil
@@ -46,15 +47,25 @@ def postgres():
     data, port = root / "data", free_port()
 
     def run(*cmd):
-        res = subprocess.run(as_user + [str(bindir / cmd[0]), *cmd[1:]], capture_output=True, text=True,
-                             timeout=120)
+        res = subprocess.run(as_user + [str(bindir / cmd[0]), *cmd[1:]], capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, f"{cmd[0]}: {res.stdout[-1500:]}{res.stderr[-1500:]}"
 
     started = False
     try:
         run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
-        run("pg_ctl", "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "start",
-            "-o", f"-p {port} -h 127.0.0.1 -k {root} -c fsync=off -c full_page_writes=off")
+        run(
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            "-o",
+            f"-p {port} -h 127.0.0.1 -k {root} -c fsync=off -c full_page_writes=off",
+        )
         started = True
         run("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow")
         # the driver named: SQLAlchemy 2.1 takes psycopg 3 for a bare postgresql:// URI
@@ -82,8 +93,14 @@ def jmed(uri: str, cwd: Path, *args: str, timeout: int = 600) -> subprocess.Comp
     import sys
 
     exe = Path(sys.executable).parent / "jmed"
-    res = subprocess.run([str(exe), *args], cwd=cwd, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-                         capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [str(exe), *args],
+        cwd=cwd,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert res.returncode == 0, f"jmed {' '.join(args)}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
     return res
 
@@ -96,8 +113,10 @@ def registry_state(client):
         champ = str(client.get_model_version_by_alias(NAME, "champion").version)
     except MlflowException:
         champ = None
-    versions = {str(v.version): (v.tags.get("jmed.train_run"), v.tags.get("jmed.eval_run"))
-                for v in client.search_model_versions(f"name = '{NAME}'")}
+    versions = {
+        str(v.version): (v.tags.get("jmed.train_run"), v.tags.get("jmed.eval_run"))
+        for v in client.search_model_versions(f"name = '{NAME}'")
+    }
     return champ, versions
 
 
@@ -116,15 +135,18 @@ def test_two_folders_share_one_registry_reproduce_and_racing_promoters_converge(
     uri, root = team
     for folder, steps, seed in (("alice", "2", "1"), ("bob", "30", "2")):
         (root / folder).mkdir()
-        out = jmed(uri, root / folder, "pipeline", "--max-steps", steps, "--seed", seed, "--batch-size", "4",
-                   "--limit", "8").stdout  # the same 8 questions: --sample is seeded by each --seed
+        out = jmed(
+            uri, root / folder, "pipeline", "--max-steps", steps, "--seed", seed, "--batch-size", "4", "--limit", "8"
+        ).stdout  # the same 8 questions: --sample is seeded by each --seed
         assert "[jmed] promote jmed-tiny: " in out, out[-2000:]
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert {r.info.status for r in runs} == {"FINISHED"}
-    evaluations = {r.info.run_id: r.data.metrics["eval/accuracy"] for r in runs
-                   if r.data.tags.get("jmed.step") == "evaluate" and r.data.tags.get("jmed.adapter_run") not in
-                   (None, "", "none")}
+    evaluations = {
+        r.info.run_id: r.data.metrics["eval/accuracy"]
+        for r in runs
+        if r.data.tags.get("jmed.step") == "evaluate" and r.data.tags.get("jmed.adapter_run") not in (None, "", "none")
+    }
     assert len(evaluations) == 2  # one tuned evaluation per folder, on the same evaluation data
     best = max(evaluations.values())
     champ, versions = registry_state(client)
@@ -134,9 +156,11 @@ def test_two_folders_share_one_registry_reproduce_and_racing_promoters_converge(
     assert f"reproduced models:/{NAME}@champion" in out and "match" in out
     # reproduce evaluated the champion again: one more candidate, on the same evaluation
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    evaluations = {r.info.run_id: r.data.metrics["eval/accuracy"] for r in runs
-                   if r.data.tags.get("jmed.step") == "evaluate" and r.data.tags.get("jmed.adapter_run") not in
-                   (None, "", "none")}
+    evaluations = {
+        r.info.run_id: r.data.metrics["eval/accuracy"]
+        for r in runs
+        if r.data.tags.get("jmed.step") == "evaluate" and r.data.tags.get("jmed.adapter_run") not in (None, "", "none")
+    }
     assert len(evaluations) == 3
     best = max(evaluations.values())
 
@@ -169,4 +193,3 @@ def test_two_folders_share_one_registry_reproduce_and_racing_promoters_converge(
     assert len(chosen) == 1  # ties are broken the same way by every promoter, in every trial
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert {r.info.status for r in runs} == {"FINISHED"}  # nothing left RUNNING
-

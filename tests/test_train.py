@@ -1,4 +1,5 @@
 """jmed.train on the tiny model: the run contract, masking, determinism, resume, k-bit, bad input, CLI."""
+
 import hashlib
 import json
 import os
@@ -53,8 +54,13 @@ def test_masking_and_eos():
     assert e.labels == [-100] * len(prompt_ids) + target_ids
     assert tok.convert_ids_to_tokens(target_ids) == ["c", ",", "e", "</s>"]
     assert prompt_ids[0] == tok.bos_token_id and prompt_ids.count(tok.bos_token_id) == 1
-    assert counts == {"overlength_examples": 0, "dropped_examples": 0, "examples": 1,
-                      "overlength_median_tokens": 0, "overlength_max_tokens": 0}
+    assert counts == {
+        "overlength_examples": 0,
+        "dropped_examples": 0,
+        "examples": 1,
+        "overlength_median_tokens": 0,
+        "overlength_max_tokens": 0,
+    }
 
 
 def _render(q, fmt="igakuqa"):
@@ -116,17 +122,29 @@ def test_train_run_contract(tracking):
     assert inputs == {"train": data.digest(items)[:36], "eval": params["eval_data_digest"][:36]}
 
     art = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter"))
-    assert sorted(p.name for p in art.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
-                                                     "jmed.json"]
+    assert sorted(p.name for p in art.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "jmed.json",
+    ]
     adapter_config = json.loads((art / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == "tiny"
     assert str(folder) not in (art / "adapter_config.json").read_text()
     assert sorted(adapter_config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
     meta = json.loads((art / "jmed.json").read_text())
-    assert {k: meta[k] for k in ("model", "base_revision", "prompt_format", "shots", "protocol", "train_run_id",
-                                 "train_data_digest")} == {
-        "model": "tiny", "base_revision": params["base_revision"], "prompt_format": "igakuqa", "shots": 0,
-        "protocol": "letter", "train_run_id": run_id, "train_data_digest": data.digest(items)}
+    assert {
+        k: meta[k]
+        for k in ("model", "base_revision", "prompt_format", "shots", "protocol", "train_run_id", "train_data_digest")
+    } == {
+        "model": "tiny",
+        "base_revision": params["base_revision"],
+        "prompt_format": "igakuqa",
+        "shots": 0,
+        "protocol": "letter",
+        "train_run_id": run_id,
+        "train_data_digest": data.digest(items),
+    }
     assert meta["config"] == json.loads(json.dumps(flat(cfg)))
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"adapter", "plots", "checkpoints"} <= names
@@ -158,7 +176,9 @@ def test_determinism_and_resume(tracking):
     run = client.get_run(stopped)
     assert run.data.tags["jmed.stopped_at"] == "3"
     assert sorted(a.path for a in client.list_artifacts(stopped, "checkpoints")) == [
-        "checkpoints/step-000002", "checkpoints/step-000003"]
+        "checkpoints/step-000002",
+        "checkpoints/step-000003",
+    ]
     assert "adapter" not in {a.path for a in client.list_artifacts(stopped)}
     # an option that contradicts the run being continued is refused, not silently ignored
     with pytest.raises(TrainError, match=r"these options differ from them: lora_r=4 \(the run has 8\)"):
@@ -194,8 +214,10 @@ def test_empty_training_set_fails_the_run(tracking):
 def test_unknown_target_module_fails_the_run(tracking):
     with pytest.raises(TrainError) as err:
         train(TrainConfig(target_modules="q_proj,attn_fused", **QUICK))
-    assert str(err.value) == ("unknown target module(s) attn_fused for llama; available: down_proj, gate_proj, "
-                              "k_proj, o_proj, q_proj, up_proj, v_proj, all-linear, qkv")
+    assert str(err.value) == (
+        "unknown target module(s) attn_fused for llama; available: down_proj, gate_proj, "
+        "k_proj, o_proj, q_proj, up_proj, v_proj, all-linear, qkv"
+    )
     _only_run("FAILED")
 
 
@@ -207,11 +229,25 @@ def test_overlength_error_fails_the_run(tracking):
 
 def test_presets():
     cfg = build(TrainConfig, {"learning_rate": "1e-4"}, preset="jmedlora-7b")
-    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.learning_rate,
-            cfg.batch_size, cfg.max_length, cfg.preset) == (8, 32, 0.05, "qkv", 1e-4, 8, 512, "jmedlora-7b")
+    assert (
+        cfg.lora_r,
+        cfg.lora_alpha,
+        cfg.lora_dropout,
+        cfg.target_modules,
+        cfg.learning_rate,
+        cfg.batch_size,
+        cfg.max_length,
+        cfg.preset,
+    ) == (8, 32, 0.05, "qkv", 1e-4, 8, 512, "jmedlora-7b")
     cfg = build(TrainConfig, {}, preset="jmedlora-70b")
-    assert (cfg.quantization, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules,
-            cfg.learning_rate) == ("4bit", 64, 16, 0.1, "all-linear", 2e-4)
+    assert (cfg.quantization, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.learning_rate) == (
+        "4bit",
+        64,
+        16,
+        0.1,
+        "all-linear",
+        2e-4,
+    )
     with pytest.raises(ValueError, match="unknown preset 'jmedlora-13b'; available: jmedlora-70b, jmedlora-7b"):
         build(TrainConfig, {}, preset="jmedlora-13b")
 
@@ -222,16 +258,28 @@ def _env(tracking_uri: str) -> dict:
 
 def test_cli_unknown_preset_and_interrupt(tracking, tmp_path):
     env = _env(tracking)
-    res = subprocess.run([str(VENV_BIN / "jmed"), "train", "--preset", "nope"], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [str(VENV_BIN / "jmed"), "train", "--preset", "nope"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 1
     assert "Error: unknown preset 'nope'; available: jmedlora-70b, jmedlora-7b" in res.stderr
     # Ctrl-C during training: the run ends KILLED, never RUNNING.
     # Ctrl-C is delivered to the child whatever the runner did with SIGINT (a CI job started in the
     # background of a non-interactive shell ignores it, and children inherit that: seen here).
-    proc = subprocess.Popen([str(VENV_BIN / "jmed"), "train", "--max-steps", "100000", "--batch-size", "2"],
-                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "jmed"), "train", "--max-steps", "100000", "--batch-size", "2"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     client = _client()
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -260,12 +308,35 @@ def test_mlflow_run_entry_point(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = _env(uri)
-    res = subprocess.run([str(VENV_BIN / "mlflow"), "run", str(ROOT), "-e", "train", "--env-manager", "local"],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [str(VENV_BIN / "mlflow"), "run", str(ROOT), "-e", "train", "--env-manager", "local"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    res4 = subprocess.run([str(VENV_BIN / "mlflow"), "run", str(ROOT), "-e", "train", "--env-manager", "local",
-                           "-P", "quantization=4bit", "-P", "max_steps=3"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    res4 = subprocess.run(
+        [
+            str(VENV_BIN / "mlflow"),
+            "run",
+            str(ROOT),
+            "-e",
+            "train",
+            "--env-manager",
+            "local",
+            "-P",
+            "quantization=4bit",
+            "-P",
+            "max_steps=3",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res4.returncode == 0, res4.stderr[-3000:]
     client = mlflow.MlflowClient(uri)
     runs = sorted(client.search_runs(["0"]), key=lambda r: r.info.start_time)
@@ -279,9 +350,24 @@ def test_mlflow_run_entry_point(tmp_path):
     for r in runs:
         assert "adapter" in {a.path for a in client.list_artifacts(r.info.run_id)}
     # a preset that does not exist: a clear error, and the run mlflow opened ends FAILED
-    bad = subprocess.run([str(VENV_BIN / "mlflow"), "run", str(ROOT), "-e", "train", "--env-manager", "local",
-                          "-P", "preset=jmedlora-13b"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
+    bad = subprocess.run(
+        [
+            str(VENV_BIN / "mlflow"),
+            "run",
+            str(ROOT),
+            "-e",
+            "train",
+            "--env-manager",
+            "local",
+            "-P",
+            "preset=jmedlora-13b",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode != 0
     assert "unknown preset 'jmedlora-13b'; available: jmedlora-70b, jmedlora-7b" in bad.stderr
     statuses = sorted(r.info.status for r in client.search_runs(["0"]))
@@ -306,8 +392,9 @@ def test_shots_chat_and_instruction_rendering():
     _, tok, _ = models.load_base("tiny")
     qs = data.load_questions(data.SAMPLE_TRAIN)[:3]
     ex, _ = tokenize(qs, TrainConfig(shots=1), tok)
-    first_prompt = tok.decode([t for t, lab in zip(ex[0].input_ids, ex[0].labels) if lab == -100],
-                              skip_special_tokens=True)
+    first_prompt = tok.decode(
+        [t for t, lab in zip(ex[0].input_ids, ex[0].labels) if lab == -100], skip_special_tokens=True
+    )
     assert qs[1].stem in first_prompt and qs[0].stem in first_prompt  # the next question is the shot
     assert first_prompt.index(qs[1].stem) < first_prompt.index(qs[0].stem)
     ex, _ = tokenize(qs[:1], TrainConfig(prompt_format="chat-igakuqa"), tok)
@@ -321,10 +408,12 @@ def test_shots_chat_and_instruction_rendering():
 def test_instruction_data_text_protocol(tracking):
     import mlflow
 
-    run_id = train(TrainConfig(train_data=str(data.SAMPLE_INSTRUCTIONS), prompt_format="alpaca_med", max_steps=2,
-                               batch_size=2))
-    meta = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter/jmed.json"))
-                      .read_text())
+    run_id = train(
+        TrainConfig(train_data=str(data.SAMPLE_INSTRUCTIONS), prompt_format="alpaca_med", max_steps=2, batch_size=2)
+    )
+    meta = json.loads(
+        Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter/jmed.json")).read_text()
+    )
     assert (meta["prompt_format"], meta["protocol"]) == ("alpaca_med", "text")
     assert meta["train_data_digest"] == data.digest(data.load_instructions(data.SAMPLE_INSTRUCTIONS))
 
@@ -363,8 +452,9 @@ def test_resume_after_sigkill_anywhere_is_byte_identical(tracking, tmp_path, cap
     cli = [str(VENV_BIN / "jmed"), "train", "--batch-size", "4", "--max-steps", "8", "--checkpoint-every", "1"]
     for trial in range(4):
         before = {r.info.run_id for r in _client().search_runs(["0"])}
-        proc = subprocess.Popen(cli, env=_env(tracking), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cli, env=_env(tracking), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             deadline, run_id, wanted = time.time() + 300, None, rng.randint(1, 6)
             while run_id is None or len(_checkpoints(run_id)) < wanted:

@@ -1,4 +1,5 @@
 """DDP on CPU: two processes (gloo) under torchrun / accelerate launch write exactly one MLflow run."""
+
 import os
 import subprocess
 import sys
@@ -16,15 +17,29 @@ def test_two_process_ddp_one_run(tmp_path, launcher):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     args = ["-m", "jmed", "train", "--max-steps", "3", "--batch-size", "2", "--checkpoint-every", "2"]
     if launcher == "torchrun":
         cmd = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517", *args]
     else:
         # the shipped DDP config; without CUDA every rank runs on CPU with gloo
-        cmd = [str(VENV_BIN / "accelerate"), "launch", "--config_file", str(ROOT / "jmed/accelerate/ddp.yaml"),
-               "--num_processes", "2", "--main_process_port", "29518", *args]
+        cmd = [
+            str(VENV_BIN / "accelerate"),
+            "launch",
+            "--config_file",
+            str(ROOT / "jmed/accelerate/ddp.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29518",
+            *args,
+        ]
     res = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     client = mlflow.MlflowClient(uri)

@@ -1,4 +1,5 @@
 """`jmed validate` and the `validate` MLproject entry point, in temporary tracking stores."""
+
 import json
 import os
 import subprocess
@@ -25,7 +26,8 @@ def runs(uri):
     import mlflow
 
     return mlflow.MlflowClient(uri).search_runs(
-        [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()])
+        [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()]
+    )
 
 
 def artifacts(uri, run_id) -> list[str]:
@@ -35,8 +37,9 @@ def artifacts(uri, run_id) -> list[str]:
 
 
 def test_validate_sample_logs_one_finished_run(tracking, tmp_path):
-    out = CliRunner().invoke(main, ["validate", "", "--against", "", "--format", "auto",
-                                    "--report", str(tmp_path / "r" / "report.json")])
+    out = CliRunner().invoke(
+        main, ["validate", "", "--against", "", "--format", "auto", "--report", str(tmp_path / "r" / "report.json")]
+    )
     assert out.exit_code == 0, out.output
     n_train, n_test = lines_of(data.SAMPLE_TRAIN), lines_of(data.SAMPLE_TEST)
     assert out.output.splitlines()[0].startswith(f"OK: {n_train + n_test} questions in 2 dataset(s); 0 error(s)")
@@ -56,8 +59,10 @@ def test_validate_sample_logs_one_finished_run(tracking, tmp_path):
     assert m["data/questions"] == n_train + n_test and m["data/errors"] == 0 and m["data/leakage_pairs"] == 0
     assert {k: m[f"data/excluded/{k}"] for k in data.EXCLUSION_REASONS} == data.exclusions(qs)
     inputs = sorted((i.dataset.name, i.dataset.digest, i.tags[0].value) for i in run.inputs.dataset_inputs)
-    assert inputs == [("sample/test.jsonl", p["against_digest"][:36], "against"),
-                      ("sample/train.jsonl", p["data_digest"][:36], "data")]
+    assert inputs == [
+        ("sample/test.jsonl", p["against_digest"][:36], "against"),
+        ("sample/train.jsonl", p["data_digest"][:36], "data"),
+    ]
     assert artifacts(tracking, run.info.run_id) == ["report.html", "report.json"]
 
 
@@ -109,10 +114,23 @@ def _mlflow_run(uri: str, tmp_path: Path, *params: str) -> subprocess.CompletedP
     client = mlflow.MlflowClient(uri)
     if client.get_experiment_by_name("validate-test") is None:  # artifacts in tmp_path, not the checkout
         client.create_experiment("validate-test", artifact_location=(tmp_path / "artifacts").as_uri())
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", ".", "-e", "validate", "--env-manager", "local",
-           "--experiment-name", "validate-test", *[x for p in params for x in ("-P", p)]]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "run",
+        ".",
+        "-e",
+        "validate",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "validate-test",
+        *[x for p in params for x in ("-P", p)],
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -138,8 +156,15 @@ def test_mlflow_run_validate_entry_point(tracking, tmp_path):
     assert done[1].data.tags["mlflow.note.content"].startswith("FAILED: 3 questions")
     for r in done:
         assert artifacts(tracking, r.info.run_id) == ["report.html", "report.json"]
-    report = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=done[1].info.run_id, artifact_path="report.json", tracking_uri=tracking,
-        dst_path=str(tmp_path / "dl"))).read_text(encoding="utf-8"))
+    report = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=done[1].info.run_id,
+                artifact_path="report.json",
+                tracking_uri=tracking,
+                dst_path=str(tmp_path / "dl"),
+            )
+        ).read_text(encoding="utf-8")
+    )
     assert str(DataError(**report["errors"][1])) == f'{BROKEN / "990-A.jsonl"}:3: answer: letter "f" outside 5 choices'
     assert project_mlruns() == before

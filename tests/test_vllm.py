@@ -3,6 +3,7 @@
 Bounded: one SmolLM2 engine for the agreement tests, two tiny engines for the pipeline, one server for
 the OpenAI API tests; the kill tests stop the engine while it starts. Each start is 30-45 s here.
 """
+
 import json
 import os
 import signal
@@ -61,6 +62,7 @@ def wait_gone(pgid: int, timeout: float = 30.0) -> bool:
 
 # ---- the same picks as the hf engine (SmolLM2, 16 bundled questions) --------------------------------
 
+
 @pytest.fixture(scope="module")
 def smollm2_both():
     """hf and vllm results on the same 16 questions, one engine start."""
@@ -69,16 +71,21 @@ def smollm2_both():
     from jmed.engine import open_vllm
     from jmed.evaluate import run_questions
 
-    cases = {"letter": ("letter", "igakuqa"), "loglik": ("loglik", "igakuqa"), "text": ("text", "medpalm"),
-             "loglik-text": ("loglik", "medpalm")}
+    cases = {
+        "letter": ("letter", "igakuqa"),
+        "loglik": ("loglik", "igakuqa"),
+        "text": ("text", "medpalm"),
+        "loglik-text": ("loglik", "medpalm"),
+    }
     qs = [q for q in D.load_questions(str(D.SAMPLE_TEST)) if not q.numeric][:16]
     assert len(qs) == 16
     net, tok, info = models.load_base("smollm2-135m")
     hf = {k: run_questions(net, tok, qs, p, f, 0, "lenient", 8, 0, desc=None) for k, (p, f) in cases.items()}
     del net
     with open_vllm(info["path"], tok) as opened:
-        vl = {k: run_questions(opened.engine, tok, qs, p, f, 0, "lenient", 8, 0, desc=None)
-              for k, (p, f) in cases.items()}
+        vl = {
+            k: run_questions(opened.engine, tok, qs, p, f, 0, "lenient", 8, 0, desc=None) for k, (p, f) in cases.items()
+        }
         pgid = opened.proc.pid
     assert wait_gone(pgid), "the engine outlived the step"
     return qs, hf, vl
@@ -94,8 +101,9 @@ def agreement(a: dict, b: dict) -> int:
 @pytest.mark.parametrize("case, at_least", [("letter", 13), ("loglik", 13), ("loglik-text", 14)])
 def test_vllm_picks_agree_with_hf(smollm2_both, case, at_least):
     qs, hf, vl = smollm2_both
-    assert agreement(hf[case], vl[case]) >= at_least, [(x["parsed"], y["parsed"]) for x, y in
-                                                        zip(hf[case]["rows"], vl[case]["rows"])]
+    assert agreement(hf[case], vl[case]) >= at_least, [
+        (x["parsed"], y["parsed"]) for x, y in zip(hf[case]["rows"], vl[case]["rows"])
+    ]
     assert vl[case]["metrics"]["eval/questions"] == 16
     if case.startswith("loglik"):  # a score for every choice of every question
         assert all(len(r["output"].split()) == len(q.choices) for r, q in zip(vl[case]["rows"], qs))
@@ -116,16 +124,24 @@ def test_text_protocol_metrics_are_computed_from_vllm_outputs(smollm2_both):
 
 # ---- the pipeline with engine=vllm (tiny: head_dim 32) ---------------------------------------------
 
+
 def test_main_pipeline_runs_with_the_vllm_engine(tmp_path):
     import mlflow
 
     with private_store(tmp_path) as uri:
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-        proc = subprocess.run(JMED + ["pipeline", "--model", "tiny", "--max-steps", "20", "--engine", "vllm"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            JMED + ["pipeline", "--model", "tiny", "--max-steps", "20", "--engine", "vllm"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert proc.returncode == 0, proc.stderr[-4000:]
-        evals = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`jmed.step` = 'evaluate'",
-                                   output_format="list")
+        evals = mlflow.search_runs(
+            search_all_experiments=True, filter_string="tags.`jmed.step` = 'evaluate'", output_format="list"
+        )
         assert len(evals) == 2  # the base and the adapter
         for run in evals:
             assert run.info.status == "FINISHED"
@@ -138,14 +154,20 @@ def test_main_pipeline_runs_with_the_vllm_engine(tmp_path):
 
 # ---- no engine outlives its step --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_no_engine_outlives_a_stopped_or_killed_evaluate(tmp_path, sig):
     import mlflow
 
     with private_store(tmp_path) as uri:
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-        proc = subprocess.Popen(JMED + ["evaluate", "--model", "tiny", "--engine", "vllm"], cwd=tmp_path, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            JMED + ["evaluate", "--model", "tiny", "--engine", "vllm"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.time() + 120
         while not reapers(proc.pid) and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
@@ -171,14 +193,20 @@ def test_an_unservable_model_is_named_with_the_reason(tmp_path, tracking):
     cfg = json.loads((folder / "config.json").read_text())
     cfg.update(hidden_size=48, num_attention_heads=3, num_key_value_heads=1, head_dim=16)  # head_dim 16
     (folder / "config.json").write_text(json.dumps(cfg))
-    proc = subprocess.run(JMED + ["evaluate", "--model", str(folder), "--engine", "vllm", "--limit", "2"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        JMED + ["evaluate", "--model", str(folder), "--engine", "vllm", "--limit", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert str(folder) in proc.stderr and "vLLM could not serve model" in proc.stderr
     assert not reapers()
 
 
 # ---- serving the champion through vLLM's OpenAI API --------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
@@ -213,9 +241,25 @@ def test_served_champion_answers_openai_clients_and_follows_an_alias_move(regist
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     log = open(root / "serve.log", "wb")
-    proc = subprocess.Popen(JMED + ["serve", "--engine", "vllm", "--model-uri", "models:/jmed-tiny@champion",
-                                    "--port", str(port), "--poll-seconds", "1"], cwd=root, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        JMED
+        + [
+            "serve",
+            "--engine",
+            "vllm",
+            "--model-uri",
+            "models:/jmed-tiny@champion",
+            "--port",
+            str(port),
+            "--poll-seconds",
+            "1",
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 600
@@ -231,15 +275,24 @@ def test_served_champion_answers_openai_clients_and_follows_an_alias_move(regist
         names = {m.id for m in client.models.list().data}
         assert {"tiny", "jmed-tiny@champion", "jmed-tiny/1"} <= names
 
-        c = client.completions.create(model="jmed-tiny@champion", prompt="問題: 発熱の原因は", max_tokens=4,
-                                      temperature=0)
+        c = client.completions.create(
+            model="jmed-tiny@champion", prompt="問題: 発熱の原因は", max_tokens=4, temperature=0
+        )
         assert c.model == "jmed-tiny@champion" and c.choices[0].finish_reason in ("length", "stop")
-        chat = client.chat.completions.create(model="jmed-tiny/1", max_tokens=4, temperature=0,
-                                              messages=[{"role": "user", "content": "正しいのはどれか。"}])
+        chat = client.chat.completions.create(
+            model="jmed-tiny/1",
+            max_tokens=4,
+            temperature=0,
+            messages=[{"role": "user", "content": "正しいのはどれか。"}],
+        )
         assert chat.choices[0].message.content is not None
         first = client.completions.create(model="models:/jmed-tiny/1", prompt="問題", max_tokens=3, temperature=0)
-        assert first.choices[0].text == client.completions.create(
-            model="jmed-tiny@champion", prompt="問題", max_tokens=3, temperature=0).choices[0].text
+        assert (
+            first.choices[0].text
+            == client.completions.create(model="jmed-tiny@champion", prompt="問題", max_tokens=3, temperature=0)
+            .choices[0]
+            .text
+        )
 
         # 4xx that name the problem
         with pytest.raises(NotFoundError, match="jmed-tiny@champion"):

@@ -5,6 +5,7 @@ section, its pass rule with the source of that rule, its official corrections an
 for it. Modules in this folder are found and registered on first use: adding an exam kind touches no
 other file. Pure data and stdlib: imported by the CLI, prompts and scoring alike.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,5 +1,6 @@
 """医師国家試験 (the Japanese National Medical Licensing Examination, JMLE): IgakuQA, IgakuQA119, JMLE2026,
 JJSIMQA. The 112th was held in 2018. Pass rule: the datasets README, from MHLW's announcements."""
+
 from jmed.exams import ExamKind
 
 REQUIRED_LINE = 0.80  # required section: at least 80 % of its points
@@ -34,31 +35,49 @@ def general_line(year: int | None) -> float:
     return DEFAULT_GENERAL_LINE
 
 
-def pass_fail(required_points, required_total, general_points, general_total, kinki: int,
-              year: int | None, kinki_known: bool = True) -> dict:
+def pass_fail(
+    required_points,
+    required_total,
+    general_points,
+    general_total,
+    kinki: int,
+    year: int | None,
+    kinki_known: bool = True,
+) -> dict:
     """The exam's pass rule (datasets README): required ≥ 80 % of its points, general+clinical ≥ the
     year's line, fewer than 4 contraindicated choices. No verdict (`passed` None, `verdict` says why)
     without an input the rule needs: both sections (else it is not a whole exam), and the
     contraindicated choices of every question (`kinki_known`; without them 0 selected would be a guess)."""
     line = general_line(year)
     if not required_total or not general_total:
-        return {"passed": None, "verdict": "none (not a whole exam: the rule needs the required and general blocks)",
-                "general_line": line}
-    scores_pass = (required_points >= REQUIRED_LINE * required_total - 1e-9
-                   and general_points >= line * general_total - 1e-9)
+        return {
+            "passed": None,
+            "verdict": "none (not a whole exam: the rule needs the required and general blocks)",
+            "general_line": line,
+        }
+    scores_pass = (
+        required_points >= REQUIRED_LINE * required_total - 1e-9 and general_points >= line * general_total - 1e-9
+    )
     if not kinki_known:
         if not scores_pass:  # failing on points needs no contraindication data
             return {"passed": False, "verdict": "FAIL (on points; no kinki data)", "general_line": line}
-        return {"passed": None, "verdict": "unknown (no kinki data: the contraindicated choices the rule counts "
-                                           "are not in this data)", "general_line": line}
+        return {
+            "passed": None,
+            "verdict": "unknown (no kinki data: the contraindicated choices the rule counts are not in this data)",
+            "general_line": line,
+        }
     ok = scores_pass and kinki < KINKI_LIMIT
     return {"passed": ok, "verdict": "PASS" if ok else "FAIL", "general_line": line}
 
 
 EXAM = ExamKind(
-    name="medical", title="医師国家試験", knowledge="医学知識", year_offset=1906, required_blocks=("B", "E"),
+    name="medical",
+    title="医師国家試験",
+    knowledge="医学知識",
+    year_offset=1906,
+    required_blocks=("B", "E"),
     pass_rule=pass_fail,
     pass_source="MHLW 医師国家試験の合格基準: required ≥ 80 %, general+clinical ≥ the year's line, "
-                "fewer than 4 contraindicated choices",
+    "fewer than 4 contraindicated choices",
     accept_any=frozenset({"116A71"}),  # MHLW: every answer counts as correct (the reference scorer's rule)
 )

@@ -1,4 +1,5 @@
 """看護師国家試験 (the national nursing exam): the 113th was held in 2024 (KokushiMD-10's 看護 files)."""
+
 from jmed.exams import ExamKind
 
 # No pass rule yet. The exam's rule (MHLW; KokushiMD-10's calculate_scores.py, kango_score): 必修 ≥ 40 of

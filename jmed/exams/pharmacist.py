@@ -1,4 +1,5 @@
 """薬剤師国家試験 (the national pharmacist exam): the 109th was held in 2024."""
+
 from jmed.exams import ExamKind
 
 # No pass rule: its rule (a total line plus a per-subject floor on 必須問題) needs per-subject data

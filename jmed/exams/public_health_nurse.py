@@ -1,5 +1,6 @@
 """保健師国家試験 (the national public health nursing exam): the 110th was held in 2024 (KokushiMD-10's
 保健 files)."""
+
 from jmed.exams import ExamKind
 from jmed.exams.midwife import total_line_rule
 
@@ -12,8 +13,11 @@ from jmed.exams.midwife import total_line_rule
 LINES = {2020: (87, 144), 2021: (86, 142), 2022: (86, 142), 2024: (87, 144)}
 
 EXAM = ExamKind(
-    name="public_health_nurse", title="保健師国家試験", knowledge="公衆衛生看護学知識", year_offset=1914,
+    name="public_health_nurse",
+    title="保健師国家試験",
+    knowledge="公衆衛生看護学知識",
+    year_offset=1914,
     pass_rule=total_line_rule(LINES, (87, 145)),
     pass_source="MHLW 保健師国家試験の合格基準 (total points ≥ the year's line; 2020-2022, 2024 as quoted by "
-                "secondary pages), else KokushiMD-10 calculate_scores.py (hoken_score): 87 of 145",
+    "secondary pages), else KokushiMD-10 calculate_scores.py (hoken_score): 87 of 145",
 )

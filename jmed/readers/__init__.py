@@ -7,6 +7,7 @@ own answer parser (`jmed score --parsing official` on predictions made elsewhere
 the CLI help, auto-detection and the official scorers are all derived from what is registered here;
 `tests/test_readers_contract.py` runs every registered reader through detect, read, validate and score.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -2,6 +2,7 @@
 with `<exam>-<block>_metadata.jsonl` (year, category, contraindicated choices) and optional
 `_translate.jsonl` English versions. Its official parser is the reference scorer's: split on ",", sort,
 compare (jmed.metrics). The schema reader here is shared by JJSIMQA and the medLLM QA benchmark."""
+
 from __future__ import annotations
 
 import unicodedata
@@ -45,7 +46,7 @@ def _metadata(path: Path, ds: Dataset) -> dict[str, tuple[int, dict]]:
             sink.error(n, "year", f"expected an integer year, got {type_name(obj['year'])}")
             continue
         if pid in out:
-            sink.error(n, "problem_id", f'duplicate id {shown(pid)} (first at line {out[pid][0]})')
+            sink.error(n, "problem_id", f"duplicate id {shown(pid)} (first at line {out[pid][0]})")
             continue
         out[pid] = (n, obj)
     return out
@@ -59,9 +60,18 @@ def _translations(path: Path, ds: Dataset) -> dict[str, dict]:
     return {obj.get("problem_id"): obj for _, obj in read_jsonl(tr_path, Sink(ds, str(tr_path)))}
 
 
-def read_schema(path: Path, ds: Dataset, source: str, translate: bool = False, *, kind: str = "medical",
-                fields: dict = IGAKUQA_FIELDS, numbered: bool = True, metadata: bool = True,
-                context: bool = False) -> None:
+def read_schema(
+    path: Path,
+    ds: Dataset,
+    source: str,
+    translate: bool = False,
+    *,
+    kind: str = "medical",
+    fields: dict = IGAKUQA_FIELDS,
+    numbered: bool = True,
+    metadata: bool = True,
+    context: bool = False,
+) -> None:
     """IgakuQA's JSONL schema (also JJSIMQA's and the medLLM QA benchmark's), with
     `<name>_metadata.jsonl` joined in when `metadata`. `numbered`: ids are exam ids (116A1: exam, block); `context`: a `context` field (PubMedQA's
     abstract) goes before the question."""
@@ -76,10 +86,10 @@ def read_schema(path: Path, ds: Dataset, source: str, translate: bool = False, *
         pid = str(obj["problem_id"]).strip()
         if isinstance(obj["answer"], str):  # medLLM: "NA" where the exam has no official answer
             if obj["answer"].strip().upper() != "NA":
-                sink.error(n, "answer", f"expected a list of letters or \"NA\", got {shown(obj['answer'])}")
+                sink.error(n, "answer", f'expected a list of letters or "NA", got {shown(obj["answer"])}')
                 continue
             ds.skipped.setdefault("no_answer", []).append(pid)
-            sink.warn(n, "answer", f"{pid}: answer \"NA\" (no official answer); excluded")
+            sink.warn(n, "answer", f'{pid}: answer "NA" (no official answer); excluded')
             continue
         if context and obj.get("context"):
             if not isinstance(obj["context"], str):
@@ -104,19 +114,34 @@ def read_schema(path: Path, ds: Dataset, source: str, translate: bool = False, *
         for k in mobj.get("kinki", []):  # full-width "ｂ" is b; "cde" in one entry means c, d and e
             k = unicodedata.normalize("NFKC", k).strip().lower()
             kinki.extend(k) if k.isalpha() else kinki.append(k)
-        bad = [k for k in kinki if k not in LETTERS[:len(choices)]]
+        bad = [k for k in kinki if k not in LETTERS[: len(choices)]]
         if bad:
             Sink(ds, str(path.with_name(path.stem + "_metadata.jsonl"))).error(
-                mline, "kinki", f'letter "{bad[0]}" outside {len(choices)} choices of {pid}')
+                mline, "kinki", f'letter "{bad[0]}" outside {len(choices)} choices of {pid}'
+            )
             continue
         year = mobj.get("year") or year_of_folder or exams.exam_year(exam, kind)
-        ds.items.append(Question(
-            id=pid, stem=stem, choices=choices, answer=answer, points=points, block=block, exam=exam,
-            year=year, text_only=obj["text_only"], kinki=tuple(sorted(set(kinki))), kinki_known="kinki" in mobj,
-            category=str(mobj.get("category", "")), source=source, accept_any=pid in accept_any,
-            exam_kind=kind,
-            file=str(path), line=n,
-        ))
+        ds.items.append(
+            Question(
+                id=pid,
+                stem=stem,
+                choices=choices,
+                answer=answer,
+                points=points,
+                block=block,
+                exam=exam,
+                year=year,
+                text_only=obj["text_only"],
+                kinki=tuple(sorted(set(kinki))),
+                kinki_known="kinki" in mobj,
+                category=str(mobj.get("category", "")),
+                source=source,
+                accept_any=pid in accept_any,
+                exam_kind=kind,
+                file=str(path),
+                line=n,
+            )
+        )
 
 
 def read(path: Path, ds: Dataset, translate: bool = False) -> None:
@@ -124,6 +149,9 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
 
 
 READER = Reader(
-    name="igakuqa", help="IgakuQA JSONL (and any file in its schema: the fallback for JSON lines)",
-    read=read, detect=lambda p: p.obj is not None or p.suffix == ".jsonl", priority=0,
+    name="igakuqa",
+    help="IgakuQA JSONL (and any file in its schema: the fallback for JSON lines)",
+    read=read,
+    detect=lambda p: p.obj is not None or p.suffix == ".jsonl",
+    priority=0,
 )

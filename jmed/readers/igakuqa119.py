@@ -1,4 +1,5 @@
 """IgakuQA119 (github docto-rin/IgakuQA119): the 119th medical licensing exam (2025) and its scorer."""
+
 from __future__ import annotations
 
 import re
@@ -44,8 +45,11 @@ def _igakuqa119_answers(path: Path, sink: Sink) -> dict[str, tuple[int, str]] | 
     its parent, or ../results/); None (an error naming where it looked) when there is none."""
     import csv
 
-    places = [path.parent / "correct_answers.csv", path.parent.parent / "correct_answers.csv",
-              path.parent.parent / "results" / "correct_answers.csv"]
+    places = [
+        path.parent / "correct_answers.csv",
+        path.parent.parent / "correct_answers.csv",
+        path.parent.parent / "results" / "correct_answers.csv",
+    ]
     found = next((p for p in places if p.is_file()), None)
     if found is None:
         sink.error(0, "", "IgakuQA119 answers not found: looked for " + ", ".join(str(p) for p in places))
@@ -75,13 +79,17 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
             continue
         labels = [(_LABEL.match(c).group(1) if _LABEL.match(c) else "") for c in raw]
         texts = [_LABEL.sub("", c, count=1).strip() for c in raw]
-        if raw and labels != list(LETTERS[:len(raw)]):
+        if raw and labels != list(LETTERS[: len(raw)]):
             # merged in the source: place each choice at its label so answer letters still point right
-            sink.warn(n, "choices", f"{qid}: choice labels {''.join(lb or '?' for lb in labels)} are not a, b, c, …: "
-                                    f"choices merged in the source; letters are kept, choice texts may be garbled")
+            sink.warn(
+                n,
+                "choices",
+                f"{qid}: choice labels {''.join(lb or '?' for lb in labels)} are not a, b, c, …: "
+                f"choices merged in the source; letters are kept, choice texts may be garbled",
+            )
             if all(labels) and len(set(labels)) == len(labels):
                 slots = {lb: t for lb, t in zip(labels, texts)}
-                texts = [slots.get(lb, MISSING_CHOICE) for lb in LETTERS[:LETTERS.index(max(labels)) + 1]]
+                texts = [slots.get(lb, MISSING_CHOICE) for lb in LETTERS[: LETTERS.index(max(labels)) + 1]]
         elif raw and len(raw) != 5:
             sink.warn(n, "choices", f"{qid}: {len(raw)} choices where the exam has 5: merged in the source?")
         if qid not in answers:
@@ -92,8 +100,12 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
         if not texts and not NUMERIC.match(gold):  # 119E45, 119E48: the choices sit inside the question text
             no_prompt = "choices_unparsed"
             texts = list(placeholder_choices([list(gold.lower())], "問題文中"))
-            sink.warn(n, "choices", f"{qid}: no choice list but a letter answer ({gold}): the choices are inside "
-                                    "the question text; scored, but left out wherever a prompt is needed")
+            sink.warn(
+                n,
+                "choices",
+                f"{qid}: no choice list but a letter answer ({gold}): the choices are inside "
+                "the question text; scored, but left out wherever a prompt is needed",
+            )
         if not obj["question"].strip():  # 119C18 as published: graded like every question, never prompted
             no_prompt = no_prompt or "blank_stem"
             sink.warn(n, "question", f"{qid}: blank question text: scored, but left out wherever a prompt is needed")
@@ -106,22 +118,33 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
         if answer is None:
             continue
         exam, block, number = m.group(1), m.group(2), int(m.group(3))
-        ds.items.append(Question(
-            id=qid, stem=obj["question"].strip(), choices=tuple(texts), answer=answer,
-            points=3.0 if block in ("B", "E") and 26 <= number <= 50 else 1.0, block=block, exam=exam,
-            year=exams.exam_year(exam), text_only=not obj["has_image"], source="igakuqa119", no_prompt=no_prompt,
-            file=str(path), line=n))
+        ds.items.append(
+            Question(
+                id=qid,
+                stem=obj["question"].strip(),
+                choices=tuple(texts),
+                answer=answer,
+                points=3.0 if block in ("B", "E") and 26 <= number <= 50 else 1.0,
+                block=block,
+                exam=exam,
+                year=exams.exam_year(exam),
+                text_only=not obj["has_image"],
+                source="igakuqa119",
+                no_prompt=no_prompt,
+                file=str(path),
+                line=n,
+            )
+        )
 
 
 def question_files(path: Path) -> list[Path]:
     return sorted(folder / n for folder, names in walk(path) for n in names if IGAKUQA119_FILE.match(n))
 
 
-
-
 def official(question, text: str) -> tuple[str, ...] | None:
     """IgakuQA119's own scorer (src/grading_logic.py): lower case; "[", "]", "," and spaces removed; the
     characters sorted; equal to the gold answer so treated. Numbers are compared the same way, as it does."""
+
     def canon(s: str) -> str:
         return "".join(sorted(s.strip().lower().replace("[", "").replace("]", "").replace(",", "").replace(" ", "")))
 
@@ -140,7 +163,14 @@ def detect(p) -> bool:
     return bool(IGAKUQA119_FILE.match(p.path.name) or re.search(r'"number"\s*:\s*"\d{3}[A-F]\d+"', p.head))
 
 
-READER = Reader(name="igakuqa119", answer_text=lambda q: "".join(q.answer[0]), help="IgakuQA119 (docto-rin/IgakuQA119): a checkout, or its questions/ files",
-                read=read, detect=detect, priority=100, official=official,
-                files=lambda folder, ds: question_files(folder) if folder.is_dir() else [folder],
-                folder=lambda folder: bool(question_files(folder)))
+READER = Reader(
+    name="igakuqa119",
+    answer_text=lambda q: "".join(q.answer[0]),
+    help="IgakuQA119 (docto-rin/IgakuQA119): a checkout, or its questions/ files",
+    read=read,
+    detect=detect,
+    priority=100,
+    official=official,
+    files=lambda folder, ds: question_files(folder) if folder.is_dir() else [folder],
+    folder=lambda folder: bool(question_files(folder)),
+)

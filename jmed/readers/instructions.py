@@ -1,4 +1,5 @@
 """Instruction records for training (`{"instruction", "input"?, "output", "id"?}` JSON lines)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,6 +27,11 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
         ds.items.append(InstructionRecord(obj["instruction"], inp, obj["output"], id=rid, file=str(path), line=n))
 
 
-READER = Reader(name="instructions", help="instruction records for training (instruction, input, output)",
-                read=read, detect=lambda p: p.obj is not None and "instruction" in p.obj and "output" in p.obj,
-                priority=70, questions=False)
+READER = Reader(
+    name="instructions",
+    help="instruction records for training (instruction, input, output)",
+    read=read,
+    detect=lambda p: p.obj is not None and "instruction" in p.obj and "output" in p.obj,
+    priority=70,
+    questions=False,
+)

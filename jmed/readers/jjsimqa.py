@@ -2,6 +2,7 @@
 Japanese Society of Internal Medicine, in IgakuQA's schema with `choices_orig` and float points. That
 benchmark is where JJSIMQA is published, so its scorer (scripts/evaluate_main.py: NFKC, 「、」 as ",", items
 stripped and sorted) is JJSIMQA's official parser."""
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,16 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
 
 
 def detect(p) -> bool:
-    return p.obj is not None and ("choices_orig" in p.obj or bool(re.match(r"^\d+_\d+-\d+$", str(p.obj.get("problem_id", "")))))
+    return p.obj is not None and (
+        "choices_orig" in p.obj or bool(re.match(r"^\d+_\d+-\d+$", str(p.obj.get("problem_id", ""))))
+    )
 
 
-READER = Reader(name="jjsimqa", help="JJSIMQA JSONL (IgakuQA's schema, float points)", read=read, detect=detect,
-                priority=40, official=official)
+READER = Reader(
+    name="jjsimqa",
+    help="JJSIMQA JSONL (IgakuQA's schema, float points)",
+    read=read,
+    detect=detect,
+    priority=40,
+    official=official,
+)

@@ -1,4 +1,5 @@
 """JMLE2026-Bench: the 120th medical licensing exam (2026) as one JSON list, with its scorer (benchmark.py)."""
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,15 @@ from jmed.records import (
     type_name,
 )
 
-JMLE_FIELDS = {"question_id": str, "block": str, "number": int, "question_type": str,
-               "question_text": str, "requires_image": bool, "answer": list}
+JMLE_FIELDS = {
+    "question_id": str,
+    "block": str,
+    "number": int,
+    "question_type": str,
+    "question_text": str,
+    "requires_image": bool,
+    "answer": list,
+}
 
 
 JMLE_TYPES = ("multiple_choice", "calculation")
@@ -47,7 +55,7 @@ def split_jmle_choices(text: str) -> tuple[str, tuple[str, ...]] | None:
             break
         i -= 1
     found.reverse()
-    if len(found) < 2 or [letter for letter, _ in found] != list(LETTERS[:len(found)]):
+    if len(found) < 2 or [letter for letter, _ in found] != list(LETTERS[: len(found)]):
         return None
     stem = _QUESTION_NO.sub("", "\n".join(lines[:i]).strip(), count=1).strip()
     return stem, tuple(t for _, t in found)
@@ -74,8 +82,12 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
                 no_prompt = "choices_unparsed"
                 stem = _QUESTION_NO.sub("", obj["question_text"].strip(), count=1)
                 choices = placeholder_choices([[str(a).strip().lower() for a in obj["answer"]]], "表中")
-                sink.warn(n, "question_text", f"{qid}: its choices could not be parsed from the text (a table?): "
-                                              "scored, but left out wherever a prompt is needed")
+                sink.warn(
+                    n,
+                    "question_text",
+                    f"{qid}: its choices could not be parsed from the text (a table?): "
+                    "scored, but left out wherever a prompt is needed",
+                )
             else:
                 stem, choices = parsed
         answer = check_answer(obj["answer"], len(choices), n, sink)
@@ -83,16 +95,31 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
             continue
         select = obj.get("num_choices_to_select")
         if choices and select is not None and len(answer) == 1 and select != len(answer[0]):
-            sink.error(n, "answer", f"num_choices_to_select is {select} but the answer has {len(answer[0])} "
-                                    f"letter(s): {','.join(answer[0])}")
+            sink.error(
+                n,
+                "answer",
+                f"num_choices_to_select is {select} but the answer has {len(answer[0])} "
+                f"letter(s): {','.join(answer[0])}",
+            )
             continue
-        ds.items.append(Question(
-            id=qid, stem=f"{context.strip()}\n{stem}" if context else stem, choices=choices, answer=answer,
-            # required blocks B and E: questions 26-50 are 3-point clinical questions (as in IgakuQA)
-            points=3.0 if block in ("B", "E") and number > 25 else 1.0,
-            block=block, exam=exam, year=exams.exam_year(exam), text_only=not obj["requires_image"],
-            source="jmle2026", no_prompt=no_prompt, file=str(path), line=n,
-        ))
+        ds.items.append(
+            Question(
+                id=qid,
+                stem=f"{context.strip()}\n{stem}" if context else stem,
+                choices=choices,
+                answer=answer,
+                # required blocks B and E: questions 26-50 are 3-point clinical questions (as in IgakuQA)
+                points=3.0 if block in ("B", "E") and number > 25 else 1.0,
+                block=block,
+                exam=exam,
+                year=exams.exam_year(exam),
+                text_only=not obj["requires_image"],
+                source="jmle2026",
+                no_prompt=no_prompt,
+                file=str(path),
+                line=n,
+            )
+        )
 
 
 def _jmle_context(obj: dict, n: int, sink: Sink) -> str | None:
@@ -132,6 +159,12 @@ def official(question, text: str) -> tuple[str, ...] | None:
     return tuple(letters) or None
 
 
-READER = Reader(name="jmle2026", answer_text=lambda q: "【回答】" + ",".join(q.answer[0]), help="JMLE2026-Bench: a JSON list of the 120th exam's questions",
-                read=read, detect=lambda p: p.suffix == ".json" or p.head.lstrip().startswith("["), priority=80,
-                official=official)
+READER = Reader(
+    name="jmle2026",
+    answer_text=lambda q: "【回答】" + ",".join(q.answer[0]),
+    help="JMLE2026-Bench: a JSON list of the 120th exam's questions",
+    read=read,
+    detect=lambda p: p.suffix == ".json" or p.head.lstrip().startswith("["),
+    priority=80,
+    official=official,
+)

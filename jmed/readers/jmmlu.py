@@ -1,4 +1,5 @@
 """JMMLU (nlp-waseda/JMMLU) and JMMLU-Med (sociocom/JMED-LLM): 4-choice CSV rows."""
+
 from __future__ import annotations
 
 import csv
@@ -55,14 +56,28 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
             continue
         letter = values["answer"].upper()
         if len(letter) != 1 or letter not in "ABCD":
-            sink.error(n, "answer", f'letter {shown(values["answer"])} outside 4 choices (A-D)')
+            sink.error(n, "answer", f"letter {shown(values['answer'])} outside 4 choices (A-D)")
             continue
         qid = values.get("id") or f"{path.stem}-{row_no}"
-        ds.items.append(Question(
-            id=qid, stem=values["question"], choices=tuple(values[f"option{c}"] for c in "ABCD"),
-            answer=((letter.lower(),),), category=values.get("tag", ""), source="jmmlu", exam_kind="other", file=str(path), line=n,
-        ))
+        ds.items.append(
+            Question(
+                id=qid,
+                stem=values["question"],
+                choices=tuple(values[f"option{c}"] for c in "ABCD"),
+                answer=((letter.lower(),),),
+                category=values.get("tag", ""),
+                source="jmmlu",
+                exam_kind="other",
+                file=str(path),
+                line=n,
+            )
+        )
 
 
-READER = Reader(name="jmmlu", help="JMMLU / JMMLU-Med CSV (question, optionA-D, answer)", read=read,
-                detect=lambda p: p.suffix == ".csv", priority=110)
+READER = Reader(
+    name="jmmlu",
+    help="JMMLU / JMMLU-Med CSV (question, optionA-D, answer)",
+    read=read,
+    detect=lambda p: p.suffix == ".csv",
+    priority=110,
+)

@@ -15,6 +15,7 @@ is what that scorer reads and what its prompt.py shows the models:
 The scorer's answer comparison (`normalize_answer`): everything but ASCII letters and digits removed, the
 characters sorted, upper-cased, cut to 6; equal strings are right. That is this reader's official parser.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,13 +41,25 @@ from jmed.records import (
 )
 
 # The file-name prefixes (utils.py ROLE_MAP) and the exam kind each is.
-PROFESSIONS = {"医師": "medical", "歯科": "dental", "薬剤": "pharmacist", "看護": "nurse",
-               "保健": "public_health_nurse", "助産": "midwife", "理学": "physical_therapist",
-               "作業": "occupational_therapist", "診療": "radiological_technologist", "視能": "orthoptist"}
+PROFESSIONS = {
+    "医師": "medical",
+    "歯科": "dental",
+    "薬剤": "pharmacist",
+    "看護": "nurse",
+    "保健": "public_health_nurse",
+    "助産": "midwife",
+    "理学": "physical_therapist",
+    "作業": "occupational_therapist",
+    "診療": "radiological_technologist",
+    "視能": "orthoptist",
+}
 # The sessions calculate_scores.py reads, in exam order; they become blocks A, B, … in that order
 # (the pharmacist exam's six sessions a1-b3 are A-F).
-SECTIONS = {"医師": ("a", "b", "c", "d", "e", "f"), "歯科": ("a", "b", "c", "d"),
-            "薬剤": ("a1", "a2", "a3", "b1", "b2", "b3")}
+SECTIONS = {
+    "医師": ("a", "b", "c", "d", "e", "f"),
+    "歯科": ("a", "b", "c", "d"),
+    "薬剤": ("a1", "a2", "a3", "b1", "b2", "b3"),
+}
 FILE = re.compile(rf"^({'|'.join(PROFESSIONS)})_(\d{{4}})_([a-z][0-9]?)\.json$")
 FIELDS = {"index": (str, int), "question": str, "answer": str, "points": (str, int, float), "text_only": bool}
 _INDEX = re.compile(r"^\d+(?:-[0-9A-Za-z]+)*$")
@@ -71,8 +84,9 @@ def detect(p) -> bool:
     """Its file names; or, renamed, a JSON list whose records carry the scorer's `human_accuracy` and `index`."""
     if FILE.match(p.path.name):
         return True
-    return (p.suffix == ".json" and p.head.lstrip().startswith("[")
-            and '"human_accuracy"' in p.head and '"index"' in p.head)
+    return (
+        p.suffix == ".json" and p.head.lstrip().startswith("[") and '"human_accuracy"' in p.head and '"index"' in p.head
+    )
 
 
 def _labelled(values: dict, n: int, sink: Sink, fld: str) -> tuple[tuple[str, ...], str] | None:
@@ -80,7 +94,7 @@ def _labelled(values: dict, n: int, sink: Sink, fld: str) -> tuple[tuple[str, ..
     labels = {str(k).lower(): v for k, v in values.items()}
     numbered = all(k.isdigit() for k in labels)
     order = sorted(labels, key=int) if numbered else sorted(labels)
-    if order != ([str(i) for i in range(1, len(order) + 1)] if numbered else list(LETTERS[:len(order)])):
+    if order != ([str(i) for i in range(1, len(order) + 1)] if numbered else list(LETTERS[: len(order)])):
         sink.error(n, fld, f"choice labels {shown(list(values))} are not a, b, c, … or 1, 2, 3, …")
         return None
     texts = check_choices([labels[k] for k in order], n, sink, fld)
@@ -149,12 +163,20 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
     sink = Sink(ds, str(path))
     m = FILE.match(path.name)
     if not m:
-        sink.error(0, "", "not a KokushiMD-10 file name (<profession>_<year>_<section>.json, e.g. 医師_2020_a.json, "
-                          f"profession one of {', '.join(PROFESSIONS)}): its year and section come from the name")
+        sink.error(
+            0,
+            "",
+            "not a KokushiMD-10 file name (<profession>_<year>_<section>.json, e.g. 医師_2020_a.json, "
+            f"profession one of {', '.join(PROFESSIONS)}): its year and section come from the name",
+        )
         return
     if translate:
-        sink.error(0, "", "--translate: KokushiMD-10's English files (exams/EN/) have no published layout; "
-                          "jmed reads its Japanese files only")
+        sink.error(
+            0,
+            "",
+            "--translate: KokushiMD-10's English files (exams/EN/) have no published layout; "
+            "jmed reads its Japanese files only",
+        )
         return
     profession, year, section = m.group(1), int(m.group(2)), m.group(3)
     if section not in sections(profession):
@@ -168,7 +190,7 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
             continue
         index = str(obj["index"]).strip()
         if not _INDEX.match(index):
-            sink.error(n, "index", f"{shown(obj['index'])} is not a question number such as \"12\" or \"12-1\"")
+            sink.error(n, "index", f'{shown(obj["index"])} is not a question number such as "12" or "12-1"')
             continue
         qid = f"{path.stem}_{index}"
         found = _choices(obj, n, sink)
@@ -183,13 +205,20 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
             continue
         if "corrected_question_index" in obj and profession != "医師":  # its scorer never credits these
             ds.skipped.setdefault("corrected", []).append(qid)
-            sink.warn(n, "corrected_question_index", f"{qid}: marked corrected (採点除外等); its scorer never "
-                                                     "credits it; excluded")
+            sink.warn(
+                n,
+                "corrected_question_index",
+                f"{qid}: marked corrected (採点除外等); its scorer never credits it; excluded",
+            )
             continue
         if not choices:
             if not NUMERIC.match(obj["answer"].strip()):
-                sink.error(n, "answer", f"{shown(obj['answer'])}: a question without choices needs a number "
-                                        "(or give its choices: keys a, b, … or 1, 2, …)")
+                sink.error(
+                    n,
+                    "answer",
+                    f"{shown(obj['answer'])}: a question without choices needs a number "
+                    "(or give its choices: keys a, b, … or 1, 2, …)",
+                )
                 continue
             answer, style = (obj["answer"].strip(),), "numeric"
         else:
@@ -208,13 +237,27 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
             _NUMBERED.add((str(path), n))
         else:
             _NUMBERED.discard((str(path), n))
-        ds.items.append(Question(
-            id=qid, stem=obj["question"], choices=choices, answer=(answer,), points=points, block=block,
-            exam=exam, year=year, text_only=obj["text_only"], kinki=kinki, kinki_known="kinki" in obj,
-            category=subject if isinstance(subject, str) else str(subject), source="kokushimd10",
-            accept_any=f"{exam}{block}{index}" in kind.accept_any,  # the exam's own corrections (116A71)
-            exam_kind=kind.name, file=str(path), line=n,
-        ))
+        ds.items.append(
+            Question(
+                id=qid,
+                stem=obj["question"],
+                choices=choices,
+                answer=(answer,),
+                points=points,
+                block=block,
+                exam=exam,
+                year=year,
+                text_only=obj["text_only"],
+                kinki=kinki,
+                kinki_known="kinki" in obj,
+                category=subject if isinstance(subject, str) else str(subject),
+                source="kokushimd10",
+                accept_any=f"{exam}{block}{index}" in kind.accept_any,  # the exam's own corrections (116A71)
+                exam_kind=kind.name,
+                file=str(path),
+                line=n,
+            )
+        )
 
 
 def numbered(question) -> bool:
@@ -259,8 +302,11 @@ def files(folder: Path, ds: Dataset) -> list[Path]:
         rel = f.relative_to(folder).parts
         (out if FILE.match(f.name) and "EN" not in rel[:-1] else other).append(f)
     if out and other:
-        ds.warnings.append(DataError(str(folder), 0, "", f"{len(other)} other file(s) not read as KokushiMD-10 "
-                                                         f"questions ({other[0].name} …)"))
+        ds.warnings.append(
+            DataError(
+                str(folder), 0, "", f"{len(other)} other file(s) not read as KokushiMD-10 questions ({other[0].name} …)"
+            )
+        )
     return out or other  # none at all: the others, so that the reader names what is wrong with them
 
 
@@ -270,8 +316,13 @@ def folder(path: Path) -> bool:
 
 
 READER = Reader(
-    name="kokushimd10", help="KokushiMD-10 (juniorliu95/KokushiMD-10): ten healthcare licensing exams, "
-                             "<profession>_<year>_<section>.json",
-    read=read, detect=detect, priority=90, official=official, files=files, folder=folder,
+    name="kokushimd10",
+    help="KokushiMD-10 (juniorliu95/KokushiMD-10): ten healthcare licensing exams, <profession>_<year>_<section>.json",
+    read=read,
+    detect=detect,
+    priority=90,
+    official=official,
+    files=files,
+    folder=folder,
     answer_text=answer_text,
 )

@@ -1,5 +1,6 @@
 """The medLLM QA benchmark (github aistairc/medLLM_QA_benchmark): IgakuQA's schema per set, with its own
 scorer (scripts/evaluate_main.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,14 +19,33 @@ MEDLLM_SETS = {"denqa": "dental", "igakuqa": "medical", "jjsimqa": "medical"}  #
 # `<exam>-<block>.jsonl`: read as the benchmark (its scorer's rules) unless an `igakuqa_metadata.jsonl`
 # beside it makes it an IgakuQA file. Its jjsimqa.jsonl (the only JJSIMQA there is)
 # is read as `jjsimqa`, whose official parser is this scorer too.
-MEDLLM_FILES = {"denqa", "igakuqa", "mmlu_en_medical", "medmcqa", "medqa_en", "medqa_en_4op", "pubmedqa", "cmexam",
-                "medqa_zh", "medqa_zh_4op"}
+MEDLLM_FILES = {
+    "denqa",
+    "igakuqa",
+    "mmlu_en_medical",
+    "medmcqa",
+    "medqa_en",
+    "medqa_en_4op",
+    "pubmedqa",
+    "cmexam",
+    "medqa_zh",
+    "medqa_zh_4op",
+}
 
 
 def read(path: Path, ds: Dataset, translate: bool = False) -> None:
     kind = MEDLLM_SETS.get(path.stem.lower(), "other")
-    read_schema(path, ds, "medllm", translate, kind=kind, fields=MEDLLM_FIELDS,
-                numbered=kind in ("medical", "dental"), metadata=False, context=True)
+    read_schema(
+        path,
+        ds,
+        "medllm",
+        translate,
+        kind=kind,
+        fields=MEDLLM_FIELDS,
+        numbered=kind in ("medical", "dental"),
+        metadata=False,
+        context=True,
+    )
 
 
 def is_benchmark_file(path: Path) -> bool:
@@ -35,8 +55,11 @@ def is_benchmark_file(path: Path) -> bool:
 
 def detect(p) -> bool:
     obj = p.obj
-    return obj is not None and (is_benchmark_file(p.path) or "context" in obj or (
-        isinstance(obj.get("problem_id"), int) and not isinstance(obj.get("problem_id"), bool)))
+    return obj is not None and (
+        is_benchmark_file(p.path)
+        or "context" in obj
+        or (isinstance(obj.get("problem_id"), int) and not isinstance(obj.get("problem_id"), bool))
+    )
 
 
 def official(question, text: str) -> tuple[str, ...] | None:
@@ -49,5 +72,11 @@ def official(question, text: str) -> tuple[str, ...] | None:
     return tuple(items) if any(items) else None
 
 
-READER = Reader(name="medllm", help="the medLLM QA benchmark (aistairc/medLLM_QA_benchmark): its sets' JSONL",
-                read=read, detect=detect, priority=50, official=official)
+READER = Reader(
+    name="medllm",
+    help="the medLLM QA benchmark (aistairc/medLLM_QA_benchmark): its sets' JSONL",
+    read=read,
+    detect=detect,
+    priority=50,
+    official=official,
+)

@@ -26,6 +26,7 @@ files number each block from 1 (097B001 is question 91); the blocks are the exam
 Official parsing (`official`) is check.py's rule: the stored answer string exactly, or the choice numbers
 in ascending order joined by "," ("2,5"), which is the stored string of every answer stored in order.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -90,7 +91,7 @@ def _yakugakuqa_answer(items: list, n_choices: int, n: int, sink: Sink, pid: str
         return "none"
     digits = [m.group(0) for m in (re.match(r"\d+", str(a).strip()) for a in items) if m]
     if not digits or len(digits) != len(items):
-        sink.error(n, "answer", f"expected choice numbers such as [\"3\"], got {shown(items)}")
+        sink.error(n, "answer", f'expected choice numbers such as ["3"], got {shown(items)}')
         return None
     numbers = [int(d) for d in digits]
     bad = [d for d in numbers if not 1 <= d <= n_choices]
@@ -101,18 +102,26 @@ def _yakugakuqa_answer(items: list, n_choices: int, n: int, sink: Sink, pid: str
         sink.error(n, "answer", f"choice number repeated in {shown(items)}")
         return None
     if numbers != sorted(numbers):
-        sink.warn(n, "answer", f"{pid}: answer {shown(items)} stored out of order: read as the set "
-                               f"{{{', '.join(map(str, sorted(numbers)))}}}; check.py takes only "
-                               f"{shown(','.join(items))} as right, jmed's official parsing both orders")
+        sink.warn(
+            n,
+            "answer",
+            f"{pid}: answer {shown(items)} stored out of order: read as the set "
+            f"{{{', '.join(map(str, sorted(numbers)))}}}; check.py takes only "
+            f"{shown(','.join(items))} as right, jmed's official parsing both orders",
+        )
     letters = sorted(LETTERS[d - 1] for d in numbers)
     m = _YAKU_ANY.search(text)
     if m:
         return tuple(itertools.combinations(letters, _count(m.group(1))))
     k = asked(stem)
     if k is not None and len(numbers) > k:
-        sink.warn(n, "answer", f"{pid}: multiple_correct: the stem asks for {k} but the answer lists "
-                               f"{len(numbers)} choices {shown(items)}: more correct choices than asked (MHLW "
-                               f"accepts any {k} of them); read as any {k} of {', '.join(map(str, sorted(numbers)))}")
+        sink.warn(
+            n,
+            "answer",
+            f"{pid}: multiple_correct: the stem asks for {k} but the answer lists "
+            f"{len(numbers)} choices {shown(items)}: more correct choices than asked (MHLW "
+            f"accepts any {k} of them); read as any {k} of {', '.join(map(str, sorted(numbers)))}",
+        )
         return tuple(itertools.combinations(letters, k))
     return (tuple(letters),)
 
@@ -133,8 +142,12 @@ def _metadata(path: Path, ds: Dataset) -> dict[str, dict]:
         if key not in meta:
             meta[key] = obj
         elif obj.get("category") != meta[key].get("category"):
-            sink.warn(n, "category", f"{key}: {shown(obj.get('category'))} where an earlier row says "
-                                     f"{shown(meta[key].get('category'))}: the first row is kept")
+            sink.warn(
+                n,
+                "category",
+                f"{key}: {shown(obj.get('category'))} where an earlier row says "
+                f"{shown(meta[key].get('category'))}: the first row is kept",
+            )
     return meta
 
 
@@ -159,7 +172,7 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
         top = max((int(mm.group(0)) for mm in (re.match(r"\d+", a.strip()) for a in answers) if mm), default=5)
         if isinstance(obj["choices"], str):  # "IMAGES": the choices are a figure; their numbers still count
             if obj["choices"] != "IMAGES":
-                sink.error(n, "choices", f"expected a list or \"IMAGES\", got {shown(obj['choices'])}")
+                sink.error(n, "choices", f'expected a list or "IMAGES", got {shown(obj["choices"])}')
                 continue
             choices = tuple(f"（選択肢{i}は図）" for i in range(1, max(5, top) + 1))
         else:
@@ -180,22 +193,42 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
         no_prompt = ""
         if not obj["problem_text"].strip():  # 105A049, 105A053 as published: graded, never prompted
             no_prompt = "blank_stem"
-            sink.warn(n, "problem_text", f"{pid}: blank_stem: the data has no question text: scored, but left "
-                                         "out wherever a prompt is needed")
+            sink.warn(
+                n,
+                "problem_text",
+                f"{pid}: blank_stem: the data has no question text: scored, but left out wherever a prompt is needed",
+            )
         exam, block, number = m.groups()
         key = _category_key(exam, block, number)
         row = meta.get(key) if key else None
         if meta and row is None:
             no_category.append(pid)
-        ds.items.append(Question(
-            id=pid, stem=obj["problem_text"], choices=choices, answer=answer, points=points, block=block, exam=exam,
-            year=year_of_folder or exams.exam_year(exam, "pharmacist"),
-            text_only=obj["text_only"] and not isinstance(obj["choices"], str),
-            category=str((row or {}).get("category", "")), source="yakugakuqa",
-            exam_kind="pharmacist", no_prompt=no_prompt, file=str(path), line=n))
+        ds.items.append(
+            Question(
+                id=pid,
+                stem=obj["problem_text"],
+                choices=choices,
+                answer=answer,
+                points=points,
+                block=block,
+                exam=exam,
+                year=year_of_folder or exams.exam_year(exam, "pharmacist"),
+                text_only=obj["text_only"] and not isinstance(obj["choices"], str),
+                category=str((row or {}).get("category", "")),
+                source="yakugakuqa",
+                exam_kind="pharmacist",
+                no_prompt=no_prompt,
+                file=str(path),
+                line=n,
+            )
+        )
     if no_category:
-        sink.warn(0, "category", f"{len(no_category)} question(s) without a row in {meta_path.name} under their "
-                                 f"exam-wide number ({no_category[0]} …): no category")
+        sink.warn(
+            0,
+            "category",
+            f"{len(no_category)} question(s) without a row in {meta_path.name} under their "
+            f"exam-wide number ({no_category[0]} …): no category",
+        )
 
 
 def files(folder: Path, ds: Dataset) -> list[Path]:
@@ -204,8 +237,15 @@ def files(folder: Path, ds: Dataset) -> list[Path]:
     for f in data_files(folder) if folder.is_dir() else [folder]:
         blocks = sorted(f.parent.glob(f"{f.stem}-[A-F].jsonl")) if re.fullmatch(r"\d{3}", f.stem) else []
         if blocks:
-            ds.warnings.append(DataError(str(f), 0, "", f"whole-year file repeating {len(blocks)} block files "
-                                                        f"({blocks[0].name} …): skipped, the blocks are read"))
+            ds.warnings.append(
+                DataError(
+                    str(f),
+                    0,
+                    "",
+                    f"whole-year file repeating {len(blocks)} block files "
+                    f"({blocks[0].name} …): skipped, the blocks are read",
+                )
+            )
         else:
             out.append(f)
     return out
@@ -216,7 +256,8 @@ def answer_text(question) -> str:
     if not question.answer:
         return ""
     return _STORED.get((question.file, question.line)) or ",".join(
-        str(LETTERS.index(a) + 1) for a in sorted(question.answer[0]))
+        str(LETTERS.index(a) + 1) for a in sorted(question.answer[0])
+    )
 
 
 def official(question, text: str) -> tuple[str, ...] | None:
@@ -235,7 +276,13 @@ def official(question, text: str) -> tuple[str, ...] | None:
     return tuple(LETTERS[d - 1] for d in numbers)
 
 
-READER = Reader(name="yakugakuqa", answer_text=answer_text,
-                help="YakugakuQA (EQUES-Inc/pharma-LLM-eval data/): the pharmacist exam",
-                read=read, detect=lambda p: p.obj is not None and bool(YAKUGAKU_ID.match(str(p.obj.get("problem_id", "")))),
-                priority=60, official=official, files=files)
+READER = Reader(
+    name="yakugakuqa",
+    answer_text=answer_text,
+    help="YakugakuQA (EQUES-Inc/pharma-LLM-eval data/): the pharmacist exam",
+    read=read,
+    detect=lambda p: p.obj is not None and bool(YAKUGAKU_ID.match(str(p.obj.get("problem_id", "")))),
+    priority=60,
+    official=official,
+    files=files,
+)

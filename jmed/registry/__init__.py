@@ -24,6 +24,7 @@ nothing (`promote_one`). Three rules make racing promoters converge on any store
 The lock only saves work: an OS file lock (fcntl.flock) beside a local store, a lease tag (token,
 expiry, host, pid) on the registered model for remote stores.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,14 +66,32 @@ from jmed.registry.store import (  # noqa: F401
 ADAPTER_DIGEST_TAG = "jmed.adapter_sha256"  # the adapter folder's bytes when registered (jmed.adapter.digest)
 
 
-LINEAGE_METRICS = ("eval/accuracy", "eval/score", "eval/required_score", "eval/exact_match", "eval/gestalt",
-                   "eval/gestalt_accuracy", "eval/unparsed")
+LINEAGE_METRICS = (
+    "eval/accuracy",
+    "eval/score",
+    "eval/required_score",
+    "eval/exact_match",
+    "eval/gestalt",
+    "eval/gestalt_accuracy",
+    "eval/unparsed",
+)
 
 
 def _description(meta: dict, tags: dict, metric: str) -> str:
     cfg = meta.get("config", {})
-    keys = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "quantization", "learning_rate",
-            "max_steps", "epochs", "batch_size", "seed", "preset")
+    keys = (
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "quantization",
+        "learning_rate",
+        "max_steps",
+        "epochs",
+        "batch_size",
+        "seed",
+        "preset",
+    )
     settings = ", ".join(f"{k}={cfg[k]}" for k in keys if cfg.get(k) not in (None, ""))
     metrics = ", ".join(f"{k} {tags[k]}" for k in LINEAGE_METRICS if k in tags)
     return (
@@ -94,21 +113,29 @@ def register(client, name: str, cand: Candidate, metric: str = "eval/accuracy", 
 
     eval_run = client.get_run(cand.eval_run)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(mlflow.artifacts.download_artifacts(run_id=cand.train_run, artifact_path="adapter",
-                                                          dst_path=tmp))
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=cand.train_run, artifact_path="adapter", dst_path=tmp))
         meta = adapter.read(folder)
         digest = adapter.digest(folder)
         info = log_serving_model(folder, name="served-model", bundle_base=bundle_base, run_id=cand.eval_run)
-    tags = {tracking.TRAIN_RUN_TAG: cand.train_run, tracking.EVAL_RUN_TAG: cand.eval_run,
-            tracking.BASE_TAG: eval_run.data.tags.get(tracking.BASE_TAG, ""),
-            "jmed.base_revision": str(meta.get("base_revision", "")),
-            "jmed.train_data_digest": str(meta.get("train_data_digest", "")),
-            ADAPTER_DIGEST_TAG: digest,
-            **{f"jmed.{k}": v for k, v in zip(EVAL_KEYS, cand.evaluation)}}
+    tags = {
+        tracking.TRAIN_RUN_TAG: cand.train_run,
+        tracking.EVAL_RUN_TAG: cand.eval_run,
+        tracking.BASE_TAG: eval_run.data.tags.get(tracking.BASE_TAG, ""),
+        "jmed.base_revision": str(meta.get("base_revision", "")),
+        "jmed.train_data_digest": str(meta.get("train_data_digest", "")),
+        ADAPTER_DIGEST_TAG: digest,
+        **{f"jmed.{k}": v for k, v in zip(EVAL_KEYS, cand.evaluation)},
+    }
     tags.update({k: f"{v:.6g}" for k, v in eval_run.data.metrics.items() if k in LINEAGE_METRICS})
     # Created from the evaluate run that ranked it (run_id), so that run's page links to the version.
-    mv = client.create_model_version(name, info.model_uri, run_id=cand.eval_run, tags=tags, model_id=info.model_id,
-                                     description=_description(meta, tags, metric).replace("{name}", name))
+    mv = client.create_model_version(
+        name,
+        info.model_uri,
+        run_id=cand.eval_run,
+        tags=tags,
+        model_id=info.model_id,
+        description=_description(meta, tags, metric).replace("{name}", name),
+    )
     return str(mv.version)
 
 
@@ -120,8 +147,11 @@ def _canonical(client, name: str, cand: "Candidate", mine: str) -> str:
     candidate more than once, the lowest version wins and every other registrant deletes its own copy.
     Version numbers grow in commit order, so a later registrant always sees the earlier version."""
     key = _version_key(cand.train_run, cand.evaluation)
-    same = sorted(int(v.version) for v in versions(client, name)
-                  if _version_key(v.tags.get(tracking.TRAIN_RUN_TAG, ""), _version_tag_evaluation(v.tags)) == key)
+    same = sorted(
+        int(v.version)
+        for v in versions(client, name)
+        if _version_key(v.tags.get(tracking.TRAIN_RUN_TAG, ""), _version_tag_evaluation(v.tags)) == key
+    )
     first = str(same[0]) if same else mine
     if first != mine:
         _retrying(client.delete_model_version, name, mine)
@@ -133,11 +163,15 @@ def _ensure_model(client, name: str, base_slug: str) -> None:
     from mlflow.exceptions import MlflowException
 
     with contextlib.suppress(MlflowException):
-        client.create_registered_model(name, description=(
-            f"LoRA adapters of base model `{base_slug}` for Japanese medical exam questions, trained and "
-            f"evaluated by jmed. The `{CHAMPION}` alias is the best version on the ranking evaluation (tag "
-            f"`{EVALUATION_TAG}`); `{PREVIOUS}` is the one it replaced. Change the ranking evaluation with "
-            f"`jmed promote --base-model {base_slug} --evaluation <eval run id or data>`."))
+        client.create_registered_model(
+            name,
+            description=(
+                f"LoRA adapters of base model `{base_slug}` for Japanese medical exam questions, trained and "
+                f"evaluated by jmed. The `{CHAMPION}` alias is the best version on the ranking evaluation (tag "
+                f"`{EVALUATION_TAG}`); `{PREVIOUS}` is the one it replaced. Change the ranking evaluation with "
+                f"`jmed promote --base-model {base_slug} --evaluation <eval run id or data>`."
+            ),
+        )
 
 
 def _note_promotion(client, name: str, version: str, d: Decision, metric: str) -> None:
@@ -147,15 +181,23 @@ def _note_promotion(client, name: str, version: str, d: Decision, metric: str) -
     elif d.champion.metric is None or d.candidate is None:
         note = f"Promoted to champion, replacing v{d.champion.version} (which had no {metric})."
     else:
-        note = (f"Promoted to champion, replacing v{d.champion.version}: {metric} {d.candidate.metric:.6g} vs "
-                f"{d.champion.metric:.6g} ({d.candidate.metric - d.champion.metric:+.6g}) on "
-                f"{describe_evaluation(d.candidate.evaluation)}.")
+        note = (
+            f"Promoted to champion, replacing v{d.champion.version}: {metric} {d.candidate.metric:.6g} vs "
+            f"{d.champion.metric:.6g} ({d.candidate.metric - d.champion.metric:+.6g}) on "
+            f"{describe_evaluation(d.candidate.evaluation)}."
+        )
     old = _retrying(client.get_model_version, name, version).description or ""
     _retrying(client.update_model_version, name, version, f"{old}\n\n{time.strftime('%Y-%m-%d')}: {note}".strip())
 
 
-def promote_one(client, base_slug: str, metric: str = "eval/accuracy", min_delta: float = 0.0,
-                eval_runs: list[str] | None = None, bundle_base: bool | None = None) -> dict:
+def promote_one(
+    client,
+    base_slug: str,
+    metric: str = "eval/accuracy",
+    min_delta: float = 0.0,
+    eval_runs: list[str] | None = None,
+    bundle_base: bool | None = None,
+) -> dict:
     """Decide and apply for one base model; returns the decision record (the first round's decision,
     and the champion as finally read).
 
@@ -191,8 +233,13 @@ def promote_one(client, base_slug: str, metric: str = "eval/accuracy", min_delta
             _note_promotion(client, name, v, d, metric)
         final = champion(client, name, metric)
     record = decision.to_dict()
-    record.update(base_model=base_slug, registered_model=name, version=version, lock=how,
-                  champion_version=final.version if final else None)
+    record.update(
+        base_model=base_slug,
+        registered_model=name,
+        version=version,
+        lock=how,
+        champion_version=final.version if final else None,
+    )
     return record
 
 
@@ -225,37 +272,51 @@ def switch_evaluation(client, base_slug: str, ref: str, metric: str = "eval/accu
         except MlflowException as exc:
             raise ValueError(f"--evaluation {ref}: no such run in {tracking.shown_uri()}") from exc
         if run.data.tags.get(tracking.STEP_TAG) != "evaluate":
-            raise ValueError(f"--evaluation {ref}: run is a {run.data.tags.get(tracking.STEP_TAG, 'non-jmed')} run, "
-                             "not an evaluate run")
+            raise ValueError(
+                f"--evaluation {ref}: run is a {run.data.tags.get(tracking.STEP_TAG, 'non-jmed')} run, "
+                "not an evaluate run"
+            )
         cfg, path = from_flat(EvalConfig, run.data.params), run.data.params.get("eval_data_path", "")
         evaluation, defined_by = _evaluation(run.data.params), ref
     else:
         if current is None:
-            raise ValueError(f"--evaluation {ref}: {name} has no champion whose settings could evaluate that data; "
-                             f"evaluate an adapter on it (jmed evaluate --eval-data {ref} …) and pass that run id")
+            raise ValueError(
+                f"--evaluation {ref}: {name} has no champion whose settings could evaluate that data; "
+                f"evaluate an adapter on it (jmed evaluate --eval-data {ref} …) and pass that run id"
+            )
         cfg = dataclasses.replace(from_flat(EvalConfig, client.get_run(current.eval_run).data.params), eval_data=ref)
         path, questions = load_eval_questions(cfg)
         evaluation = _evaluation({**flat(cfg), "eval_data_digest": D.digest(questions)})
         defined_by = ""
     if current is not None:
-        there = [c for c in candidates(client, base_slug, metric, []) if c.train_run == current.train_run
-                 and c.evaluation == evaluation]
+        there = [
+            c
+            for c in candidates(client, base_slug, metric, [])
+            if c.train_run == current.train_run and c.evaluation == evaluation
+        ]
         if there:
             print(f"[jmed] champion v{current.version} was already evaluated there: eval run {there[0].eval_run}")
             defined_by = defined_by or there[0].eval_run
         else:
             print(f"[jmed] evaluating champion v{current.version} (train run {current.train_run}) on {path}")
             cfg = dataclasses.replace(cfg, adapter=f"runs:/{current.train_run}/adapter", compare_base=False)
-            with mlflow.start_run(nested=mlflow.active_run() is not None,
-                                  run_name=f"evaluate-champion-v{current.version}"):
+            with mlflow.start_run(
+                nested=mlflow.active_run() is not None, run_name=f"evaluate-champion-v{current.version}"
+            ):
                 there_run = evaluate(cfg)
             defined_by = defined_by or there_run
     declare_evaluation(client, name, evaluation, path, defined_by)
     return evaluation
 
 
-def promote(base_model: str = "", metric: str = "eval/accuracy", min_delta: float = 0.0,
-            eval_runs: list[str] | None = None, bundle_base: bool | None = None, evaluation: str = "") -> list[dict]:
+def promote(
+    base_model: str = "",
+    metric: str = "eval/accuracy",
+    min_delta: float = 0.0,
+    eval_runs: list[str] | None = None,
+    bundle_base: bool | None = None,
+    evaluation: str = "",
+) -> list[dict]:
     """`jmed promote`: one decision per base model (or the one given), logged in a `jmed.step=promote` run.
     `evaluation` (an eval run id or data): first switch the ranking evaluation (`switch_evaluation`)."""
     import mlflow
@@ -266,26 +327,41 @@ def promote(base_model: str = "", metric: str = "eval/accuracy", min_delta: floa
 
     with step_run("promote", run_name="promote"):
         client = MlflowClient()
-        log_params({"base_model": base_model, "metric": metric, "min_delta": min_delta,
-                    "eval_runs": ",".join(eval_runs or []), "evaluation": evaluation})
+        log_params(
+            {
+                "base_model": base_model,
+                "metric": metric,
+                "min_delta": min_delta,
+                "eval_runs": ",".join(eval_runs or []),
+                "evaluation": evaluation,
+            }
+        )
         evaluated = sorted({r.data.tags.get(tracking.BASE_TAG, "") for r in evaluate_runs(client)} - {""})
         slugs = [slug(base_model)] if base_model else evaluated
         if base_model and slug(base_model) not in evaluated:  # a typo must not look like "nothing to do"
-            raise ValueError(f"no evaluated adapter of base model {base_model!r} in {tracking.shown_uri()}"
-                             + (f"; evaluated base models: {', '.join(evaluated)}" if evaluated else ""))
+            raise ValueError(
+                f"no evaluated adapter of base model {base_model!r} in {tracking.shown_uri()}"
+                + (f"; evaluated base models: {', '.join(evaluated)}" if evaluated else "")
+            )
         if evaluation:
             if len(slugs) != 1:
-                raise ValueError("--evaluation needs one base model: pass --base-model"
-                                 + (f" (evaluated: {', '.join(slugs)})" if slugs else ""))
+                raise ValueError(
+                    "--evaluation needs one base model: pass --base-model"
+                    + (f" (evaluated: {', '.join(slugs)})" if slugs else "")
+                )
             ranked = switch_evaluation(client, slugs[0], evaluation, metric)
             say(f"[jmed] {model_name(slugs[0])} is now ranked on {describe_evaluation(ranked)}")
         records = []
         for s in slugs:
             rec = promote_one(client, s, metric, min_delta, eval_runs, bundle_base)
             records.append(rec)
-            mlflow.set_tags({f"jmed.decision.{s}": rec["action"],
-                             f"jmed.champion.{s}": str(rec["champion_version"] or ""),
-                             f"jmed.reasons.{s}": " | ".join(rec["reasons"])[:5000]})
+            mlflow.set_tags(
+                {
+                    f"jmed.decision.{s}": rec["action"],
+                    f"jmed.champion.{s}": str(rec["champion_version"] or ""),
+                    f"jmed.reasons.{s}": " | ".join(rec["reasons"])[:5000],
+                }
+            )
             say(sentence(rec))
         if not slugs:
             say("[jmed] promote: no evaluated adapters in this tracking store, nothing to promote")

@@ -1,4 +1,5 @@
 """The pure promotion decision: candidates, the champion and `decide`, with no store access (table-driven tests)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -7,7 +8,6 @@ CHAMPION = "champion"
 
 
 PREVIOUS = "previous"
-
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,13 @@ class Decision:
     reasons: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
-        return {"action": self.action, "register": self.register, "reasons": list(self.reasons),
-                "candidate": asdict(self.candidate) if self.candidate else None,
-                "champion": asdict(self.champion) if self.champion else None}
+        return {
+            "action": self.action,
+            "register": self.register,
+            "reasons": list(self.reasons),
+            "candidate": asdict(self.candidate) if self.candidate else None,
+            "champion": asdict(self.champion) if self.champion else None,
+        }
 
 
 def describe_evaluation(evaluation: tuple) -> str:
@@ -61,16 +65,24 @@ def on_evaluation(champion: Champion | None, candidates: list[Candidate], evalua
     (a champion is ranked by its adapter, whichever run measured it), else unchanged."""
     if champion is None or tuple(champion.evaluation) == tuple(evaluation):
         return champion
-    there = [c for c in candidates if c.train_run == champion.train_run and tuple(c.evaluation) == tuple(evaluation)
-             and c.metric is not None]
+    there = [
+        c
+        for c in candidates
+        if c.train_run == champion.train_run and tuple(c.evaluation) == tuple(evaluation) and c.metric is not None
+    ]
     if not there:
         return champion
     best = max(there, key=lambda c: (c.start_time, c.eval_run))
     return Champion(champion.version, best.eval_run, champion.train_run, tuple(evaluation), best.metric)
 
 
-def decide(candidates: list[Candidate], champion: Champion | None, metric: str = "eval/accuracy",
-           min_delta: float = 0.0, evaluation: tuple | None = None) -> Decision:
+def decide(
+    candidates: list[Candidate],
+    champion: Champion | None,
+    metric: str = "eval/accuracy",
+    min_delta: float = 0.0,
+    evaluation: tuple | None = None,
+) -> Decision:
     """Which candidate (if any) becomes champion. Pure: same inputs, same decision and reasons.
 
     Candidates are compared only on one evaluation (same data digest, protocol, prompt format, shots):
@@ -95,29 +107,45 @@ def decide(candidates: list[Candidate], champion: Champion | None, metric: str =
         target = tuple(max(scored, key=lambda c: (c.start_time, c.eval_run)).evaluation)
     champion = on_evaluation(champion, scored, target)
     same = [c for c in scored if tuple(c.evaluation) == target]
-    others = [c for c in scored if tuple(c.evaluation) != target  # the champion's own runs elsewhere do not compete
-              and (champion is None or c.train_run != champion.train_run)]
-    switch = (f"`jmed promote --evaluation {max(others, key=lambda c: (c.start_time, c.eval_run)).eval_run}` ranks on "
-              "the newest of theirs (the champion is re-evaluated there)") if others else ""
+    others = [
+        c
+        for c in scored
+        if tuple(c.evaluation) != target  # the champion's own runs elsewhere do not compete
+        and (champion is None or c.train_run != champion.train_run)
+    ]
+    switch = (
+        (
+            f"`jmed promote --evaluation {max(others, key=lambda c: (c.start_time, c.eval_run)).eval_run}` ranks on "
+            "the newest of theirs (the champion is re-evaluated there)"
+        )
+        if others
+        else ""
+    )
     if champion is not None and tuple(champion.evaluation) != target:
         reasons.append(
             f"champion v{champion.version} has no evaluation on the ranking evaluation ({describe_evaluation(target)}); "
             f"not compared blindly: `jmed promote --evaluation <an eval run on that data>` evaluates it there and "
-            f"compares")
+            f"compares"
+        )
         return Decision("keep", None, champion, False, tuple(reasons))
     if not same:
-        reasons.append(f"no candidate was evaluated on the ranking evaluation ({describe_evaluation(target)}); "
-                       f"{switch}")
+        reasons.append(
+            f"no candidate was evaluated on the ranking evaluation ({describe_evaluation(target)}); {switch}"
+        )
         return Decision("keep", None, champion, False, tuple(reasons))
     if others:
-        reasons.append(f"{len(others)} candidate(s) evaluated on another evaluation than the ranking one "
-                       f"({describe_evaluation(target)}) not compared; {switch}")
+        reasons.append(
+            f"{len(others)} candidate(s) evaluated on another evaluation than the ranking one "
+            f"({describe_evaluation(target)}) not compared; {switch}"
+        )
     best = max(same, key=_rank)
     ties = [c for c in same if c.metric == best.metric and c is not best]
     what = f"eval run {best.eval_run} (train run {best.train_run}) {metric}={best.metric:.6g}"
     if ties:
-        reasons.append(f"{len(ties) + 1} candidates tie on {metric}={best.metric:.6g}; "
-                       "chosen by secondary metric, then the newer run")
+        reasons.append(
+            f"{len(ties) + 1} candidates tie on {metric}={best.metric:.6g}; "
+            "chosen by secondary metric, then the newer run"
+        )
     register = best.version is None
     if champion is None:
         reasons.append(f"no champion yet: {what} becomes champion")
@@ -132,13 +160,21 @@ def decide(candidates: list[Candidate], champion: Champion | None, metric: str =
         return Decision("promote", best, champion, register, tuple(reasons))
     delta = best.metric - champion.metric
     if delta > min_delta:
-        reasons.append(f"{what} beats champion v{champion.version} ({champion.metric:.6g}) "
-                       f"by {delta:.6g} > min_delta {min_delta:g}")
+        reasons.append(
+            f"{what} beats champion v{champion.version} ({champion.metric:.6g}) "
+            f"by {delta:.6g} > min_delta {min_delta:g}"
+        )
         return Decision("promote", best, champion, register, tuple(reasons))
-    reasons.append(f"best candidate {what} does not beat champion v{champion.version} "
-                   f"({champion.metric:.6g}) by more than min_delta {min_delta:g} (delta {delta:.6g})")
+    reasons.append(
+        f"best candidate {what} does not beat champion v{champion.version} "
+        f"({champion.metric:.6g}) by more than min_delta {min_delta:g} (delta {delta:.6g})"
+    )
     return Decision("keep", best, champion, register, tuple(reasons))
 
 
-SECONDARY = {"eval/accuracy": "eval/score", "eval/score": "eval/accuracy",
-             "eval/gestalt_accuracy": "eval/gestalt", "eval/exact_match": "eval/gestalt"}
+SECONDARY = {
+    "eval/accuracy": "eval/score",
+    "eval/score": "eval/accuracy",
+    "eval/gestalt_accuracy": "eval/gestalt",
+    "eval/exact_match": "eval/gestalt",
+}

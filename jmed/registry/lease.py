@@ -1,5 +1,6 @@
 """Exclusive promotion of one registered model: an OS file lock beside a local store, a lease tag on a remote
 one; registry calls retried on conflicts."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +14,7 @@ def _local_store_file(uri: str) -> Path | None:
     from urllib.parse import urlparse
 
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):])
+        return Path(uri[len("sqlite:///") :])
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         return Path(parsed.path or uri)
@@ -36,7 +37,7 @@ def _retrying(fn, *args, attempts: int = 8):
         except MlflowException as exc:
             if i == attempts - 1 or exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise
-            time.sleep(min(2.0, 0.05 * 2 ** i) * (0.5 + random.random()))
+            time.sleep(min(2.0, 0.05 * 2**i) * (0.5 + random.random()))
 
 
 def _holder_gone(held: str) -> bool:
@@ -95,8 +96,10 @@ def promote_lock(client, name: str, timeout: float = 600.0):
             if held_now().startswith(token):
                 break
         if time.time() > deadline:
-            raise TimeoutError(f"promotion lease on {name} held by {held} (token, expiry, host, pid); it expires "
-                               f"at {until} or is broken as soon as that process is gone")
+            raise TimeoutError(
+                f"promotion lease on {name} held by {held} (token, expiry, host, pid); it expires "
+                f"at {until} or is broken as soon as that process is gone"
+            )
         time.sleep(1.0)
     try:
         yield f"lease tag {LEASE_TAG} on {name}"

@@ -1,20 +1,33 @@
 """The served model: jmed/serving.py logged as an MLflow pyfunc (code, nothing pickled), with its requirements,
 signature and a clean copy of the jmed package as code_paths."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from jmed import adapter
 
-SERVE_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "peft", "accelerate",
-                  "pandas", "numpy")
+SERVE_PACKAGES = (
+    "mlflow",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "peft",
+    "accelerate",
+    "pandas",
+    "numpy",
+)
 
 
 SERVING_FILE = Path(__file__).parent.parent / "serving.py"
 
 
-EXAMPLE = {"question": "急性虫垂炎で最も多くみられる初発症状はどれか。",
-           "choices": ["心窩部痛", "右下腹部痛", "発熱", "下痢", "血便"], "n_answers": 1}
+EXAMPLE = {
+    "question": "急性虫垂炎で最も多くみられる初発症状はどれか。",
+    "choices": ["心窩部痛", "右下腹部痛", "発熱", "下痢", "血便"],
+    "n_answers": 1,
+}
 
 
 def pip_requirements(quantized: bool = False) -> list[str]:
@@ -37,11 +50,22 @@ def signature(protocol: str):
     # accepts every request form MLflow documents (records, split, instances, columnar inputs).
     return ModelSignature(
         inputs=None,
-        outputs=Schema([ColSpec("string", "answer"), ColSpec("string", "answer_text"),
-                        ColSpec("string", "raw_output"), ColSpec("string", "model_version")]),
-        params=ParamSchema([ParamSpec("protocol", "string", protocol),
-                            ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS),
-                            ParamSpec("version", "string", ""), ParamSpec("alias", "string", "")]),
+        outputs=Schema(
+            [
+                ColSpec("string", "answer"),
+                ColSpec("string", "answer_text"),
+                ColSpec("string", "raw_output"),
+                ColSpec("string", "model_version"),
+            ]
+        ),
+        params=ParamSchema(
+            [
+                ParamSpec("protocol", "string", protocol),
+                ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS),
+                ParamSpec("version", "string", ""),
+                ParamSpec("alias", "string", ""),
+            ]
+        ),
     )
 
 
@@ -91,8 +115,10 @@ def log_serving_model(adapter_dir, name: str = "model", bundle_base: bool | None
     if bundle:
         folder = _base_folder(base, revision)
         if not any(folder.glob("*.safetensors")):
-            raise ValueError(f"base model folder {folder} has no *.safetensors weights; convert it first "
-                             "(served models carry weights as safetensors only)")
+            raise ValueError(
+                f"base model folder {folder} has no *.safetensors weights; convert it first "
+                "(served models carry weights as safetensors only)"
+            )
         artifacts["base"] = str(folder)
     quant = str(meta.get("config", {}).get("quantization", "none"))
     config = {"base_model": base, "base_revision": revision, "bundled": bundle, "quantization": quant}
@@ -100,8 +126,15 @@ def log_serving_model(adapter_dir, name: str = "model", bundle_base: bool | None
     with tempfile.TemporaryDirectory() as tmp:
         # mlflow.models.Model.log is what pyfunc.log_model calls; it alone takes a run other than the active one
         return mlflow.models.Model.log(
-            artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, python_model=str(SERVING_FILE), artifacts=artifacts,
+            artifact_path=None,
+            name=name,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            python_model=str(SERVING_FILE),
+            artifacts=artifacts,
             model_config=config,
-            code_paths=[str(_code_copy(Path(tmp)))], pip_requirements=pip_requirements(quant != "none"),
-            signature=signature(protocol), input_example=(pd.DataFrame([EXAMPLE]), {"max_new_tokens": 4}),
+            code_paths=[str(_code_copy(Path(tmp)))],
+            pip_requirements=pip_requirements(quant != "none"),
+            signature=signature(protocol),
+            input_example=(pd.DataFrame([EXAMPLE]), {"max_new_tokens": 4}),
         )

@@ -1,4 +1,5 @@
 """`jmed serve`'s model URI and `jmed predict`: questions from a file, answered by a registered version."""
+
 from __future__ import annotations
 
 import os
@@ -19,11 +20,15 @@ def champion_uri(base_model: str = "") -> str:
     if base_model:
         names = [model_name(slug(base_model))]
     else:
-        names = sorted(m.name for m in client.search_registered_models("name LIKE 'jmed-%'")
-                       if CHAMPION in (m.aliases or {}))
+        names = sorted(
+            m.name for m in client.search_registered_models("name LIKE 'jmed-%'") if CHAMPION in (m.aliases or {})
+        )
         if len(names) != 1:
-            raise ValueError("no registered model has a champion yet; run `jmed promote`" if not names else
-                             f"several base models have a champion ({', '.join(names)}); choose one with --base-model")
+            raise ValueError(
+                "no registered model has a champion yet; run `jmed promote`"
+                if not names
+                else f"several base models have a champion ({', '.join(names)}); choose one with --base-model"
+            )
     if champion(client, names[0], "eval/accuracy") is None:
         raise ValueError(f"registered model {names[0]} has no '{CHAMPION}' alias; run `jmed promote` first")
     return f"models:/{names[0]}@{CHAMPION}"
@@ -44,10 +49,14 @@ def read_questions_file(path) -> tuple[list[str], list[dict]]:
         if len(qs) < len(valid):  # a served model answers choices; say which questions it cannot
             import sys
 
-            print(f"[jmed] predict: {len(valid) - len(qs)} question(s) left out (numeric entry, or no prompt can be "
-                  "made of them): " + ", ".join(q.id for q in valid if q not in qs)[:300], file=sys.stderr)
-        return [q.id for q in qs], [{"question": q.stem, "choices": list(q.choices),
-                                     "n_answers": q.n_answers or 1} for q in qs]
+            print(
+                f"[jmed] predict: {len(valid) - len(qs)} question(s) left out (numeric entry, or no prompt can be "
+                "made of them): " + ", ".join(q.id for q in valid if q not in qs)[:300],
+                file=sys.stderr,
+            )
+        return [q.id for q in qs], [
+            {"question": q.stem, "choices": list(q.choices), "n_answers": q.n_answers or 1} for q in qs
+        ]
     ids, records, errors = [], [], [str(e) for e in bad]
     for no, rec in objects:
         rid = str(rec.pop("id", rec.pop("problem_id", no)))
@@ -65,8 +74,9 @@ def read_questions_file(path) -> tuple[list[str], list[dict]]:
     return ids, records
 
 
-def predict_file(model_uri: str, path, protocol: str = "", max_new_tokens: int = 0, batch_size: int = 8,
-                 engine: str = "hf"):
+def predict_file(
+    model_uri: str, path, protocol: str = "", max_new_tokens: int = 0, batch_size: int = 8, engine: str = "hf"
+):
     """Answer a file of questions offline with the served model; yields one result dict per question
     (`problem_id` and `prediction` as `jmed score --predictions` reads them)."""
     import mlflow
@@ -87,11 +97,16 @@ def predict_file(model_uri: str, path, protocol: str = "", max_new_tokens: int =
     params = {k: v for k, v in {"protocol": protocol, "max_new_tokens": max_new_tokens}.items() if v}
     try:
         for start in range(0, len(records), batch_size):
-            chunk = records[start:start + batch_size]
+            chunk = records[start : start + batch_size]
             out = model.predict(pd.DataFrame(chunk), params=params or None)
-            for rid, row in zip(ids[start:start + batch_size], out.to_dict("records")):
-                yield {"problem_id": rid, "prediction": row["answer"], "answer_text": row["answer_text"],
-                       "response": row["raw_output"], "model_version": row["model_version"]}
+            for rid, row in zip(ids[start : start + batch_size], out.to_dict("records")):
+                yield {
+                    "problem_id": rid,
+                    "prediction": row["answer"],
+                    "answer_text": row["answer_text"],
+                    "response": row["raw_output"],
+                    "model_version": row["model_version"],
+                }
     finally:
         engine_of = getattr(model.unwrap_python_model(), "vllm", None)
         if engine_of is not None:

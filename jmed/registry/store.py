@@ -1,5 +1,6 @@
 """Reading the registry and tracking store: evaluation runs, versions, candidates, the champion and the
 declared ranking evaluation of a registered model."""
+
 from __future__ import annotations
 
 from jmed import tracking
@@ -9,8 +10,6 @@ from jmed.registry.lease import _retrying
 
 def model_name(base_slug: str) -> str:
     return f"jmed-{base_slug}"
-
-
 
 
 EVAL_KEYS = ("eval_data_digest", "protocol", "prompt_format", "shots", "engine")
@@ -47,16 +46,25 @@ def _version_key(train_run: str, evaluation: tuple) -> tuple:
 
 
 def candidates(client, base_slug: str, metric: str, known: list) -> list[Candidate]:
-    by_key = {_version_key(v.tags.get(tracking.TRAIN_RUN_TAG, ""), _version_tag_evaluation(v.tags)): str(v.version)
-              for v in known}
+    by_key = {
+        _version_key(v.tags.get(tracking.TRAIN_RUN_TAG, ""), _version_tag_evaluation(v.tags)): str(v.version)
+        for v in known
+    }
     out = []
     for r in evaluate_runs(client, base_slug):
         train_run = r.data.tags[tracking.ADAPTER_RUN_TAG]
         ev = _evaluation(r.data.params)
-        out.append(Candidate(
-            eval_run=r.info.run_id, train_run=train_run, evaluation=ev,
-            metric=r.data.metrics.get(metric), secondary=r.data.metrics.get(SECONDARY.get(metric, "")),
-            start_time=int(r.info.start_time or 0), version=by_key.get(_version_key(train_run, ev))))
+        out.append(
+            Candidate(
+                eval_run=r.info.run_id,
+                train_run=train_run,
+                evaluation=ev,
+                metric=r.data.metrics.get(metric),
+                secondary=r.data.metrics.get(SECONDARY.get(metric, "")),
+                start_time=int(r.info.start_time or 0),
+                version=by_key.get(_version_key(train_run, ev)),
+            )
+        )
     return out
 
 
@@ -75,11 +83,14 @@ def champion(client, name: str, metric: str) -> Champion | None:
         pass
     if value is None and v.tags.get(metric):
         value = float(v.tags[metric])
-    return Champion(str(v.version), eval_run, v.tags.get(tracking.TRAIN_RUN_TAG, ""),
-                    _version_tag_evaluation(v.tags), value)
+    return Champion(
+        str(v.version), eval_run, v.tags.get(tracking.TRAIN_RUN_TAG, ""), _version_tag_evaluation(v.tags), value
+    )
 
 
-EVALUATION_TAG = "jmed.evaluation"  # on the registered model: the ranking evaluation, JSON [digest, protocol, format, shots, engine]
+EVALUATION_TAG = (
+    "jmed.evaluation"  # on the registered model: the ranking evaluation, JSON [digest, protocol, format, shots, engine]
+)
 
 
 EVALUATION_DATA_TAG = "jmed.evaluation_data"  # its data path and the eval run that declared it (for messages)
@@ -99,7 +110,7 @@ def declared_evaluation(client, name: str) -> tuple | None:
         return None
     declared = [str(v) for v in json.loads(raw)]
     # declared before a key existed (jmed 0.2 declared 4): the key's default fills it
-    declared += [EVAL_KEY_DEFAULTS.get(k, "") for k in EVAL_KEYS[len(declared):]]
+    declared += [EVAL_KEY_DEFAULTS.get(k, "") for k in EVAL_KEYS[len(declared) :]]
     return tuple(declared)
 
 
