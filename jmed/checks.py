@@ -31,6 +31,7 @@ from jmed.data import (
 )
 from jmed.leakage import LEAKAGE_THRESHOLD, leakage_pairs, leakage_pairs_bruteforce, norm_stem  # noqa: F401
 from jmed.metrics import SELECT_RE, stated_count
+from jmed.records import BIDI_CONTROLS
 from jmed.suites import CHECKS_DIR, instruction_frame, load_suite, question_frame, run_suite  # noqa: F401
 
 
@@ -174,6 +175,27 @@ def check_select_counts(questions) -> list[DataError]:
     return errors
 
 
+def check_bidi(questions) -> list[DataError]:
+    """Warnings: bidi overrides or isolates in a stem or a choice (what is shown is not what is read)."""
+    out = []
+    for q in questions:
+        for fld, text in [("problem_text", q.stem)] + [(f"choices[{i}]", c) for i, c in enumerate(q.choices)]:
+            found = sorted(BIDI_CONTROLS & set(text))
+            if found:
+                out.append(
+                    DataError(
+                        q.file,
+                        q.line,
+                        fld,
+                        f"{q.id}: bidi control character(s) "
+                        + ", ".join(f"U+{ord(c):04X}" for c in found)
+                        + ": the text displays in another order than it is read",
+                    )
+                )
+                break
+    return out
+
+
 def check_same_stem(questions) -> list[DataError]:
     """Warnings: the same stem with different choices (real IgakuQA has such pairs across years), and
     the same stem with the same choices under another id (a duplicate question)."""
@@ -278,7 +300,7 @@ def validate(
     known = set(errors)
     errors += [e for e in duplicate_ids(everything) if e not in known]
     qs = [q for q in everything if isinstance(q, Question)]
-    warnings += check_same_stem(qs) + check_merged_choices(qs)
+    warnings += check_same_stem(qs) + check_merged_choices(qs) + check_bidi(qs)
     train = [q for q in loaded["data"] if isinstance(q, Question)]
     test = [q for q in loaded["against"] if isinstance(q, Question)]
     report.leakage = leakage_pairs(train, test, threshold)

@@ -9,6 +9,8 @@ logged as MLflow params (None is logged as "", as jmed 0.1 logged its unset valu
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -20,6 +22,8 @@ from jmed.prompts import EXTRACTIONS
 from jmed.prompts import FORMATS as PROMPT_FORMATS
 
 EXAM_KINDS = exams.names()  # every registered exam kind (jmed/exams/<kind>.py)
+
+MAX_NEW_TOKENS = 1024  # the most tokens one answer may generate: evaluate and serving share it
 
 PRESETS_FILE = Path(__file__).parent / "presets.yaml"
 DEFAULT_LR = {"tiny": 1e-2, "hf": 2e-4}  # AdamW rates when neither a preset nor the user sets one
@@ -91,6 +95,9 @@ def _problems(cfg) -> list[str]:
             continue
         if typ is str and not isinstance(value, str):
             out.append(f"{f.name}: expected text, got {value!r}")
+            continue
+        if typ is float and not math.isfinite(value):  # nan passes every comparison; inf never ends
+            out.append(f"{f.name}: must be a finite number, got {value}")
             continue
         choices = f.metadata.get("choices")
         if choices and value not in choices:
@@ -206,6 +213,15 @@ class TrainConfig(Checked):
             and self.epochs <= 0
         ):
             out.append("max_steps, epochs: set max_steps > 0 or epochs > 0")
+        if (
+            isinstance(self.warmup_steps, int)
+            and isinstance(self.max_steps, int)
+            and 0 < self.max_steps < self.warmup_steps
+        ):
+            out.append(
+                f"warmup_steps: {self.warmup_steps} is more than max_steps {self.max_steps}: the learning rate "
+                "would never reach its value"
+            )
         return out
 
 
@@ -242,7 +258,10 @@ class EvalConfig(Checked):
     sample: int = setting(0, "Evaluate a fixed random subset of N questions (seeded by --seed; 0: all).", minimum=0)
     batch_size: int = setting(8, "Questions per batch.", minimum=1)
     max_new_tokens: int = setting(
-        0, "Generation length (0: fit the answers, 16 for letters, the longest gold text + 8 for text).", minimum=0
+        0,
+        "Generation length (0: fit the answers, 16 for letters, the longest gold text + 8 for text).",
+        minimum=0,
+        maximum=MAX_NEW_TOKENS,
     )
     precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
     quantization: str | None = setting(
@@ -354,17 +373,21 @@ def _coerce(value, hint):
         return tuple(_coerce(x.strip(), item) for x in value.split(",") if x.strip())
     if typ is bool:
         return parse_bool(value)
+    # Only the forms people write on a command line: ASCII digits (not Python's "1_0", full-width "１",
+    # "1e23" for an integer), and for a number an optional decimal point and exponent (2e-4).
     if typ is int:
-        try:
-            return int(value)
-        except ValueError:
-            raise ValueError(f"expected an integer, got {value!r}") from None
+        if not _INT.match(value.strip()):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return int(value)
     if typ is float:
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"expected a number, got {value!r}") from None
+        if not _FLOAT.match(value.strip()):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
     return value
+
+
+_INT = re.compile(r"^[+-]?[0-9]+$", re.ASCII)
+_FLOAT = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$", re.ASCII)
 
 
 def from_flat(cls, values: dict):

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 
-from jmed.config import PROTOCOLS, EvalConfig
+from jmed.config import MAX_NEW_TOKENS, PROTOCOLS, EvalConfig
 from jmed.records import MAX_CHOICES  # the one alphabet: what prompts can label
 
 MAX_CHARS = 20_000
 MAX_ROWS = 256
 # 0: fit each question's answers, as evaluation does (inference.answer_budget); the default is EvalConfig's
 DEFAULT_MAX_NEW_TOKENS = EvalConfig.max_new_tokens
-MAX_NEW_TOKENS_LIMIT = 1024
+MAX_NEW_TOKENS_LIMIT = MAX_NEW_TOKENS  # one limit: evaluate's is the same (jmed.config)
 DEFAULT_POLL_S = 10.0  # served from models:/…@alias: how often the alias is checked (0: never)
 
 

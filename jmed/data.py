@@ -28,6 +28,7 @@ from jmed.records import (  # noqa: F401  (re-exported: the record types are par
     data_files,
     jsonl_objects,
     shown,
+    unreadable_entries,
 )
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
@@ -108,6 +109,19 @@ def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
             return ds
     reader = readers.get(ds.format)
     files = reader.files(path, ds) if path.is_dir() else [path]  # a checkout holds more than its questions
+    if path.is_dir():
+        odd = unreadable_entries(path)
+        if odd:
+            ds.warnings.append(
+                DataError(
+                    str(path),
+                    0,
+                    "",
+                    f"{len(odd)} entr{'y' if len(odd) == 1 else 'ies'} not read: "
+                    + ", ".join(f"{p.relative_to(path)} ({why})" for p, why in odd[:5])
+                    + (", …" if len(odd) > 5 else ""),
+                )
+            )
     if fmt == "auto" and path.is_dir() and len(files) > 1:
         kinds: dict[str, list[str]] = {}
         for f in files:
@@ -183,14 +197,35 @@ def duplicate_ids(items) -> list[DataError]:
     first: dict[str, object] = {}
     errors = []
     for it in items:
-        if it.id in first:
-            f = first[it.id]
+        key = same_id(it.id)
+        if key in first:
+            f = first[key]
             where = f"line {f.line}" if f.file == it.file else f"{f.file}:{f.line}"
             fld = "problem_id" if isinstance(it, Question) and it.source in ("igakuqa", "jjsimqa") else "id"
             errors.append(DataError(it.file, it.line, fld, f"duplicate id {shown(it.id)} (first at {where})"))
         else:
-            first[it.id] = it
+            first[key] = it
     return errors
+
+
+def check_ids(questions, filters, path) -> None:
+    """--ids / --exclude-ids naming no question of the data (a typo) are errors: they would change nothing."""
+    known = {same_id(q.id) for q in questions}
+    for name in ("ids", "exclude_ids"):
+        unknown = [i for i in getattr(filters, name) if same_id(i) not in known]
+        if unknown:
+            raise ValueError(
+                f"--{name.replace('_', '-')}: {', '.join(unknown[:10])} "
+                f"{'is' if len(unknown) == 1 else 'are'} no question of {path}"
+            )
+
+
+def same_id(value: str) -> str:
+    """An id as compared: NFKC (full-width "１１６Ａ１" is 116A1) without invisible characters (a
+    zero-width space does not make a new id)."""
+    import unicodedata
+
+    return "".join(c for c in unicodedata.normalize("NFKC", value) if unicodedata.category(c) != "Cf")
 
 
 def read_questions(path, fmt: str = "auto") -> tuple[list[Question], list[DataError]]:
@@ -257,9 +292,9 @@ def filter_reason(q, filters) -> str | None:
     """Why a DataFilter leaves `q` out (the option that does), or None when it keeps it."""
     if filters is None:
         return None
-    if filters.ids and q.id not in set(filters.ids):
+    if filters.ids and same_id(q.id) not in {same_id(i) for i in filters.ids}:
         return "not in --ids"
-    if q.id in set(filters.exclude_ids):
+    if same_id(q.id) in {same_id(i) for i in filters.exclude_ids}:
         return "--exclude-ids"
     if isinstance(q, Question):
         if filters.text_only and not q.text_only:

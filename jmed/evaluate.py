@@ -231,10 +231,16 @@ def load_eval_questions(cfg, left_out: dict | None = None):
         from jmed.data import with_exam_kind
 
         valid = with_exam_kind(valid, cfg.exam_kind)
-    from jmed.data import promptable
+    from jmed.data import check_ids, promptable
 
+    check_ids(valid, cfg.filters, path)
     valid, unprompted = promptable(valid)  # a prompt is needed here: table choices, a blank stem are left out
     kept = apply_filters(valid, cfg.filters)
+    if cfg.sample and cfg.sample >= len(kept):  # it would change nothing, yet be logged as a sample
+        raise ValueError(
+            f"--sample {cfg.sample}: {len(kept)} question(s) are left to sample from in {path}; "
+            "leave --sample out to evaluate all of them"
+        )
     questions = sample_questions(kept, cfg.sample, cfg.seed)
     reasons = {**unprompted, **left_out_counts(valid, cfg.filters)}
     if len(questions) < len(kept):
@@ -244,6 +250,11 @@ def load_eval_questions(cfg, left_out: dict | None = None):
         questions = questions[: cfg.limit]
     if left_out is not None:
         left_out.update(reasons)
+    if cfg.shots and cfg.shots >= len(questions):  # shots are the other questions evaluated (shots_for)
+        raise ValueError(
+            f"--shots {cfg.shots} needs {cfg.shots} other questions as examples; {len(questions)} "
+            "question(s) are evaluated: lower --shots or evaluate more questions"
+        )
     if not questions:
         raise ValueError(
             f"no questions to evaluate in {path} after filters"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def shown(value, limit: int = SHOWN_CHARS) -> str:
     so that a 50 MB field is named, not echoed into terminals, reports and the tracking store."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     text = json.dumps(text, ensure_ascii=False) if isinstance(value, str) else text
+    # invisible characters are shown as escapes: "990A\u200b1" is not confused with 990A1
+    text = "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) == "Cf" else c for c in text)
     if len(text) <= limit:
         return text
     return f"{text[:limit]}… ({len(value) if isinstance(value, (str, list, dict)) else len(text)} characters)"
@@ -110,7 +113,10 @@ NOT_REGULAR = "not a regular file (a named pipe, device or socket); jmed reads o
 EXAM_ID = re.compile(r"^(\d{3})([A-Z])-?(\d+)")  # 112A1, 901B3, 120A-1
 
 
-NUMERIC = re.compile(r"^-?[0-9][0-9.,]*$")
+# Numbers as exams and JSON write them: ASCII digits, thousands grouped by "," or not, one optional decimal
+# point. Not Python's float forms ("1_0", "1e3", "inf"), full-width or other-script digits, or "1,,,..".
+NUMERIC = re.compile(r"^-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?$", re.ASCII)
+_POINTS = re.compile(r"^[0-9]+(?:\.[0-9]+)?$", re.ASCII)
 
 
 @dataclass
@@ -232,7 +238,7 @@ def read_jsonl(path: Path, sink: Sink):
     text = read_text(path, sink)
     if text is None:
         return
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(lines(text), 1):
         if not line.strip():
             continue
         obj = loads_line(line, n, sink)
@@ -248,11 +254,44 @@ def read_jsonl(path: Path, sink: Sink):
 BAD = object()
 
 
+def visible(text: str) -> str:
+    """`text` without invisible format characters (zero-width spaces and joiners, BOMs, bidi controls:
+    Unicode category Cf). Text made only of them is blank: a stem of three zero-width spaces is no
+    question, and two choices that differ only by them are the same choice."""
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
+# Bidi overrides and isolates reorder what a reader sees (a "Trojan source" stem): a warning, never silent.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def lines(text: str) -> list[str]:
+    """JSON lines split as JSON Lines defines them, at "\n" (a "\r" before it dropped). Not at U+2028,
+    U+0085 or the other breaks `str.splitlines` knows: JSON allows them raw inside strings, and `jmed
+    predict` writes them so."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+class DuplicateKey(ValueError):
+    """A JSON object that names a key twice: JSON keeps the last value silently, jmed refuses it."""
+
+
+def _no_duplicates(pairs):
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise DuplicateKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
 def loads_line(text: str, n: int, sink: "Sink"):
     """json.loads, with its failures as errors at line `n` (returns BAD): invalid JSON, and nesting
     deeper than Python's parser can follow (which raises RecursionError, not a JSON error)."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except DuplicateKey as exc:
+        sink.error(n, str(exc), f"the key {shown(str(exc))} appears twice in one object (JSON would keep the last)")
     except json.JSONDecodeError as exc:
         sink.error(exc.lineno + n - 1, "", f"invalid JSON: {exc.msg} (column {exc.colno})")
     except RecursionError:
@@ -389,6 +428,16 @@ def check_points(value, n: int, sink: Sink) -> float | None:
     if isinstance(value, bool):  # JSON true is not 1 point
         sink.error(n, "points", f"expected a number or a numeric string, got a boolean ({shown(value)})")
         return None
+    if isinstance(value, str) and not _POINTS.match(value.strip()):  # "1_0", "１", "1e3" are no exam's points
+        try:
+            float(value)
+        except ValueError:
+            sink.error(n, "points", f"not a number: {shown(value)}")
+        else:
+            sink.error(
+                n, "points", f"not a number as exams write points (ASCII digits, one decimal point): {shown(value)}"
+            )
+        return None
     try:
         points = float(value)
     except (TypeError, ValueError):
@@ -421,12 +470,20 @@ def json_records(path: Path, sink: Sink):
     if not isinstance(data, list):
         sink.error(1, "", f"expected a JSON list of questions, got {type_name(data)}")
         return
-    decoder, pos = json.JSONDecoder(), text.index("[") + 1
-    for obj in data:  # walk the text again to find where each element starts
+    decoder, pos = json.JSONDecoder(object_pairs_hook=_no_duplicates), text.index("[") + 1
+    for obj in data:  # walk the text again to find where each element starts (and refuse repeated keys)
         while text[pos] in " \t\r\n,":
             pos += 1
-        _, end = decoder.raw_decode(text, pos)
         line = text.count("\n", 0, pos) + 1
+        try:
+            _, end = decoder.raw_decode(text, pos)
+        except DuplicateKey as exc:
+            sink.error(
+                line, str(exc), f"the key {shown(str(exc))} appears twice in one object (JSON would keep the last)"
+            )
+            _, end = json.JSONDecoder().raw_decode(text, pos)
+            pos = end
+            continue
         pos = end
         if not isinstance(obj, dict):
             sink.error(line, "", f"expected a JSON object, got {type_name(obj)}")
@@ -456,11 +513,26 @@ def walk(root: Path):
                 stack.append((Path(e.path), ancestors + (real,)))
 
 
+def unreadable_entries(root: Path) -> list[tuple[Path, str]]:
+    """(path, why) for what a folder holds that no reader can open: a broken link, a pipe or a socket.
+    Reading a folder reports them, so that no question is left out without a word."""
+    import os
+
+    out = []
+    for folder, _ in walk(root):
+        for e in sorted(os.scandir(folder), key=lambda e: e.name):
+            if e.is_symlink() and not os.path.exists(e.path):
+                out.append((Path(e.path), "a broken link"))
+            elif not e.is_dir() and not e.is_file():
+                out.append((Path(e.path), "not a regular file"))
+    return out
+
+
 def data_files(path: Path) -> list[Path]:
     """The question/record files under a folder (IgakuQA year folder or whole data/ tree)."""
     files = []
     for folder, names in walk(path):
-        files += [folder / n for n in names if n.endswith((".jsonl", ".json", ".csv"))]
+        files += [folder / n for n in names if n.lower().endswith((".jsonl", ".json", ".csv"))]
     return sorted(
         p
         for p in files

@@ -169,6 +169,7 @@ def score(
     if unknown:
         raise ScoreError(unknown)
     if filters is not None:
+        jdata.check_ids(questions, filters, data)  # an id typo would change nothing, silently
         kept = jdata.apply_filters(questions, filters)
         if not kept:
             counts = jdata.left_out_counts(questions, filters)

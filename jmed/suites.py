@@ -7,6 +7,7 @@ import json
 from importlib.resources import files
 
 from jmed.data import DataError, shown
+from jmed.records import visible
 
 # The suites: the top-level `data_checks` package (data_checks/ at the repository root), shipped in the wheel
 # with its JSON files as package data; found the same way from a checkout, an editable install or a wheel.
@@ -19,12 +20,12 @@ def question_frame(questions):
     rows = [
         {
             "id": q.id,
-            "stem": q.stem,
+            "stem": visible(q.stem),  # invisible-only text is blank
             "n_choices": len(q.choices),
             "numeric": not q.choices,
             "n_answers": max((len(a) for a in q.answer), default=0),
-            "blank_choices": sum(1 for c in q.choices if not c.strip()),
-            "repeated_choices": len(q.choices) - len(set(c.strip() for c in q.choices)),
+            "blank_choices": sum(1 for c in q.choices if not visible(c).strip()),
+            "repeated_choices": len(q.choices) - len(set(visible(c).strip() for c in q.choices)),
             "points": float(q.points),
             "text_only": q.text_only,
             "year": q.year,

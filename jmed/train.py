@@ -76,6 +76,8 @@ def load_items(path: str, fmt: str, filters, what: str) -> tuple[list, str]:
 
     source = str(path or data.SAMPLE_TRAIN)
     items = checks.load_valid(source, fmt, exclude_ids=getattr(filters, "exclude_ids", ()))  # validate's checks
+    if filters is not None:
+        data.check_ids(items, filters, source)  # an id typo would change nothing, silently
     items, _ = data.promptable(items)  # a question no prompt can be made of cannot be trained on
     kept = data.apply_filters(items, filters)
     if not kept:

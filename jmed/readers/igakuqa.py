@@ -80,7 +80,9 @@ def read_schema(
     trans = _translations(path, ds) if translate else {}
     year_of_folder = folder_year(path)
     accept_any = exams.get(kind).accept_any
+    seen = set()  # every id the file names, valid or not: a metadata row for none of them is an error
     for n, obj in read_jsonl(path, sink):
+        seen.add(str(obj.get("problem_id", "")).strip())
         if not check_fields(obj, fields, n, sink):
             continue
         pid = str(obj["problem_id"]).strip()
@@ -142,6 +144,10 @@ def read_schema(
                 line=n,
             )
         )
+    orphans = [(line, pid) for pid, (line, _) in meta.items() if pid not in seen]
+    meta_sink = Sink(ds, str(path.with_name(path.stem + "_metadata.jsonl")))
+    for line, pid in orphans:  # its question would silently lose the category and contraindications it meant
+        meta_sink.error(line, "problem_id", f"{shown(pid)} is no question of {path.name}")
 
 
 def read(path: Path, ds: Dataset, translate: bool = False) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jmed.readers import Reader
-from jmed.records import Dataset, InstructionRecord, Sink, check_fields, read_jsonl, type_name
+from jmed.records import Dataset, InstructionRecord, Sink, check_fields, read_jsonl, type_name, visible
 
 INSTRUCTION_FIELDS = {"instruction": str, "output": str}
 
@@ -19,7 +19,7 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
         if not isinstance(inp, str):
             sink.error(n, "input", f"expected a string, got {type_name(inp)}")
             continue
-        empty = [k for k in ("instruction", "output") if not obj[k].strip()]
+        empty = [k for k in ("instruction", "output") if not visible(obj[k]).strip()]
         if empty:
             sink.error(n, empty[0], "empty value")
             continue

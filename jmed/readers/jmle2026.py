@@ -70,6 +70,14 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
         m = EXAM_ID.match(qid)
         exam = m.group(1) if m else ""
         block, number = obj["block"], obj["number"]
+        if m and (block != m.group(2) or number != int(m.group(3))):  # points follow block and number
+            sink.error(
+                n,
+                "block" if block != m.group(2) else "number",
+                f"{qid}: block {shown(block)} and number {number} contradict the id (block {m.group(2)}, "
+                f"number {int(m.group(3))})",
+            )
+            continue
         context = _jmle_context(obj, n, sink)
         if context is None:
             continue

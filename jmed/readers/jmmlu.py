@@ -18,11 +18,15 @@ def read(path: Path, ds: Dataset, translate: bool = False) -> None:
     text = read_text(path, sink)
     if text is None:
         return
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text, newline=""))  # "\r" alone ends a row too (old Excel for Mac)
     try:
         header = next(reader)
     except (StopIteration, csv.Error) as exc:
         sink.error(1, "", f"cannot read the CSV header: {exc}")
+        return
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:  # which of the two would be the answer? neither is guessed
+        sink.error(1, "header", f"column(s) named twice: {', '.join(twice)}")
         return
     missing = [c for c in JMMLU_COLUMNS if c not in header]
     if missing:

@@ -55,7 +55,9 @@ from jmed.records import (
 # YakugakuQA (the pharmacist exam; github EQUES-Inc/pharma-LLM-eval): data/<year>/<exam>-<block>.jsonl in
 # IgakuQA's schema with answers as choice numbers ("3"), "IMAGES" where the choices are a figure,
 # metadata_<exam>.jsonl (exam-wide numbers, no block) and a whole-year <exam>.jsonl repeating the blocks.
-YAKUGAKU_ID = re.compile(r"^(\d{3})([A-F])(\d{3})$")
+# Block-local numbers are zero-padded and at most 90 (block A): "103A001". IgakuQA's 3-digit question
+# numbers ("901A100") are not zero-padded, so they never look like YakugakuQA ids.
+YAKUGAKU_ID = re.compile(r"^(\d{3})([A-F])(0\d{2})$")
 
 # The exam's six sessions as the data's blocks: (questions before it, its size). A = 必須 1-90, B and C =
 # 理論 91-150 and 151-195, D, E, F = 実践 196-245, 246-285 and 286-345 (the 97th exam on: 345 questions).

@@ -1,0 +1,155 @@
+"""Hostile data, round two: one rule per input class, each a case that was wrongly accepted, wrongly
+refused or silently lost before. Every case states the exact verdict."""
+
+import json
+import os
+
+from jmed import checks, data
+
+GOOD = {
+    "problem_id": "990A1",
+    "problem_text": "どれか。",
+    "choices": ["甲", "乙", "丙", "丁", "戊"],
+    "text_only": True,
+    "answer": ["a"],
+    "points": "1",
+}
+
+
+def _line(**over) -> str:
+    return json.dumps({**GOOD, **over}, ensure_ascii=False)
+
+
+def _errors(path) -> list[str]:
+    return [str(e) for e in data.read_dataset(path).errors]
+
+
+def test_a_key_named_twice_in_one_object_is_an_error(tmp_path):
+    f = tmp_path / "990-A.jsonl"
+    f.write_text(_line().replace('"answer": ["a"]', '"answer": ["a"], "answer": ["b"]') + "\n", encoding="utf-8")
+    assert _errors(f) == [f'{f}:1: answer: the key "answer" appears twice in one object (JSON would keep the last)']
+    jmle = tmp_path / "jmle.json"
+    jmle.write_text('[\n{"question_id": "120A-1", "question_id": "120A-2"}\n]', encoding="utf-8")
+    assert _errors(jmle) == [
+        f'{jmle}:2: question_id: the key "question_id" appears twice in one object (JSON would keep the last)'
+    ]
+
+
+def test_line_separators_inside_strings_are_text_not_line_ends(tmp_path):
+    f = tmp_path / "990-A.jsonl"
+    raw = _line(problem_text="どれか。\u2028改行\u0085つづき") + "\n" + _line(problem_id="990A2") + "\r\n"
+    f.write_text(raw, encoding="utf-8")
+    ds = data.read_dataset(f)
+    assert ds.errors == [] and [(q.id, q.line) for q in ds.items] == [("990A1", 1), ("990A2", 2)]
+    assert ds.items[0].stem == "どれか。\u2028改行\u0085つづき"
+
+
+def test_numbers_only_in_the_forms_exams_write(tmp_path):
+    f = tmp_path / "990-A.jsonl"
+    rows = [
+        _line(problem_id="990A1", points="1_0"),
+        _line(problem_id="990A2", points="１"),
+        _line(problem_id="990A3", choices=[], answer=["1,,,.."]),
+        _line(problem_id="990A4", choices=[], answer=["２６"]),
+        _line(problem_id="990A5", points="2.5"),
+        _line(problem_id="990A6", choices=[], answer=["1,200.5"]),
+    ]
+    f.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    ds = data.read_dataset(f)
+    assert [str(e) for e in ds.errors] == [
+        f'{f}:1: points: not a number as exams write points (ASCII digits, one decimal point): "1_0"',
+        f'{f}:2: points: not a number as exams write points (ASCII digits, one decimal point): "１"',
+        f'{f}:3: answer: numeric-entry question (no choices) needs one number, got ["1,,,.."]',
+        f'{f}:4: answer: numeric-entry question (no choices) needs one number, got ["２６"]',
+    ]
+    assert {q.id: (q.points, q.answer) for q in ds.items} == {
+        "990A5": (2.5, (("a",),)),
+        "990A6": (1.0, (("1,200.5",),)),
+    }
+
+
+def test_invisible_only_text_is_blank_and_bidi_controls_are_warned(tmp_path):
+    f = tmp_path / "990-A.jsonl"
+    rows = [
+        _line(problem_id="990A1", problem_text="\u200b\u200b\u200b"),
+        _line(problem_id="990A2", choices=["甲", "甲\u200b", "丙", "丁", "戊"]),
+        _line(problem_id="990A3", problem_text="どれか。\u202eかれど"),
+    ]
+    f.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    r = checks.validate([f])
+    got = [str(data.DataError(**e)) for e in r.errors] + [str(data.DataError(**w)) for w in r.warnings]
+    assert any(m.startswith(f"{f}:1: stem: question text is blank") for m in got)  # three zero-width spaces
+    assert f"{f}:2: choices: two choices have the same text [expect_column_values_to_be_in_set]" in got
+    assert (
+        f"{f}:3: problem_text: 990A3: bidi control character(s) U+202E: the text displays in another order "
+        "than it is read" in got
+    )
+    assert not r.success
+
+
+def test_an_id_and_its_full_width_or_zero_width_variant_are_one_id(tmp_path):
+    f = tmp_path / "990-A.jsonl"
+    f.write_text(
+        "\n".join([_line(), _line(problem_id="９９０Ａ１"), _line(problem_id="990A\u200b1")]) + "\n", encoding="utf-8"
+    )
+    assert _errors(f) == [
+        f'{f}:2: problem_id: duplicate id "９９０Ａ１" (first at line 1)',
+        f'{f}:3: problem_id: duplicate id "990A\\u200b1" (first at line 1)',
+    ]
+
+
+def test_a_metadata_row_for_no_question_is_an_error(tmp_path):
+    f = tmp_path / "990-A.jsonl"
+    f.write_text(_line() + "\n", encoding="utf-8")
+    meta = tmp_path / "990-A_metadata.jsonl"
+    meta.write_text(
+        '{"problem_id": "990A1", "kinki": ["b"]}\n{"problem_id": "990A9", "kinki": ["c"]}\n', encoding="utf-8"
+    )
+    assert _errors(f) == [f'{meta}:2: problem_id: "990A9" is no question of 990-A.jsonl']
+
+
+def test_a_csv_naming_a_column_twice_is_an_error_and_cr_only_line_ends_are_read(tmp_path):
+    twice = tmp_path / "twice.csv"
+    twice.write_text("question,optionA,optionB,optionC,optionD,answer,answer\nq,a,b,c,d,A,B\n", encoding="utf-8")
+    assert _errors(twice) == [f"{twice}:1: header: column(s) named twice: answer"]
+    mac = tmp_path / "mac.csv"
+    mac.write_bytes("question,optionA,optionB,optionC,optionD,answer\r甲はどれか。,甲,乙,丙,丁,A\r".encode())
+    ds = data.read_dataset(mac)
+    assert ds.errors == [] and [q.answer for q in ds.items] == [(("a",),)]
+
+
+def test_jmle_fields_that_contradict_the_id_are_an_error(tmp_path):
+    f = tmp_path / "jmle.json"
+    q = {
+        "question_id": "120B-30",
+        "block": "A",
+        "number": 30,
+        "question_type": "multiple_choice",
+        "question_text": "30　どれか。\n\na　甲\nb　乙",
+        "requires_image": False,
+        "answer": ["a"],
+    }
+    f.write_text(
+        json.dumps([q, {**q, "question_id": "120B-31", "block": "B", "number": 3}], ensure_ascii=False),
+        encoding="utf-8",
+    )
+    assert _errors(f) == [
+        f'{f}:1: block: 120B-30: block "A" and number 30 contradict the id (block B, number 30)',
+        f'{f}:1: number: 120B-31: block "B" and number 3 contradict the id (block B, number 31)',
+    ]
+
+
+def test_igakuqa_ids_with_three_digit_numbers_stay_igakuqa(tmp_path):
+    f = tmp_path / "901-A.jsonl"
+    f.write_text(_line(problem_id="901A100") + "\n", encoding="utf-8")
+    ds = data.read_dataset(f)
+    assert (ds.format, ds.errors, [q.id for q in ds.items]) == ("igakuqa", [], ["901A100"])
+
+
+def test_a_folder_reads_upper_case_extensions_and_names_what_it_cannot_read(tmp_path):
+    (tmp_path / "902-A.JSONL").write_text(_line(problem_id="902A1") + "\n", encoding="utf-8")
+    (tmp_path / "902-B.jsonl").write_text(_line(problem_id="902B1") + "\n", encoding="utf-8")
+    os.symlink(tmp_path / "gone.jsonl", tmp_path / "902-C.jsonl")
+    ds = data.read_dataset(tmp_path)
+    assert ds.errors == [] and sorted(q.id for q in ds.items) == ["902A1", "902B1"]
+    assert [str(w) for w in ds.warnings] == [f"{tmp_path}: 1 entry not read: 902-C.jsonl (a broken link)"]
