@@ -843,7 +843,13 @@ def run():
     except click.UsageError as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    main()
+    from jmed.tracking import StoreError
+
+    try:
+        main()
+    except StoreError as exc:  # one line, not MLflow's chained tracebacks
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -134,6 +134,25 @@ def _metric_key(name: str) -> str:
     return re.sub(r"[^\w\-. :/]", "_", str(name)).strip() or "_"
 
 
+CATEGORY_CHARS = 100  # a category name longer than this is cut, with 8 hex digits of its sha256
+
+
+def category_segment(name: str) -> str:
+    """A category as one segment of a metric name (eval/category/<segment>/accuracy), the same for the
+    same name everywhere: characters MLflow refuses, "/" and ":" become "_", a segment of dots becomes
+    "_", and a name over CATEGORY_CHARS characters is cut and tagged with its digest (MLflow's limit is 250
+    characters for the whole name)."""
+    import hashlib
+    import re
+
+    seg = re.sub(r"[^\w\-. ]", "_", str(name)).strip() or "_"
+    if set(seg) <= {"."}:
+        seg = "_"
+    if len(seg) > CATEGORY_CHARS:
+        seg = f"{seg[: CATEGORY_CHARS - 9]}_{hashlib.sha256(str(name).encode()).hexdigest()[:8]}"
+    return seg
+
+
 def _metrics(summary: dict, extra: dict, n: int, skipped: int, seconds: float) -> dict:
     m = {
         "eval/questions": n,
@@ -160,7 +179,7 @@ def _metrics(summary: dict, extra: dict, n: int, skipped: int, seconds: float) -
                 m[_metric_key(f"eval/{year}/{key}")] = float(ys[key])
     for cat, cs in sorted((summary.get("by_category") or {}).items()):
         if cs.get("accuracy") is not None:
-            m[_metric_key(f"eval/category/{cat}/accuracy")] = float(cs["accuracy"])
+            m[f"eval/category/{category_segment(cat)}/accuracy"] = float(cs["accuracy"])
     return m
 
 

@@ -50,16 +50,98 @@ def shown_uri() -> str:
     return masked(tracking_uri())
 
 
+class StoreError(ValueError):
+    """A tracking URI that cannot be a store, or a store that cannot be reached: one line, before any work."""
+
+
+SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
+STORE_TIMEOUT_S = 30.0  # an unreachable tracking server fails a step within this (JMED_TRACKING_TIMEOUT)
+
+
+def check_store(uri: str) -> None:
+    """Refuse, in one line naming the (masked) URI, what can never be a store or cannot be reached."""
+    shown = masked(uri)
+    if uri != uri.strip() or any(c.isspace() for c in uri):
+        raise StoreError(f"MLFLOW_TRACKING_URI {shown!r} contains white space: remove it (it would name another store)")
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme and scheme not in SCHEMES:
+        raise StoreError(
+            f"tracking URI {shown}: {scheme}:// is no tracking store; use one of "
+            + ", ".join(f"{s}://" for s in SCHEMES)
+        )
+    if scheme == "sqlite":
+        path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+        if path is None or not str(path):
+            raise StoreError(f"tracking URI {shown}: a SQLite store is sqlite:///<path of the database file>")
+        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+            raise StoreError(f"tracking URI {shown}: the folder {path.parent} does not exist or is not writable")
+        if path.is_file() and path.stat().st_size and path.read_bytes()[:16] != b"SQLite format 3\x00":
+            raise StoreError(f"tracking URI {shown}: {path} is not a SQLite database")
+    elif not scheme or scheme == "file":
+        path = Path(uri.removeprefix("file://"))
+        if path.exists() and not path.is_dir():
+            raise StoreError(
+                f"tracking URI {shown}: {path} is a file, not a store; for a database file use sqlite:///{path}"
+            )
+    elif scheme in ("http", "https"):
+        _reachable(uri, shown)
+
+
+def _reachable(uri: str, shown: str) -> None:
+    """Any answer from the server will do (401 included); no answer within the timeout is an error. MLflow's
+    own requests get the same bound (its defaults retry for minutes) unless the user set them."""
+    import requests
+
+    timeout = float(os.environ.get("JMED_TRACKING_TIMEOUT", STORE_TIMEOUT_S))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, timeout))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.RequestException as exc:
+        if isinstance(exc, requests.Timeout):
+            cause = "no answer (timeout)"
+        elif isinstance(exc, requests.ConnectionError):
+            cause = "no connection (refused, or no route to the host)"
+        else:
+            cause = type(exc).__name__
+        raise StoreError(f"tracking server {shown} cannot be reached within {timeout:g} s: {cause}") from None
+
+
 def setup():
-    """Point mlflow at the tracking store; returns the mlflow module."""
+    """Point mlflow at the tracking store, after `check_store`; returns the mlflow module. A new SQLite
+    store is created under a lock beside it, so that several first commands at once do not race its
+    schema migration (which corrupts it for good)."""
     import mlflow
 
     uri = tracking_uri()
+    check_store(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # child processes (mlflow run, serve) see the same store
     if masked(uri) != uri:  # MLflow prints "View run at: <uri with the password>" after each run
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and uri not in _CREATED:
+        _create_sqlite(uri)
     return mlflow
+
+
+_CREATED: set[str] = set()
+
+
+def _create_sqlite(uri: str) -> None:
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    lock = Path(uri[len("sqlite:///") :] + ".lock")
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        try:
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)  # the tracking schema, migrated once
+            client.search_registered_models(max_results=1)  # and the registry's
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    _CREATED.add(uri)
 
 
 def git_commit() -> str:

@@ -153,3 +153,19 @@ def test_a_folder_reads_upper_case_extensions_and_names_what_it_cannot_read(tmp_
     ds = data.read_dataset(tmp_path)
     assert ds.errors == [] and sorted(q.id for q in ds.items) == ["902A1", "902B1"]
     assert [str(w) for w in ds.warnings] == [f"{tmp_path}: 1 entry not read: 902-C.jsonl (a broken link)"]
+
+
+def test_any_category_name_becomes_a_metric_name_mlflow_takes():
+    from mlflow.utils.validation import _validate_metric_name
+
+    from jmed.evaluate import _metrics, category_segment
+
+    names = ["循環器", "x" * 300, "呼吸器/", "..", "a/../b", "心臓:血管", "", "  ", "y" * 300 + "z"]
+    summary = {"by_category": {n: {"accuracy": 0.5} for n in names}}
+    keys = [k for k in _metrics(summary, {}, 1, 0, 1.0) if k.startswith("eval/category/")]
+    for k in keys:
+        _validate_metric_name(k)  # raises on a name MLflow refuses
+        assert len(k) <= 250
+    assert len(set(keys)) == len(names) - 2  # "" and "  " are one blank category, "x"*300 and "y"*300+"z" differ
+    assert category_segment("循環器") == "循環器" and category_segment("呼吸器/") == "呼吸器_"
+    assert category_segment("x" * 300) != category_segment("x" * 301)
