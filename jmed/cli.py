@@ -6,6 +6,7 @@ Heavy modules (torch, peft, mlflow, great_expectations) are imported inside the 
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -31,6 +32,22 @@ def _stack(f, options):
     for opt in reversed(options):
         f = opt(f)
     return f
+
+
+def writable_file(path: str, option: str) -> None:
+    """An output file is checked before the work that fills it: its folder is made, and must take a file."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create the folder {folder}: {exc.strerror or exc}", param_hint=option)
+    existed = Path(path).exists()
+    try:  # the only sure test is to open it (root passes os.access on read-only file systems)
+        open(path, "a").close()
+        if not existed:
+            os.unlink(path)
+    except OSError as exc:
+        raise click.BadParameter(f"{path} cannot be written: {exc.strerror or exc}", param_hint=option)
 
 
 def config_options(cls, names=None, exclude=(), rename=None) -> list:
@@ -189,6 +206,8 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run)
             f"{report_path} is a folder; name the report file (e.g. {Path(report_path) / 'report.json'})",
             param_hint="--report",
         )
+    if report_path:
+        writable_file(report_path, "--report")
     if fmt not in ("auto", *jdata.FORMATS):
         raise click.BadParameter(f"choose auto or one of: {', '.join(jdata.FORMATS)}", param_hint="--format")
     if dry_run:
@@ -592,7 +611,7 @@ def predict(file, model_uri, base_model, protocol, max_new_tokens, batch_size, o
     if output != "-":
         if Path(output).is_dir():
             raise click.BadParameter(f"{output} is a folder; name the output file", param_hint="--output")
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        writable_file(output, "--output")
     try:
         uri = model_uri or champion_uri(base_model)
         rows = list(predict_file(uri, file, protocol or "", max_new_tokens, batch_size, engine))

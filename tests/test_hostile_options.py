@@ -80,3 +80,15 @@ def test_score_refuses_an_exclude_ids_typo(tmp_path):
     preds.write_text("".join(json.dumps({"problem_id": q.id, "prediction": "a"}) + "\n" for q in qs), encoding="utf-8")
     with pytest.raises(ValueError, match="--exclude-ids: 99OA1 is no question of"):
         score(str(SAMPLE_TEST), str(preds), filters=DataFilter(exclude_ids=("99OA1",)))
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    res = CliRunner().invoke(main, ["validate", "--no-log", "--report", "/proc/nope/report.json"])
+    assert res.exit_code == 2 and "Invalid value for --report: cannot create the folder /proc/nope" in res.output
+    res = CliRunner().invoke(main, ["validate", "--no-log", "--report", "/sys/report.json"])
+    assert res.exit_code == 2 and "Invalid value for --report: /sys/report.json cannot be written" in res.output
+    res = CliRunner().invoke(main, ["predict", "--model-uri", "models:/x/1", "-o", "/sys/out.jsonl", str(SAMPLE_TEST)])
+    assert res.exit_code == 2 and "Invalid value for --output: /sys/out.jsonl cannot be written" in res.output
+    ok = tmp_path / "deep" / "r.json"
+    res = CliRunner().invoke(main, ["validate", "--no-log", "--report", str(ok)])
+    assert res.exit_code == 0 and ok.exists()
