@@ -98,6 +98,10 @@ def check_inputs(model_input) -> list[dict]:
         elif not ch:
             errors.append(f"{where}: 'choices' is empty")
             ch = None
+        elif len(ch) == 1 and isinstance(ch[0], str) and ch[0].strip():  # as `jmed validate` says: a single
+            # choice is not a multiple-choice question (a bad one is named as such below)
+            errors.append(f"{where}: 'choices' has 1 entry; a question has at least 2")
+            ch = None
         elif len(ch) > MAX_CHOICES:
             errors.append(f"{where}: 'choices' has {len(ch)} entries; at most {MAX_CHOICES}")
             ch = None

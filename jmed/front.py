@@ -25,6 +25,9 @@ import os
 from jmed.data import bad_text  # bound now: `build` hands the name `jmed` over to the model's own copy
 
 MAX_DEPTH = 64
+MAX_BODY_BYTES = 16 * 1024 * 1024  # 413 above this, before the body is read whole (256 rows of questions fit)
+# MLflow's request forms (and its chat and completion keys, which it answers itself)
+REQUEST_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs", "params", "messages", "prompt")
 INLINE_BYTES = 64 * 1024  # bodies up to this size are checked on the event loop (no thread hop)
 JSON = "application/json"
 
@@ -59,6 +62,16 @@ def refusal(content_type: str | None, body: bytes, known_params: set[str] | None
     found = bad_text(decoded)
     if found:  # MLflow's own parsing fails on these without naming where (or, in choices, the model)
         return 400, f"{found[0] or 'body'}: {found[1]}"
+    if isinstance(decoded, dict):
+        unknown_keys = sorted(map(str, set(decoded) - set(REQUEST_KEYS)))
+        if unknown_keys:  # MLflow ignores them: a "param" typo would change nothing, silently
+            return 400, f"unknown field(s) in the request: {', '.join(unknown_keys)}; known: {', '.join(REQUEST_KEYS)}"
+        split = decoded.get("dataframe_split")
+        if isinstance(split, dict) and isinstance(split.get("index"), list) and isinstance(split.get("data"), list):
+            if len(split["index"]) != len(split["data"]):  # MLflow answers one prediction per index entry
+                return 400, (
+                    f"dataframe_split: {len(split['index'])} index entries for {len(split['data'])} rows of data"
+                )
     params = decoded.get("params") if isinstance(decoded, dict) else None
     if isinstance(params, dict):
         unknown = sorted(map(str, set(params) - (known_params or set())))
@@ -74,15 +87,21 @@ def guarded(inner, known_params: set[str] | None):
     async def app(scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != "/invocations":
             return await inner(scope, receive, send)
-        chunks, more = [], True
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"0").decode("latin-1").strip()
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return await _answer(send, 413, f"request body of {int(declared)} bytes; at most {MAX_BODY_BYTES}")
+        chunks, more, size = [], True, 0
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_BODY_BYTES:  # chunked, with no length declared
+                return await _answer(send, 413, f"request body over {MAX_BODY_BYTES} bytes")
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        headers = dict(scope.get("headers") or [])
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         # a question's body is checked in about 20 µs, here; a large one in a thread, as MLflow parses it,
         # so that it does not hold up the requests being answered
@@ -92,16 +111,7 @@ def guarded(inner, known_params: set[str] | None):
             else await asyncio.to_thread(refusal, content_type, body, known_params)
         )
         if refused:
-            status, text = refused
-            payload = json.dumps({"error_code": "BAD_REQUEST", "message": text}, ensure_ascii=False).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(payload)).encode())],
-                }
-            )
-            return await send({"type": "http.response.body", "body": payload})
+            return await _answer(send, *refused)
         sent = False
 
         async def replay():
@@ -111,9 +121,51 @@ def guarded(inner, known_params: set[str] | None):
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        return await inner(scope, replay, send)
+        return await inner(scope, replay, _without_stack_traces(send))
 
     return app
+
+
+async def _answer(send, status: int, text: str) -> None:
+    code = "BAD_REQUEST" if status == 400 else "REQUEST_LIMIT_EXCEEDED" if status == 413 else "INVALID_PARAMETER_VALUE"
+    payload = json.dumps({"error_code": code, "message": text}, ensure_ascii=False).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _without_stack_traces(send):
+    """MLflow puts the server's Python stack trace into its 4xx answers: a client is told what was wrong
+    with its request, never how the server is built. Other answers pass through unchanged."""
+    held: dict = {}
+
+    async def wrapped(message):
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            held["start"], held["body"] = message, b""
+            return
+        if message["type"] == "http.response.body" and "start" in held:
+            held["body"] += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            body = held["body"]
+            try:
+                decoded = json.loads(body)
+                if isinstance(decoded, dict) and decoded.pop("stack_trace", None) is not None:
+                    body = json.dumps(decoded, ensure_ascii=False).encode()
+            except ValueError:
+                pass
+            start = held.pop("start")
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": headers + [(b"content-length", str(len(body)).encode())]})
+            return await send({"type": "http.response.body", "body": body})
+        return await send(message)
+
+    return wrapped
 
 
 def build(model_uri: str):
