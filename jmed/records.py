@@ -428,16 +428,6 @@ def check_points(value, n: int, sink: Sink) -> float | None:
     if isinstance(value, bool):  # JSON true is not 1 point
         sink.error(n, "points", f"expected a number or a numeric string, got a boolean ({shown(value)})")
         return None
-    if isinstance(value, str) and not _POINTS.match(value.strip()):  # "1_0", "１", "1e3" are no exam's points
-        try:
-            float(value)
-        except ValueError:
-            sink.error(n, "points", f"not a number: {shown(value)}")
-        else:
-            sink.error(
-                n, "points", f"not a number as exams write points (ASCII digits, one decimal point): {shown(value)}"
-            )
-        return None
     try:
         points = float(value)
     except (TypeError, ValueError):
@@ -445,6 +435,9 @@ def check_points(value, n: int, sink: Sink) -> float | None:
         return None
     if not 0 <= points < float("inf"):  # NaN and Infinity too: they would make scores NaN
         sink.error(n, "points", f"must be a finite number, 0 or more, got {shown(value)}")
+        return None
+    if isinstance(value, str) and not _POINTS.match(value.strip()):  # "1_0", "１", "1e3" are no exam's points
+        sink.error(n, "points", f"not a number as exams write points (ASCII digits, one decimal point): {shown(value)}")
         return None
     return points
 
