@@ -81,6 +81,19 @@ def digest(folder) -> str:
     return h.hexdigest()
 
 
+DIGEST_TAG = "jmed.adapter_sha256"  # on a registered version: its adapter folder's `digest` when registered
+
+
+def check_digest(folder, recorded: str, what: str) -> None:
+    """ValueError naming `what` when the folder's files are not the ones whose digest was recorded."""
+    got = digest(folder)
+    if recorded and got != recorded:
+        raise ValueError(
+            f"{what}: the downloaded adapter's sha256 {got[:16]}… differs from the one registered "
+            f"({recorded[:16]}…); the artifact was changed after registration, and is not served"
+        )
+
+
 def resolve(ref: str):
     """A local adapter folder from a train run id, `runs:/<id>[/path]`, `models:/<name>/<version|@alias>`
     (a registered pyfunc model with an `adapter` artifact), or a local folder."""

@@ -9,7 +9,9 @@ each caller exactly its own rows back, in order.
 
 Only requests with the same `key` (the served version, protocol and max_new_tokens) share a batch:
 generation settings are never mixed. Input checks run in the caller's thread before `submit`, so a
-bad request fails alone (HTTP 400); an engine error fails the requests of its batch only.
+bad request fails alone (HTTP 400). When an engine call of several requests fails (a prompt that
+exhausts memory, say), each request is run again alone: only the one that fails by itself fails.
+`close` fails whatever is still queued or running, so that no caller waits on a server shutting down.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Batcher:
         self._cv = threading.Condition()
         self._queue: list[_Job] = []
         self._thread: threading.Thread | None = None
+        self._running: list[_Job] = []
+        self._closed = ""  # why submit refuses (set by close)
         self.batches = 0  # engine calls so far, and the rows they held (for tests and benchmarks)
         self.rows = 0
 
@@ -48,6 +52,8 @@ class Batcher:
         """Run `rows` (with settings `key`) in the next batch of the same key; blocks until done."""
         job = _Job(key, list(rows))
         with self._cv:
+            if self._closed:
+                raise RuntimeError(self._closed)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="jmed-batcher", daemon=True)
                 self._thread.start()
@@ -65,6 +71,8 @@ class Batcher:
             self._cv.wait()
         deadline = time.monotonic() + self.wait_s
         while True:
+            while not self._queue:  # emptied by close while waiting for more
+                self._cv.wait()
             key = self._queue[0].key
             batch, n = [], 0
             for job in self._queue:
@@ -79,23 +87,46 @@ class Batcher:
             self._queue.remove(job)
         return batch
 
+    def close(self, reason: str = "the server is shutting down") -> None:
+        """Fail every queued and running job with `reason`; later submits fail at once."""
+        with self._cv:
+            self._closed = reason
+            for job in self._queue + self._running:
+                job.error = RuntimeError(reason)
+                job.done.set()
+            self._queue.clear()
+            self._cv.notify_all()
+
+    def _run(self, key: tuple, jobs: list[_Job]) -> None:
+        """One engine call for `jobs`, each handed its own rows back (or the error)."""
+        rows = [r for job in jobs for r in job.rows]
+        out = self.run(key, rows)
+        if len(out) != len(rows):
+            raise RuntimeError(f"engine returned {len(out)} rows for {len(rows)}")
+        start = 0
+        for job in jobs:
+            job.result = out[start : start + len(job.rows)]
+            start += len(job.rows)
+        self.batches += 1
+        self.rows += len(rows)
+
     def _loop(self) -> None:
         while True:
             with self._cv:
                 batch = self._take()
-            rows = [r for job in batch for r in job.rows]
+                self._running = batch
             try:
-                out = self.run(batch[0].key, rows)
-                if len(out) != len(rows):
-                    raise RuntimeError(f"engine returned {len(out)} rows for {len(rows)}")
-                start = 0
-                for job in batch:
-                    job.result = out[start : start + len(job.rows)]
-                    start += len(job.rows)
+                self._run(batch[0].key, batch)
             except BaseException as exc:  # noqa: BLE001 - handed to the callers, the loop goes on
-                for job in batch:
-                    job.error = exc
-            self.batches += 1
-            self.rows += len(rows)
+                if len(batch) == 1:
+                    batch[0].error = exc
+                else:  # which request caused it? each alone: the others still get their answers
+                    for job in batch:
+                        try:
+                            self._run(job.key, [job])
+                        except BaseException as alone:  # noqa: BLE001
+                            job.error = alone
+            with self._cv:
+                self._running = []
             for job in batch:
                 job.done.set()

@@ -16,7 +16,7 @@ import click
 import jmed
 from jmed import readers
 from jmed.batcher import DEFAULT_MAX_ROWS, DEFAULT_WAIT_S
-from jmed.config import EXAM_KINDS, EXTRACTIONS, PROTOCOLS
+from jmed.config import EXAM_KINDS, EXTRACTIONS, MAX_BATCH_TOKENS, PROTOCOLS
 from jmed.config import FALSE_WORDS as FALSE
 from jmed.config import TRUE_WORDS as TRUE
 from jmed.contract import DEFAULT_POLL_S, MAX_NEW_TOKENS_LIMIT
@@ -114,6 +114,27 @@ def strict_json(value) -> str:
     return json.dumps(clean(value), ensure_ascii=False, allow_nan=False, default=str)
 
 
+class Number(click.ParamType):
+    """A number as people write one (jmed.config's forms: ASCII digits, no "1_0", nan or inf) in [lo, hi]."""
+
+    def __init__(self, typ: type, lo: float | None = None, hi: float | None = None):
+        self.typ, self.lo, self.hi = typ, lo, hi
+        self.name = "integer" if typ is int else "number"
+
+    def convert(self, value, param, ctx):
+        from jmed.config import _coerce
+
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            try:
+                value = _coerce(str(value), self.typ)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            bounds = f"from {self.lo} to {self.hi}" if self.hi is not None else f"at least {self.lo}"
+            self.fail(f"{value} is not {bounds}", param, ctx)
+        return value
+
+
 dry_run_option = click.option(
     "--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit (nothing runs or is logged)."
 )
@@ -180,7 +201,7 @@ def main(verbose):
     "--threshold",
     default=90.0,
     show_default=True,
-    type=click.FloatRange(0, 100),
+    type=Number(float, 0, 100),
     help="Leakage: rapidfuzz ratio (0-100) of near-duplicate stems.",
 )
 @click.option("--log/--no-log", default=True, show_default=True, help="Log an MLflow run (jmed.step=validate).")
@@ -487,39 +508,69 @@ def promote(base_model, metric, min_delta, bundle_base, evaluation, dry_run):
         raise click.ClickException(str(exc)) from exc
 
 
+def bind_check(host: str, port: int) -> None:
+    """A usage error now if the server could not listen on host:port (in use, not this machine's, no right)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise click.BadParameter(f"{host!r}: {exc.strerror or exc}", param_hint="--host")
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot listen on {host}:{port}: {exc.strerror or exc}", param_hint="--port")
+
+
 @main.command()
 @click.option("--base-model", default="", help="Serve the champion of this base model (default: the only one).")
 @click.option("--model-uri", default="", help="Serve this model instead (models:/…, runs:/…).")
-@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--port", default=5000, show_default=True, type=Number(int, 1, 65535))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option(
     "--workers",
     default=1,
     show_default=True,
-    type=int,
+    type=Number(int, 1),
     help="Processes, each with its own copy of the model (batching works within each).",
 )
-@click.option("--timeout", default=REQUEST_TIMEOUT_S, show_default=True, type=int, help="Seconds per request.")
+@click.option(
+    "--timeout",
+    default=REQUEST_TIMEOUT_S,
+    show_default=True,
+    type=Number(int, 1),
+    help="Seconds per request (longer than --batch-wait-ms).",
+)
 @click.option(
     "--poll-seconds",
     default=DEFAULT_POLL_S,
     show_default=True,
-    type=float,
+    type=Number(float, 0),
     help="Served from models:/…@alias: check the alias this often and follow it (0: never).",
 )
 @click.option(
     "--max-batch-rows",
     default=DEFAULT_MAX_ROWS,
     show_default=True,
-    type=int,
+    type=Number(int, 1),
     help="Questions answered together from concurrent requests.",
 )
 @click.option(
     "--batch-wait-ms",
     default=DEFAULT_WAIT_S * 1000,
     show_default=True,
-    type=float,
+    type=Number(float, 0),
     help="How long a batch waits for more requests when the server is idle.",
+)
+@click.option(
+    "--batch-tokens",
+    default=MAX_BATCH_TOKENS,
+    show_default=True,
+    type=Number(int, 1),
+    help="Padded prompt tokens one engine batch holds at most (bounds memory: a long prompt runs with few others).",
 )
 @click.option(
     "--engine",
@@ -529,7 +580,19 @@ def promote(base_model, metric, min_delta, bundle_base, evaluation, dry_run):
     help="hf: the exam endpoint (POST /invocations, MLflow's scoring app). vllm: vLLM's OpenAI API "
     "(/v1/completions, /v1/chat/completions, /v1/models), every registered version a LoRA on one base.",
 )
-def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max_batch_rows, batch_wait_ms, engine):
+def serve(
+    base_model,
+    model_uri,
+    port,
+    host,
+    workers,
+    timeout,
+    poll_seconds,
+    max_batch_rows,
+    batch_wait_ms,
+    batch_tokens,
+    engine,
+):
     """Serve the champion (POST /invocations) with MLflow's scoring app, as `mlflow models serve` does,
     behind jmed's front: a request without Content-Type, nested too deeply or with unknown params gets
     415/400 instead of MLflow's 500 or silence.
@@ -541,14 +604,16 @@ def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max
     from jmed.registry import champion_uri
     from jmed.server import serve_command, serve_env
 
-    if poll_seconds < 0 or max_batch_rows < 1 or batch_wait_ms < 0:
-        raise click.UsageError("--poll-seconds and --batch-wait-ms must be >= 0, --max-batch-rows >= 1")
+    if batch_wait_ms >= timeout * 1000:  # every request would wait out its own timeout: 504 for all
+        raise click.BadParameter(
+            f"{timeout} s is not longer than --batch-wait-ms {batch_wait_ms:g}: every request would time out",
+            param_hint="--timeout",
+        )
+    bind_check(host, port)  # before the model loads: a port in use is named now, not after a minute
     try:
         uri = model_uri or champion_uri(base_model)
     except ValueError as e:
         raise click.ClickException(str(e))
-    if not 0 < port < 65536:
-        raise click.BadParameter(f"{port} is not a TCP port (1-65535)", param_hint="--port")
     if engine == "vllm":
         from jmed import llm_serve
         from jmed.serving import parse_models_uri
@@ -571,6 +636,7 @@ def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max
             "JMED_SERVE_POLL_S": poll_seconds,
             "JMED_SERVE_MAX_ROWS": max_batch_rows,
             "JMED_SERVE_WAIT_MS": batch_wait_ms,
+            "JMED_SERVE_BATCH_TOKENS": batch_tokens,
             "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": timeout,
         },
     )
@@ -587,9 +653,9 @@ def serve(base_model, model_uri, port, host, workers, timeout, poll_seconds, max
 @click.option("--base-model", default="", help="With no --model-uri: the champion of this base model.")
 @click.option("--protocol", default=None, type=click.Choice(PROTOCOLS), help="Default: the adapter's own.")
 @click.option(
-    "--max-new-tokens", default=0, type=click.IntRange(0, MAX_NEW_TOKENS_LIMIT), help="Default (0): the served model's."
+    "--max-new-tokens", default=0, type=Number(int, 0, MAX_NEW_TOKENS_LIMIT), help="Default (0): the served model's."
 )
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=8, show_default=True, type=Number(int, 1))
 @click.option("--output", "-o", default="-", help="JSONL output (default: stdout).")
 @click.option(
     "--engine",

@@ -24,6 +24,13 @@ from jmed.prompts import FORMATS as PROMPT_FORMATS
 EXAM_KINDS = exams.names()  # every registered exam kind (jmed/exams/<kind>.py)
 
 MAX_NEW_TOKENS = 1024  # the most tokens one answer may generate: evaluate and serving share it
+# The longest prompt (question, choices, shots and template) evaluate and serving run, in tokens; a
+# model with a shorter context lowers it to that (jmed.inference.prompt_token_limit). Characters: the
+# data's own limit (jmed.records.MAX_TEXT_CHARS), which validation checks without a tokenizer.
+MAX_PROMPT_TOKENS = 8192
+# One engine batch holds at most this many padded prompt tokens (rows x the longest), so memory is
+# bounded by the budget, not by what a batch happens to mix: a long prompt runs with few others.
+MAX_BATCH_TOKENS = 16384
 
 PRESETS_FILE = Path(__file__).parent / "presets.yaml"
 DEFAULT_LR = {"tiny": 1e-2, "hf": 2e-4}  # AdamW rates when neither a preset nor the user sets one

@@ -10,8 +10,8 @@ import math
 
 from jmed.config import MAX_NEW_TOKENS, PROTOCOLS, EvalConfig
 from jmed.records import MAX_CHOICES  # the one alphabet: what prompts can label
+from jmed.records import MAX_TEXT_CHARS as MAX_CHARS  # one limit: validation refuses the same
 
-MAX_CHARS = 20_000
 MAX_ROWS = 256
 # 0: fit each question's answers, as evaluation does (inference.answer_budget); the default is EvalConfig's
 DEFAULT_MAX_NEW_TOKENS = EvalConfig.max_new_tokens

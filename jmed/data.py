@@ -18,6 +18,7 @@ from jmed.readers.jmle2026 import split_jmle_choices  # noqa: F401  (re-exported
 from jmed.records import (  # noqa: F401  (re-exported: the record types are part of this module's API)
     LETTERS,
     MAX_CHOICES,
+    MAX_TEXT_CHARS,
     NOT_REGULAR,
     DataError,
     DataLoadError,
@@ -27,7 +28,9 @@ from jmed.records import (  # noqa: F401  (re-exported: the record types are par
     bad_text,
     data_files,
     jsonl_objects,
+    length_errors,
     shown,
+    unknown_field_warnings,
     unreadable_entries,
 )
 
@@ -145,9 +148,15 @@ def read_dataset(path, fmt: str = "auto", translate: bool = False) -> Dataset:
             return ds
     if not files:
         ds.errors.append(DataError(str(path), 0, "", "no data files in this folder"))
+    ds.known_fields = reader.fields
     for f in files:
         ds.files.append(str(f))
         reader.read(f, ds, translate)
+    ds.warnings.extend(unknown_field_warnings(ds))
+    too_long = {id(q): errs for q in ds.questions if (errs := length_errors(q))}
+    if too_long:  # refused here, once: evaluation and training never see them
+        ds.errors.extend(e for errs in too_long.values() for e in errs)
+        ds.items = [q for q in ds.items if id(q) not in too_long]
     ds.errors.extend(duplicate_ids(ds.items))
     if fmt == "auto" and not ds.items and len(ds.errors) >= MANY_ERRORS:
         ds = _no_reader_fits(path, ds, translate)

@@ -45,18 +45,28 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, batch_size: int = 8):
+    def __init__(self, model, tokenizer, batch_size: int = 8, max_batch_tokens: int = 0):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.max_batch_tokens = max_batch_tokens  # 0: jmed.config.MAX_BATCH_TOKENS
 
     def generate(self, prompts, limits, desc=None):
         from jmed.inference import generate
 
-        return generate(self.model, self.tokenizer, prompts, self.batch_size, limits, desc=desc, with_truncated=True)
+        return generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            self.batch_size,
+            limits,
+            desc=desc,
+            with_truncated=True,
+            max_batch_tokens=self.max_batch_tokens,
+        )
 
     def loglik(self, prompts, continuations, desc=None):
         from jmed.inference import loglik
 
-        return loglik(self.model, self.tokenizer, prompts, continuations, self.batch_size, desc=desc)
+        return loglik(self.model, self.tokenizer, prompts, continuations, self.batch_size, desc, self.max_batch_tokens)
 
 
 # ---- the vLLM engine (an OpenAI-compatible server) ------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from jmed import adapter
 from jmed.config import PROTOCOLS
-from jmed.inference import answer_budget, encode_prompt, shots_for
+from jmed.inference import answer_budget, encode_prompt, prompt_token_limit, shots_for
 from jmed.prompts import check_protocol
 
 # ---- adapters: jmed.adapter owns the card and the references ----------------------------------------
@@ -65,6 +65,16 @@ def run_questions(
             "protocol needs choices (use --protocol letter)"
         )
     prompts = [render(q, prompt_format, shots_for(qs, i, shots), tokenizer).prompt for i, q in enumerate(qs)]
+    n_tokens = [len(encode_prompt(tokenizer, p)) for p in prompts]
+    limit = prompt_token_limit(model, tokenizer)
+    over = [(q.id, n) for q, n in zip(qs, n_tokens) if n > limit]
+    if over:  # before any inference: the model's context (or jmed's limit) would be exceeded
+        raise ValueError(
+            f"{len(over)} prompt(s) over {limit} tokens, the longest this model takes: "
+            + ", ".join(f"{qid} ({n} tokens)" for qid, n in over[:5])
+            + (", …" if len(over) > 5 else "")
+            + (f"; with {shots} shots each prompt carries {shots} solved examples: try fewer" if shots else "")
+        )
     started = time.perf_counter()
     extra: dict = {}
     if protocol == "loglik":
@@ -115,7 +125,7 @@ def run_questions(
         }
         for r, p, out in zip(rows, prompts, outputs)
     ]
-    lengths = sorted(len(encode_prompt(tokenizer, p)) for p in prompts)
+    lengths = sorted(n_tokens)
     if lengths:
         extra.update(prompt_tokens_median=lengths[len(lengths) // 2], prompt_tokens_max=lengths[-1])
     metrics = _metrics(summary, extra, len(qs), skipped, seconds)

@@ -81,10 +81,20 @@ def refusal(content_type: str | None, body: bytes, known_params: set[str] | None
     return None
 
 
-def guarded(inner, known_params: set[str] | None):
-    """ASGI app: POST /invocations checked by `refusal`, then replayed to `inner` unchanged."""
+def guarded(inner, known_params: set[str] | None, on_shutdown=None):
+    """ASGI app: POST /invocations checked by `refusal`, then replayed to `inner` unchanged.
+    `on_shutdown` runs when the server shuts down (after uvicorn's graceful period), before `inner` hears it."""
 
     async def app(scope, receive, send):
+        if scope["type"] == "lifespan" and on_shutdown is not None:
+
+            async def receive_lifespan():
+                message = await receive()
+                if message["type"] == "lifespan.shutdown":
+                    on_shutdown()
+                return message
+
+            return await inner(scope, receive_lifespan, send)
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != "/invocations":
             return await inner(scope, receive, send)
         headers = dict(scope.get("headers") or [])
@@ -186,7 +196,13 @@ def build(model_uri: str):
     model = scoring_server.load_model_with_mlflow_config(model_uri)
     schema = model.metadata.get_params_schema()
     known = {p.name for p in schema.params} if schema is not None else None
-    return guarded(scoring_server.init(model), known)
+    # the served model's own `close` (JmedModel: fail the requests it still holds, so that the threads
+    # waiting on them end and the process can exit); a model without one has nothing to release
+    try:
+        close = getattr(model.unwrap_python_model(), "close", None)
+    except Exception:  # noqa: BLE001 - not a Python model
+        close = None
+    return guarded(scoring_server.init(model), known, close)
 
 
 def __getattr__(name):

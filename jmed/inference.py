@@ -32,11 +32,41 @@ def encode(prompt: str, target: str, tokenizer) -> tuple[list[int], list[int]]:
     return p, t
 
 
-def _sorted_batches(lengths: list[int], batch_size: int):
-    """Indices in batches of similar length (longest first: less padding, OOM shows up early)."""
+def _sorted_batches(lengths: list[int], batch_size: int, max_tokens: int = 0):
+    """Indices in batches of similar length (longest first: less padding, OOM shows up early), each of at
+    most `batch_size` rows and, padded to its longest, `max_tokens` tokens (default MAX_BATCH_TOKENS;
+    a row alone is never split)."""
+    from jmed.config import MAX_BATCH_TOKENS
+
+    budget = max_tokens or MAX_BATCH_TOKENS
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    for start in range(0, len(order), max(1, batch_size)):
-        yield order[start : start + batch_size]
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) >= max(1, batch_size) or (len(batch) + 1) * lengths[batch[0]] > budget):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def prompt_token_limit(model, tokenizer) -> int:
+    """The longest prompt jmed runs on this model: MAX_PROMPT_TOKENS, or the model's context if shorter."""
+    from jmed.config import MAX_PROMPT_TOKENS
+
+    limits = [MAX_PROMPT_TOKENS]
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int) and context > 0:
+        limits.append(context)
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and 0 < declared < 10**7:  # transformers' "no limit" is 1e30
+        limits.append(declared)
+    return min(limits)
+
+
+def over_limit(tokenizer, prompts: list[str], limit: int) -> list[tuple[int, int]]:
+    """(index, tokens) of the prompts longer than `limit` tokens."""
+    return [(i, n) for i, p in enumerate(prompts) if (n := len(encode_prompt(tokenizer, p))) > limit]
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int):
@@ -109,6 +139,7 @@ def generate_ids(
     batch_size: int = 8,
     max_new_tokens: int | list[int] = 16,
     desc: str = "generate",
+    max_batch_tokens: int = 0,
 ) -> tuple[list[list[int]], list[bool]]:
     """Greedy new token ids per prompt (EOS and what follows cut off), in input order, and whether each
     was cut off by its limit before EOS. `max_new_tokens`: one limit, or one per prompt (a batch runs
@@ -124,7 +155,7 @@ def generate_ids(
     device = next(model.parameters()).device
     bar = _progress(len(prompts), desc)
     with torch.inference_mode():
-        for batch in _sorted_batches([len(e) for e in encoded], batch_size):
+        for batch in _sorted_batches([len(e) for e in encoded], batch_size, max_batch_tokens):
             ids, mask = _left_pad([encoded[i] for i in batch], pad)
             gen = model.generate(
                 input_ids=ids.to(device),
@@ -159,10 +190,11 @@ def generate(
     max_new_tokens: int | list[int] = 16,
     desc: str = "generate",
     with_truncated: bool = False,
+    max_batch_tokens: int = 0,
 ):
     """Greedy continuations of `prompts` (decoded, special tokens skipped), in input order; with
     `with_truncated`, also the cut-off flags of `generate_ids`."""
-    ids, truncated = generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, desc)
+    ids, truncated = generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, desc, max_batch_tokens)
     texts = [tokenizer.decode(t, skip_special_tokens=True) for t in ids]
     return (texts, truncated) if with_truncated else texts
 
@@ -189,7 +221,13 @@ def encode_choices(tokenizer, prompts: list[str], continuations: list[list[str]]
 
 
 def loglik(
-    model, tokenizer, prompts: list[str], continuations: list[list[str]], batch_size: int = 8, desc: str = "loglik"
+    model,
+    tokenizer,
+    prompts: list[str],
+    continuations: list[list[str]],
+    batch_size: int = 8,
+    desc: str = "loglik",
+    max_batch_tokens: int = 0,
 ) -> list[list[float]]:
     """Sum of log-probabilities of each continuation given its prompt: `scores[q][c]`.
 
@@ -205,7 +243,7 @@ def loglik(
     kw = _forward_kwargs(model)
     bar = _progress(len(prompts), desc)
     with torch.inference_mode():
-        for batch in _sorted_batches([len(e) for e in p_ids], batch_size):
+        for batch in _sorted_batches([len(e) for e in p_ids], batch_size, max_batch_tokens):
             # Prompts right-padded with no attention mask: pads come after every real token, so the plain
             # causal mask is exact and attention takes its fast path. Logits only where a prompt ends.
             seqs = [p_ids[i] for i in batch]

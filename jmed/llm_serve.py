@@ -121,14 +121,10 @@ class Adapters:
                 f"{meta.get('base_revision')}, not on this server's base {self.base_model!r}",
             )
         recorded = mv.tags.get(ADAPTER_DIGEST_TAG, "")
-        got = adapter.digest(adapter_dir)
-        if recorded and recorded != got:
-            raise Refused(
-                409,
-                f"{self.name}/{version}: the downloaded adapter's sha256 {got[:16]}… differs from "
-                f"the one registered ({recorded[:16]}…); the artifact was changed after registration",
-                "ConflictError",
-            )
+        try:
+            adapter.check_digest(adapter_dir, recorded, f"{self.name}/{version}")
+        except ValueError as exc:
+            raise Refused(409, str(exc), "ConflictError") from None
         if not recorded:
             log.warning(
                 "%s/%s has no %s tag (registered before jmed recorded it); loaded unchecked",
@@ -144,7 +140,7 @@ class Adapters:
         if r.status_code != 200:
             raise Refused(400, f"vLLM refused {self.name}/{version}: {r.text[:400]}")
         self.loaded[version] = self.lora_name(version)
-        log.warning("loaded %s/%s (adapter %s…)", self.name, version, got[:12])
+        log.warning("loaded %s/%s (adapter %s…)", self.name, version, adapter.digest(adapter_dir)[:12])
 
     def listing(self) -> list[dict]:
         names = (

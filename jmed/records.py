@@ -130,6 +130,10 @@ class Dataset:
     warnings: list[DataError] = field(default_factory=list)
     skipped: dict[str, list[str]] = field(default_factory=dict)  # e.g. {"choices_unparsed": ["120C-71"]}
     files: list[str] = field(default_factory=list)
+    # Every field the reader's files may carry (its Reader.fields); None: not checked. A field outside it
+    # is counted per file, (file, name) -> [first line, records], and reported once as a warning.
+    known_fields: frozenset | None = None
+    unknown_fields: dict = field(default_factory=dict)
 
     @property
     def records(self) -> int:
@@ -152,6 +156,45 @@ class Sink:
 
     def warn(self, line: int, fld: str, message: str) -> None:
         self.ds.warnings.append(DataError(self.file, line, fld, message))
+
+    def fields(self, names, line: int) -> None:
+        """Note the names the reader does not know (a misspelt `anwser` is otherwise silently ignored)."""
+        known = self.ds.known_fields
+        if known is None:
+            return
+        for name in names:
+            if name not in known:
+                seen = self.ds.unknown_fields.setdefault((self.file, str(name)), [line, 0])
+                seen[1] += 1
+
+
+def unknown_field_warnings(ds: Dataset) -> list[DataError]:
+    """One warning per file and unknown field, with the closest known name when one is close."""
+    import difflib
+
+    out = []
+    for (file, name), (line, count) in ds.unknown_fields.items():
+        close = difflib.get_close_matches(name, sorted(ds.known_fields or ()), n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        records = f"{count} record{'s' if count > 1 else ''}, first at line {line}"
+        out.append(DataError(file, line, shown(name), f"not a field of {ds.format} data, ignored ({records}){hint}"))
+    return out
+
+
+# The longest stem or choice any step takes, in characters: validation refuses longer ones, so that
+# evaluation never meets them, and serving answers 400 (jmed.contract). Published exam questions are
+# under 3,000 characters; 20,000 leaves room for long case vignettes. Token limits: jmed.config.
+MAX_TEXT_CHARS = 20_000
+
+
+def length_errors(q: "Question") -> list[DataError]:
+    """The parts of a question over MAX_TEXT_CHARS, named where it was read."""
+    parts = [("stem", q.stem)] + [(f"choices[{i}]", c) for i, c in enumerate(q.choices)]
+    return [
+        DataError(q.file, q.line, name, f"{len(text)} characters; at most {MAX_TEXT_CHARS}")
+        for name, text in parts
+        if len(text) > MAX_TEXT_CHARS
+    ]
 
 
 def _japanese_score(text: str) -> float:
@@ -327,6 +370,8 @@ def bad_text(value, path: str = "") -> tuple[str, str] | None:
 
 
 def text_ok(obj, n: int, sink: "Sink") -> bool:
+    if isinstance(obj, dict):
+        sink.fields(obj.keys(), n)
     found = bad_text(obj)
     if found:
         sink.error(n, found[0], found[1])
@@ -545,4 +590,15 @@ IGAKUQA_FIELDS = {
     "text_only": bool,
     "answer": list,
     "points": (str, int, float),
+}
+# what IgakuQA's files carry besides: `<name>_metadata.jsonl` and `<name>_translate.jsonl`
+IGAKUQA_KNOWN = frozenset(IGAKUQA_FIELDS) | {
+    "category",
+    "kinki",
+    "year",
+    "reason",
+    "human_accuracy",
+    "breakdown",
+    "problem_text_en",
+    "choices_en",
 }

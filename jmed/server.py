@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 REQUEST_TIMEOUT_S = 120  # seconds per request (`jmed serve --timeout`, `mlflow models serve -t`)
+# `jmed serve` stops within this many seconds of SIGTERM: requests in flight get that long to finish,
+# then are cancelled, and the served model fails what it still holds (jmed.front, JmedModel.close)
+SHUTDOWN_S = 10
 
 
 def serve_command(
@@ -36,6 +39,8 @@ def serve_command(
             str(port),
             "--workers",
             str(workers),
+            "--timeout-graceful-shutdown",
+            str(SHUTDOWN_S),
             "jmed.front:app",
         ]
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")

@@ -25,9 +25,14 @@ Serving for real traffic:
   given; a version that fails to load is logged and the old one keeps serving.
   The served URI comes from $JMED_MODEL_URI (`jmed serve` sets it) or from the `mlflow models serve -m`
   command line this process descends from.
-- JMED_SERVE_MAX_ROWS and JMED_SERVE_WAIT_MS size the batches (jmed.batcher's defaults).
+- JMED_SERVE_MAX_ROWS and JMED_SERVE_WAIT_MS size the batches (jmed.batcher's defaults); an engine
+  batch holds at most JMED_SERVE_BATCH_TOKENS padded prompt tokens (jmed.config.MAX_BATCH_TOKENS), so
+  one long prompt runs with few others and memory stays bounded; a prompt over the model's limit
+  (jmed.inference.prompt_token_limit) is refused with the request's 400.
+- Registered versions are checked against the adapter digest recorded at registration; a version that
+  fails to load is remembered, and refused without a new download, until the registry's record changes.
 
-Imports only jmed.contract (the input checks), jmed.adapter, jmed.batcher, jmed.prompts, jmed.models,
+Imports only jmed.config (limits), jmed.contract (the input checks), jmed.adapter, jmed.batcher, jmed.prompts, jmed.models,
 jmed.inference (the batched engines evaluation uses too) and jmed.metrics (answer parsing); never train
 or evaluate. Importing this file registers the model with MLflow (models-from-code): nothing else
 imports it.
@@ -35,10 +40,13 @@ imports it.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 import warnings
@@ -49,6 +57,7 @@ import mlflow
 from mlflow.pyfunc import PythonModel
 
 from jmed import adapter
+from jmed.config import MAX_BATCH_TOKENS
 from jmed.contract import DEFAULT_POLL_S, MAX_NEW_TOKENS_LIMIT, check_inputs, check_params, invalid, selected_version
 from jmed.prompts import LETTERS, base_format
 
@@ -104,6 +113,7 @@ class JmedModel(PythonModel):
 
     def load_context(self, context):
         from jmed.batcher import DEFAULT_MAX_ROWS, DEFAULT_WAIT_S, Batcher
+        from jmed.inference import prompt_token_limit
         from jmed.models import load_adapter, load_base
 
         adapter_dir = Path(context.artifacts["adapter"])
@@ -140,10 +150,20 @@ class JmedModel(PythonModel):
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        self.max_prompt_tokens = prompt_token_limit(model, tokenizer)
+        self.batch_tokens = int(os.environ.get("JMED_SERVE_BATCH_TOKENS", MAX_BATCH_TOKENS))
         self.lock = threading.RLock()  # the model: one engine call or adapter load at a time
+        # Other versions are downloaded here, into one folder removed when the server exits; a version
+        # that failed to load is remembered with the registry's state of it, and refused without a new
+        # download until that changes: {version: (state, message)}
+        self.downloads = tempfile.mkdtemp(prefix="jmed-serve-")
+        atexit.register(shutil.rmtree, self.downloads, ignore_errors=True)
+        self.broken: dict[str, tuple] = {}
         self.name, version, alias = parse_models_uri(served_uri())
         if alias:
             version = self._alias_version(alias) or ""
+        if self.name and version:  # a registered version: its adapter as it was registered, or nothing
+            self._check_digest(self._client().get_model_version(self.name, version), adapter_dir)
         self.adapters = {version: self._served("default", meta)}
         self.default = version  # replaced in one assignment when the followed alias moves
         self.batcher = Batcher(
@@ -158,6 +178,23 @@ class JmedModel(PythonModel):
     @staticmethod
     def _served(adapter_name: str, meta: dict) -> Served:
         return Served(adapter_name, meta, adapter.prompt_format(meta), adapter.protocol(meta))
+
+    def close(self) -> None:
+        """The server is shutting down: requests still waiting are failed, so their threads end."""
+        self.batcher.close()
+
+    def _check_digest(self, mv, adapter_dir: Path) -> None:
+        """The adapter files against the digest recorded when the version was registered."""
+        recorded = mv.tags.get(adapter.DIGEST_TAG, "")
+        if not recorded:
+            log.warning(
+                "%s/%s has no %s tag; its adapter is loaded unchecked", self.name, mv.version, adapter.DIGEST_TAG
+            )
+            return
+        try:
+            adapter.check_digest(adapter_dir, recorded, f"version {mv.version} of {self.name}")
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
 
     # ---- registered versions --------------------------------------------------------------------
 
@@ -180,16 +217,19 @@ class JmedModel(PythonModel):
             version = self._alias_version(alias)
             if version is None or version == self.default:
                 continue
+            known = self.broken.get(version)
             try:
                 self._ensure(version)
-            except Exception:  # noqa: BLE001 - a broken version must not stop serving
-                log.exception(
-                    "alias %s@%s moved to version %s, which failed to load; still serving version %s",
-                    self.name,
-                    alias,
-                    version,
-                    self.default,
-                )
+            except Exception as exc:  # noqa: BLE001 - a broken version must not stop serving
+                if self.broken.get(version) != known or known is None:  # said once, not at every poll
+                    log.error(
+                        "alias %s@%s moved to version %s, which failed to load (%s); still serving version %s",
+                        self.name,
+                        alias,
+                        version,
+                        exc,
+                        self.default,
+                    )
                 continue
             log.info("alias %s@%s moved: serving version %s (was %s)", self.name, alias, version, self.default)
             self.default = version
@@ -203,43 +243,64 @@ class JmedModel(PythonModel):
                 f"version {version} asked for, but this model runs its own version on the vllm engine "
                 "(one merged adapter); serve several versions with `jmed serve --engine vllm`"
             )
-        import tempfile
-
-        import mlflow
-
         if not self.name:
             raise invalid(
                 f"version {version} asked for, but this server was not started from a models:/ URI; "
                 f"it serves only its own adapter"
             )
         client = self._client()
-        registered = sorted((str(v.version) for v in client.search_model_versions(f"name = '{self.name}'")), key=int)
-        if version not in registered:
-            raise invalid(f"version {version} of {self.name} is not registered; available: {', '.join(registered)}")
-        folder = Path(
-            mlflow.artifacts.download_artifacts(
-                f"models:/{self.name}/{version}", dst_path=tempfile.mkdtemp(prefix="jmed-serve-")
+        try:
+            mv = client.get_model_version(self.name, version)
+        except Exception:  # noqa: BLE001 - not registered (or the registry is unreachable: said below)
+            registered = sorted(
+                (str(v.version) for v in client.search_model_versions(f"name = '{self.name}'")), key=int
             )
-        )
-        adapter_dir = folder / "artifacts" / "adapter"
-        meta = adapter.read(adapter_dir)
-        if (
-            meta.get("model") != self.base_model
-            or (meta.get("base_revision") or self.base_revision) != self.base_revision
-        ):
             raise invalid(
-                f"version {version} of {self.name} was trained on {meta.get('model')!r} revision "
-                f"{meta.get('base_revision')}, not on this server's base {self.base_model!r} revision "
-                f"{self.base_revision}; serve it from its own server"
-            )
-        with self.lock:
-            if version not in self.adapters:
-                if self.merged:
-                    self.model.unmerge_adapter()
-                    self.merged = False
-                self.model.load_adapter(str(adapter_dir), adapter_name=f"v{version}", is_trainable=False)
-                self.adapters[version] = self._served(f"v{version}", meta)
+                f"version {version} of {self.name} is not registered; available: {', '.join(registered)}"
+            ) from None
+        state = (mv.last_updated_timestamp, mv.source, mv.run_id, tuple(sorted(mv.tags.items())))
+        if version in self.broken and self.broken[version][0] == state:
+            raise invalid(self.broken[version][1])  # as it was: not fetched again
+        try:
+            adapter_dir, meta = self._fetch(mv)
+            with self.lock:
+                if version not in self.adapters:
+                    if self.merged:
+                        self.model.unmerge_adapter()
+                        self.merged = False
+                    self.model.load_adapter(str(adapter_dir), adapter_name=f"v{version}", is_trainable=False)
+                    self.adapters[version] = self._served(f"v{version}", meta)
+        except Exception as exc:  # noqa: BLE001 - remembered until the registry's record of it changes
+            message = getattr(exc, "message", "") or f"version {version} of {self.name} cannot be loaded: {exc}"
+            self.broken[version] = (state, message)
+            raise invalid(message) from None
+        self.broken.pop(version, None)
         return version
+
+    def _fetch(self, mv) -> tuple[Path, dict]:
+        """A version's adapter, downloaded into this server's folder and checked: its digest, and that it
+        was trained on this server's base. A failed one leaves no folder behind."""
+        import mlflow
+
+        folder = Path(tempfile.mkdtemp(prefix=f"v{mv.version}-", dir=self.downloads))
+        try:
+            mlflow.artifacts.download_artifacts(f"models:/{self.name}/{mv.version}", dst_path=str(folder))
+            adapter_dir = folder / "artifacts" / "adapter"
+            self._check_digest(mv, adapter_dir)
+            meta = adapter.read(adapter_dir)
+            if (
+                meta.get("model") != self.base_model
+                or (meta.get("base_revision") or self.base_revision) != self.base_revision
+            ):
+                raise invalid(
+                    f"version {mv.version} of {self.name} was trained on {meta.get('model')!r} revision "
+                    f"{meta.get('base_revision')}, not on this server's base {self.base_model!r} revision "
+                    f"{self.base_revision}; serve it from its own server"
+                )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return adapter_dir, meta
 
     def _select(self, params) -> str:
         version, alias = selected_version(params)
@@ -264,9 +325,26 @@ class JmedModel(PythonModel):
 
         rows = check_inputs(model_input)  # in the request's own thread: a bad request fails alone
         version = self._select(params)
-        protocol, max_new_tokens = check_params(params, self.adapters[version].protocol, self.adapters[version].format)
+        served = self.adapters[version]
+        protocol, max_new_tokens = check_params(params, served.protocol, served.format)
+        self._prompts(rows, served.format)
         out = self.batcher.submit((version, protocol, max_new_tokens), rows)
         return pd.DataFrame(out, columns=OUTPUT_COLUMNS)
+
+    def _prompts(self, rows: list[dict], fmt: str) -> None:
+        """Each row's prompt, checked against the model's token limit before any model work."""
+        from jmed.inference import over_limit
+
+        for r in rows:
+            r["prompt"] = self.prompt(r, fmt)
+        over = over_limit(self.tokenizer, [r["prompt"] for r in rows], self.max_prompt_tokens)
+        if over:
+            raise invalid(
+                "invalid input: "
+                + "; ".join(
+                    f"record {i}: the prompt is {n} tokens; at most {self.max_prompt_tokens}" for i, n in over[:20]
+                )
+            )
 
     def _run_batch(self, key: tuple, rows: list) -> list[dict]:
         """One engine call (on the batcher's thread) for rows of one version and one setting."""
@@ -279,10 +357,10 @@ class JmedModel(PythonModel):
             if self.vllm is not None:
                 engine = self.vllm.engine
             else:
-                engine = HFEngine(self.model, self.tokenizer, batch_size=len(rows))
+                engine = HFEngine(self.model, self.tokenizer, len(rows), self.batch_tokens)
                 if self.model.active_adapter != served.adapter_name:
                     self.model.set_adapter(served.adapter_name)
-            prompts = [self.prompt(r, served.format) for r in rows]
+            prompts = [r["prompt"] for r in rows]
             if protocol == "loglik":
                 # The same batched engine as evaluation: each prompt encoded once, letters or text scored.
                 letters = base_format(served.format) == "igakuqa"

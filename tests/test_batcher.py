@@ -118,3 +118,38 @@ def test_an_engine_error_fails_only_its_own_batch():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="max_rows must be >= 1 and wait_s >= 0"):
         Batcher(Engine(), max_rows=0)
+
+
+def test_a_request_that_fails_a_shared_batch_fails_alone_the_others_are_answered():
+    """Four requests in one engine call, one of which makes the engine raise (a prompt that exhausts
+    memory, say): each is run again alone, and only that one fails."""
+    engine = Engine(fail_on="huge")
+    batcher = Batcher(engine, max_rows=32, wait_s=0)
+    engine.gate.clear()
+    first, first_out = submit_all(batcher, [(("k",), ["q0"])])
+    engine_busy(engine)
+    threads, out = submit_all(batcher, [(("k",), [f"q{i}"]) for i in (1, 2)] + [(("k",), ["huge"]), (("k",), ["q3"])])
+    until(lambda: len(batcher._queue) == 4)
+    engine.gate.set()
+    for t in first + threads:
+        t.join(10)
+    assert first_out == [[(("k",), "q0")]]
+    assert out[0] == [(("k",), "q1")] and out[1] == [(("k",), "q2")] and out[3] == [(("k",), "q3")]
+    assert isinstance(out[2], RuntimeError) and str(out[2]) == "engine failed on huge"
+    shared = [rows for _, rows in engine.calls if len(rows) == 4]
+    assert shared == [["q1", "q2", "huge", "q3"]]  # tried together once, then each alone
+
+
+def test_close_fails_what_is_queued_or_running_and_every_later_submit():
+    engine = Engine()
+    batcher = Batcher(engine, max_rows=32, wait_s=600)  # a batch that would wait ten minutes for more
+    threads, out = submit_all(batcher, [(("k",), ["waiting"])])
+    until(lambda: len(batcher._queue) == 1)
+    batcher.close("the server is shutting down")
+    for t in threads:
+        t.join(10)
+    assert not threads[0].is_alive()
+    assert isinstance(out[0], RuntimeError) and str(out[0]) == "the server is shutting down"
+    with pytest.raises(RuntimeError, match="the server is shutting down"):
+        batcher.submit(("k",), ["late"])
+    assert engine.calls == []

@@ -510,3 +510,44 @@ def test_mlflow_run_evaluate_entry_point(tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["jmed.step"] == "evaluate"
     assert run.data.params["limit"] == "3" and run.data.params["protocol"] == "loglik"
     assert run.data.metrics["eval/questions"] == 3
+
+
+def test_a_batch_holds_at_most_its_token_budget_padded_and_a_long_row_alone():
+    from jmed.inference import _sorted_batches
+
+    # longest first; (rows + 1) x longest beyond the budget starts a new batch; a row is never split
+    assert list(_sorted_batches([4000, 10, 10, 10, 9000], 32, 8000)) == [[4], [0, 1], [2, 3]]
+    assert list(_sorted_batches([10] * 5, 2, 8000)) == [[0, 1], [2, 3], [4]]
+    assert list(_sorted_batches([100] * 4, 32, 0)) == [[0, 1, 2, 3]]  # 0: jmed.config.MAX_BATCH_TOKENS
+    from jmed.engine import HFEngine
+
+    assert HFEngine(None, None).max_batch_tokens == 0
+
+
+def test_token_budgets_change_no_answer(tiny):
+    from jmed.engine import HFEngine
+    from jmed.prompts import LETTERS, render
+
+    model, tok, _ = tiny
+    qs = load_questions(SAMPLE_TEST)[:8]
+    prompts = [render(q, "igakuqa", (), tok).prompt for q in qs]
+    conts = [list(LETTERS[:5])] * len(qs)
+    whole, alone = HFEngine(model, tok, 8), HFEngine(model, tok, 8, max_batch_tokens=1)  # 1: every row alone
+    assert whole.generate(prompts, [6] * 8) == alone.generate(prompts, [6] * 8)
+    for a, b in zip(whole.loglik(prompts, conts), alone.loglik(prompts, conts)):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_a_prompt_over_the_models_context_is_refused_before_inference(tiny):
+    from jmed.evaluate import run_questions
+    from jmed.inference import prompt_token_limit
+    from jmed.records import Question
+
+    model, tok, _ = tiny
+    assert prompt_token_limit(model, tok) == 2048  # the tiny model's context, under MAX_PROMPT_TOKENS 8192
+    long = Question(id="990A1", stem="あ" * 3000, choices=("甲", "乙", "丙", "丁", "戊"), answer=(("a",),))
+    short = load_questions(SAMPLE_TEST)[0]
+
+    with pytest.raises(ValueError) as exc:
+        run_questions(model, tok, [short, long], "letter", "igakuqa", 0, "lenient", max_new_tokens=4)
+    assert str(exc.value).startswith("1 prompt(s) over 2048 tokens, the longest this model takes: 990A1 (")

@@ -169,3 +169,87 @@ def test_any_category_name_becomes_a_metric_name_mlflow_takes():
     assert len(set(keys)) == len(names) - 2  # "" and "  " are one blank category, "x"*300 and "y"*300+"z" differ
     assert category_segment("循環器") == "循環器" and category_segment("呼吸器/") == "呼吸器_"
     assert category_segment("x" * 300) != category_segment("x" * 301)
+
+
+def _warnings(path) -> list[str]:
+    return [str(e) for e in data.read_dataset(path).warnings]
+
+
+def test_a_field_no_reader_knows_is_warned_once_per_file_with_the_closest_name(tmp_path):
+    f = tmp_path / "990-A.jsonl"
+    rows = [_line(anwser=["a"]), _line(problem_id="990A2", anwser=["b"]), _line(problem_id="990A3")]
+    f.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp_path / "990-A_metadata.jsonl").write_text('{"problem_id": "990A1", "kinkl": ["a"]}\n', encoding="utf-8")
+    ds = data.read_dataset(f)
+    assert not ds.errors and len(ds.questions) == 3  # a warning: the questions are read as before
+    assert _warnings(f) == [  # the metadata file is read first
+        f'{tmp_path / "990-A_metadata.jsonl"}:1: "kinkl": not a field of igakuqa data, ignored '
+        "(1 record, first at line 1); did you mean 'kinki'?",
+        f"{f}:1: \"anwser\": not a field of igakuqa data, ignored (2 records, first at line 1); did you mean 'answer'?",
+    ]
+    jmle = tmp_path / "jmle.json"
+    q = {
+        "question_id": "120A-1",
+        "block": "A",
+        "number": 1,
+        "question_type": "single",
+        "question_text": "問1 どれか。\na 甲\nb 乙\nc 丙\nd 丁\ne 戊",
+        "requires_image": False,
+        "answer": ["a"],
+        "num_choice_to_select": 1,
+    }
+    jmle.write_text(json.dumps([q], ensure_ascii=False), encoding="utf-8")
+    [warning] = _warnings(jmle)
+    assert "num_choice_to_select" in warning and "did you mean 'num_choices_to_select'?" in warning
+    csv = tmp_path / "jmmlu.csv"
+    csv.write_text("question,optionA,optionB,optionC,optionD,answer,tagg\nどれか。,甲,乙,丙,丁,A,x\n", encoding="utf-8")
+    assert _warnings(csv) == [
+        f"{csv}:2: \"tagg\": not a field of jmmlu data, ignored (1 record, first at line 2); did you mean 'tag'?"
+    ]
+    ins = tmp_path / "ins.jsonl"
+    ins.write_text('{"instruction": "答えよ", "imput": "x", "output": "a"}\n', encoding="utf-8")
+    assert _warnings(ins) == [
+        f"{ins}:1: \"imput\": not a field of instructions data, ignored (1 record, first at line 1); did you mean 'input'?"
+    ]
+
+
+def test_every_registered_readers_own_fixture_has_no_unknown_field():
+    from pathlib import Path
+
+    from jmed import readers
+
+    here = Path(__file__).parent
+    for name in readers.names():
+        folder = here / "fixtures_readers" / name
+        ds = data.read_dataset(folder if folder.exists() else here / f"fixtures_{name}", fmt=name)
+        assert ds.items, name
+        assert not [w for w in ds.warnings if "not a field of" in w.message], name
+
+
+def test_stems_and_choices_have_one_length_limit_shared_by_validation_the_suite_and_serving(tmp_path):
+    from jmed import contract
+    from jmed.records import MAX_TEXT_CHARS
+    from jmed.suites import load_suite
+
+    assert MAX_TEXT_CHARS == contract.MAX_CHARS == 20_000
+    limits = {
+        e["kwargs"]["column"]: e["kwargs"]["max_value"]
+        for e in load_suite("questions")["expectations"]
+        if e["kwargs"].get("column") in ("stem", "longest_choice") and "max_value" in e["kwargs"]
+    }
+    assert limits == {"stem": MAX_TEXT_CHARS, "longest_choice": MAX_TEXT_CHARS}
+    f = tmp_path / "990-A.jsonl"
+    rows = [
+        _line(problem_text="あ" * MAX_TEXT_CHARS),  # at the limit: read
+        _line(problem_id="990A2", problem_text="い" * (MAX_TEXT_CHARS + 1)),
+        _line(problem_id="990A3", choices=["甲", "乙" * 300_000, "丙", "丁", "戊"]),
+    ]
+    f.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    ds = data.read_dataset(f)
+    assert [str(e) for e in ds.errors] == [
+        f"{f}:2: stem: 20001 characters; at most 20000",
+        f"{f}:3: choices[1]: 300000 characters; at most 20000",
+    ]
+    assert [q.id for q in ds.questions] == ["990A1"]
+    report = checks.validate([str(f)])
+    assert not report.success and {e["field"] for e in report.errors} == {"stem", "choices[1]"}

@@ -435,8 +435,7 @@ def test_a_50mb_stem_is_named_not_echoed_in_the_report(tmp_path):
     report = checks.validate([str(data)])
     assert not report.success
     [stem] = [e for e in report.errors if e["field"] == "stem"]
-    assert "question text length outside 2..20000 characters" in stem["message"]
-    assert "(50000000 characters)" in stem["message"] and len(stem["message"]) < 1000
+    assert stem["message"] == "50000000 characters; at most 20000" and stem["line"] == 1
     json_path, html_path = report.write(tmp_path / "report.json")
     assert json_path.stat().st_size < 100_000 and html_path.stat().st_size < 100_000
     assert len(report.summary()) < 10_000

@@ -47,6 +47,9 @@ class Reader:
     # The gold answer written as this dataset's own answers are ("c,e", IgakuQA119's "ce", YakugakuQA's
     # "3,5"): what its official scorer reads as right. The contract test scores it as a perfect system.
     answer_text: Callable[..., str] = lambda q: ",".join(q.answer[0]) if q.answer else ""
+    # Every field its files may carry (question, metadata and translation files alike); another field is
+    # warned about once per file, with the closest known name. None: fields are not checked.
+    fields: frozenset[str] | None = None
 
 
 _READERS: dict[str, Reader] = {}

@@ -13,6 +13,7 @@ from jmed.readers import Reader
 from jmed.records import (
     EXAM_ID,
     IGAKUQA_FIELDS,
+    IGAKUQA_KNOWN,
     LETTERS,
     Dataset,
     Question,
@@ -160,4 +161,5 @@ READER = Reader(
     read=read,
     detect=lambda p: p.obj is not None or p.suffix == ".jsonl",
     priority=0,
+    fields=IGAKUQA_KNOWN,
 )

@@ -173,4 +173,5 @@ READER = Reader(
     official=official,
     files=lambda folder, ds: question_files(folder) if folder.is_dir() else [folder],
     folder=lambda folder: bool(question_files(folder)),
+    fields=frozenset({"number", "question", "choices", "has_image"}),
 )

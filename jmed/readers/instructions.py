@@ -34,4 +34,5 @@ READER = Reader(
     detect=lambda p: p.obj is not None and "instruction" in p.obj and "output" in p.obj,
     priority=70,
     questions=False,
+    fields=frozenset(INSTRUCTION_FIELDS) | {"input", "id"},
 )

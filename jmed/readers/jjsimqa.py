@@ -11,7 +11,7 @@ from pathlib import Path
 from jmed.readers import Reader
 from jmed.readers.igakuqa import read_schema
 from jmed.readers.medllm import official
-from jmed.records import Dataset
+from jmed.records import IGAKUQA_KNOWN, Dataset
 
 
 def read(path: Path, ds: Dataset, translate: bool = False) -> None:
@@ -31,4 +31,5 @@ READER = Reader(
     detect=detect,
     priority=40,
     official=official,
+    fields=IGAKUQA_KNOWN | {"choices_orig"},
 )

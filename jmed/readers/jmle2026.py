@@ -175,4 +175,5 @@ READER = Reader(
     detect=lambda p: p.suffix == ".json" or p.head.lstrip().startswith("["),
     priority=80,
     official=official,
+    fields=frozenset(JMLE_FIELDS) | {"clinical_images", "num_choices_to_select", "serial_group"},
 )

@@ -84,4 +84,5 @@ READER = Reader(
     read=read,
     detect=lambda p: p.suffix == ".csv",
     priority=110,
+    fields=frozenset(JMMLU_COLUMNS) | {"tag"},
 )

@@ -325,4 +325,8 @@ READER = Reader(
     files=files,
     folder=folder,
     answer_text=answer_text,
+    fields=frozenset(FIELDS)
+    | {"choices", "kinki", "human_accuracy", "corrected_question_index", "answer_sub2"}
+    | set(LETTERS)
+    | {str(i) for i in range(1, len(LETTERS) + 1)},
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jmed.readers import Reader
 from jmed.readers.igakuqa import read_schema
-from jmed.records import IGAKUQA_FIELDS, Dataset
+from jmed.records import IGAKUQA_FIELDS, IGAKUQA_KNOWN, Dataset
 
 # The medLLM QA benchmark (github aistairc/medLLM_QA_benchmark): IgakuQA's schema per set, with integer
 # ids (MedQA, MMLU, CMExam), PubMedQA's `context` (the abstract the question is about) and DenQA (the
@@ -79,4 +79,5 @@ READER = Reader(
     detect=detect,
     priority=50,
     official=official,
+    fields=IGAKUQA_KNOWN | {"context"},
 )

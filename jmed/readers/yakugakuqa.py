@@ -38,6 +38,7 @@ from jmed import exams
 from jmed.readers import Reader
 from jmed.records import (
     IGAKUQA_FIELDS,
+    IGAKUQA_KNOWN,
     LETTERS,
     DataError,
     Dataset,
@@ -287,4 +288,5 @@ READER = Reader(
     priority=60,
     official=official,
     files=files,
+    fields=IGAKUQA_KNOWN | {"comment"},
 )

@@ -63,7 +63,7 @@ from jmed.registry.store import (  # noqa: F401
     versions,
 )
 
-ADAPTER_DIGEST_TAG = "jmed.adapter_sha256"  # the adapter folder's bytes when registered (jmed.adapter.digest)
+ADAPTER_DIGEST_TAG = adapter.DIGEST_TAG  # the adapter folder's bytes when registered (jmed.adapter.digest)
 
 
 LINEAGE_METRICS = (
