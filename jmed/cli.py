@@ -920,9 +920,57 @@ def handle_signals() -> None:
         signal.signal(signal.SIGHUP, _terminated)
 
 
+def _mlflow_run_ancestor() -> tuple[int, str] | None:
+    """(pid, start time) of the `mlflow run` process this one descends from (Linux /proc), else None."""
+    pid = os.getppid()
+    for _ in range(8):  # mlflow run -> bash -c (or the conda activation) -> jmed
+        if pid <= 1:
+            return None
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        if any(a.endswith(b"mlflow") for a in args[:2]) and b"run" in args[1:3]:
+            return pid, fields[19]  # field 22 of stat: the start time, so a reused pid is not taken for it
+        pid = int(fields[1])
+    return None
+
+
+def watch_mlflow_run(poll_s: float = 1.0) -> None:
+    """Under `mlflow run`: when it is gone (a scheduler's SIGTERM ends it, and MLflow passes nothing on),
+    this step is sent SIGTERM too, so it ends like Ctrl-C and its run is KILLED, not left RUNNING."""
+    import signal
+    import threading
+    import time
+
+    if not os.environ.get("MLFLOW_RUN_ID") or not Path("/proc/self/stat").exists():
+        return
+    ancestor = _mlflow_run_ancestor()
+    if ancestor is None:
+        return
+    pid, started = ancestor
+
+    def alive() -> bool:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return False
+        return fields[19] == started and fields[0] != "Z"
+
+    def watch():
+        while alive():
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="jmed-watch-mlflow-run", daemon=True).start()
+
+
 def run():
     """Console entry point (`jmed`, `python -m jmed`)."""
     handle_signals()
+    watch_mlflow_run()
     try:
         sys.argv[1:] = mlflow_args(sys.argv[1:])
     except click.UsageError as exc:

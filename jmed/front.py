@@ -191,9 +191,13 @@ def build(model_uri: str):
     # sys.path by MLflow), as under `mlflow models serve`, where nothing has imported jmed yet. Here
     # this module's own import loaded the installed jmed, so it is forgotten before the model loads; the
     # functions above keep what they bound.
+    this = sys.modules[__name__]
     for name in [m for m in sys.modules if m == "jmed" or m.startswith("jmed.")]:
         del sys.modules[name]
     model = scoring_server.load_model_with_mlflow_config(model_uri)
+    # uvicorn imports `jmed.front:app` twice (once to check it, once to serve): the second import must
+    # find this module, whose `app` is built, not the model's code copy, which would load the model again
+    sys.modules[__name__] = this
     schema = model.metadata.get_params_schema()
     known = {p.name for p in schema.params} if schema is not None else None
     # the served model's own `close` (JmedModel: fail the requests it still holds, so that the threads

@@ -166,7 +166,7 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def stop_server(proc, grace: float = 10.0) -> None:
+def stop_server(proc, grace: float = SHUTDOWN_S + 10.0) -> None:
     """SIGTERM the server's process group, SIGKILL whatever is left after `grace` seconds."""
     import signal
     import subprocess

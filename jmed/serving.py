@@ -180,8 +180,10 @@ class JmedModel(PythonModel):
         return Served(adapter_name, meta, adapter.prompt_format(meta), adapter.protocol(meta))
 
     def close(self) -> None:
-        """The server is shutting down: requests still waiting are failed, so their threads end."""
+        """The server is shutting down: requests still waiting are failed, so their threads end, and the
+        downloaded versions are removed (atexit is the fallback under `mlflow models serve`)."""
         self.batcher.close()
+        shutil.rmtree(self.downloads, ignore_errors=True)
 
     def _check_digest(self, mv, adapter_dir: Path) -> None:
         """The adapter files against the digest recorded when the version was registered."""

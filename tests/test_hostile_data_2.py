@@ -253,3 +253,34 @@ def test_stems_and_choices_have_one_length_limit_shared_by_validation_the_suite_
     assert [q.id for q in ds.questions] == ["990A1"]
     report = checks.validate([str(f)])
     assert not report.success and {e["field"] for e in report.errors} == {"stem", "choices[1]"}
+
+
+def test_predict_refuses_ids_score_could_not_read_back(tmp_path):
+    import pytest
+
+    from jmed.registry import read_questions_file
+
+    q = {"question": "どれか。", "choices": ["甲", "乙"]}
+    f = tmp_path / "q.jsonl"
+    rows = [
+        {**q, "id": "a1"},
+        {**q, "id": "ａ１"},  # full-width: the same id as line 1
+        {**q, "id": ["x"]},
+        {**q, "id": True},
+        {**q, "problem_id": " "},
+        {**q, "id": 7},  # an integer is written as "7"
+        q,  # no id: its line number, "7", which line 6 has taken
+    ]
+    f.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError) as exc:
+        read_questions_file(f)
+    assert str(exc.value).splitlines() == [
+        "5 bad line(s):",
+        f'{f}:2: id: "ａ１" is the id of line 1 too',
+        f"{f}:3: id: must be a non-empty string or an integer, got a list",
+        f"{f}:4: id: must be a non-empty string or an integer, got a boolean",
+        f"{f}:5: problem_id: must be a non-empty string or an integer, got empty",
+        f'{f}:7: problem_id: "7" is the id of line 6 too',
+    ]
+    f.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [{**q, "id": 7}, q]) + "\n", encoding="utf-8")
+    assert read_questions_file(f)[0] == ["7", "2"]

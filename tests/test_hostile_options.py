@@ -92,3 +92,34 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
     ok = tmp_path / "deep" / "r.json"
     res = CliRunner().invoke(main, ["validate", "--no-log", "--report", str(ok)])
     assert res.exit_code == 0 and ok.exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--port", "99999"], "Invalid value for '--port': 99999 is not from 1 to 65535"),
+        (["--port", "５０００"], "Invalid value for '--port': expected an integer, got '５０００'"),
+        (["--timeout", "0"], "Invalid value for '--timeout': 0 is not at least 1"),
+        (["--timeout", "1", "--batch-wait-ms", "1000"], "1 s is not longer than --batch-wait-ms 1000"),
+        (["--poll-seconds", "nan"], "Invalid value for '--poll-seconds': expected a number, got 'nan'"),
+        (["--batch-wait-ms", "inf"], "Invalid value for '--batch-wait-ms': expected a number, got 'inf'"),
+        (["--workers", "1_0"], "Invalid value for '--workers': expected an integer, got '1_0'"),
+        (["--max-batch-rows", "0"], "Invalid value for '--max-batch-rows': 0 is not at least 1"),
+        (["--batch-tokens", "-5"], "Invalid value for '--batch-tokens': -5 is not at least 1"),
+    ],
+)
+def test_serve_options_are_checked_before_anything_loads(args, message):
+    res = CliRunner().invoke(main, ["serve", *args])
+    assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_serve_names_a_port_in_use_before_the_model_loads():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = CliRunner().invoke(main, ["serve", "--port", str(port), "--model-uri", "models:/none/1"])
+    assert res.exit_code == 2, res.output
+    assert f"Invalid value for --port: cannot listen on 127.0.0.1:{port}: Address already in use" in res.output

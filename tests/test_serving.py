@@ -864,7 +864,15 @@ def test_concurrent_requests_are_batched_the_champion_is_followed_and_versions_c
     port = free_port()
     # through `jmed serve`'s front (jmed.front): batching, alias following and version choice live in the
     # served model, below it; test_served_over_http covers `mlflow models serve` itself
-    proc, _ = start_server(URI, port, log_path=tmp_path / "serve.log", env={"JMED_SERVE_POLL_S": "0.5"}, front=True)
+    server_tmp = tmp_path / "server-tmp"  # where it downloads other versions
+    server_tmp.mkdir()
+    proc, _ = start_server(
+        URI,
+        port,
+        log_path=tmp_path / "serve.log",
+        env={"JMED_SERVE_POLL_S": "0.5", "TMPDIR": str(server_tmp)},
+        front=True,
+    )
     url = f"http://127.0.0.1:{port}/invocations"
     try:
         # 1. eight concurrent requests, each its own question: each gets exactly its own answer
@@ -942,6 +950,136 @@ def test_concurrent_requests_are_batched_the_champion_is_followed_and_versions_c
         r = post(url, records[:1], {"version": "3"})
         assert r.status_code == 400 and "revision sha256:0000" in r.json()["message"], r.text
         assert post(url, records[:1]).status_code == 200  # still serving
+
+        # 6. an adapter file edited after registration (lora_alpha 16 -> 1600) is refused by name; the
+        #    refusal is remembered, with no new download (the file put back, still refused), until the
+        #    registry's record of the version changes; failed downloads leave no folder behind
+        from urllib.parse import urlparse
+
+        from jmed import adapter
+
+        client = mlflow.MlflowClient()
+        clean = Path(
+            mlflow.artifacts.download_artifacts(run_id=better, artifact_path="adapter", dst_path=str(tmp_path / "v4"))
+        )
+        with mlflow.start_run():
+            info = log_serving_model(clean)
+        assert str(mlflow.register_model(info.model_uri, "jmed-tiny").version) == "4"
+        client.set_model_version_tag("jmed-tiny", "4", adapter.DIGEST_TAG, adapter.digest(clean))
+        stored = Path(urlparse(client.get_logged_model(info.model_id).artifact_location).path)
+        [config] = stored.rglob("adapter_config.json")
+        original = config.read_text()
+        config.write_text(original.replace('"lora_alpha": 16', '"lora_alpha": 1600'))
+        with pytest.MonkeyPatch.context() as mp:  # served as the default version (`mlflow models serve -m …/4`)
+            mp.setenv("JMED_MODEL_URI", "models:/jmed-tiny/4")
+            with pytest.raises(mlflow.exceptions.MlflowException, match="version 4 of jmed-tiny: the downloaded"):
+                mlflow.pyfunc.load_model("models:/jmed-tiny/4")
+        refused = post(url, records[:1], {"version": "4"})
+        assert refused.status_code == 400, refused.text
+        message = refused.json()["message"]
+        assert "version 4 of jmed-tiny: the downloaded adapter's sha256 " in message and (
+            "the artifact was changed after registration, and is not served" in message
+        )
+        assert "stack_trace" not in refused.json()
+        # what stays downloaded is what serves (v2, followed): v3's and v4's failed downloads are gone
+        assert [p.name[:3] for p in server_tmp.glob("jmed-serve-*/v*")] == ["v2-"]
+        config.write_text(original)
+        again = post(url, records[:1], {"version": "4"})
+        assert again.status_code == 400 and again.json()["message"] == message  # remembered, not fetched again
+        client.set_model_version_tag("jmed-tiny", "4", "jmed.note", "artifact restored")  # the record changes
+        fixed = post(url, records[:1], {"version": "4"})
+        assert fixed.status_code == 200 and fixed.json()["predictions"][0]["model_version"] == "4", fixed.text
+        assert len(list(server_tmp.glob("jmed-serve-*/v4-*"))) == 1
     finally:
         stop_server(proc)
     assert proc.poll() is not None and not group_alive(proc.pid)
+    assert not list(server_tmp.glob("jmed-serve-*"))  # the downloads folder goes with the server
+
+
+CAP_BYTES = 5 * 1024**3  # the server's address space: about 2.3 GiB above an idle tiny server's
+
+
+def test_under_a_memory_cap_rows_at_the_token_limit_never_fail_the_short_ones(served, tmp_path):
+    """One hostile client sends 32 rows at the model's prompt limit per request while four normal clients
+    send short questions, to one server whose address space is capped: every request is answered (engine
+    batches hold at most MAX_BATCH_TOKENS padded tokens; a request that fails a shared batch is retried
+    alone); a row over the limit is 400 naming it, before any model work."""
+    import sys
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jmed.server import free_port, serve_command, serve_env, start_process, stop_server
+
+    port = free_port()
+    capped = [
+        sys.executable,
+        "-c",
+        f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({CAP_BYTES}, {CAP_BYTES})); "
+        "os.execv(sys.argv[1], sys.argv[1:])",
+        *serve_command(URI, port=port, front=True),
+    ]
+    env = serve_env(URI, {"MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": 300})
+    proc, _ = start_process(capped, env, port, "/ping", tmp_path / "serve.log", 180, "capped server")
+    url = f"http://127.0.0.1:{port}/invocations"
+    choices = ["甲", "乙", "丙", "丁", "戊"]
+    at_limit = {"question": "心" * 1900, "choices": choices}  # about 1,950 prompt tokens of the tiny model's 2,048
+    try:
+        over = post(url, [{"question": "心" * 2100, "choices": choices}])
+        assert over.status_code == 400, over.text
+        assert "record 0: the prompt is " in over.json()["message"] and "tokens; at most 2048" in over.json()["message"]
+        hostile, stop = [], threading.Event()
+
+        def attack():
+            while not stop.is_set():
+                hostile.append(post(url, [at_limit] * 32).status_code)
+
+        attacker = threading.Thread(target=attack)
+        attacker.start()
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                normal = list(pool.map(lambda i: post(url, batch(2)).status_code, range(24)))
+        finally:
+            stop.set()
+            attacker.join(300)
+        assert normal == [200] * 24
+        assert hostile and set(hostile) == {200}, hostile
+    finally:
+        stop_server(proc)
+
+
+def test_jmed_serve_stops_within_its_bound_while_a_request_waits(served, tmp_path):
+    """SIGTERM with a request held in a batch that would wait ten minutes: the server finishes within
+    SHUTDOWN_S (plus start-up slack), the request gets its answer or its connection closed, and nothing
+    of the server is left."""
+    import signal
+    import threading
+
+    import requests
+
+    from jmed.server import SHUTDOWN_S, free_port, group_alive, start_server, stop_server
+
+    port = free_port()
+    env = {"JMED_SERVE_WAIT_MS": "600000", "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "900"}
+    proc, _ = start_server(URI, port, log_path=tmp_path / "serve.log", env=env, front=True)
+    outcome = []
+
+    def ask():
+        try:
+            outcome.append(
+                requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": batch(1)}, timeout=300)
+            )
+        except requests.RequestException as exc:
+            outcome.append(exc)
+
+    asker = threading.Thread(target=ask)
+    try:
+        asker.start()
+        threading.Event().wait(2)  # the request reaches the batcher, where it would wait ten minutes
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=SHUTDOWN_S + 60)
+        asker.join(60)
+        assert not asker.is_alive() and outcome
+        assert not isinstance(outcome[0], requests.Response) or outcome[0].status_code != 200
+    finally:
+        stop_server(proc)
+    assert not group_alive(proc.pid)

@@ -477,3 +477,77 @@ def test_resume_after_sigkill_anywhere_is_byte_identical(tracking, tmp_path, cap
         assert _adapter_sha(resumed) == want, trial
         if trial == 0:
             assert f"skipping incomplete checkpoint(s) {newest}" in caplog.text
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live processes below `pid` (Linux /proc)."""
+    from pathlib import Path
+
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+@pytest.mark.slow
+def test_sigterm_to_mlflow_run_ends_the_step_under_it_killed(tmp_path):
+    """A scheduler's plain SIGTERM to `mlflow run -e train` (not to its process group): MLflow dies
+    without passing it on; the `jmed train` below it sees its `mlflow run` gone, ends like Ctrl-C and
+    its run is KILLED; no process is left."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "run", str(ROOT), "-e", "train", "--env-manager", "local", "-P", "max_steps=100000"],
+        env=_env(uri),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, so that only it is signalled, as a scheduler would
+    )
+    client = mlflow.MlflowClient(uri)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            runs = client.search_runs(["0"]) if (tmp_path / "mlflow.db").exists() else []
+            if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("training never logged a loss: " + proc.stderr.read()[-2000:])
+        below = _descendants(proc.pid)
+        assert below, "no jmed process under mlflow run"
+        proc.send_signal(signal.SIGTERM)  # the mlflow run process only
+        proc.wait(timeout=60)
+        deadline = time.time() + 120
+        while time.time() < deadline and any(os.path.exists(f"/proc/{p}") and _alive(p) for p in below):
+            time.sleep(0.5)
+        assert not [p for p in below if _alive(p)], "a process of the step outlived mlflow run"
+        [run] = client.search_runs(["0"])
+        assert run.info.status == "KILLED"
+    finally:
+        for p in _descendants(proc.pid) + [proc.pid]:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -57,9 +57,24 @@ def read_questions_file(path) -> tuple[list[str], list[dict]]:
         return [q.id for q in qs], [
             {"question": q.stem, "choices": list(q.choices), "n_answers": q.n_answers or 1} for q in qs
         ]
+    from jmed.data import same_id
+    from jmed.records import shown, type_name
+
     ids, records, errors = [], [], [str(e) for e in bad]
+    first: dict[str, int] = {}  # id as compared (jmed.data.same_id) -> its line
     for no, rec in objects:
-        rid = str(rec.pop("id", rec.pop("problem_id", no)))
+        key = "id" if "id" in rec else "problem_id"
+        raw = rec.pop("id", rec.pop("problem_id", no))
+        # an id is written as `score` reads it back: a string (an integer is written as one)
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)) or not str(raw).strip():
+            what = "empty" if isinstance(raw, str) else type_name(raw)
+            errors.append(f"{path}:{no}: {key}: must be a non-empty string or an integer, got {what}")
+            continue
+        rid = str(raw).strip()
+        if same_id(rid) in first:  # two answers under one id: `score` would refuse the file
+            errors.append(f"{path}:{no}: {key}: {shown(rid)} is the id of line {first[same_id(rid)]} too")
+            continue
+        first[same_id(rid)] = no
         try:
             check_inputs([rec])
         except Exception as e:  # MlflowException from the same checks the server applies
