@@ -146,7 +146,7 @@ NO_TRACEBACK = [
     (
         ["validate", "--no-log", str(S / "test.jsonl"), "--against", str(S / "train.jsonl"), "--threshold", "-5"],
         2,
-        "is not in the range 0<=x<=100",
+        "-5.0 is not from 0 to 100",
     ),
     (["validate", "--no-log", str(S / "test.jsonl"), "--report", "{tmp}"], 2, "is a folder; name the report file"),
     (
@@ -159,8 +159,8 @@ NO_TRACEBACK = [
         2,
         "'loglik' is not one of 'letter', 'text'",
     ),
-    (["predict", "{q}", "--batch-size", "0"], 2, "0 is not in the range x>=1"),
-    (["predict", "{q}", "--max-new-tokens", "-1"], 2, "-1 is not in the range 0<=x<=1024"),
+    (["predict", "{q}", "--batch-size", "0"], 2, "0 is not at least 1"),
+    (["predict", "{q}", "--max-new-tokens", "-1"], 2, "-1 is not from 0 to 1024"),
     (["predict", "{q}", "--output", "{tmp}"], 2, "is a folder; name the output file"),
     (["predict", "{q}", "--model-uri", "models:/nope@champion"], 1, "Registered Model with name=nope not found"),
     (
@@ -206,7 +206,7 @@ NO_TRACEBACK = [
         1,
         "vLLM engine at http://127.0.0.1:9/v1: cannot list its models",
     ),
-    (["serve", "--port", "99999", "--model-uri", "models:/jmed-tiny/1"], 2, "99999 is not a TCP port"),
+    (["serve", "--port", "99999", "--model-uri", "models:/jmed-tiny/1"], 2, "99999 is not from 1 to 65535"),
 ]
 
 

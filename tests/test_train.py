@@ -517,6 +517,7 @@ def test_sigterm_to_mlflow_run_ends_the_step_under_it_killed(tmp_path):
         start_new_session=True,  # its own group, so that only it is signalled, as a scheduler would
     )
     client = mlflow.MlflowClient(uri)
+    below: list[int] = []
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
@@ -536,8 +537,8 @@ def test_sigterm_to_mlflow_run_ends_the_step_under_it_killed(tmp_path):
         assert not [p for p in below if _alive(p)], "a process of the step outlived mlflow run"
         [run] = client.search_runs(["0"])
         assert run.info.status == "KILLED"
-    finally:
-        for p in _descendants(proc.pid) + [proc.pid]:
+    finally:  # whatever happened, nothing of it is left running (re-parented processes included)
+        for p in set(_descendants(proc.pid) + below + [proc.pid]):
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:

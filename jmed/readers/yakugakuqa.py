@@ -288,5 +288,5 @@ READER = Reader(
     priority=60,
     official=official,
     files=files,
-    fields=IGAKUQA_KNOWN | {"comment"},
+    fields=IGAKUQA_KNOWN | {"comment", "note"},
 )
