@@ -1,10 +1,12 @@
-"""Training tokens/s of `jmed train` against trl's SFTTrainer + peft on the same model, data and settings.
+"""Training tokens/s of `jmed train` against trl's SFTTrainer + peft on the same model, data and settings,
+in float32 and in bfloat16, and the padding share of jmed's batches with and without --group-by-length.
 
 Both train the built-in tiny model with the same LoRA (r 8, alpha 16, dropout 0.05 on q/k/v/o), the same
 rendered igakuqa prompt/completion pairs of the bundled train split (loss on the completion only), the same
-batch size, steps, learning rate, cosine schedule and clipping, fp32 on CPU (bf16 autocast on CUDA for
-jmed, bf16 for trl). Each side runs in its own fresh process, alternately (jmed, trl, jmed, trl, ...), so
-imports and memory do not leak between them.
+batch size, steps, learning rate, cosine schedule and clipping. Variants, each in its own fresh process,
+alternately round after round, so that imports and memory do not leak between them and load on a shared
+machine hits all alike: jmed fp32; jmed bf16 (base weights bf16, LoRA fp32: what `auto` picks on a CPU
+with bf16 units); jmed bf16 with --group-by-length; trl fp32; trl bf16 (its CPU autocast).
 
 tokens/s = non-padding tokens of steps 2..N / wall time from the end of step 1 to the end of step N
 (the first step's warm-up is excluded on both sides). jmed's side is a real `jmed.train.train` run
@@ -13,11 +15,14 @@ the run. trl's side counts the tokens its collator hands out and stamps `on_step
 The headline is the best round of each (a shared machine only slows runs down), the median beside it.
 Peak memory: the process's peak RSS (CPU) or torch.cuda.max_memory_allocated (CUDA), in MiB.
 Efficiency (real models): achieved FLOP/s = 4 x parameters x tokens/s (LoRA: forward 2, backward
-through the frozen weights 2; no weight gradients) against this machine's float32 matmul FLOP/s,
-measured in the same run (torch.mm of 2048x2048 on all threads).
+through the frozen weights 2; no weight gradients) against this machine's matmul FLOP/s in the same
+precision, measured in the same run (torch.mm of 2048x2048 on all threads).
+Padding (`--data`, e.g. IgakuQA 2018-2021 with `--years 2018,2019,2020,2021`): the share of the token
+positions one epoch of batches computes that are padding, random order against --group-by-length, from
+the tokenised data alone (no training).
 
     .venv/bin/python benchmarks/train_throughput.py [--model tiny|smollm2-135m] [--steps 40]
-        [--batch-size 8] [--max-length 512] [--rounds 2]
+        [--batch-size 8] [--max-length 512] [--rounds 2] [--data PATH --years 2018,...] [--no-trl]
 
 Needs the `bench` extra (trl).
 """
@@ -46,11 +51,11 @@ def rate(model: str) -> float:
     return TrainConfig(model=model).learning_rate  # jmed's default for this model, on both sides
 
 
-def matmul_flops(n: int = 2048, seconds: float = 3.0) -> float:
-    """float32 matmul FLOP/s of this machine (best of repeated n x n products)."""
+def matmul_flops(n: int = 2048, seconds: float = 3.0, dtype: str = "float32") -> float:
+    """Matmul FLOP/s of this machine in `dtype` (best of repeated n x n products)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     torch.mm(a, b)
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -70,7 +75,7 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_jmed(model: str, steps: int, batch: int, max_length: int) -> dict:
+def run_jmed(model: str, steps: int, batch: int, max_length: int, precision: str, group: bool, data: str) -> dict:
     import mlflow
 
     from jmed.config import TrainConfig
@@ -87,12 +92,16 @@ def run_jmed(model: str, steps: int, batch: int, max_length: int) -> dict:
                 learning_rate=rate(model),
                 seed=SEED,
                 max_length=max_length,
+                precision=precision,
+                group_by_length=group,
+                train_data=data,
             )
         )
         client = mlflow.MlflowClient()
         params = int(client.get_run(run_id).data.params["total_params"])
         tokens = {m.step: (m.value, m.timestamp) for m in client.get_metric_history(run_id, "train/tokens")}
         loss = {m.step: m.value for m in client.get_metric_history(run_id, "train/loss")}
+        padding = client.get_run(run_id).data.metrics.get("data/padding_share", 0.0)
     n = sum(tokens[s][0] for s in range(2, steps + 1))
     seconds = (tokens[steps][1] - tokens[1][1]) / 1000
     return {
@@ -103,22 +112,25 @@ def run_jmed(model: str, steps: int, batch: int, max_length: int) -> dict:
         "final_loss": loss[steps],
         "peak_memory_mb": peak_mb(),
         "params": params,
+        "padding_share": padding,
     }
 
 
-def run_trl(model: str, steps: int, batch: int, max_length: int) -> dict:
+def run_trl(model: str, steps: int, batch: int, max_length: int, precision: str, group: bool, data: str) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from jmed import data, models
+    from jmed import data as D
+    from jmed import models
     from jmed.prompts import render
 
-    net, tok, _ = models.load_base(model)
+    net, tok, _ = models.load_base(model, precision="fp32")  # trl's bf16 is its autocast
     params = sum(p.numel() for p in net.parameters())
-    rows = [render(q, "igakuqa", (), tok) for q in data.load_questions(data.SAMPLE_TRAIN)]
+    questions = D.load_questions(data or D.SAMPLE_TRAIN)
+    rows = [render(q, "igakuqa", (), tok) for q in questions if not q.no_prompt]
     ds = Dataset.from_list([{"prompt": r.prompt, "completion": r.target} for r in rows])
     counted: list[int] = []
     stamps: list[float] = []
@@ -143,7 +155,7 @@ def run_trl(model: str, steps: int, batch: int, max_length: int) -> dict:
             save_strategy="no",
             report_to=[],
             use_cpu=not cuda,
-            bf16=cuda,
+            bf16=precision == "bf16",
             gradient_checkpointing=False,
             completion_only_loss=True,
             max_length=max_length,
@@ -186,13 +198,46 @@ def run_trl(model: str, steps: int, batch: int, max_length: int) -> dict:
     }
 
 
-def worker(impl: str, model: str, steps: int, batch: int, max_length: int) -> None:
+VARIANTS = {  # name: (implementation, precision, group_by_length)
+    "jmed fp32": ("jmed", "fp32", False),
+    "jmed bf16": ("jmed", "bf16", False),
+    "jmed bf16 grouped": ("jmed", "bf16", True),
+    "trl fp32": ("trl", "fp32", False),
+    "trl bf16": ("trl", "bf16", False),
+}
+
+
+def worker(variant: str, model: str, steps: int, batch: int, max_length: int, data: str) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
+    impl, precision, group = VARIANTS[variant]
     fn = run_jmed if impl == "jmed" else run_trl
-    res = fn(model, steps, batch, max_length)
+    res = fn(model, steps, batch, max_length, precision, group, data)
     print("RESULT " + json.dumps(res))
+
+
+def padding_shares(model: str, data: str, years: str, batch: int, max_length: int) -> dict[str, float]:
+    """One epoch of batches over `data`, tokenised as training does: padding share, random and grouped."""
+    from jmed import models
+    from jmed.config import DataFilter, TrainConfig
+    from jmed.data import apply_filters, load_questions
+    from jmed.train import batch_indices, tokenize
+
+    _, tok, _ = models.load_base(model, precision="fp32")
+    filters = DataFilter(years=tuple(int(y) for y in years.split(",") if y))
+    qs = [q for q in apply_filters(load_questions(data), filters) if not q.no_prompt]
+    examples, _ = tokenize(qs, TrainConfig(model=model, max_length=max_length), tok)
+    lengths = [len(e.input_ids) for e in examples]
+    out = {"examples": len(examples)}
+    for name, group in (("random", None), ("grouped", lengths)):
+        idx = batch_indices(len(examples), SEED, len(examples), 0, group)
+        real = computed = 0
+        for start in range(0, len(idx), batch):
+            chunk = [lengths[i] for i in idx[start : start + batch]]
+            real, computed = real + sum(chunk), computed + max(chunk) * len(chunk)
+        out[name] = 1 - real / computed
+    return out
 
 
 def main() -> None:
@@ -202,63 +247,63 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--worker", choices=["jmed", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--data", default="", help="training data (default: the bundled sample's train split)")
+    ap.add_argument("--years", default="", help="with --data: exam years to keep, e.g. 2018,2019,2020,2021")
+    ap.add_argument("--no-trl", action="store_true", help="jmed's variants only (trl not installed)")
+    ap.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.model, args.steps, args.batch_size, args.max_length)
+        worker(args.worker, args.model, args.steps, args.batch_size, args.max_length, args.data)
         return
     from jmed import models
 
     models.resolve_model(args.model)  # build or convert once, outside the timings
-    results: dict[str, list[dict]] = {"jmed": [], "trl": []}
+    if args.data:
+        shares = padding_shares(args.model, args.data, args.years, args.batch_size, args.max_length)
+        print(
+            f"padding share of one epoch, {shares['examples']} examples of {args.data} {args.years}, batch "
+            f"{args.batch_size}: random {shares['random']:.1%}, --group-by-length {shares['grouped']:.1%} "
+            f"(computed tokens {1 / (1 - shares['random']) / (1 / (1 - shares['grouped'])):.2f}x fewer)",
+            flush=True,
+        )
+    variants = [v for v in VARIANTS if not (args.no_trl and VARIANTS[v][0] == "trl")]
+    results: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.rounds):
-        for impl in ("jmed", "trl"):
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    impl,
-                    "--steps",
-                    str(args.steps),
-                    "--batch-size",
-                    str(args.batch_size),
-                    "--model",
-                    args.model,
-                    "--max-length",
-                    str(args.max_length),
-                ],
-                capture_output=True,
-                text=True,
-            )
+        for v in variants:
+            cmd = [sys.executable, __file__, "--worker", v, "--steps", str(args.steps)]
+            cmd += ["--batch-size", str(args.batch_size), "--model", args.model, "--max-length", str(args.max_length)]
+            out = subprocess.run(cmd + (["--data", args.data] if args.data else []), capture_output=True, text=True)
             lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode != 0 or not lines:
-                sys.exit(f"{impl} failed:\n{out.stderr[-3000:]}")
+                sys.exit(f"{v} failed:\n{out.stderr[-3000:]}")
             res = json.loads(lines[-1][7:])
-            results[impl].append(res)
+            results[v].append(res)
             print(
-                f"round {r + 1} {impl:4s}: {res['tokens_per_s']:9.0f} tokens/s  ({res['tokens']:.0f} tokens in "
-                f"{res['seconds']:.2f} s)  final loss {res['final_loss']:.3f}  peak {res['peak_memory_mb']:.0f} MiB",
+                f"round {r + 1} {v:18s}: {res['tokens_per_s']:8.0f} tokens/s  ({res['tokens']:.0f} tokens in "
+                f"{res['seconds']:.2f} s)  final loss {res['final_loss']:.3f}  peak {res['peak_memory_mb']:.0f} MiB"
+                + (f"  padding {res['padding_share']:.1%}" if "padding_share" in res else ""),
                 flush=True,
             )
     # best of the rounds is the headline (a shared machine only ever slows a run down); median beside it
     best = {k: max(x["tokens_per_s"] for x in v) for k, v in results.items()}
     med = {k: statistics.median(x["tokens_per_s"] for x in v) for k, v in results.items()}
-    mem = {k: max(x["peak_memory_mb"] for x in v) for k, v in results.items()}
-    peak = matmul_flops()
-    params = results["jmed"][0]["params"]
+    peak = {d: matmul_flops(dtype=d) for d in ("float32", "bfloat16")}
+    params = results["jmed fp32"][0]["params"]
     print(
         f"\n{args.model} ({params / 1e6:.1f} M parameters), batch {args.batch_size}, max_length "
-        f"{args.max_length}, {args.steps} steps, {args.rounds} alternating rounds; float32 matmul peak "
-        f"{peak / 1e9:.1f} GFLOP/s:"
+        f"{args.max_length}, {args.steps} steps, {args.rounds} alternating rounds; matmul peak "
+        f"{peak['float32'] / 1e9:.0f} GFLOP/s float32, {peak['bfloat16'] / 1e9:.0f} bfloat16:"
     )
-    for k, name in (("jmed", "jmed train    "), ("trl", "trl SFTTrainer")):
-        achieved = 4 * params * best[k]
+    for v in variants:
+        achieved = 4 * params * best[v]
+        top = peak["bfloat16" if VARIANTS[v][1] == "bf16" else "float32"]
         print(
-            f"  {name}  best {best[k]:7.0f} tokens/s  median {med[k]:7.0f}  peak memory {mem[k]:.0f} MiB  "
-            f"{achieved / 1e9:6.1f} GFLOP/s = {100 * achieved / peak:4.1f} % of matmul peak"
+            f"  {v:18s} best {best[v]:7.0f} tokens/s  median {med[v]:7.0f}  {best[v] / best['jmed fp32']:4.2f}x jmed fp32"
+            f"  {achieved / 1e9:6.1f} GFLOP/s = {100 * achieved / top:4.1f} % of its matmul peak"
         )
-    print(f"  ratio jmed / trl: best {best['jmed'] / best['trl']:.2f}, median {med['jmed'] / med['trl']:.2f}")
+    for prec in ("fp32", "bf16"):
+        if f"trl {prec}" in best:
+            print(f"  jmed / trl at {prec}: {best[f'jmed {prec}'] / best[f'trl {prec}']:.2f}")
 
 
 if __name__ == "__main__":

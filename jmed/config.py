@@ -191,10 +191,18 @@ class TrainConfig(Checked):
     grad_accum: int = setting(1, "Micro-batches per optimiser step.", minimum=1)
     max_length: int = setting(512, "Maximum tokens per example.", minimum=1)
     overlength: str = setting("truncate_prompt", "Examples over --max-length.", choices=OVERLENGTH_POLICIES)
+    group_by_length: bool = setting(
+        False,
+        "Batch examples of similar length (within groups of 50 steps of a seeded epoch order): less padding.",
+    )
     max_grad_norm: float = setting(1.0, "Gradient clipping norm.", minimum=0)
     weight_decay: float = setting(0.0, "AdamW weight decay.", minimum=0)
     gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass (less memory).")
-    precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
+    precision: str = setting(
+        "auto",
+        "auto: bf16 on CUDA and on CPUs with bf16 matrix units (AMX, AVX-512 BF16), else fp32.",
+        choices=PRECISIONS,
+    )
     seed: int = setting(42, "Random seed.", minimum=0)
     checkpoint_every: int = setting(0, "Log a checkpoint every N steps (0: none).", minimum=0)
     resume_from: str | None = setting(
@@ -270,7 +278,11 @@ class EvalConfig(Checked):
         minimum=0,
         maximum=MAX_NEW_TOKENS,
     )
-    precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
+    precision: str = setting(
+        "auto",
+        "auto: bf16 on CUDA and on CPUs with bf16 matrix units (AMX, AVX-512 BF16), else fp32.",
+        choices=PRECISIONS,
+    )
     quantization: str | None = setting(
         None, "none | 8bit | 4bit.", choices=QUANTIZATIONS, unset="the adapter's, else none"
     )

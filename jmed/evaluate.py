@@ -331,6 +331,7 @@ def evaluate(cfg) -> str:
             "eval_data_digest": digest,
             "base_revision": info.get("revision", ""),
             "tokenizer_hash": info.get("tokenizer_hash", ""),
+            "precision_resolved": info.get("precision_resolved", ""),  # the hf engine's (vllm: its own)
             "adapter_train_run": train_run,
             "adapter_train_data_digest": meta.get("train_data_digest", ""),
             "adapter_base_revision": meta.get("base_revision", ""),

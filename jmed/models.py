@@ -86,11 +86,36 @@ class ModelError(ValueError):
 # ---- device and dtype ----------------------------------------------------------------------------
 
 
-def resolve_precision(precision: str = "auto"):
-    """(device, torch dtype) for a precision name: auto | fp32 | bf16 | fp16.
+# A CPU's bf16 matrix units as /proc/cpuinfo names them, best first. Without them (AVX2 only) bfloat16
+# is emulated and slower than float32, by up to hundreds of times for a matmul (pytorch #146508).
+BF16_UNITS = ("amx_bf16", "avx512_bf16")
+# Below this hidden size `auto` keeps float32 on CPU: the built-in tiny model's 64-wide matrices gain
+# nothing from bf16 units (benchmarks/train_throughput.py), and its tests compare fp32 values exactly.
+MIN_BF16_WIDTH = 256
 
-    auto: bf16 on a CUDA GPU that supports it (else fp16), fp32 on CPU.
-    """
+
+def cpu_bf16_units() -> str:
+    """The best bf16 matrix unit this CPU has ("amx_bf16", "avx512_bf16"), or "" (none, or not Linux).
+    JMED_CPU_BF16=0 says "none" whatever the CPU has."""
+    import os
+
+    if os.environ.get("JMED_CPU_BF16", "") in ("0", "false"):
+        return ""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    return next((unit for unit in BF16_UNITS if unit in flags), "")
+
+
+def precision_choice(precision: str = "auto", width: int | None = None) -> tuple[str, object, str]:
+    """(device, torch dtype, why) for a precision name: auto | fp32 | bf16 | fp16. `width`: the model's
+    hidden size, when known.
+
+    auto: bf16 on a CUDA GPU that supports it (else fp16); on CPU, bf16 where the CPU has bf16 matrix
+    units (AMX or AVX-512 BF16, detected at run time) and the model is at least MIN_BF16_WIDTH wide,
+    else fp32. bf16 means base weights in bf16 and LoRA weights in fp32 (jmed.train.wrap_lora): measured
+    on SmolLM2-135M, that is faster than fp32 weights under autocast (560-570 against 533 tokens/s)."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -104,12 +129,24 @@ def resolve_precision(precision: str = "auto"):
         "float16": torch.float16,
     }
     if precision in ("", "auto"):
-        if not cuda:
-            return device, torch.float32
-        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if cuda:
+            if torch.cuda.is_bf16_supported():
+                return device, torch.bfloat16, "auto: a CUDA GPU with bf16"
+            return device, torch.float16, "auto: a CUDA GPU without bf16"
+        unit = cpu_bf16_units()
+        if not unit:
+            return device, torch.float32, "auto: this CPU has no bf16 matrix units (AMX, AVX-512 BF16)"
+        if width is not None and width < MIN_BF16_WIDTH:
+            return device, torch.float32, f"auto: hidden size {width} < {MIN_BF16_WIDTH}, too small to gain from {unit}"
+        return device, torch.bfloat16, f"auto: the CPU has {unit}"
     if precision not in names:
         raise ModelError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
-    return device, names[precision]
+    return device, names[precision], f"{precision}: as asked"
+
+
+def resolve_precision(precision: str = "auto", width: int | None = None):
+    """(device, torch dtype) of `precision_choice`."""
+    return precision_choice(precision, width)[:2]
 
 
 # ---- the built-in tiny model ---------------------------------------------------------------------
@@ -501,7 +538,14 @@ def load_base(
     from jmed.tracking import slug
 
     source, revision = resolve_model(model)
-    dev, dtype = resolve_precision(precision)
+    width = None
+    if precision in ("", "auto"):  # the choice on CPU depends on the model's size: read its config only
+        from transformers import AutoConfig
+
+        cfg_kwargs = {"revision": revision} if not isinstance(source, Path) and revision else {}
+        conf = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **cfg_kwargs)
+        width = getattr(conf.get_text_config(), "hidden_size", None)
+    dev, dtype, why = precision_choice(precision, width)
     device = device or dev
     qconfig = quantization_config(quantization, dtype)
     kwargs = {"trust_remote_code": trust_remote_code, "dtype": dtype}
@@ -541,6 +585,9 @@ def load_base(
         "quantization": quantization or "none",
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "precision_resolved": {"bfloat16": "bf16", "float16": "fp16"}.get(str(dtype).removeprefix("torch."), "fp32"),
+        "precision_reason": why,
+        "cpu_bf16_units": cpu_bf16_units() or "none",
     }
     return net, tokenizer, info
 

@@ -149,16 +149,32 @@ def collate(batch: list[Example], pad_id: int):
     return ids, labels, mask
 
 
-def batch_indices(n: int, seed: int, global_step_batch: int, position: int) -> list[int]:
-    """Indices of the `global_step_batch` examples starting at data `position` (examples seen so far):
-    epochs are permutations of range(n) seeded by (seed, epoch), so a position fully defines the data."""
+GROUP_STEPS = 50  # group_by_length sorts the examples of this many consecutive steps by length
+
+
+def epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None = None, step_batch: int = 1) -> list[int]:
+    """An epoch's example order: a permutation of range(n) seeded by (seed, epoch); with `lengths`, each
+    run of GROUP_STEPS steps of it sorted longest first (a stable sort: deterministic), so that a batch
+    holds examples of similar length and pads little, while the epoch's order stays random at that scale."""
     import torch
 
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    if lengths is None:
+        return perm
+    size = max(1, step_batch * GROUP_STEPS)
+    return [i for start in range(0, n, size) for i in sorted(perm[start : start + size], key=lambda i: -lengths[i])]
+
+
+def batch_indices(
+    n: int, seed: int, global_step_batch: int, position: int, lengths: list[int] | None = None
+) -> list[int]:
+    """Indices of the `global_step_batch` examples starting at data `position` (examples seen so far):
+    epochs are `epoch_order`s, so a position fully defines the data (and a resumed run continues it)."""
     out = []
     while len(out) < global_step_batch:
         epoch, offset = divmod(position, n)
-        g = torch.Generator().manual_seed(seed * 100003 + epoch)
-        perm = torch.randperm(n, generator=g).tolist()
+        perm = epoch_order(n, seed, epoch, lengths, global_step_batch)
         take = perm[offset : offset + global_step_batch - len(out)]
         out += take
         position += len(take)
@@ -300,6 +316,8 @@ class Setup:
     dtype: object
     world: int  # processes (DDP / FSDP ranks)
     losses: list = dataclasses.field(default_factory=list)  # (step, loss) for the curve
+    computed: int = 0  # token positions computed by this process, padding included, and the real ones
+    real: int = 0
     tokens: float = 0.0  # tokens trained on by this process's fit loop, and its seconds (the summary)
     seconds: float = 0.0
     eval_loss: float | None = None
@@ -394,7 +412,7 @@ def setup(cfg: TrainConfig, accelerator) -> Setup:
         step,
         position,
         device,
-        models.resolve_precision(cfg.precision)[1],
+        net.dtype if cfg.quantization in ("", "none") else models.resolve_precision(cfg.precision)[1],
         accelerator.num_processes,
     )
 
@@ -456,13 +474,16 @@ def optimizer_step(s: Setup, accelerator) -> tuple[float, float, float]:
 
     cfg, world, rank, dev = s.cfg, accelerator.num_processes, accelerator.process_index, s.base_dev
     per_step = cfg.batch_size * cfg.grad_accum * world
-    idx = batch_indices(len(s.examples), cfg.seed, per_step, s.position)
+    lengths = [len(e.input_ids) for e in s.examples] if cfg.group_by_length else None
+    idx = batch_indices(len(s.examples), cfg.seed, per_step, s.position, lengths)
     s.position += per_step
     loss_sum, tokens = torch.zeros((), device=dev), torch.zeros((), device=dev)
     for micro in range(cfg.grad_accum):
         start = (micro * world + rank) * cfg.batch_size
         micro_batch = [s.examples[i] for i in idx[start : start + cfg.batch_size]]  # this rank's slice
         ids, labels, mask = (t.to(dev) for t in collate(micro_batch, s.tokenizer.pad_token_id))
+        s.computed += ids.numel()  # what the forward computes, padding included (data/padding_share)
+        s.real += int(mask.sum())
         sync = micro == cfg.grad_accum - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(s.model):
             with torch.autocast(dev.type, dtype=s.dtype, enabled=s.autocast):
@@ -512,6 +533,8 @@ def finish(s: Setup, accelerator, run_id: str, tmp: Path, stopped: bool) -> None
             s.pending.append((s.step, time.time(), {"eval/loss": ev}))
     full = adapter_state(accelerator, s.model) if not stopped else None
     if s.main:
+        if s.computed:  # the share of computed token positions that were padding (this process's steps)
+            s.pending.append((s.step, time.time(), {"data/padding_share": 1 - s.real / s.computed}))
         _flush(s.mlflow, run_id, s.pending, final=True)
         _loss_curve(s.losses, tmp, s.mlflow)
         if stopped:

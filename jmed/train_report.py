@@ -69,6 +69,9 @@ def log_setup(s: Setup) -> None:
             "world_size": s.world,
             "device": s.device,
             "dtype": info["dtype"],
+            "precision_resolved": info["precision_resolved"],
+            "precision_reason": info["precision_reason"],
+            "cpu_bf16_units": info["cpu_bf16_units"],
             **versions(),
         }
     )
@@ -129,6 +132,14 @@ def summary(s: Setup, run_id: str, stopped: bool) -> str:
                 f"{last[-1]:.4f} (mean of the last {len(last)} steps {sum(last) / len(last):.4f})" if last else None,
             ),
             ("eval loss", None if s.eval_loss is None else f"{s.eval_loss:.4f} on {len(s.eval_examples)} examples"),
+            (
+                "padding",
+                f"{1 - s.real / s.computed:.1%} of computed tokens"
+                + ("" if s.cfg.group_by_length else " (--group-by-length batches similar lengths)")
+                if s.computed
+                else None,
+            ),
+            ("precision", f"{s.info['precision_resolved']} ({s.info['precision_reason']})"),
             (
                 "tokens/s",
                 f"{s.tokens / s.seconds:,.0f} ({s.tokens:,.0f} tokens in {s.seconds:.1f} s)" if s.seconds else None,

@@ -137,13 +137,27 @@ def test_offline_uncached_hub_id_is_one_clear_error(monkeypatch, tmp_path):
         models.load_base(str(tmp_path))
 
 
-def test_resolve_precision_cpu():
+def test_resolve_precision_cpu(monkeypatch):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("CPU expectations")
-    assert models.resolve_precision("auto") == ("cpu", torch.float32)
+    monkeypatch.setattr(models, "cpu_bf16_units", lambda: "")  # an AVX2-only CPU: bf16 would be emulated
+    assert models.precision_choice("auto", 576) == (
+        "cpu",
+        torch.float32,
+        "auto: this CPU has no bf16 matrix units (AMX, AVX-512 BF16)",
+    )
+    monkeypatch.setattr(models, "cpu_bf16_units", lambda: "amx_bf16")
+    assert models.precision_choice("auto", 576) == ("cpu", torch.bfloat16, "auto: the CPU has amx_bf16")
+    assert models.precision_choice("auto", 64) == (
+        "cpu",
+        torch.float32,
+        "auto: hidden size 64 < 256, too small to gain from amx_bf16",
+    )
+    assert models.precision_choice("fp32", 576) == ("cpu", torch.float32, "fp32: as asked")
     assert models.resolve_precision("bf16") == ("cpu", torch.bfloat16)
+    assert models.resolve_precision("auto", 64) == ("cpu", torch.float32)
     assert models.resolve_precision("fp16") == ("cpu", torch.float16)
     with pytest.raises(models.ModelError, match="unknown precision 'fp8'"):
         models.resolve_precision("fp8")
@@ -245,3 +259,25 @@ def test_hub_id_from_the_local_cache_records_the_commit(tmp_path):
     info = json.loads(res.stdout.strip().splitlines()[-1])
     assert (info["model"], info["revision"], info["slug"]) == ("jmed-test/tiny-copy", commit, "jmed-test--tiny-copy")
     assert info["tokenizer_hash"] == models.tokenizer_hash(models.tiny_model_dir())
+
+
+def test_cpu_bf16_units_are_read_from_cpuinfo_and_can_be_switched_off(monkeypatch):
+    import builtins
+    import io
+
+    real_open = builtins.open
+
+    def fake(flags):
+        return lambda path, *a, **k: (
+            io.StringIO(f"processor: 0\nflags\t\t: {flags}\n") if path == "/proc/cpuinfo" else real_open(path, *a, **k)
+        )
+
+    monkeypatch.setattr(builtins, "open", fake("fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16"))
+    assert models.cpu_bf16_units() == "amx_bf16"
+    monkeypatch.setattr(builtins, "open", fake("fpu sse avx2 avx512f avx512_bf16"))
+    assert models.cpu_bf16_units() == "avx512_bf16"
+    monkeypatch.setattr(builtins, "open", fake("fpu sse avx2"))
+    assert models.cpu_bf16_units() == ""
+    monkeypatch.setattr(builtins, "open", fake("avx512_bf16 amx_bf16"))
+    monkeypatch.setenv("JMED_CPU_BF16", "0")
+    assert models.cpu_bf16_units() == ""

@@ -35,8 +35,9 @@ def smol_gguf():
 
 @pytest.fixture(scope="session")
 def smol(smol_gguf):
-    """(model, tokenizer, info) of SmolLM2-135M-Instruct, dequantised to float32 on CPU."""
-    return models.load_base(SMOL)
+    """(model, tokenizer, info) of SmolLM2-135M-Instruct, dequantised, in float32 on CPU (the reference
+    the engines are checked against; `auto` picks bf16 on CPUs with bf16 units: test_auto_precision_…)."""
+    return models.load_base(SMOL, precision="fp32")
 
 
 def test_named_model_converts_once_into_a_content_addressed_folder(smol_gguf, smol):
@@ -66,7 +67,7 @@ def test_tokens_and_template_come_from_the_gguf(smol_gguf, smol):
         f = reader.fields[name]
         return f.contents()
 
-    assert info["architecture"] == "LlamaForCausalLM" and info["dtype"] == "float32"
+    assert info["architecture"] == "LlamaForCausalLM" and info["dtype"] == "float32"  # asked for: fp32
     assert sum(p.numel() for p in net.parameters()) == 134_515_008
     assert tok.bos_token_id == field("tokenizer.ggml.bos_token_id")
     assert tok.eos_token_id == field("tokenizer.ggml.eos_token_id")
@@ -237,3 +238,46 @@ def test_reproduce_smollm2_champion_matches_bytes_on_cpu(smol_pipeline, monkeypa
     assert report.device == "cpu"
     assert report.adapter_match and report.match, report.problems
     assert report.metrics["eval/accuracy"][0] == report.metrics["eval/accuracy"][1]
+
+
+BF16_LOSS_TOLERANCE = 0.05  # |bf16 - fp32| of the mean training loss over the same steps, relative
+BF16_PICKS_AGREE = 7  # of 8 log-likelihood picks on the same questions, at least
+
+
+def test_auto_precision_picks_bf16_on_this_cpu_and_tracks_fp32(smol, tracking):
+    """`auto` on SmolLM2: bf16 where the CPU has bf16 matrix units (recorded with the reason); the
+    same 4 training steps in bf16 and fp32 give mean losses within BF16_LOSS_TOLERANCE, and the two
+    models' log-likelihood picks agree on a fixed set of questions."""
+    import mlflow
+    import torch
+
+    from jmed.config import TrainConfig
+    from jmed.evaluate import run_questions
+    from jmed.train import train
+
+    unit = models.cpu_bf16_units()
+    net, tok, info = models.load_base(SMOL)  # auto
+    if unit:
+        assert (info["dtype"], info["precision_resolved"]) == ("bfloat16", "bf16")
+        assert info["precision_reason"] == f"auto: the CPU has {unit}" and info["cpu_bf16_units"] == unit
+    else:
+        assert (info["dtype"], info["cpu_bf16_units"]) == ("float32", "none")
+    bf16 = net if net.dtype == torch.bfloat16 else models.load_base(SMOL, precision="bf16")[0]
+    qs = _sample_questions(8)
+    picks = [
+        [r["parsed"] for r in run_questions(m, tok, qs, "loglik", "igakuqa", 0, "lenient", batch_size=4)["rows"]]
+        for m in (smol[0], bf16)
+    ]
+    assert sum(a == b for a, b in zip(*picks)) >= BF16_PICKS_AGREE, picks
+
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        run = train(TrainConfig(model=SMOL, max_steps=4, batch_size=2, max_length=256, precision=precision))
+        history = mlflow.MlflowClient().get_metric_history(run, "train/loss")
+        losses[precision] = sum(m.value for m in history) / len(history)
+        params = mlflow.get_run(run).data.params
+        assert (
+            params["precision_resolved"] == precision
+            and params["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
+        )
+    assert abs(losses["bf16"] - losses["fp32"]) <= BF16_LOSS_TOLERANCE * losses["fp32"], losses

@@ -552,3 +552,42 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_length_grouped_order_is_a_seeded_permutation_sorted_within_groups():
+    from jmed.train import GROUP_STEPS, batch_indices, epoch_order
+
+    n, step_batch = 1000, 4
+    lengths = [(i * 7919) % 1500 + 150 for i in range(n)]  # IgakuQA-like: 150 to 1,650 tokens
+    plain, grouped = epoch_order(n, 42, 0), epoch_order(n, 42, 0, lengths, step_batch)
+    assert sorted(grouped) == list(range(n)) and grouped == epoch_order(n, 42, 0, lengths, step_batch)
+    size = step_batch * GROUP_STEPS
+    for start in range(0, n, size):  # the same examples per group as the random order, longest first
+        assert set(grouped[start : start + size]) == set(plain[start : start + size])
+        assert [lengths[i] for i in grouped[start : start + size]] == sorted(
+            (lengths[i] for i in plain[start : start + size]), reverse=True
+        )
+    assert epoch_order(n, 42, 1, lengths, step_batch) != grouped  # each epoch its own order
+    # a position defines the batch: steps taken one by one (or resumed at any step) are the epoch order
+    steps = [batch_indices(n, 42, step_batch, p, lengths) for p in range(0, 2 * n, step_batch)]
+    assert [i for s in steps[: n // step_batch] for i in s] == grouped
+
+    def padding(order):
+        batches = [order[s : s + step_batch] for s in range(0, n, step_batch)]
+        real = sum(lengths)
+        return 1 - real / sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+    assert padding(grouped) < padding(plain) / 4
+
+
+def test_group_by_length_cuts_the_padding_share_it_logs(tracking):
+    import mlflow
+
+    shares = {}
+    for group in (False, True):
+        run = train(TrainConfig(max_steps=5, batch_size=4, group_by_length=group))
+        got = mlflow.get_run(run).data
+        shares[group] = got.metrics["data/padding_share"]
+        assert got.params["group_by_length"] == str(group)
+        assert got.params["precision_resolved"] == "fp32"  # tiny: too small for bf16 units
+    assert 0 <= shares[True] < shares[False] < 1, shares
