@@ -75,10 +75,14 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _years(years: str) -> tuple[int, ...]:
+    return tuple(int(y) for y in years.split(",") if y)
+
+
 def run_jmed(model: str, steps: int, batch: int, max_length: int, precision: str, group: bool, data: str) -> dict:
     import mlflow
 
-    from jmed.config import TrainConfig
+    from jmed.config import DataFilter, TrainConfig
     from jmed.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,6 +99,7 @@ def run_jmed(model: str, steps: int, batch: int, max_length: int, precision: str
                 precision=precision,
                 group_by_length=group,
                 train_data=data,
+                filters=DataFilter(years=_years(os.environ.get("BENCH_YEARS", ""))),
             )
         )
         client = mlflow.MlflowClient()
@@ -129,7 +134,10 @@ def run_trl(model: str, steps: int, batch: int, max_length: int, precision: str,
 
     net, tok, _ = models.load_base(model, precision="fp32")  # trl's bf16 is its autocast
     params = sum(p.numel() for p in net.parameters())
-    questions = D.load_questions(data or D.SAMPLE_TRAIN)
+    from jmed.config import DataFilter
+
+    filters = DataFilter(years=_years(os.environ.get("BENCH_YEARS", "")))
+    questions = D.apply_filters(D.load_questions(data or D.SAMPLE_TRAIN), filters)
     rows = [render(q, "igakuqa", (), tok) for q in questions if not q.no_prompt]
     ds = Dataset.from_list([{"prompt": r.prompt, "completion": r.target} for r in rows])
     counted: list[int] = []
@@ -225,7 +233,7 @@ def padding_shares(model: str, data: str, years: str, batch: int, max_length: in
     from jmed.train import batch_indices, tokenize
 
     _, tok, _ = models.load_base(model, precision="fp32")
-    filters = DataFilter(years=tuple(int(y) for y in years.split(",") if y))
+    filters = DataFilter(years=_years(years))
     qs = [q for q in apply_filters(load_questions(data), filters) if not q.no_prompt]
     examples, _ = tokenize(qs, TrainConfig(model=model, max_length=max_length), tok)
     lengths = [len(e.input_ids) for e in examples]
@@ -258,6 +266,8 @@ def main() -> None:
     from jmed import models
 
     models.resolve_model(args.model)  # build or convert once, outside the timings
+    args.data = str(Path(args.data).resolve()) if args.data else ""  # the workers run in a temp folder
+    os.environ["BENCH_YEARS"] = args.years  # the workers' filter, as the padding figure's
     if args.data:
         shares = padding_shares(args.model, args.data, args.years, args.batch_size, args.max_length)
         print(
