@@ -48,6 +48,7 @@ TRAIN = {
     "grad_accum": ("2", "grad_accum", 2),
     "max_length": ("300", "max_length", 300),
     "overlength": ("drop", "overlength", "drop"),
+    "group_by_length": ("true", "group_by_length", True),
     "max_grad_norm": ("0.5", "max_grad_norm", 0.5),
     "weight_decay": ("0.01", "weight_decay", 0.01),
     "gradient_checkpointing": ("true", "gradient_checkpointing", True),
