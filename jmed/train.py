@@ -316,6 +316,7 @@ class Setup:
     dtype: object
     world: int  # processes (DDP / FSDP ranks)
     losses: list = dataclasses.field(default_factory=list)  # (step, loss) for the curve
+    keep_logits: bool = False  # the forward takes `logits_to_keep` (answer_loss)
     computed: int = 0  # token positions computed by this process, padding included, and the real ones
     real: int = 0
     tokens: float = 0.0  # tokens trained on by this process's fit loop, and its seconds (the summary)
@@ -391,6 +392,9 @@ def setup(cfg: TrainConfig, accelerator) -> Setup:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, cfg.warmup_steps, max_steps))
     if checkpoint is not None:
         load_checkpoint_state(checkpoint, optimizer, scheduler)
+    from jmed.inference import _forward_kwargs
+
+    keep = _forward_kwargs(accelerator.unwrap_model(model))["keep"]
     return Setup(
         cfg,
         main,
@@ -414,6 +418,7 @@ def setup(cfg: TrainConfig, accelerator) -> Setup:
         device,
         net.dtype if cfg.quantization in ("", "none") else models.resolve_precision(cfg.precision)[1],
         accelerator.num_processes,
+        keep_logits=keep,
     )
 
 
@@ -468,6 +473,22 @@ def fit(s: Setup, accelerator, run_id: str, tmp: Path) -> bool:
     return s.step < s.max_steps
 
 
+def answer_loss(model, ids, mask, labels, keep: bool):
+    """Mean cross-entropy over the answer tokens (labels != -100), as transformers' causal-LM loss. With
+    `keep` (the model's forward takes `logits_to_keep`), logits are computed only at the positions that
+    predict an answer token, the union over the batch: the prompt's 49k-wide float32 logits, a quarter
+    of a SmolLM2 step (benchmarks/profile_step.py), are never materialised."""
+    import torch
+
+    if not keep:
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    gold = labels[:, 1:]
+    positions = torch.nonzero((gold != -100).any(dim=0)).flatten()  # predicting position t+1 from t
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=positions).logits.float()
+    target = gold[:, positions]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100)
+
+
 def optimizer_step(s: Setup, accelerator) -> tuple[float, float, float]:
     """One optimiser step over grad_accum micro-batches; (mean loss, tokens, grad norm) over all ranks."""
     import torch
@@ -487,7 +508,7 @@ def optimizer_step(s: Setup, accelerator) -> tuple[float, float, float]:
         sync = micro == cfg.grad_accum - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(s.model):
             with torch.autocast(dev.type, dtype=s.dtype, enabled=s.autocast):
-                loss = s.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss = answer_loss(s.model, ids, mask, labels, s.keep_logits)
             accelerator.backward(loss / cfg.grad_accum)
         loss_sum += loss.detach() / cfg.grad_accum
         tokens += mask.sum()
