@@ -591,3 +591,28 @@ def test_group_by_length_cuts_the_padding_share_it_logs(tracking):
         assert got.params["group_by_length"] == str(group)
         assert got.params["precision_resolved"] == "fp32"  # tiny: too small for bf16 units
     assert 0 <= shares[True] < shares[False] < 1, shares
+
+
+def test_answer_only_logits_give_the_loss_of_full_logits():
+    """The training loss from logits at the answer-predicting positions only equals transformers' own
+    causal-LM loss over full logits, with right padding and answers of different lengths and places."""
+    import torch
+
+    from jmed.inference import _forward_kwargs
+    from jmed.train import answer_loss
+
+    net, _, _ = models.load_base("tiny")
+    assert _forward_kwargs(net)["keep"]
+    torch.manual_seed(0)
+    ids = torch.randint(5, 100, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[2, 15:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[0, 17:], labels[1, 10:13], labels[2, 12:15] = ids[0, 17:], ids[1, 10:13], ids[2, 12:15]
+    full, kept = answer_loss(net, ids, mask, labels, False), answer_loss(net, ids, mask, labels, True)
+    assert kept.item() == pytest.approx(full.item(), rel=1e-6)
+    full.backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    answer_loss(net, ids, mask, labels, True).backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, net.parameters()))
