@@ -11,19 +11,24 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
-def test_two_process_ddp_one_run(tmp_path, launcher):
-    import mlflow
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {
+def _cpu_ranks_env(uri: str) -> dict:
+    """Processes launched as ranks on CPU (gloo), one thread each, logging into `uri`."""
+    return {
         **os.environ,
         "MLFLOW_TRACKING_URI": uri,
         "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
         "OMP_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",
     }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_process_ddp_one_run(tmp_path, launcher):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = _cpu_ranks_env(uri)
     args = ["-m", "jmed", "train", "--max-steps", "3", "--batch-size", "2", "--checkpoint-every", "2"]
     if launcher == "torchrun":
         cmd = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517", *args]
@@ -67,13 +72,7 @@ def test_two_process_fsdp_on_cpu_one_run_and_the_adapter_of_a_single_process(tmp
     from safetensors.torch import load_file
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-    }
+    env = _cpu_ranks_env(uri)
     args = ["-m", "jmed", "train", "--max-steps", "3", "--batch-size", "2"]
     cmd = [str(VENV_BIN / "accelerate"), "launch", "--config_file", str(ROOT / "jmed/accelerate/fsdp.yaml")]
     cmd += ["--num_processes", "2", "--main_process_port", "29519"]
