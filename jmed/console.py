@@ -6,6 +6,7 @@ Summaries are built from the values a step logs, so the terminal and the MLflow 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -18,11 +19,17 @@ KNOWN_WARNINGS = (
     ("`torch.jit.script_method` is deprecated", DeprecationWarning),
     ("For backward compatibility, 'str' dtypes are included by select_dtypes", Warning),
     ("The ``noload`` loader strategy is deprecated", Warning),
-    (".*Add type hints to the `predict` method", UserWarning),
     ("Operation with range is deprecated", Warning),
+    # registered versions from before jmed 0.3 have no type hint on `predict` (jmed.serving's comment)
+    (".*Add type hints to the `predict` method", UserWarning),
     ("The specified dataset source can be interpreted in multiple ways", UserWarning),
     ("urllib3 .* or chardet .* doesn't match a supported version", Warning),
 )
+
+# Third-party loggers whose warnings are not the user's concern, kept to errors unless verbose:
+# bitsandbytes says "Failed to load CPU gemm_4bit_forward from kernels-community" at import (an optional
+# faster 4-bit kernel from the hub; it falls back to its own), in every step that imports peft.
+QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
 
 # MLflow's own INFO lines ("Creating initial MLflow database tables", "Started monitoring system
 # metrics", "Created version …") and artifact-download progress bars; the user's setting wins.
@@ -41,6 +48,7 @@ def quiet(loud: bool = False) -> None:
     if loud or verbose():
         os.environ[VERBOSE_ENV] = "1"
         return
+    quiet_loggers()
     for key, value in QUIET_ENV.items():
         if not os.environ.get(key):  # the user's own setting wins
             os.environ[key] = value
@@ -50,6 +58,32 @@ def quiet(loud: bool = False) -> None:
         os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS", ""), child]))
     for message, category in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def quiet_loggers() -> None:
+    """QUIET_LOGGERS to errors only, unless verbose (also called where a served model is imported)."""
+    import logging
+
+    if not verbose():
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def sifted():
+    """Warnings raised inside are shown unless they are KNOWN_WARNINGS (or verbose). For code that
+    installs filters of its own: MLflow checks a served model's `predict` under
+    `simplefilter("once")`, which outranks any ignore filter; a recorded warning is sifted here instead."""
+    import re
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        known = any(issubclass(w.category, cat) and re.match(msg, str(w.message), re.I) for msg, cat in KNOWN_WARNINGS)
+        if verbose() or not known:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def progress_disabled() -> bool | None:

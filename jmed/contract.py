@@ -16,6 +16,12 @@ MAX_ROWS = 256
 # 0: fit each question's answers, as evaluation does (inference.answer_budget); the default is EvalConfig's
 DEFAULT_MAX_NEW_TOKENS = EvalConfig.max_new_tokens
 MAX_NEW_TOKENS_LIMIT = MAX_NEW_TOKENS  # one limit: evaluate's is the same (jmed.config)
+# What a served model answers per row: the names `jmed predict` writes and `jmed score` reads
+# (IgakuQA's own: `prediction` the parsed letters "d,e", `response` the raw text), the chosen choices'
+# text, the version that answered, the number of letters asked for and whether the answer has another.
+OUTPUT_FIELDS = ("prediction", "answer_text", "response", "model_version", "n_answers", "count_mismatch")
+# jmed 0.2's served names, still answered beside the new ones for one release (removed in jmed 0.4)
+OLD_FIELD_ALIASES = {"answer": "prediction", "raw_output": "response"}
 DEFAULT_POLL_S = 10.0  # served from models:/…@alias: how often the alias is checked (0: never)
 
 

@@ -177,6 +177,7 @@ def _metrics(summary: dict, extra: dict, n: int, skipped: int, seconds: float) -
         "points_total",
         "required_score",
         "unparsed",
+        "count_mismatch",
         "kinki_selected",
     ):
         if key in summary and summary[key] is not None:
@@ -436,6 +437,12 @@ def summary(slug: str, cfg, result: dict, base: dict | None, run_id: str, in_dat
             else None,
         ),
         ("unparsed", f"{int(m.get('eval/unparsed', 0))} of {n}" if cfg.protocol == "letter" else None),
+        (
+            "wrong count",
+            f"{int(m['eval/count_mismatch'])} answers with another number of letters than the question asks for"
+            if m.get("eval/count_mismatch")
+            else None,
+        ),
         (
             "cut off",
             f"{int(m['eval/truncated'])} answers reached max_new_tokens (up to {int(m['eval/max_new_tokens'])})"

@@ -182,7 +182,7 @@ def build(model_uri: str):
     """MLflow's scoring app for `model_uri`, exactly as `mlflow models serve` builds it, behind the guard."""
     import sys
 
-    from jmed.console import quiet
+    from jmed.console import quiet, sifted
 
     quiet()  # the known third-party warnings out of the server log, unless JMED_VERBOSE (before mlflow loads)
     from mlflow.pyfunc import scoring_server
@@ -194,7 +194,8 @@ def build(model_uri: str):
     this = sys.modules[__name__]
     for name in [m for m in sys.modules if m == "jmed" or m.startswith("jmed.")]:
         del sys.modules[name]
-    model = scoring_server.load_model_with_mlflow_config(model_uri)
+    with sifted():
+        model = scoring_server.load_model_with_mlflow_config(model_uri)
     # uvicorn imports `jmed.front:app` twice (once to check it, once to serve): the second import must
     # find this module, whose `app` is built, not the model's code copy, which would load the model again
     sys.modules[__name__] = this

@@ -181,6 +181,13 @@ def kinki_selected(question, letters: Sequence[str] | None) -> bool:
 # ---- letter protocol: aggregates --------------------------------------------------------------
 
 
+def count_mismatch(letters, n_answers: int) -> bool:
+    """A parsed answer whose number of letters is not the question's 「Nつ選べ」 count (one letter for a
+    「2つ選べ」 question, "a,a,a" read as "a"): flagged in predict and serving, counted in evaluate and score.
+    No answer is not a mismatch (it is unparsed or missing)."""
+    return bool(letters) and len(set(letters)) != int(n_answers or 1)
+
+
 def _gold_str(question) -> str:
     return "|".join(",".join(s) for s in question.answer)
 
@@ -206,6 +213,7 @@ def letter_rows(questions: Iterable, predictions: Mapping[str, str], parsing: st
                 "points_scored": q.points if correct else 0,
                 "missing": pred is None,
                 "unparsed": pred is not None and parsed is None,
+                "count_mismatch": bool(q.choices) and not q.accept_any and count_mismatch(parsed, q.n_answers),
                 "kinki": kinki_selected(q, parsed),
                 "kinki_known": getattr(q, "kinki_known", False),
                 "exam_kind": getattr(q, "exam_kind", "medical"),
@@ -256,6 +264,7 @@ def _aggregate(rows: list[dict], year: int | None = None, with_pass: bool = Fals
         "general_total": _num(gen_total),
         "general_score": _frac(gen_points, gen_total),
         "unparsed": sum(r["unparsed"] for r in rows),
+        "count_mismatch": sum(r["count_mismatch"] for r in rows),
         "missing": sum(r["missing"] for r in rows),
         "kinki_selected": kinki,
     }

@@ -210,6 +210,7 @@ def run_metrics(summary: dict) -> dict[str, float]:
             "required_score",
             "general_score",
             "unparsed",
+            "count_mismatch",
             "missing",
             "kinki_selected",
             "correct",
@@ -286,7 +287,7 @@ def format_summary(summary: dict, max_missing: int = 20) -> str:
         )
         lines.append(
             f"required (B,E) {s['required_points']}/{s['required_total']} ({s['required_score']:.4f}); "
-            f"unparsed {s['unparsed']}; missing {s['missing']}; kinki selected {s['kinki_selected']}"
+            f"unparsed {s['unparsed']}; wrong letter count {s['count_mismatch']}; missing {s['missing']}; kinki selected {s['kinki_selected']}"
         )
         for year, y in s["by_year"].items():
             verdict = y.get("verdict") or {True: "PASS", False: "FAIL", None: "-"}[y["passed"]]

@@ -7,9 +7,12 @@ base is not copied: `model_config` names it by id and pinned revision, and loadi
 Input (one row per question): `question` (string), `choices` (list of strings), optional `n_answers`
 (int; default: 「Nつ選べ」 in the stem, else 1). Params: `protocol` (letter | text | loglik; default the
 adapter's), `max_new_tokens`, and `version` or `alias` (which registered version answers; default the
-served one). Output: `answer` (letters, "d,e"), `answer_text` (the chosen choices, one per line),
-`raw_output` (the generated text; for loglik the per-choice log-likelihoods as JSON) and
-`model_version` (the registered version that answered; "" when served from a run or a folder).
+served one). Output (jmed.contract.OUTPUT_FIELDS, the names `jmed predict` writes and `jmed score`
+reads): `prediction` (letters, "d,e"), `answer_text` (the chosen choices, one per line), `response`
+(the generated text; for loglik the per-choice log-likelihoods as JSON), `model_version` (the
+registered version that answered; "" when served from a run or a folder), `n_answers` (the letters
+asked for) and `count_mismatch` (the answer has another number of letters). `answer` and
+`raw_output`, jmed 0.2's names for `prediction` and `response`, are answered too until jmed 0.4.
 Every input is checked before the model runs; a bad one raises MlflowException(INVALID_PARAMETER_VALUE),
 which `mlflow models serve` answers with HTTP 400 and the message.
 
@@ -49,23 +52,30 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from jmed import adapter
+from jmed import adapter, console
 from jmed.config import MAX_BATCH_TOKENS
-from jmed.contract import DEFAULT_POLL_S, MAX_NEW_TOKENS_LIMIT, check_inputs, check_params, invalid, selected_version
+from jmed.contract import (
+    DEFAULT_POLL_S,
+    MAX_NEW_TOKENS_LIMIT,
+    OLD_FIELD_ALIASES,
+    OUTPUT_FIELDS,
+    check_inputs,
+    check_params,
+    invalid,
+    selected_version,
+)
 from jmed.prompts import LETTERS, base_format
 
-# the signature is given explicitly when logging; MLflow's hint to use type hints instead is noise
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
+console.quiet_loggers()  # `mlflow models serve` runs no jmed entry point: its process is made quiet here
 
-
-OUTPUT_COLUMNS = ["answer", "answer_text", "raw_output", "model_version"]
+OUTPUT_COLUMNS = [*OUTPUT_FIELDS, *OLD_FIELD_ALIASES]
 log = logging.getLogger("jmed.serving")
 
 
@@ -322,9 +332,10 @@ class JmedModel(PythonModel):
         text = render_prompt(row["question"], row["choices"], fmt, row["n_answers"])
         return apply_chat(text, self.tokenizer) if fmt.startswith("chat") else text
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # The signature is given explicitly when logging. `pd.DataFrame` is the hint MLflow infers no schema
+    # from: without a hint MLflow warns "Add type hints to the `predict` method" under a "once" filter of
+    # its own, which no warnings filter of ours can reach.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         rows = check_inputs(model_input)  # in the request's own thread: a bad request fails alone
         version = self._select(params)
         served = self.adapters[version]
@@ -379,7 +390,7 @@ class JmedModel(PythonModel):
                 ]
                 raws = engine.generate(prompts, limits)[0]
                 out = [self._answer(raw, r, protocol) for raw, r in zip(raws, rows)]
-        return [{**o, "model_version": version} for o in out]
+        return [{**o, "model_version": version, **{old: o[new] for old, new in OLD_FIELD_ALIASES.items()}} for o in out]
 
     def _answer(self, raw: str, row: dict, protocol: str) -> dict:
         from jmed.metrics import letters_of, parse_letters, strip_reasoning, topk_by_gestalt
@@ -391,20 +402,28 @@ class JmedModel(PythonModel):
             letters = parse_letters(answer, len(choices)) or ()
         else:
             letters = letters_of(topk_by_gestalt(extract_response(answer), choices, row["n_answers"]))
-        return self._row(letters, choices, raw)
+        return self._row(letters, row, raw)
 
     def _picked(self, scores: list[float], row: dict) -> dict:
         """Top-k choices by log-likelihood; the raw output shows every choice's score."""
         from jmed.metrics import letters_of, loglik_pick
 
         letters = letters_of(loglik_pick(scores, row["n_answers"]))
-        return self._row(letters, row["choices"], json.dumps({a: round(s, 4) for a, s in zip(LETTERS, scores)}))
+        return self._row(letters, row, json.dumps({a: round(s, 4) for a, s in zip(LETTERS, scores)}))
 
     @staticmethod
-    def _row(letters, choices, raw) -> dict:
-        letters = tuple(sorted(letters))
+    def _row(letters, row: dict, raw) -> dict:
+        from jmed.metrics import count_mismatch
+
+        choices, letters = row["choices"], tuple(sorted(letters))
         text = "\n".join(choices[LETTERS.index(a)] for a in letters if LETTERS.index(a) < len(choices))
-        return {"answer": ",".join(letters), "answer_text": text, "raw_output": raw}
+        return {
+            "prediction": ",".join(letters),
+            "answer_text": text,
+            "response": raw,
+            "n_answers": row["n_answers"],
+            "count_mismatch": count_mismatch(letters, row["n_answers"]),
+        }
 
 
 mlflow.models.set_model(JmedModel())

@@ -445,3 +445,20 @@ def test_one_shot_medpalm_is_the_harness_template():
         "肺炎,心不全,腎不全,肝硬変,敗血症\n"
         "### 応答：\n"
     )
+
+
+def test_count_mismatch_is_counted():
+    """A parsed answer with another number of letters than the question's answer count is counted (a 「2つ選べ」
+    answered "a", "a,a,a" read as "a", three letters for one); no answer, numeric and accept-any are not."""
+    qs = [
+        q("two", answer=(("a", "c"),)),
+        q("two-ok", answer=(("a", "c"),)),
+        q("one", answer=(("b",),)),
+        q("none", answer=(("b",),)),
+        q("num", answer=(("25",),), choices=()),
+        q("any", answer=(("a",),), accept_any=True),
+    ]
+    preds = {"two": "a,a,a", "two-ok": "c,a", "one": "a,b,d", "none": "???", "num": "25", "any": "a,b"}
+    rows = {r["id"]: r["count_mismatch"] for r in M.letter_rows(qs, preds, M.OFFICIAL)}
+    assert rows == {"two": True, "two-ok": False, "one": True, "none": False, "num": False, "any": False}
+    assert M.letter_summary(qs, preds, M.OFFICIAL)["count_mismatch"] == 2

@@ -109,6 +109,7 @@ def test_run_metrics_letter():
         "required_score": 1.0,
         "general_score": 0.0,
         "unparsed": 1,
+        "count_mismatch": 1,
         "missing": 2,
         "kinki_selected": 0,
         "correct": 1,
@@ -120,7 +121,7 @@ def test_run_metrics_letter():
         },
     }
     m = S.run_metrics(summary)
-    assert m["eval/accuracy"] == 0.5 and m["eval/unparsed"] == 1.0
+    assert m["eval/accuracy"] == 0.5 and m["eval/unparsed"] == 1.0 and m["eval/count_mismatch"] == 1.0
     assert m["eval/2022/accuracy"] == 0.5 and m["eval/2022/score"] == 0.25
     assert m["eval/2022/passed"] == 0.0 and "eval/2025/passed" not in m
 

@@ -475,11 +475,26 @@ def test_predict_offline_and_cli(served, tmp_path):
 
     model = mlflow.pyfunc.load_model(URI)
     out = model.predict(pd.DataFrame(batch(3)), params={"max_new_tokens": 4})
-    assert list(out.columns) == ["answer", "answer_text", "raw_output", "model_version"] and len(out) == 3
+    # one vocabulary: the names predict writes and score reads, then jmed 0.2's names as aliases
+    assert list(out.columns) == [
+        "prediction",
+        "answer_text",
+        "response",
+        "model_version",
+        "n_answers",
+        "count_mismatch",
+        "answer",
+        "raw_output",
+    ]
+    assert len(out) == 3 and list(out["answer"]) == list(out["prediction"])
+    assert list(out["raw_output"]) == list(out["response"])
     assert set(out["model_version"]) == {""}  # loaded without a models:/ URI known to it
+    for _, r in out.iterrows():  # the flag says what the letters and the count say
+        assert r["count_mismatch"] == (bool(r["prediction"]) and len(r["prediction"].split(",")) != r["n_answers"])
     ll = model.predict(pd.DataFrame(batch(2)), params={"protocol": "loglik"})
-    assert all(a in "abcde" and len(a) == 1 for a in ll["answer"])
-    assert set(json.loads(ll["raw_output"][0])) == {"a", "b", "c", "d", "e"}
+    assert all(a in "abcde" and len(a) == 1 for a in ll["prediction"])
+    assert set(json.loads(ll["response"][0])) == {"a", "b", "c", "d", "e"}
+    assert not ll["count_mismatch"].any()  # loglik picks n_answers choices
 
     src = tmp_path / "questions.jsonl"
     src.write_text(
@@ -490,7 +505,16 @@ def test_predict_offline_and_cli(served, tmp_path):
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in res.stdout.splitlines()]
     assert [x["problem_id"] for x in lines] == ["q0", "q1", "q2"]
-    assert [x["prediction"] for x in lines] == list(out["answer"])
+    assert [x["prediction"] for x in lines] == list(out["prediction"])
+    assert set(lines[0]) == {
+        "problem_id",
+        "prediction",
+        "answer_text",
+        "response",
+        "model_version",
+        "n_answers",
+        "count_mismatch",
+    }
     assert {x["model_version"] for x in lines} == {"1"}  # predict knows the URI: the champion is version 1
 
     # an IgakuQA-format file works too, and `jmed score` reads the output
@@ -1083,3 +1107,25 @@ def test_jmed_serve_stops_within_its_bound_while_a_request_waits(served, tmp_pat
     finally:
         stop_server(proc)
     assert not group_alive(proc.pid)
+
+
+def test_count_mismatch_is_flagged_in_serving_and_predict():
+    """One letter for a 「2つ選べ」 question (the model said "a,a,a,a"): flagged by the served model and by
+    predict, also for a version registered by jmed 0.2, which answers `answer`/`raw_output` only."""
+    from jmed.registry.predict import served_fields
+    from jmed.serving import JmedModel
+
+    two = {"question": "正しいのはどれか。2つ選べ。", "choices": ["あ", "い", "う", "え", "お"]}
+    row = JmedModel._row(("a",), {**two, "n_answers": 2}, "a,a,a,a")
+    assert (row["prediction"], row["n_answers"], row["count_mismatch"]) == ("a", 2, True)
+    assert JmedModel._row(("a", "c"), {**two, "n_answers": 2}, "a,c")["count_mismatch"] is False
+    assert JmedModel._row((), {**two, "n_answers": 2}, "???")["count_mismatch"] is False  # unparsed, not a count
+    old = {"answer": "a", "answer_text": "あ", "raw_output": "a,a,a,a", "model_version": "1"}
+    assert served_fields(old, dict(two)) == {
+        "prediction": "a",
+        "answer_text": "あ",
+        "response": "a,a,a,a",
+        "model_version": "1",
+        "n_answers": 2,  # from 「2つ選べ」, as the server reads it
+        "count_mismatch": True,
+    }

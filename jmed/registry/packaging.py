@@ -42,7 +42,9 @@ def signature(protocol: str):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from jmed.contract import DEFAULT_MAX_NEW_TOKENS
+    from jmed.contract import DEFAULT_MAX_NEW_TOKENS, OLD_FIELD_ALIASES, OUTPUT_FIELDS
+
+    OUTPUT_TYPES = {"n_answers": "long", "count_mismatch": "boolean"}
 
     # No input schema: MLflow would convert before the model sees the request (objects and nulls in
     # `choices` became strings, "1", 1.5 and true became n_answers, extra columns were dropped), so bad
@@ -51,12 +53,7 @@ def signature(protocol: str):
     return ModelSignature(
         inputs=None,
         outputs=Schema(
-            [
-                ColSpec("string", "answer"),
-                ColSpec("string", "answer_text"),
-                ColSpec("string", "raw_output"),
-                ColSpec("string", "model_version"),
-            ]
+            [ColSpec(OUTPUT_TYPES.get(name, "string"), name) for name in (*OUTPUT_FIELDS, *OLD_FIELD_ALIASES)]
         ),
         params=ParamSchema(
             [

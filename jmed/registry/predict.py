@@ -89,6 +89,19 @@ def read_questions_file(path) -> tuple[list[str], list[dict]]:
     return ids, records
 
 
+def served_fields(row: dict, asked: dict) -> dict:
+    """A served model's answer in jmed.contract.OUTPUT_FIELDS. Versions registered by jmed 0.2 answer
+    `answer`/`raw_output` and no count: the names are mapped and the count worked out as they would."""
+    from jmed.contract import OLD_FIELD_ALIASES, OUTPUT_FIELDS, check_inputs
+    from jmed.metrics import count_mismatch
+
+    row = {**{new: row[old] for old, new in OLD_FIELD_ALIASES.items() if old in row}, **row}
+    if "n_answers" not in row:
+        row["n_answers"] = check_inputs([asked])[0]["n_answers"]
+        row["count_mismatch"] = count_mismatch([a for a in str(row["prediction"]).split(",") if a], row["n_answers"])
+    return {k: row[k] for k in OUTPUT_FIELDS}
+
+
 def predict_file(
     model_uri: str, path, protocol: str = "", max_new_tokens: int = 0, batch_size: int = 8, engine: str = "hf"
 ):
@@ -104,8 +117,11 @@ def predict_file(
     # the served model learns its URI (for `model_version`) from JMED_MODEL_URI; no alias polling here
     saved = {k: os.environ.get(k) for k in ("JMED_MODEL_URI", "JMED_SERVE_POLL_S", "JMED_ENGINE")}
     os.environ.update({"JMED_MODEL_URI": model_uri, "JMED_SERVE_POLL_S": "0", "JMED_ENGINE": engine})
+    from jmed.console import sifted
+
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
+        with sifted():
+            model = mlflow.pyfunc.load_model(model_uri)
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -114,14 +130,8 @@ def predict_file(
         for start in range(0, len(records), batch_size):
             chunk = records[start : start + batch_size]
             out = model.predict(pd.DataFrame(chunk), params=params or None)
-            for rid, row in zip(ids[start : start + batch_size], out.to_dict("records")):
-                yield {
-                    "problem_id": rid,
-                    "prediction": row["answer"],
-                    "answer_text": row["answer_text"],
-                    "response": row["raw_output"],
-                    "model_version": row["model_version"],
-                }
+            for rid, row, asked in zip(ids[start : start + batch_size], out.to_dict("records"), chunk):
+                yield {"problem_id": rid, **served_fields(row, asked)}
     finally:
         engine_of = getattr(model.unwrap_python_model(), "vllm", None)
         if engine_of is not None:
