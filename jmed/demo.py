@@ -115,7 +115,9 @@ def main() -> int:
     print(f"\nQuestion ({question.id}): {question.stem}")
     for letter, choice in zip("abcde", question.choices):
         print(f"  {letter}. {choice}")
-    print(f"Served answer: {answer.get('prediction')} ({answer.get('answer_text')})   gold: {','.join(question.answer[0])}")
+    print(
+        f"Served answer: {answer.get('prediction')} ({answer.get('answer_text')})   gold: {','.join(question.answer[0])}"
+    )
     print("The server has been stopped.\n")
     vllm_answer(model_uri, question, env)
     print("Open the MLflow UI on the same store:")
