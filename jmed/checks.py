@@ -29,10 +29,19 @@ from jmed.data import (
     read_dataset,
     shown,
 )
-from jmed.leakage import LEAKAGE_THRESHOLD, leakage_pairs, leakage_pairs_bruteforce, norm_stem  # noqa: F401
+from jmed.leakage import (  # noqa: F401
+    DEFAULT_LEAKAGE,
+    LEAKAGE_POLICIES,
+    LEAKAGE_THRESHOLD,
+    leakage_pairs,
+    leakage_pairs_bruteforce,
+    norm_stem,
+)
 from jmed.metrics import SELECT_RE, stated_count
 from jmed.records import BIDI_CONTROLS
 from jmed.suites import CHECKS_DIR, instruction_frame, load_suite, question_frame, run_suite  # noqa: F401
+
+LEAKAGE_FIELD = "leakage"  # the field of a leakage pair's error or warning (listed apart in the summary)
 
 
 @dataclass
@@ -46,6 +55,7 @@ class Report:
     datasets: list[dict] = field(default_factory=list)  # {path, role, format, digest, questions, files}
     expectations: list[dict] = field(default_factory=list)  # GX suite results per dataset
     leakage_threshold: float = LEAKAGE_THRESHOLD
+    leakage_policy: str = DEFAULT_LEAKAGE
 
     def __post_init__(self):
         self.loaded: dict[str, Dataset] = {}  # path -> what was read (not part of the JSON report)
@@ -76,14 +86,32 @@ class Report:
             if len(items) > limit:
                 lines.append(f"  … and {len(items) - limit} more {kind}s in report.json (--report PATH writes it)")
 
-        listed("error", self.errors, max_errors, lambda e: str(DataError(**e)))
-        listed("warning", self.warnings, max_listed, lambda e: str(DataError(**e)))
+        def own(items):  # leakage pairs are counted there and listed below, with both sides
+            return [e for e in items if e["field"] != LEAKAGE_FIELD]
+
+        listed("error", own(self.errors), max_errors, lambda e: str(DataError(**e)))
+        listed("warning", own(self.warnings), max_listed, lambda e: str(DataError(**e)))
         listed(
             "leakage",
             self.leakage,
             max_listed,
-            lambda p: f"train {p['train_id']} ~ test {p['test_id']} (similarity {p['score']:g})",
+            lambda p: (
+                f"train {p['train_id']} ~ test {p['test_id']} (similarity {p['score']:g}; "
+                f"{p['train_file']}:{p['train_line']} ~ {p['test_file']}:{p['test_line']})"
+            ),
         )
+        if self.leakage:
+            ids = ",".join(sorted({p["test_id"] for p in self.leakage}))
+            lines.append(
+                f"  leakage policy {self.leakage_policy}: "
+                + (
+                    f"near-duplicates (similarity >= {self.leakage_threshold:g}) are errors"
+                    if self.leakage_policy == "fail"
+                    else f"near-duplicates (similarity >= {self.leakage_threshold:g}) are warnings. A test question "
+                    f"seen in training inflates its score: leave it out of the evaluation (--exclude-ids "
+                    f"{ids[:200]}), or stop on leakage with --leakage fail"
+                )
+            )
         return "\n".join(lines)
 
     def to_html(self) -> str:
@@ -252,15 +280,23 @@ def _split_paths(paths) -> list[str]:
 
 
 def validate(
-    paths, against=(), fmt: str = "auto", threshold: float = LEAKAGE_THRESHOLD, filters=None, against_filters=None
+    paths,
+    against=(),
+    fmt: str = "auto",
+    threshold: float = LEAKAGE_THRESHOLD,
+    filters=None,
+    against_filters=None,
+    leakage: str = DEFAULT_LEAKAGE,
 ) -> Report:
     """Validate every dataset in `paths` (and `against`, the test data), check leakage from `paths` to
     `against`. Never raises on bad data: every problem is in the report.
 
     Every record read is checked; the checks across datasets (repeated ids, leakage) see only the
     questions a step will use: `filters` / `against_filters` (DataFilter), e.g. a whole IgakuQA tree
-    trained on with years 2018–2021 and tested on 2022."""
-    report = Report(leakage_threshold=threshold)
+    trained on with years 2018–2021 and tested on 2022. `leakage`: LEAKAGE_POLICIES (jmed.leakage)."""
+    if leakage not in LEAKAGE_POLICIES:
+        raise ValueError(f"leakage policy {leakage!r}: choose one of {', '.join(LEAKAGE_POLICIES)}")
+    report = Report(leakage_threshold=threshold, leakage_policy=leakage)
     errors: list[DataError] = []
     warnings: list[DataError] = []
     loaded: dict[str, list] = {"data": [], "against": []}
@@ -305,6 +341,16 @@ def validate(
     test = [q for q in loaded["against"] if isinstance(q, Question)]
     report.leakage = leakage_pairs(train, test, threshold)
     for p in report.leakage:
+        if not (p["score"] >= 100 and p["same_choices"]):  # a pair counts as the policy says
+            (errors if leakage == "fail" else warnings).append(
+                DataError(
+                    p["test_file"],
+                    p["test_line"],
+                    LEAKAGE_FIELD,
+                    f"test question {p['test_id']} is a near-duplicate of training question {p['train_id']} "
+                    f"({p['train_file']}:{p['train_line']}, similarity {p['score']:g}); --leakage {leakage}",
+                )
+            )
         if p["score"] >= 100 and p["same_choices"]:
             errors.append(
                 DataError(
@@ -362,7 +408,11 @@ def log_report(report: Report, requested_format: str = "auto") -> None:
 
     from jmed import tracking
 
-    params: dict = {"requested_format": requested_format, "leakage_threshold": report.leakage_threshold}
+    params: dict = {
+        "requested_format": requested_format,
+        "leakage_threshold": report.leakage_threshold,
+        "leakage_policy": report.leakage_policy,
+    }
     loaded = report.loaded
     for role in ("data", "against"):
         sets = [d for d in report.datasets if d["role"] == role]

@@ -135,6 +135,21 @@ class Number(click.ParamType):
         return value
 
 
+def _leakage_option():
+    from jmed.leakage import DEFAULT_LEAKAGE, LEAKAGE_POLICIES
+
+    return click.option(
+        "--leakage",
+        default=DEFAULT_LEAKAGE,
+        show_default=True,
+        type=click.Choice(LEAKAGE_POLICIES),
+        help="Near-duplicates between training and test data: warn (list them, go on) or fail (errors: "
+        "validation fails, a pipeline stops before training).",
+    )
+
+
+leakage_option = _leakage_option()
+
 dry_run_option = click.option(
     "--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit (nothing runs or is logged)."
 )
@@ -145,6 +160,12 @@ def echo_config(**configs) -> None:
     from jmed.config import flat
 
     click.echo(strict_json({k: flat(v) if not isinstance(v, dict) else v for k, v in configs.items()}))
+    from jmed.tracking import mark_launcher_run
+
+    if marked := mark_launcher_run():  # nothing ran; the run `mlflow run` opened goes at the next jmed step
+        click.echo(
+            f"[jmed] dry run: run {marked}, opened by mlflow run, is marked; the next jmed command deletes it", err=True
+        )
 
 
 # The evaluation settings of `pipeline` and `study` (EvalConfig fields; the evaluation's own question
@@ -204,9 +225,10 @@ def main(verbose):
     type=Number(float, 0, 100),
     help="Leakage: rapidfuzz ratio (0-100) of near-duplicate stems.",
 )
+@leakage_option
 @click.option("--log/--no-log", default=True, show_default=True, help="Log an MLflow run (jmed.step=validate).")
 @dry_run_option
-def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run):
+def validate(data, data_opt, against, report_path, fmt, threshold, leakage, log, dry_run):
     """Validate question/instruction data: formats, GX suites, answer checks, train/test leakage.
 
     DATA: files, folders or a whole IgakuQA data/ tree (comma-separated lists work too). None given:
@@ -239,13 +261,14 @@ def validate(data, data_opt, against, report_path, fmt, threshold, log, dry_run)
                 "report": report_path,
                 "format": fmt,
                 "threshold": threshold,
+                "leakage": leakage,
                 "log": log,
             }
         )
     from jmed.checks import log_report
     from jmed.checks import validate as run_validation
 
-    report = run_validation(data_paths, against_paths, fmt=fmt, threshold=threshold)
+    report = run_validation(data_paths, against_paths, fmt=fmt, threshold=threshold, leakage=leakage)
     if report_path:
         json_path, html_path = report.write(report_path)
     summary = report.summary()
@@ -714,8 +737,9 @@ def _true(value: str) -> bool:
 @eval_options
 @click.option("--protocol", default="", help="Evaluation protocol (default: the prompt format's own).")
 @click.option("--force", default="false", help="true: rerun steps even when identical finished runs exist.")
+@leakage_option
 @dry_run_option
-def pipeline_cmd(protocol, force, eval_data, dry_run, **options):
+def pipeline_cmd(protocol, force, leakage, eval_data, dry_run, **options):
     """validate → train → evaluate (base and adapter) → promote, as child runs of one parent run.
 
     Takes every `train` option; --eval-data is the evaluation data (default: the sample's test split).
@@ -729,9 +753,11 @@ def pipeline_cmd(protocol, force, eval_data, dry_run, **options):
             return echo_config(
                 train=cfg,
                 evaluate=eval_config_for(cfg, eval_data, protocol, settings=settings),
-                pipeline={"force": _true(force)},
+                pipeline={"force": _true(force), "leakage": leakage},
             )
-        main_pipeline(cfg, eval_data=eval_data, protocol=protocol, force=_true(force), eval_settings=settings)
+        main_pipeline(
+            cfg, eval_data=eval_data, protocol=protocol, force=_true(force), eval_settings=settings, leakage=leakage
+        )
     except (PipelineFailed, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -744,8 +770,9 @@ def pipeline_cmd(protocol, force, eval_data, dry_run, **options):
 @train_options(exclude=("model", "prompt_format", "shots"))
 @eval_options
 @click.option("--force", default="false", help="true: rerun steps even when identical finished runs exist.")
+@leakage_option
 @dry_run_option
-def study_cmd(models, prompt_formats, shots, protocols, eval_data, force, dry_run, **options):
+def study_cmd(models, prompt_formats, shots, protocols, eval_data, force, leakage, dry_run, **options):
     """The papers' grid: every model × prompt format × shots × protocol, untuned and tuned, compared.
 
     Takes every `train` option (for each cell's training) and the evaluation options of `pipeline`."""
@@ -776,6 +803,7 @@ def study_cmd(models, prompt_formats, shots, protocols, eval_data, force, dry_ru
                     "shots": shot_list,
                     "protocols": _csv(protocols),
                     "force": _true(force),
+                    "leakage": leakage,
                 },
             )
         study(
@@ -788,6 +816,7 @@ def study_cmd(models, prompt_formats, shots, protocols, eval_data, force, dry_ru
             force=_true(force),
             eval_settings=settings,
             preset=preset,
+            leakage=leakage,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

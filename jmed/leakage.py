@@ -7,6 +7,12 @@ import re
 import unicodedata
 
 LEAKAGE_THRESHOLD = 90.0  # rapidfuzz ratio (0-100) on normalised stems
+# What a near-duplicate between training and test data does: `warn` lists each pair and what to do and
+# goes on (published exams repeat question patterns across years, and the papers evaluate on them as
+# they are); `fail` makes each pair an error, so validation (and a pipeline before training) stops.
+# An exact duplicate with the same choices is an error under either.
+LEAKAGE_POLICIES = ("warn", "fail")
+DEFAULT_LEAKAGE = "warn"
 
 
 def norm_stem(text: str) -> str:

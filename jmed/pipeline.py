@@ -133,14 +133,23 @@ def _digest_of(path: str, default, strict: bool = True) -> str:
 
 
 def validate_step(
-    ledger: Ledger, train_data: str, eval_data: str, force: bool, train_filters=None, eval_filters=None
+    ledger: Ledger,
+    train_data: str,
+    eval_data: str,
+    force: bool,
+    train_filters=None,
+    eval_filters=None,
+    leakage: str = "",
 ) -> None:
     """Stop the pipeline before training when the data is invalid; the report goes to the parent.
-    Repeated ids and leakage are checked between the questions the steps use (after their filters)."""
+    Repeated ids and leakage are checked between the questions the steps use (after their filters);
+    `leakage` is the policy for near-duplicates (jmed.leakage: warn goes on, fail stops)."""
     import mlflow
 
     from jmed import checks, data
+    from jmed.leakage import DEFAULT_LEAKAGE
 
+    leakage = leakage or DEFAULT_LEAKAGE
     train_path = train_data or str(data.SAMPLE_TRAIN)
     eval_path = eval_data or str(data.SAMPLE_TEST)
     used = {
@@ -151,7 +160,7 @@ def validate_step(
     }
     key = step_key(
         "validate",
-        {"data": train_path, "against": eval_path, **used},
+        {"data": train_path, "against": eval_path, "leakage": leakage, **used},
         {
             "train": _digest_of(train_path, data.SAMPLE_TRAIN, strict=False),
             "eval": _digest_of(eval_path, data.SAMPLE_TEST, strict=False),
@@ -162,7 +171,7 @@ def validate_step(
     def fn():
         with tracking.step_run("validate"):
             report = holder["report"] = checks.validate(
-                [train_path], against=[eval_path], filters=train_filters, against_filters=eval_filters
+                [train_path], against=[eval_path], filters=train_filters, against_filters=eval_filters, leakage=leakage
             )
             checks.log_report(report)
             from jmed.console import say
@@ -283,9 +292,13 @@ def main_pipeline(
     protocol: str = "",
     force: bool = False,
     eval_settings: dict | None = None,
+    leakage: str = "",
 ) -> str:
     """validate → train → evaluate (base, adapter) → promote. Returns the parent run id.
-    `eval_settings`: EvalConfig overrides (see `eval_config_for`)."""
+    `eval_settings`: EvalConfig overrides (see `eval_config_for`); `leakage`: validate's policy."""
+    from jmed.leakage import DEFAULT_LEAKAGE
+
+    leakage = leakage or DEFAULT_LEAKAGE
     import mlflow
 
     ledger = Ledger(total=5)
@@ -296,10 +309,15 @@ def main_pipeline(
         tracking.log_params(
             {f"pipeline.{k}": v for k, v in flat(train_cfg).items()}
             | {f"pipeline.eval.{k}": v for k, v in flat(base_cfg).items()}
-            | {"pipeline.eval_data": eval_data, "pipeline.protocol": protocol, "pipeline.force": force}
+            | {
+                "pipeline.eval_data": eval_data,
+                "pipeline.protocol": protocol,
+                "pipeline.force": force,
+                "pipeline.leakage": leakage,
+            }
         )
         try:
-            validate_step(ledger, train_cfg.train_data, eval_data, force, train_cfg.filters, base_cfg.filters)
+            validate_step(ledger, train_cfg.train_data, eval_data, force, train_cfg.filters, base_cfg.filters, leakage)
             train_run = train_step(ledger, train_cfg, force)
             base_run = evaluate_step(ledger, base_cfg, force, "evaluate-base")
             adapter_cfg = replace(base_cfg, adapter=adapter_uri(train_run))

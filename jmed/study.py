@@ -136,12 +136,15 @@ def study(
     force: bool = False,
     eval_settings: dict | None = None,
     preset: str | None = None,
+    leakage: str = "",
 ) -> tuple[str, list[dict]]:
     """Run every model × prompt format × shots × protocol, untuned and tuned. Returns (parent run, table).
 
     `train_overrides` (+ `preset`): TrainConfig settings of every cell, which sets model and prompt
-    format itself; `eval_settings`: EvalConfig overrides (`pipeline.eval_config_for`)."""
+    format itself; `eval_settings`: EvalConfig overrides (`pipeline.eval_config_for`); `leakage`:
+    validate's policy (jmed.leakage)."""
     from jmed import config, pipeline
+    from jmed.leakage import DEFAULT_LEAKAGE
 
     overrides = {k: v for k, v in (train_overrides or {}).items() if k not in ("model", "prompt_format")}
     ledger = pipeline.Ledger(
@@ -166,6 +169,7 @@ def study(
                 "study.shots": ",".join(map(str, shots)),
                 "study.protocols": ",".join(protocols),
                 "study.eval_data": eval_data,
+                "study.leakage": leakage or DEFAULT_LEAKAGE,
             }
             | {
                 f"study.train.{k}": v
@@ -186,6 +190,7 @@ def study(
                             force,
                             cfg.filters,
                             pipeline.eval_config_for(cfg, eval_data, "", settings=eval_settings).filters,
+                            leakage,
                         )
                     train_run = pipeline.train_step(ledger, cfg, force)
                     for n_shots in shots:

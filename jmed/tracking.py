@@ -127,6 +127,42 @@ def setup():
 _CREATED: set[str] = set()
 
 
+DRY_RUN_TAG = "jmed.dry_run"
+
+
+def mark_launcher_run() -> str:
+    """Under `mlflow run` (MLFLOW_RUN_ID), a step that runs nothing (`--dry-run`) marks the run MLflow
+    opened for it before jmed started: tag `jmed.dry_run`, name `dry-run`, a description saying that
+    nothing ran. It cannot be deleted now: `mlflow run` ends it after jmed exits, which fails on a
+    deleted run. The next jmed step (`reap`, which every step calls; or `jmed runs reap`) deletes it
+    once it has ended. Returns the run id marked ("" when there was none)."""
+    run_id = os.environ.get("MLFLOW_RUN_ID", "")
+    if not run_id:
+        return ""
+    from mlflow import MlflowClient
+
+    setup()
+    client = MlflowClient()
+    for key, value in {
+        DRY_RUN_TAG: "true",
+        "mlflow.runName": "dry-run",
+        "mlflow.note.content": "Dry run: jmed printed the resolved configuration; nothing ran or was logged. "
+        "The next jmed command deletes this run.",
+    }.items():
+        client.set_tag(run_id, key, value)
+    return run_id
+
+
+def _delete_dry_runs(client, experiments: list[str]) -> list[str]:
+    """Delete the ended runs `mark_launcher_run` marked (the store's trash keeps them until `mlflow gc`)."""
+    runs = client.search_runs(
+        experiments, f"tags.`{DRY_RUN_TAG}` = 'true' and attributes.status != 'RUNNING'", max_results=1000
+    )
+    for run in runs:
+        client.delete_run(run.info.run_id)
+    return [r.info.run_id for r in runs]
+
+
 def _create_sqlite(uri: str) -> None:
     import fcntl
 
@@ -239,7 +275,7 @@ def alive(pid: int) -> bool:
 
 def reap(quiet: bool = False) -> list[str]:
     """End as KILLED the RUNNING runs of jmed steps on this host whose process is gone (kill -9, a
-    crash, a power cut), tagged `jmed.reaped` with why. Runs of other hosts, runs without jmed's host
+    crash, a power cut), tagged `jmed.reaped` with why; delete the ended dry runs (`mark_launcher_run`). Runs of other hosts, runs without jmed's host
     and pid tags, and runs whose process lives are never touched. Returns the run ids ended.
     `quiet`: a store that cannot be searched is reported, not raised (every step calls this)."""
     import time
@@ -257,6 +293,8 @@ def reap(quiet: bool = False) -> list[str]:
             if experiments
             else []
         )
+        if experiments:
+            _delete_dry_runs(client, experiments)
     except MlflowException as exc:
         if not quiet:
             raise

@@ -6,6 +6,7 @@ from pathlib import Path
 from conftest import BROKEN, broken_990a_errors
 
 from jmed import checks, data
+from jmed.config import DataFilter
 from jmed.data import DataError, Question
 
 
@@ -256,3 +257,57 @@ def test_merged_choices_are_a_warning_naming_the_question():
         '119-A.jsonl:22: choices[1]: 119A22: choice b holds another choice label ("結核 c. 腎炎"): '
         "choices merged in the source? (4 choices)"
     )
+
+
+def _near_duplicate(tmp_path):
+    def rec(pid, stem):
+        return json.dumps(
+            {
+                "problem_id": pid,
+                "problem_text": stem,
+                "choices": ["1", "2", "3", "4", "5"],
+                "text_only": True,
+                "answer": ["a"],
+                "points": "1",
+            },
+            ensure_ascii=False,
+        )
+
+    a, b = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    a.write_text(
+        rec("1A1", "65歳の男性。3日前からの発熱と咳嗽を主訴に来院した。最も考えられるのはどれか。") + "\n",
+        encoding="utf-8",
+    )
+    b.write_text(
+        rec("2B7", "別の問題はどれか。")
+        + "\n"
+        + rec("2B8", "66歳の男性。3日前からの発熱と咳嗽を主訴に来院した。最も考えられるのはどれか。")
+        + "\n",
+        encoding="utf-8",
+    )
+    return a, b
+
+
+def test_leakage_policy_warn_and_fail(tmp_path):
+    """A near-duplicate between training and test data is a decision: `warn` (default) counts a warning at
+    the test question's file:line and says what to do; `fail` makes it an error, so validation fails."""
+    a, b = _near_duplicate(tmp_path)
+    warn = checks.validate([a], against=[b])
+    (pair,) = warn.leakage
+    assert (pair["train_id"], pair["test_id"], pair["score"] >= 90) == ("1A1", "2B8", True)
+    assert warn.success and warn.errors == [] and warn.leakage_policy == "warn"
+    assert [(w["file"], w["line"], w["field"]) for w in warn.warnings] == [(str(b), 2, "leakage")]
+    text = warn.summary()
+    assert "1 warning(s)" in text and f"train 1A1 ~ test 2B8 (similarity {pair['score']:g}; {a}:1 ~ {b}:2)" in text
+    assert "--exclude-ids 2B8" in text and "--leakage fail" in text
+
+    fail = checks.validate([a], against=[b], leakage="fail")
+    assert not fail.success and fail.warnings == []
+    assert [str(DataError(**e)) for e in fail.errors] == [
+        f"{b}:2: leakage: test question 2B8 is a near-duplicate of training question 1A1 ({a}:1, similarity "
+        f"{pair['score']:g}); --leakage fail"
+    ]
+    assert "FAILED" in fail.summary() and "near-duplicates (similarity >= 90) are errors" in fail.summary()
+    # leaving the question out of the test data is the other way: no pair, nothing to decide
+    kept = checks.validate([a], against=[b], leakage="fail", against_filters=DataFilter(exclude_ids=("2B8",)))
+    assert kept.success and kept.leakage == []

@@ -35,13 +35,25 @@ def test_validate_summary_lists_warnings_and_leakage_up_to_a_limit():
         warnings=[
             {"file": "a.jsonl", "line": i, "field": "problem_text", "message": f"warning {i}"} for i in range(1, 13)
         ],
-        leakage=[{"train_id": "116A1", "test_id": "117A2", "score": 97.5}],
+        leakage=[
+            {
+                "train_id": "116A1",
+                "test_id": "117A2",
+                "score": 97.5,
+                "train_file": "t.jsonl",
+                "train_line": 1,
+                "test_file": "e.jsonl",
+                "test_line": 2,
+            }
+        ],
     )
     lines = report.summary(max_listed=10).splitlines()
     warnings = [ln for ln in lines if ln.startswith("  warning: ")]
     assert warnings[0] == "  warning: a.jsonl:1: problem_text: warning 1" and len(warnings) == 10
     assert "  … and 2 more warnings in report.json (--report PATH writes it)" in lines
-    assert "  leakage: train 116A1 ~ test 117A2 (similarity 97.5)" in lines
+    assert "  leakage: train 116A1 ~ test 117A2 (similarity 97.5; t.jsonl:1 ~ e.jsonl:2)" in lines
+    assert lines[-1].startswith("  leakage policy warn: near-duplicates (similarity >= 90) are warnings.")
+    assert "(--exclude-ids 117A2)" in lines[-1]
 
 
 def test_evaluate_summary_counts_every_question_left_out_and_the_delta_against_the_base():

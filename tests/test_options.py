@@ -127,6 +127,18 @@ def _mlflow_run(entry: str, params: dict, tmp_path) -> dict:
     }
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    # a dry run leaves no run: the one `mlflow run` opened is marked, and the next jmed command deletes it
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exps = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    (run,) = client.search_runs(exps)
+    assert (run.data.tags["jmed.dry_run"], run.info.run_name, run.info.status) == ("true", "dry-run", "FINISHED")
+    assert "is marked" in res.stderr
+    reap = subprocess.run([str(Path(sys.executable).parent / "jmed"), "runs", "reap"], env=env, cwd=tmp_path)
+    assert reap.returncode == 0 and client.search_runs(exps) == []
+    assert [r.info.run_id for r in client.search_runs(exps, run_view_type=ViewType.DELETED_ONLY)] == [run.info.run_id]
     return json.loads(res.stdout[res.stdout.index("{") :])
 
 
@@ -150,7 +162,7 @@ def test_every_evaluate_option_reaches_the_config(tmp_path):
 
 
 def test_every_main_option_reaches_train_and_evaluation(tmp_path):
-    extra = {"protocol": "loglik", "force": "true"}
+    extra = {"protocol": "loglik", "force": "true", "leakage": "fail"}
     assert set(TRAIN) | set(EVAL) | set(extra) == _options(cli.main.commands["pipeline"])
     out = _mlflow_run("main", {k: v for k, (v, _, _) in (TRAIN | EVAL).items()} | extra, tmp_path)
     _check(out["train"], {k: v for k, v in TRAIN.items()})
@@ -159,7 +171,7 @@ def test_every_main_option_reaches_train_and_evaluation(tmp_path):
     # the kind-of-question filters carry over to evaluation; the training years/blocks/ids do not
     assert (ev["filters.text_only"], ev["filters.five_choices"], ev["filters.scored_only"]) == (True, True, True)
     assert (ev["eval_data"], ev["protocol"], ev["model"], ev["seed"]) == ("/data/eval", "loglik", "smollm2-135m", 7)
-    assert out["pipeline"] == {"force": True}
+    assert out["pipeline"] == {"force": True, "leakage": "fail"}
 
 
 def test_every_study_option_reaches_train_and_evaluation(tmp_path):
@@ -169,6 +181,7 @@ def test_every_study_option_reaches_train_and_evaluation(tmp_path):
         "shots": "0,1",
         "protocols": "loglik",
         "force": "true",
+        "leakage": "fail",
     }
     train = {k: v for k, v in TRAIN.items() if k not in ("model", "prompt_format", "shots")}
     assert set(train) | set(EVAL) | set(own) == _options(cli.main.commands["study"])
@@ -181,6 +194,7 @@ def test_every_study_option_reaches_train_and_evaluation(tmp_path):
         "shots": [0, 1],
         "protocols": ["loglik"],
         "force": True,
+        "leakage": "fail",
     }
 
 

@@ -126,6 +126,30 @@ def test_validation_failure_stops_before_training(tracking, tmp_path):
     assert child.info.status == "FAILED" and child.data.tags["jmed.step"] == "validate"
 
 
+def test_leakage_policy_fail_stops_the_pipeline_before_training(tracking, tmp_path):
+    """A near-duplicate of an evaluation question in the training data: with leakage=fail the pipeline
+    stops at validation, names both questions, and records the policy; nothing is trained."""
+    from jmed.pipeline import PipelineFailed, main_pipeline
+
+    test = json.loads(data.SAMPLE_TEST.read_text(encoding="utf-8").splitlines()[0])
+    near = {**test, "problem_id": "990Z1", "problem_text": test["problem_text"] + "なお、"}
+    train = tmp_path / "train.jsonl"
+    train.write_text(
+        "\n".join([*data.SAMPLE_TRAIN.read_text(encoding="utf-8").splitlines(), json.dumps(near, ensure_ascii=False)])
+        + "\n",
+        encoding="utf-8",
+    )
+    pair = rf"leakage: train 990Z1 ~ test {test['problem_id']} \(similarity"
+    with pytest.raises(PipelineFailed, match=pair) as err:
+        main_pipeline(TrainConfig(train_data=str(train), max_steps=2), leakage="fail")
+    assert "leakage policy fail: near-duplicates (similarity >= 90) are errors" in str(err.value)
+    [parent] = _runs("pipeline")
+    assert parent.info.status == "FAILED" and parent.data.params["pipeline.leakage"] == "fail"
+    assert _runs("train") == []
+    [child] = _children(parent.info.run_id)
+    assert child.data.params["leakage_policy"] == "fail" and child.data.metrics["data/leakage_pairs"] == 1
+
+
 @pytest.fixture
 def neox_model(tmp_path):
     """A second architecture: a tiny random GPT-NeoX with the tiny model's tokenizer, saved locally."""
