@@ -29,6 +29,7 @@ from jmed.data import (
     read_dataset,
     shown,
 )
+from jmed.identity import data_label, data_name
 from jmed.leakage import (  # noqa: F401
     DEFAULT_LEAKAGE,
     LEAKAGE_POLICIES,
@@ -77,9 +78,8 @@ class Report:
             f"leakage pairs: {len(self.leakage)}"
         ]
         for d in self.datasets:
-            lines.append(
-                f"  {d['role']}: {d['path']} ({d['format']}, {d['questions']} records, digest {d['digest'][:12]})"
-            )
+            label = data_label(data_name(d["path"]), d["questions"], None, d["digest"], what="records")
+            lines.append(f"  {d['role']}: {label} ({d['format']}, every record of {d['path']})")
 
         def listed(kind: str, items: list, limit: int, show) -> None:
             lines.extend(f"  {kind}: {show(x)}" for x in items[:limit])

@@ -646,7 +646,7 @@ def serve(
                 f"{uri}: the vllm engine serves registered versions (models:/jmed-<slug>@alias or /<version>)",
                 param_hint="--model-uri",
             )
-        click.echo(f"serving {uri} through vLLM on http://{host}:{port}/v1 (OpenAI API)", err=True)
+        click.echo(f"[jmed] serving {uri} through vLLM on http://{host}:{port}/v1 (OpenAI API)", err=True)
         try:
             llm_serve.serve(uri, host, port, poll_seconds)
         except ValueError as e:
@@ -663,7 +663,7 @@ def serve(
             "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": timeout,
         },
     )
-    click.echo(f"serving {uri} on http://{host}:{port}/invocations", err=True)
+    click.echo(f"[jmed] serving {uri} on http://{host}:{port}/invocations", err=True)
     sys.stderr.flush()
     # the server replaces this process: SIGTERM from kill, systemd or Kubernetes reaches it directly, and
     # no child is left behind when jmed is stopped

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from jmed import adapter
 from jmed.config import PROTOCOLS
+from jmed.identity import evaluation_data
 from jmed.inference import answer_budget, encode_prompt, prompt_token_limit, shots_for
 from jmed.prompts import check_protocol
 
@@ -337,6 +338,7 @@ def evaluate(cfg) -> str:
             "adapter_train_data_digest": meta.get("train_data_digest", ""),
             "adapter_base_revision": meta.get("base_revision", ""),
             "questions": len(questions),
+            "eval_data_total": len(questions) + sum(left_out.values()),  # before filters, --sample, --limit
         }
         tracking.log_params(params)
         tracking.log_dataset(questions, name=_data_name(path), path=path, digest=digest, context="eval")
@@ -368,7 +370,7 @@ def evaluate(cfg) -> str:
         _log_result(result, cfg, params, base_metrics)
         from jmed.console import say
 
-        say(summary(info["slug"], cfg, result, base_metrics, run.info.run_id, in_data))
+        say(summary(info["slug"], cfg, result, base_metrics, run.info.run_id, in_data, evaluation_data(params)))
         mlflow.set_tag("mlflow.note.content", description(info["slug"], cfg, result, params, base_metrics))
         return run.info.run_id
 
@@ -401,7 +403,7 @@ def verdict(summary: dict) -> str:
     return ", ".join(f"{y} {v}" for y, v in sorted(years.items())) or "none"
 
 
-def summary(slug: str, cfg, result: dict, base: dict | None, run_id: str, in_data: int) -> str:
+def summary(slug: str, cfg, result: dict, base: dict | None, run_id: str, in_data: int, data: str = "") -> str:
     """What the terminal shows after an evaluation: the headline figures, what may have capped them,
     and every question left out with its reason."""
     from jmed.console import block, pct, signed_pct
@@ -415,6 +417,7 @@ def summary(slug: str, cfg, result: dict, base: dict | None, run_id: str, in_dat
         return f" (base {pct(base[key])}, {signed_pct(m[key] - base[key])})"
 
     rows = [
+        ("data", data or None),
         (
             "questions",
             f"{n} evaluated of {in_data} in the data"

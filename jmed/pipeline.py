@@ -323,9 +323,10 @@ def main_pipeline(
             adapter_cfg = replace(base_cfg, adapter=adapter_uri(train_run))
             eval_run = evaluate_step(ledger, adapter_cfg, force, "evaluate-adapter")
             promote_step(ledger, train_cfg.model, force)
+            champion = champion_step(ledger, train_cfg.model, adapter_cfg, train_run, eval_run, force)
         finally:
             ledger.log()
-        results = outcome(train_cfg.model, base_run, eval_run)
+        results = outcome(train_cfg.model, base_run, eval_run, train_run, champion)
         mlflow.set_tags(
             {
                 tracking.TRAIN_RUN_TAG: train_run,
@@ -341,52 +342,91 @@ def main_pipeline(
         return parent.info.run_id
 
 
-def outcome(model: str, base_run: str, eval_run: str) -> list[dict]:
-    """Rows of the pipeline's final table: the base model, this adapter and the champion, with the
-    figures of their evaluate runs (the champion's on its ranking evaluation)."""
+def champion_step(ledger: Ledger, model: str, adapter_cfg: EvalConfig, train_run: str, eval_run: str, force: bool):
+    """The champion as measured on this pipeline's evaluation: (its version or None, its eval run there).
+    Its adapter is this pipeline's own (the adapter row's run), or was evaluated there before, or is
+    evaluated now (a reusable step, `evaluate-champion`), so the table compares like with like."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from jmed import registry
 
     client = MlflowClient()
-    rows = [{"what": "base model", "run": base_run}, {"what": "adapter (this pipeline)", "run": eval_run}]
     name = registry.model_name(tracking.slug(model))
     try:
-        v = client.get_model_version_by_alias(name, registry.CHAMPION)
-        rows.append(
-            {
-                "what": f"champion {name} v{v.version}",
-                "run": v.tags.get(tracking.EVAL_RUN_TAG, ""),
-                "version": v.version,
-                "name": name,
-                "this": v.tags.get(tracking.EVAL_RUN_TAG) == eval_run,
-            }
-        )
+        version = client.get_model_version_by_alias(name, registry.CHAMPION)
     except MlflowException:
+        return None, ""
+    champ_train = version.tags.get(tracking.TRAIN_RUN_TAG, "")
+    if champ_train == train_run:
+        return version, eval_run
+    here = registry._evaluation(client.get_run(eval_run).data.params)
+    there = [
+        c
+        for c in registry.candidates(client, tracking.slug(model), "eval/accuracy", [])
+        if c.train_run == champ_train and c.evaluation == here
+    ]
+    if there:
+        return version, max(there, key=lambda c: (c.start_time, c.eval_run)).eval_run
+    ledger.total += 1
+    cfg = replace(adapter_cfg, adapter=adapter_uri(champ_train), compare_base=False)
+    return version, evaluate_step(ledger, cfg, force, "evaluate-champion")
+
+
+def outcome(model: str, base_run: str, eval_run: str, train_run: str, champion=(None, "")) -> list[dict]:
+    """Rows of the pipeline's final table: the base model, this adapter and the champion on this
+    pipeline's evaluation, then the champion as it was ranked when that evaluation is another. Each
+    row carries its evaluation (jmed.registry's like-for-like key) and its readable label."""
+    from mlflow.tracking import MlflowClient
+
+    from jmed import registry
+    from jmed.identity import evaluation_label
+
+    client = MlflowClient()
+    version, champ_run = champion
+    name = registry.model_name(tracking.slug(model))
+    rows = [{"what": "base model", "run": base_run}, {"what": "adapter (this pipeline)", "run": eval_run}]
+    if version is None:
         rows.append({"what": f"champion {name}: none", "run": ""})
+    else:
+        champ_train = version.tags.get(tracking.TRAIN_RUN_TAG, "")
+        common = {"version": version.version, "name": name, "train_run": champ_train, "this": champ_train == train_run}
+        rows.append({"what": f"champion {name} v{version.version}", "run": champ_run, **common})
+        ranked = version.tags.get(tracking.EVAL_RUN_TAG, "")
+        if ranked and ranked != champ_run:
+            rows.append({"what": f"champion v{version.version}, as ranked", "run": ranked, **common, "ranked": True})
     for row in rows:
-        m = client.get_run(row["run"]).data.metrics if row["run"] else {}
+        run = client.get_run(row["run"]) if row["run"] else None
+        m, params = (run.data.metrics, run.data.params) if run else ({}, {})
         row.update(
             accuracy=m.get("eval/accuracy"),
             score=m.get("eval/score"),
             unparsed=m.get("eval/unparsed"),
             questions=m.get("eval/questions"),
             passed=[v for k, v in sorted(m.items()) if k.count("/") == 2 and k.endswith("/passed")],
+            evaluation=registry._evaluation(params) if run else None,
+            label=evaluation_label(params) if run else "",
         )
     return rows
 
 
 def final_table(cfg: TrainConfig, rows: list[dict], parent: str, ledger: Ledger) -> str:
+    """The rows with a marker per evaluation (A: this pipeline's), the evaluations spelled out under
+    the table, and who the champion is: rows on different evaluations never share a column unmarked."""
     from jmed.console import pct, table
 
     def verdict(passed):
         return "n/a" if not passed else "/".join("PASS" if p else "FAIL" for p in passed)
 
+    marks: dict[tuple, str] = {}
+    for r in rows:
+        if r["evaluation"] is not None and r["evaluation"] not in marks:
+            marks[r["evaluation"]] = "ABCDEFGH"[len(marks)]
     body = [
         [
             r["what"],
             r["run"][:12],
+            marks.get(r["evaluation"], ""),
             pct(r["accuracy"]),
             pct(r["score"]),
             "" if r["unparsed"] is None else int(r["unparsed"]),
@@ -394,17 +434,28 @@ def final_table(cfg: TrainConfig, rows: list[dict], parent: str, ledger: Ledger)
         ]
         for r in rows
     ]
-    champ = rows[-1]
-    who = ("this pipeline's adapter" if champ.get("this") else "an earlier adapter") if champ.get("version") else "none"
+    labels = {marks[r["evaluation"]]: r["label"] for r in rows if r["evaluation"] is not None}
+    lines = [
+        f"[jmed] pipeline {cfg.model} ({cfg.prompt_format}) finished: parent run {parent}",
+        table(["model", "eval run", "on", "accuracy", "exam score", "unparsed", "pass"], body),
+        *(f"  {mark}: {label}" for mark, label in sorted(labels.items())),
+    ]
+    if len(labels) > 1:
+        lines.append("  rows marked differently were measured on different evaluations: compare within one letter")
+    champ = next((r for r in rows if r["what"].startswith("champion")), {})
+    if champ.get("version"):
+        whose = "this pipeline's own adapter" if champ["this"] else "an earlier adapter"
+        reused = any(s.step == "train" and s.reused for s in ledger.steps)
+        lines.append(
+            f"  champion: {whose}, train run {champ['train_run'][:12]}"
+            + (" (reused)" if champ["this"] and reused else "")
+            + f" (models:/{champ['name']}@champion)"
+        )
+    else:
+        lines.append("  champion: none")
     reused = [s.step for s in ledger.steps if s.reused]
-    return "\n".join(
-        [
-            f"[jmed] pipeline {cfg.model} ({cfg.prompt_format}) finished: parent run {parent}",
-            table(["model", "eval run", "accuracy", "exam score", "unparsed", "pass"], body),
-            f"  champion: {who}" + (f" (models:/{champ['name']}@champion)" if champ.get("version") else ""),
-            f"  reused steps: {', '.join(reused) or 'none'}",
-        ]
-    )
+    lines.append(f"  reused steps: {', '.join(reused) or 'none'}")
+    return "\n".join(lines)
 
 
 def describe(cfg: TrainConfig, eval_data: str, ledger: Ledger, rows: list[dict]) -> str:
@@ -412,7 +463,7 @@ def describe(cfg: TrainConfig, eval_data: str, ledger: Ledger, rows: list[dict])
     from jmed import data
     from jmed.console import pct
 
-    base, tuned, champ = rows
+    base, tuned, champ = rows[:3]  # a 4th row is the champion as ranked elsewhere
     steps = ", ".join(f"{s.step}{' (reused)' if s.reused else ''}" for s in ledger.steps)
     # the MLflow UI routes model versions at #/models/<name>/versions/<n>: the description links there
     link = (
@@ -422,7 +473,8 @@ def describe(cfg: TrainConfig, eval_data: str, ledger: Ledger, rows: list[dict])
     )
     return (
         f"Pipeline for `{cfg.model}`, prompt format `{cfg.prompt_format}`: trained on "
-        f"`{cfg.train_data or data.SAMPLE_TRAIN.name}`, evaluated on `{eval_data or data.SAMPLE_TEST.name}`.\n\n"
+        f"`{cfg.train_data or data.SAMPLE_TRAIN.name}`, evaluated on `{eval_data or data.SAMPLE_TEST.name}` "
+        f"({tuned['label']}).\n\n"
         f"Accuracy: base {pct(base['accuracy'])}, adapter {pct(tuned['accuracy'])}. Champion: "
         f"{link}{' (this adapter)' if champ.get('this') else ''}.\n\nSteps: {steps}."
     )

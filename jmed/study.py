@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from jmed import tracking
 from jmed.config import TrainConfig
+from jmed.identity import evaluation_data
 from jmed.prompts import protocol_for
 
 METRICS = ("accuracy", "score", "exact_match", "gestalt")
@@ -36,6 +37,7 @@ def comparison(runs) -> list[dict]:
         cell = _cell(run)
         tuned = run.data.tags.get(tracking.ADAPTER_RUN_TAG, "none") not in ("", "none")
         row = rows.setdefault(cell, dict(zip(CELL, cell)))
+        row["data"] = evaluation_data(run.data.params)  # name, count, selection, digest (jmed.identity)
         side = "tuned" if tuned else "untuned"
         row[f"{side}_run"] = run.info.run_id
         for m in METRICS:
@@ -49,10 +51,22 @@ def comparison(runs) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-# eval_data_digest: cells evaluated on different data are different rows, and the table says so
-COLUMNS = ["base_model", "prompt_format", "shots", "protocol", "engine", "eval_data_digest"] + [
+# data: what each row was measured on (name, question count, selection, digest); cells evaluated on
+# different data are different rows, and the table says so under it
+COLUMNS = ["base_model", "prompt_format", "shots", "protocol", "engine", "data"] + [
     f"{side}_{m}" for m in METRICS for side in ("untuned", "tuned", "delta")
 ]
+
+
+def caveat(rows: list[dict]) -> str:
+    """A line under a table whose rows were measured on different data ("" when all share one)."""
+    datas = sorted({r.get("eval_data_digest", "") for r in rows})
+    if len(datas) < 2:
+        return ""
+    return (
+        f"note: these rows were measured on {len(datas)} different evaluation data (column `data`); "
+        "compare figures only between rows with the same data\n"
+    )
 
 
 def to_markdown(rows: list[dict]) -> str:
@@ -61,7 +75,8 @@ def to_markdown(rows: list[dict]) -> str:
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    note = caveat(rows)
+    return "\n".join(lines) + "\n" + (f"\n{note}" if note else "")
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -69,7 +84,8 @@ def to_csv(rows: list[dict]) -> str:
     import io
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS + ["untuned_run", "tuned_run"], extrasaction="ignore")
+    fields = COLUMNS + ["eval_data_digest", "untuned_run", "tuned_run"]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()

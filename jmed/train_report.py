@@ -119,7 +119,9 @@ def description(s: Setup, run_id: str, stopped: bool) -> str:
 
 def summary(s: Setup, run_id: str, stopped: bool) -> str:
     """What the terminal shows when training ends: final loss and throughput, and what was left out."""
+    from jmed import data
     from jmed.console import block
+    from jmed.identity import data_label, data_name
 
     last = [loss for _, loss in s.losses[-10:]]
     dropped = s.counts.get("dropped_examples", 0)
@@ -153,6 +155,7 @@ def summary(s: Setup, run_id: str, stopped: bool) -> str:
                     else ""
                 ),
             ),
+            ("data", data_label(data_name(s.train_path), len(s.items), None, data.digest(s.items), what="records")),
             (
                 "adapter",
                 "not written (stopped early; resume with --resume-from)" if stopped else f"runs:/{run_id}/adapter",

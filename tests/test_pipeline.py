@@ -233,8 +233,9 @@ def test_main_forwards_filters_sample_and_limit_to_evaluation(tracking, capsys):
         == 2
     ), out
     assert "[jmed] promote jmed-tiny: v1 is the new champion: no champion yet" in out
-    assert "model                    eval run      accuracy  exam score  unparsed  pass" in out
-    assert "champion: this pipeline's adapter (models:/jmed-tiny@champion)" in out
+    assert "model                    eval run      on  accuracy  exam score  unparsed  pass" in out
+    assert "  A: sample test, 6 of 20 questions (five choices, sample 6), " in out
+    assert "champion: this pipeline's own adapter, train run " in out
     # another sample is another evaluation (not reused); training is reused
     parent = main_pipeline(cfg, eval_settings={"sample": 6, "limit": 4})
     tags = _client().get_run(parent).data.tags
@@ -287,3 +288,43 @@ def test_mlflow_ui_rest_api_shows_the_parent_run_named_described_and_linked_to_i
         assert train_tags["mlflow.note.content"].startswith("LoRA (r 8, alpha 16) of `tiny`, prompt format `igakuqa`")
     finally:
         stop_server(server)
+
+
+def test_final_table_marks_each_evaluation_and_measures_the_champion_on_this_one(tracking, capsys):
+    """The champion is never shown beside this pipeline's rows on another evaluation unmarked: its own
+    ranking evaluation is a row marked B, and it is measured on this pipeline's evaluation (A) too:
+    through this pipeline's own (reused) train run, an earlier evaluation there, or a new
+    `evaluate-champion` step."""
+    from jmed.pipeline import main_pipeline
+
+    cfg = TrainConfig(max_steps=2, batch_size=4)
+    main_pipeline(cfg)  # v1, ranked on the whole sample test split
+    first_train = _runs("train")[0].info.run_id
+    capsys.readouterr()
+
+    # 1. the same training, evaluated on 8 questions: the champion is this pipeline's reused train run
+    main_pipeline(cfg, eval_settings={"limit": 8})
+    out = capsys.readouterr().out
+    table = out[out.index("[jmed] pipeline tiny") :]
+    rows = {line.split("  ")[1].strip(): line.split() for line in table.splitlines()[3:7]}
+    assert [rows[k][-5] for k in ("base model", "adapter (this pipeline)", "champion jmed-tiny v1")] == ["A"] * 3
+    assert rows["champion v1, as ranked"][-5] == "B"
+    assert "  A: sample test, 8 of 20 questions (limit 8), " in table
+    assert "  B: sample test, 20 questions, " in table
+    assert "rows marked differently were measured on different evaluations" in table
+    assert f"champion: this pipeline's own adapter, train run {first_train[:12]} (reused)" in table
+
+    # 2. another training on 6 questions: the champion (v1, the first training) was never measured
+    # there, so the pipeline evaluates it there, as a step of its own
+    main_pipeline(TrainConfig(max_steps=2, batch_size=4, seed=5), eval_settings={"limit": 6})
+    out = capsys.readouterr().out
+    assert "[jmed] ── step 6/6 evaluate-champion: running" in out
+    table = out[out.index("[jmed] pipeline tiny") :]
+    assert f"champion: an earlier adapter, train run {first_train[:12]} (models:/jmed-tiny@champion)" in table
+    six = [r for r in _runs("evaluate") if r.data.params.get("limit") == "6"]
+    [champ] = [r for r in six if r.data.tags["jmed.adapter_run"] == first_train]
+    [adapter] = [r for r in six if r.data.tags["jmed.adapter_run"] not in (first_train, "none")]
+    assert champ.data.tags["jmed.adapter_run"] == first_train
+    for key in ("eval_data_digest", "protocol", "prompt_format", "shots", "engine"):
+        assert champ.data.params[key] == adapter.data.params[key]
+    assert champ.info.run_id[:12] in table.splitlines()[5] and table.splitlines()[5].split()[-5] == "A"

@@ -184,7 +184,7 @@ def _note_promotion(client, name: str, version: str, d: Decision, metric: str) -
         note = (
             f"Promoted to champion, replacing v{d.champion.version}: {metric} {d.candidate.metric:.6g} vs "
             f"{d.champion.metric:.6g} ({d.candidate.metric - d.champion.metric:+.6g}) on "
-            f"{describe_evaluation(d.candidate.evaluation)}."
+            f"{describe_evaluation(d.candidate.evaluation, d.candidate.data)}."
         )
     old = _retrying(client.get_model_version, name, version).description or ""
     _retrying(client.update_model_version, name, version, f"{old}\n\n{time.strftime('%Y-%m-%d')}: {note}".strip())
@@ -350,7 +350,8 @@ def promote(
                     + (f" (evaluated: {', '.join(slugs)})" if slugs else "")
                 )
             ranked = switch_evaluation(client, slugs[0], evaluation, metric)
-            say(f"[jmed] {model_name(slugs[0])} is now ranked on {describe_evaluation(ranked)}")
+            data = next((c.data for c in candidates(client, slugs[0], metric, []) if c.evaluation == ranked), "")
+            say(f"[jmed] {model_name(slugs[0])} is now ranked on {describe_evaluation(ranked, data)}")
         records = []
         for s in slugs:
             rec = promote_one(client, s, metric, min_delta, eval_runs, bundle_base)

@@ -21,6 +21,7 @@ class Candidate:
     secondary: float | None = None
     start_time: int = 0  # ms; newer wins a full tie
     version: str | None = None  # registered version holding this eval run, if any
+    data: str = ""  # its data as a person reads it (jmed.identity: name, count, selection, digest)
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,16 @@ class Decision:
         }
 
 
-def describe_evaluation(evaluation: tuple) -> str:
+def describe_evaluation(evaluation: tuple, data: str = "") -> str:
+    """An evaluation in words; `data`, its readable data label, replaces the bare digest when known."""
     digest, protocol, fmt, shots, engine = (list(evaluation) + ["?"] * 5)[:5]
-    return f"data {str(digest)[:12]}, protocol {protocol}, format {fmt}, shots {shots}, engine {engine}"
+    return f"data {data or str(digest)[:12]}, protocol {protocol}, format {fmt}, shots {shots}, engine {engine}"
+
+
+def _described(evaluation: tuple, candidates: list[Candidate]) -> str:
+    """describe_evaluation with the data label of any candidate measured on it."""
+    data = next((c.data for c in candidates if tuple(c.evaluation) == tuple(evaluation) and c.data), "")
+    return describe_evaluation(evaluation, data)
 
 
 def _rank(c: Candidate):
@@ -123,20 +131,20 @@ def decide(
     )
     if champion is not None and tuple(champion.evaluation) != target:
         reasons.append(
-            f"champion v{champion.version} has no evaluation on the ranking evaluation ({describe_evaluation(target)}); "
+            f"champion v{champion.version} has no evaluation on the ranking evaluation ({_described(target, candidates)}); "
             f"not compared blindly: `jmed promote --evaluation <an eval run on that data>` evaluates it there and "
             f"compares"
         )
         return Decision("keep", None, champion, False, tuple(reasons))
     if not same:
         reasons.append(
-            f"no candidate was evaluated on the ranking evaluation ({describe_evaluation(target)}); {switch}"
+            f"no candidate was evaluated on the ranking evaluation ({_described(target, candidates)}); {switch}"
         )
         return Decision("keep", None, champion, False, tuple(reasons))
     if others:
         reasons.append(
             f"{len(others)} candidate(s) evaluated on another evaluation than the ranking one "
-            f"({describe_evaluation(target)}) not compared; {switch}"
+            f"({_described(target, candidates)}) not compared; {switch}"
         )
     best = max(same, key=_rank)
     ties = [c for c in same if c.metric == best.metric and c is not best]

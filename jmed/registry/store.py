@@ -4,6 +4,7 @@ declared ranking evaluation of a registered model."""
 from __future__ import annotations
 
 from jmed import tracking
+from jmed.identity import evaluation_data
 from jmed.registry.decision import CHAMPION, SECONDARY, Candidate, Champion
 from jmed.registry.lease import _retrying
 
@@ -63,6 +64,7 @@ def candidates(client, base_slug: str, metric: str, known: list) -> list[Candida
                 secondary=r.data.metrics.get(SECONDARY.get(metric, "")),
                 start_time=int(r.info.start_time or 0),
                 version=by_key.get(_version_key(train_run, ev)),
+                data=evaluation_data(r.data.params),
             )
         )
     return out
