@@ -237,10 +237,10 @@ def test_wheel_ships_the_suites_and_validate_runs_from_it(tmp_path):
         f"report: {report} and {report.with_suffix('.html')}"
     ]
     assert out.stdout.splitlines()[1:3] == [
-        f"  data: {test} (igakuqa, {expected.datasets[0]['questions']} records, "
-        f"digest {expected.datasets[0]['digest'][:12]})",
-        f"  data: {instructions} (instructions, {expected.datasets[1]['questions']} records, "
-        f"digest {expected.datasets[1]['digest'][:12]})",
+        f"  data: sample test, {expected.datasets[0]['questions']} records, {expected.datasets[0]['digest'][:12]} "
+        f"(igakuqa, every record of {test})",
+        f"  data: sample instructions, {expected.datasets[1]['questions']} records, "
+        f"{expected.datasets[1]['digest'][:12]} (instructions, every record of {instructions})",
     ]
     got = json.loads(report.read_text(encoding="utf-8"))["expectations"]
     suites = {

@@ -1,6 +1,7 @@
 """The `main` pipeline end to end, step reuse, validation stopping it, `reproduce`, `study` and `compare`."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -225,6 +226,9 @@ def test_main_forwards_filters_sample_and_limit_to_evaluation(tracking, capsys):
     assert "[jmed] evaluate tiny adapter of train run" in out
     assert "[jmed] train tiny (igakuqa): finished step 2 of 2\n  final loss  " in out
     assert "  tokens/s    " in out and "  adapter     runs:/" in out
+    # each step names the data it used, with its count and digest
+    assert re.search(r"\n  data +sample train, \d+ records, [0-9a-f]{12}\n", out), out
+    assert re.search(r"\n  data +sample test, 6 of 20 questions \(five choices, sample 6\), [0-9a-f]{12}\n", out)
     assert (
         out.count(
             "questions   6 evaluated of 20 in the data; 1 left out: --five-choices (not 5 choices); "

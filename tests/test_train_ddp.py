@@ -113,3 +113,85 @@ def test_two_process_fsdp_on_cpu_one_run_and_the_adapter_of_a_single_process(tmp
 
 
 FSDP_MIN_COSINE = 0.8  # measured 0.88 (tiny, 3 steps, lr 1e-2, dropout 0.05)
+
+
+def _launch_fsdp(args: list[str], env: dict, cwd, port: int) -> subprocess.CompletedProcess:
+    cmd = [str(VENV_BIN / "accelerate"), "launch", "--config_file", str(ROOT / "jmed/accelerate/fsdp.yaml")]
+    cmd += ["--num_processes", "2", "--main_process_port", str(port)]
+    cmd += ["--fsdp_cpu_ram_efficient_loading", "false", "--fsdp_sync_module_states", "false"]
+    res = subprocess.run(
+        [*cmd, "-m", "jmed", "train", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=900
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    return res
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny", "smollm2-135m"])
+def test_fsdp_checkpoints_resume_and_real_weights(tmp_path, model):
+    """Under FSDP (2 processes, gloo): checkpoints written by an interrupted run resume to the end under
+    FSDP again, in one MLflow run per launch, on the tiny model and on SmolLM2-135M (bf16 on CPUs with
+    bf16 units, as `auto` picks); the adapter has the shapes of a single-process run's."""
+    import mlflow
+    from safetensors.torch import load_file
+
+    if model != "tiny":
+        import importlib.util
+
+        from jmed import models
+
+        package = models.NAMED_MODELS[model][1]
+        if importlib.util.find_spec(package) is None:
+            reason = f"{package} is not installed (`make install`)"
+            if os.environ.get("JMED_REQUIRE_SHARED") == "1":
+                pytest.fail(reason + "; JMED_REQUIRE_SHARED=1 requires it")
+            pytest.skip(reason)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = _cpu_ranks_env(uri)
+    common = ["--model", model, "--max-steps", "3", "--batch-size", "2", "--max-length", "256"]
+    port = 29520 if model == "tiny" else 29522
+    _launch_fsdp([*common, "--checkpoint-every", "1", "--stop-after", "2"], env, tmp_path, port)
+    client = mlflow.MlflowClient(uri)
+    [stopped] = client.search_runs(["0"])
+    assert stopped.data.tags["jmed.stopped_at"] == "2" and stopped.data.params["world_size"] == "2"
+    assert [a.path for a in client.list_artifacts(stopped.info.run_id, "checkpoints")] == [
+        "checkpoints/step-000001",
+        "checkpoints/step-000002",
+    ]
+    _launch_fsdp(["--resume-from", stopped.info.run_id], env, tmp_path, port + 1)
+    runs = sorted(client.search_runs(["0"]), key=lambda r: r.info.start_time)
+    assert len(runs) == 2  # rank 1 logged nothing, in either launch
+    resumed = runs[1]
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["jmed.resumed_from"] == stopped.info.run_id
+    assert [m.step for m in client.get_metric_history(resumed.info.run_id, "train/loss")] == [3]
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jmed",
+            "train",
+            "--model",
+            model,
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "256",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert single.returncode == 0, single.stderr[-4000:]
+    alone = max(client.search_runs(["0"]), key=lambda r: r.info.start_time)
+    shapes = []
+    for run in (resumed, alone):
+        folder = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="adapter", dst_path=str(tmp_path / run.info.run_id), tracking_uri=uri
+        )
+        shapes.append({k: v.shape for k, v in load_file(str(Path(folder) / "adapter_model.safetensors")).items()})
+    assert shapes[0] == shapes[1] and len(shapes[0]) > 0
+    assert resumed.data.params["precision_resolved"] == alone.data.params["precision_resolved"]
