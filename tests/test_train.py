@@ -507,6 +507,8 @@ def test_sigterm_to_mlflow_run_ends_the_step_under_it_killed(tmp_path):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    client.search_experiments()  # the store's schema made here, before the processes that poll or write it
     proc = subprocess.Popen(
         [str(VENV_BIN / "mlflow"), "run", str(ROOT), "-e", "train", "--env-manager", "local", "-P", "max_steps=100000"],
         env=_env(uri),
@@ -516,12 +518,11 @@ def test_sigterm_to_mlflow_run_ends_the_step_under_it_killed(tmp_path):
         text=True,
         start_new_session=True,  # its own group, so that only it is signalled, as a scheduler would
     )
-    client = mlflow.MlflowClient(uri)
     below: list[int] = []
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
-            runs = client.search_runs(["0"]) if (tmp_path / "mlflow.db").exists() else []
+            runs = client.search_runs(["0"])
             if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
                 break
             time.sleep(1)
@@ -529,12 +530,18 @@ def test_sigterm_to_mlflow_run_ends_the_step_under_it_killed(tmp_path):
             pytest.fail("training never logged a loss: " + proc.stderr.read()[-2000:])
         below = _descendants(proc.pid)
         assert below, "no jmed process under mlflow run"
+        started = {p: _start_time(p) for p in below}  # a pid reused by another process later is not one of them
         proc.send_signal(signal.SIGTERM)  # the mlflow run process only
         proc.wait(timeout=60)
         deadline = time.time() + 120
-        while time.time() < deadline and any(os.path.exists(f"/proc/{p}") and _alive(p) for p in below):
+
+        def left():
+            return [p for p in below if _alive(p) and _start_time(p) == started[p]]
+
+        while time.time() < deadline and left():
             time.sleep(0.5)
-        assert not [p for p in below if _alive(p)], "a process of the step outlived mlflow run"
+        survivors = {p: _cmdline(p) for p in left()}
+        assert not survivors, f"a process of the step outlived mlflow run: {survivors}"
         [run] = client.search_runs(["0"])
         assert run.info.status == "KILLED"
     finally:  # whatever happened, nothing of it is left running (re-parented processes included)
@@ -543,6 +550,24 @@ def test_sigterm_to_mlflow_run_ends_the_step_under_it_killed(tmp_path):
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _start_time(pid: int) -> str:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return ""
+
+
+def _cmdline(pid: int) -> str:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:300]
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
