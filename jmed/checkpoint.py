@@ -85,10 +85,19 @@ def _join_state(value, tensors: dict, where: str):
 
 
 def save_checkpoint(
-    folder: Path, model, optimizer, scheduler, step: int, position: int, cfg: TrainConfig, state_dict=None
+    folder: Path,
+    model,
+    optimizer,
+    scheduler,
+    step: int,
+    position: int,
+    cfg: TrainConfig,
+    state_dict=None,
+    optimizer_state=None,
 ):
     """Adapter (safetensors), optimiser/scheduler/RNG state (safetensors + JSON) and trainer_state.json.
-    A checkpoint is read back from a shared store, so nothing in it is pickled: loading it runs no code."""
+    A checkpoint is read back from a shared store, so nothing in it is pickled: loading it runs no code.
+    `state_dict` / `optimizer_state`: the full adapter and optimiser states gathered under FSDP."""
     import numpy as np
     import torch
     from safetensors.torch import save_file
@@ -99,7 +108,13 @@ def save_checkpoint(
         rng["cuda"] = torch.cuda.get_rng_state_all()
     tensors: dict = {}
     layout = _split_state(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}, "s", tensors
+        {
+            "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+        },
+        "s",
+        tensors,
     )
     save_file(tensors, str(folder / STATE_TENSORS))
     (folder / STATE_JSON).write_text(json.dumps(layout), encoding="utf-8")
@@ -208,14 +223,15 @@ def read_checkpoint_state(folder: Path) -> dict:
     return state
 
 
-def load_checkpoint_state(folder: Path, optimizer, scheduler) -> None:
-    """Optimiser, scheduler and RNG states (RNG last: nothing may draw random numbers after it)."""
+def load_checkpoint_state(folder: Path, optimizer, scheduler, to_load=None) -> None:
+    """Optimiser, scheduler and RNG states (RNG last: nothing may draw random numbers after it).
+    `to_load`: maps the checkpoint's optimiser state to this process's (FSDP: its shard of the full state)."""
     import numpy as np
     import torch
 
     state = read_checkpoint_state(folder)
     try:
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"] if to_load is None else to_load(state["optimizer"]))
         scheduler.load_state_dict(state["scheduler"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])

@@ -241,6 +241,51 @@ def adapter_state(accelerator, model):
     return accelerator.get_state_dict(model) if fsdp() else None
 
 
+def _fsdp_state_type(accelerator, model):
+    """Full (unsharded) state dicts on rank 0, as the shipped config's fsdp_state_dict_type says."""
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return FSDP.state_dict_type(
+        model,
+        StateDictType.FULL_STATE_DICT,
+        FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
+        FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True),
+    )
+
+
+def sharded(model) -> bool:
+    """Whether `model` is really wrapped by FSDP: on CPU accelerate runs an FSDP config as DDP (MULTI_CPU)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return any(isinstance(m, FSDP) for m in model.modules())
+
+
+def optimizer_state(accelerator, model, optimizer):
+    """Under FSDP the full optimiser state, gathered on rank 0 (a collective: every rank calls it), so
+    that a checkpoint resumes every rank's shard, not rank 0's alone; None otherwise (its own state:
+    DDP replicas hold the same one)."""
+    if not sharded(model):
+        return None
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    with _fsdp_state_type(accelerator, model):
+        return FSDP.optim_state_dict(model, optimizer)
+
+
+def optimizer_to_load(accelerator, model, optimizer):
+    """Under FSDP: the full optimiser state of a checkpoint -> this rank's shard; None otherwise."""
+    if not sharded(model):
+        return None
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    def to_load(full: dict) -> dict:
+        with _fsdp_state_type(accelerator, model):
+            return FSDP.optim_state_dict_to_load(model=model, optim=optimizer, optim_state_dict=full)
+
+    return to_load
+
+
 def train(cfg: TrainConfig) -> str:
     """Train a LoRA adapter; returns the MLflow run id (the same on every rank)."""
     import torch
@@ -387,11 +432,14 @@ def setup(cfg: TrainConfig, accelerator) -> Setup:
     info["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info["total"] = sum(p.numel() for p in model.parameters())
     model = accelerator.prepare(model)  # DDP / FSDP wrapping (nothing for one process)
+    # what really wraps it: on CPU accelerate 1.15 runs an FSDP config as DDP (MULTI_CPU, no sharding)
+    info["distributed_type"] = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    info["sharded"] = sharded(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, cfg.warmup_steps, max_steps))
     if checkpoint is not None:
-        load_checkpoint_state(checkpoint, optimizer, scheduler)
+        load_checkpoint_state(checkpoint, optimizer, scheduler, optimizer_to_load(accelerator, model, optimizer))
     from jmed.inference import _forward_kwargs
 
     keep = _forward_kwargs(accelerator.unwrap_model(model))["keep"]
@@ -529,10 +577,11 @@ def checkpoint(s: Setup, accelerator, tmp: Path, with_eval_loss: bool) -> None:
         if s.main:
             s.pending.append((s.step, time.time(), {"eval/loss": ev}))
     full = adapter_state(accelerator, s.model)
+    optim = optimizer_state(accelerator, s.model, s.optimizer)
     if s.main:
         folder = tmp / f"step-{s.step:06d}"
         save_checkpoint(
-            folder, accelerator.unwrap_model(s.model), s.optimizer, s.scheduler, s.step, s.position, s.cfg, full
+            folder, accelerator.unwrap_model(s.model), s.optimizer, s.scheduler, s.step, s.position, s.cfg, full, optim
         )
         s.mlflow.log_artifacts(str(folder), f"checkpoints/step-{s.step:06d}")
         done = tmp / CHECKPOINT_DONE  # last, on its own: its presence means every file above is there

@@ -67,6 +67,8 @@ def log_setup(s: Setup) -> None:
             "total_params": info["total"],
             "resolved_max_steps": s.max_steps,
             "world_size": s.world,
+            "distributed_type": info["distributed_type"],
+            "sharded": info["sharded"],
             "device": s.device,
             "dtype": info["dtype"],
             "precision_resolved": info["precision_resolved"],

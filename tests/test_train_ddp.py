@@ -63,10 +63,12 @@ def test_two_process_ddp_one_run(tmp_path, launcher):
 
 @pytest.mark.slow
 def test_two_process_fsdp_on_cpu_one_run_and_the_adapter_of_a_single_process(tmp_path):
-    """The shipped FSDP config (FULL_SHARD, decoder layers wrapped) on CPU with gloo. accelerate 1.15 puts
-    parameters on an accelerator for sync_module_states and cpu_ram_efficient_loading ("no available
-    devices found" on CPU), so both are off here, as the config's comment says. One MLflow run; its
-    adapter has the shapes of a single-process run with the same global batch and values close to it."""
+    """The shipped FSDP config (FULL_SHARD, decoder layers wrapped) launched on CPU with gloo. accelerate
+    1.15 puts parameters on an accelerator for sync_module_states and cpu_ram_efficient_loading ("no
+    available devices found" on CPU), so both are off here, as the config's comment says. And on CPU
+    (Accelerator(cpu=True)) accelerate runs the config as MULTI_CPU, i.e. DDP: nothing is sharded, and
+    the run says so (`distributed_type`, `sharded`). One MLflow run; its adapter has the shapes of a
+    single-process run with the same global batch and values close to it."""
     import mlflow
     import torch
     from safetensors.torch import load_file
@@ -93,6 +95,8 @@ def test_two_process_fsdp_on_cpu_one_run_and_the_adapter_of_a_single_process(tmp
     assert len(runs) == 2 and [r.info.status for r in runs] == ["FINISHED", "FINISHED"]  # rank 1 logged nothing
     sharded, alone = runs
     assert sharded.data.params["world_size"] == "2" and alone.data.params["world_size"] == "1"
+    assert (sharded.data.params["distributed_type"], sharded.data.params["sharded"]) == ("MULTI_CPU", "False")
+    assert (alone.data.params["distributed_type"], alone.data.params["sharded"]) == ("NO", "False")
     weights = []
     for run in (sharded, alone):
         folder = mlflow.artifacts.download_artifacts(
@@ -128,10 +132,11 @@ def _launch_fsdp(args: list[str], env: dict, cwd, port: int) -> subprocess.Compl
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny", "smollm2-135m"])
-def test_fsdp_checkpoints_resume_and_real_weights(tmp_path, model):
-    """Under FSDP (2 processes, gloo): checkpoints written by an interrupted run resume to the end under
-    FSDP again, in one MLflow run per launch, on the tiny model and on SmolLM2-135M (bf16 on CPUs with
-    bf16 units, as `auto` picks); the adapter has the shapes of a single-process run's."""
+def test_fsdp_config_checkpoints_resume_and_real_weights(tmp_path, model):
+    """The FSDP launch (2 processes, gloo; on CPU accelerate runs it as DDP, see above): checkpoints of an
+    interrupted run resume to the end under the same launch, in one MLflow run per launch, on the tiny
+    model and on SmolLM2-135M (bf16 on CPUs with bf16 units, as `auto` picks): the same adapter bytes as
+    an uninterrupted run, and the shapes of a single-process run's."""
     import mlflow
     from safetensors.torch import load_file
 
@@ -148,8 +153,9 @@ def test_fsdp_checkpoints_resume_and_real_weights(tmp_path, model):
             pytest.skip(reason)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = _cpu_ranks_env(uri)
-    common = ["--model", model, "--max-steps", "3", "--batch-size", "2", "--max-length", "256"]
-    port = 29520 if model == "tiny" else 29522
+    # no dropout: nothing random in a step, so an interrupted and resumed run must equal an uninterrupted one
+    common = ["--model", model, "--max-steps", "3", "--batch-size", "2", "--max-length", "256", "--lora-dropout", "0"]
+    port = 29520 if model == "tiny" else 29530
     _launch_fsdp([*common, "--checkpoint-every", "1", "--stop-after", "2"], env, tmp_path, port)
     client = mlflow.MlflowClient(uri)
     [stopped] = client.search_runs(["0"])
@@ -164,6 +170,21 @@ def test_fsdp_checkpoints_resume_and_real_weights(tmp_path, model):
     resumed = runs[1]
     assert resumed.info.status == "FINISHED" and resumed.data.tags["jmed.resumed_from"] == stopped.info.run_id
     assert [m.step for m in client.get_metric_history(resumed.info.run_id, "train/loss")] == [3]
+    # the optimiser state of every rank came back (the full state, gathered and re-sharded): the adapter
+    # is the bytes of an uninterrupted FSDP run's
+    _launch_fsdp(common, env, tmp_path, port + 2)
+    whole = max(client.search_runs(["0"]), key=lambda r: r.info.start_time)
+
+    def adapter_bytes(run):
+        folder = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id,
+            artifact_path="adapter",
+            dst_path=str(tmp_path / f"b-{run.info.run_id}"),
+            tracking_uri=uri,
+        )
+        return (Path(folder) / "adapter_model.safetensors").read_bytes()
+
+    assert adapter_bytes(resumed) == adapter_bytes(whole)
     single = subprocess.run(
         [
             sys.executable,
