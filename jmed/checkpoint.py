@@ -84,6 +84,32 @@ def _join_state(value, tensors: dict, where: str):
     return value
 
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's file name
+
+
+def save_adapter(model, folder: Path, state_dict=None) -> None:
+    """`model.save_pretrained`, with the adapter's weights taken from `state_dict`, the full state dict
+    gathered under FSDP, when there is one. peft selects adapter keys by module name, and FSDP's nested
+    units put `_fsdp_wrapped_module.` inside those names (peft strips a leading one only): it would find
+    no key and write an empty adapter. So jmed picks the LoRA weights itself, named as peft names them
+    (the adapter name dropped), and writes them as peft does."""
+    from safetensors.torch import save_file
+
+    model.save_pretrained(folder, save_embedding_layers=False, state_dict=state_dict)
+    if state_dict is None:
+        return
+    name = model.active_adapter
+    marker = f".{name}."
+    weights = {
+        k.replace(marker, ".", 1): v.contiguous()
+        for k, v in state_dict.items()
+        if marker in k and k.split(marker, 1)[0].rsplit(".", 1)[-1].startswith("lora_")
+    }
+    if not weights:
+        raise TrainError(f"the gathered state dict holds no LoRA weights of adapter {name!r}")
+    save_file(weights, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+
+
 def save_checkpoint(
     folder: Path,
     model,
@@ -102,7 +128,7 @@ def save_checkpoint(
     import torch
     from safetensors.torch import save_file
 
-    model.save_pretrained(folder / "adapter", save_embedding_layers=False, state_dict=state_dict)
+    save_adapter(model, folder / "adapter", state_dict)
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": list(np.random.get_state())}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -191,7 +217,7 @@ def load_checkpoint_adapter(folder: Path, model) -> tuple[int, int]:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(folder / "adapter" / "adapter_model.safetensors"))
+    set_peft_model_state_dict(model, load_file(folder / "adapter" / ADAPTER_WEIGHTS))
     state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     return state["step"], state["position"]
 

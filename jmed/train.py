@@ -54,6 +54,7 @@ from jmed.checkpoint import (  # noqa: F401  (CHECKPOINT_DONE, resumed_config, T
     load_checkpoint_state,
     read_checkpoint_state,
     resumed_config,
+    save_adapter,
     save_checkpoint,
 )
 from jmed.config import TrainConfig, flat
@@ -224,10 +225,9 @@ def wrap_lora(net, cfg: TrainConfig):
     )
     torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn here
     model = get_peft_model(net, lora)
-    if not fsdp():  # LoRA weights train in fp32 (autocast computes in bf16 on CUDA); FSDP: one dtype
-        for p in model.parameters():
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.float()
+    for p in model.parameters():  # LoRA weights train in fp32 (FSDP: each its own unit, see lora_wrap_policy)
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
     model.peft_config["default"].base_model_name_or_path = cfg.model  # the id as given, never a local path
     return model, targets
 
@@ -238,7 +238,12 @@ def fsdp() -> bool:
 
 def adapter_state(accelerator, model):
     """The full state dict under FSDP (a collective: every rank calls it); None otherwise."""
-    return accelerator.get_state_dict(model) if fsdp() else None
+    if not fsdp():
+        return None
+    if not sharded(model):  # an FSDP launch run as DDP
+        return accelerator.get_state_dict(model)
+    with _fsdp_state_type(accelerator, model):
+        return model.state_dict()
 
 
 def _fsdp_state_type(accelerator, model):
@@ -246,12 +251,66 @@ def _fsdp_state_type(accelerator, model):
     from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
+    # offload only from an accelerator: on CPU, offload_to_cpu clones from freed memory (SIGSEGV, torch 2.13)
+    offload = accelerator.device.type != "cpu"
     return FSDP.state_dict_type(
         model,
         StateDictType.FULL_STATE_DICT,
-        FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
-        FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True),
+        FullStateDictConfig(offload_to_cpu=offload, rank0_only=True),
+        FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=True),
     )
+
+
+def shard(model, accelerator):
+    """The model wrapped by torch FSDP under an FSDP launch that accelerate runs as DDP: on CPU (gloo)
+    accelerate 1.15 builds MULTI_CPU for any config, so jmed wraps the model itself, with the launch's
+    own settings as accelerate's plugin reads them (sharding strategy, decoder layers as units,
+    use_orig_params, prefetch); on GPUs accelerate wraps it (prepare) and this leaves it alone."""
+    import torch
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if not fsdp() or accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return None
+    try:
+        plugin = FullyShardedDataParallelPlugin()
+    except RuntimeError as exc:  # sync_module_states / cpu_ram_efficient_loading look for an accelerator
+        raise TrainError(
+            f"FSDP on CPU: {exc}; pass --fsdp_sync_module_states false --fsdp_cpu_ram_efficient_loading false"
+        ) from None
+    if plugin.fsdp_version != 1:
+        raise TrainError(f"FSDP on CPU: fsdp_version {plugin.fsdp_version}; jmed shards with FSDP1 there")
+    plugin.auto_wrap_policy = lora_wrap_policy(model)
+    return FSDP(
+        model,
+        sharding_strategy=plugin.sharding_strategy,
+        cpu_offload=plugin.cpu_offload,
+        auto_wrap_policy=plugin.auto_wrap_policy,
+        mixed_precision=plugin.mixed_precision_policy,
+        backward_prefetch=plugin.backward_prefetch,
+        forward_prefetch=plugin.forward_prefetch,
+        use_orig_params=plugin.use_orig_params,
+        limit_all_gathers=plugin.limit_all_gathers,
+        device_id=torch.device("cpu"),  # without it FSDP looks for an accelerator; accelerate says cpu:0
+    )
+
+
+def lora_wrap_policy(model):
+    """FSDP1 units for a LoRA model: each decoder layer (its frozen base weights, in the base dtype) and
+    each LoRA matrix on its own (trainable, fp32), since FSDP1 flattens a unit into one tensor of one
+    dtype ("Must flatten tensors with uniform dtype" with bf16 base weights otherwise); peft's policy,
+    as transformers' Trainer uses it for peft models."""
+    from peft.utils.other import fsdp_auto_wrap_policy
+
+    return fsdp_auto_wrap_policy(model)
+
+
+def clip_grad_norm(accelerator, model, max_norm: float):
+    """The global gradient norm, clipped: under FSDP each rank holds a shard of every gradient, so the
+    norm is FSDP's own (over all shards); accelerate's would be this rank's shard alone on CPU."""
+    if sharded(model):
+        return model.clip_grad_norm_(max_norm)
+    return accelerator.clip_grad_norm_(model.parameters(), max_norm)
 
 
 def sharded(model) -> bool:
@@ -431,10 +490,20 @@ def setup(cfg: TrainConfig, accelerator) -> Setup:
         step, position = load_checkpoint_adapter(checkpoint, model)
     info["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info["total"] = sum(p.numel() for p in model.parameters())
-    model = accelerator.prepare(model)  # DDP / FSDP wrapping (nothing for one process)
-    # what really wraps it: on CPU accelerate 1.15 runs an FSDP config as DDP (MULTI_CPU, no sharding)
+    # DDP / FSDP wrapping (nothing for one process); an FSDP launch on CPU is wrapped by jmed (shard)
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is not None and plugin.fsdp_version == 1:  # FSDP on GPUs, wrapped by accelerate.prepare
+        plugin.auto_wrap_policy = lora_wrap_policy(model)
+    wrapped = shard(model, accelerator)
+    model = wrapped if wrapped is not None else accelerator.prepare(model)
+    # what really wraps it: FSDP (by accelerate on GPUs, by jmed on CPU), DDP (MULTI_CPU / MULTI_GPU), or NO
+    info["sharded"], info["fsdp_units"] = sharded(model), 0
     info["distributed_type"] = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
-    info["sharded"] = sharded(model)
+    if info["sharded"]:  # FSDP units: the root, each decoder layer, each LoRA matrix
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        info["distributed_type"], info["fsdp_units"] = "FSDP", len(FSDP.fsdp_modules(model))
+    info["rank0_params"] = sum(p.numel() for p in model.parameters())  # a shard of `total` when sharded
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, cfg.warmup_steps, max_steps))
@@ -560,7 +629,7 @@ def optimizer_step(s: Setup, accelerator) -> tuple[float, float, float]:
             accelerator.backward(loss / cfg.grad_accum)
         loss_sum += loss.detach() / cfg.grad_accum
         tokens += mask.sum()
-    grad_norm = accelerator.clip_grad_norm_(s.model.parameters(), cfg.max_grad_norm)
+    grad_norm = clip_grad_norm(accelerator, s.model, cfg.max_grad_norm)
     s.optimizer.step()
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
@@ -611,7 +680,7 @@ def finish(s: Setup, accelerator, run_id: str, tmp: Path, stopped: bool) -> None
             s.mlflow.set_tag("jmed.stopped_at", str(s.step))
         else:
             cfg, out = s.cfg, tmp / "adapter"
-            accelerator.unwrap_model(s.model).save_pretrained(out, save_embedding_layers=False, state_dict=full)
+            save_adapter(accelerator.unwrap_model(s.model), out, full)
             adapter.write(
                 out,
                 {

@@ -69,6 +69,8 @@ def log_setup(s: Setup) -> None:
             "world_size": s.world,
             "distributed_type": info["distributed_type"],
             "sharded": info["sharded"],
+            "fsdp_units": info["fsdp_units"],
+            "rank0_params": info["rank0_params"],
             "device": s.device,
             "dtype": info["dtype"],
             "precision_resolved": info["precision_resolved"],

@@ -65,10 +65,11 @@ def test_two_process_ddp_one_run(tmp_path, launcher):
 def test_two_process_fsdp_on_cpu_one_run_and_the_adapter_of_a_single_process(tmp_path):
     """The shipped FSDP config (FULL_SHARD, decoder layers wrapped) launched on CPU with gloo. accelerate
     1.15 puts parameters on an accelerator for sync_module_states and cpu_ram_efficient_loading ("no
-    available devices found" on CPU), so both are off here, as the config's comment says. And on CPU
-    (Accelerator(cpu=True)) accelerate runs the config as MULTI_CPU, i.e. DDP: nothing is sharded, and
-    the run says so (`distributed_type`, `sharded`). One MLflow run; its adapter has the shapes of a
-    single-process run with the same global batch and values close to it."""
+    available devices found" on CPU), so both are off here, as the config's comment says. On CPU
+    accelerate would run the config as MULTI_CPU, i.e. DDP; jmed wraps the model with torch FSDP itself,
+    so it is really sharded: each decoder layer a unit, rank 0 holding half of every parameter. One
+    MLflow run; its adapter has the shapes of a single-process run with the same global batch and
+    values close to it."""
     import mlflow
     import torch
     from safetensors.torch import load_file
@@ -95,8 +96,9 @@ def test_two_process_fsdp_on_cpu_one_run_and_the_adapter_of_a_single_process(tmp
     assert len(runs) == 2 and [r.info.status for r in runs] == ["FINISHED", "FINISHED"]  # rank 1 logged nothing
     sharded, alone = runs
     assert sharded.data.params["world_size"] == "2" and alone.data.params["world_size"] == "1"
-    assert (sharded.data.params["distributed_type"], sharded.data.params["sharded"]) == ("MULTI_CPU", "False")
+    assert (sharded.data.params["distributed_type"], sharded.data.params["sharded"]) == ("FSDP", "True")
     assert (alone.data.params["distributed_type"], alone.data.params["sharded"]) == ("NO", "False")
+    assert_sharded(sharded, alone, layers=2)  # tiny: 2 decoder layers
     weights = []
     for run in (sharded, alone):
         folder = mlflow.artifacts.download_artifacts(
@@ -119,6 +121,18 @@ def test_two_process_fsdp_on_cpu_one_run_and_the_adapter_of_a_single_process(tmp
 FSDP_MIN_COSINE = 0.8  # measured 0.88 (tiny, 3 steps, lr 1e-2, dropout 0.05)
 
 
+def assert_sharded(run, alone, layers: int) -> None:
+    """Really sharded over 2 ranks: FSDP units are the root, each decoder layer and each LoRA matrix
+    (A and B of every targeted projection: their own fp32 units beside the base dtype), and rank 0 holds
+    half of the parameters (FULL_SHARD pads each flat parameter to a multiple of 2: at most 1 per unit)."""
+    p, q = run.data.params, alone.data.params
+    units = 1 + layers * (1 + 2 * len(p["lora_targets"].split(",")))
+    assert p["fsdp_units"] == str(units) and q["fsdp_units"] == "0"
+    assert p["total_params"] == q["total_params"] == q["rank0_params"]
+    total, held = int(p["total_params"]), int(p["rank0_params"])
+    assert total // 2 - units <= held <= total // 2 + units, (held, total)
+
+
 def _launch_fsdp(args: list[str], env: dict, cwd, port: int) -> subprocess.CompletedProcess:
     cmd = [str(VENV_BIN / "accelerate"), "launch", "--config_file", str(ROOT / "jmed/accelerate/fsdp.yaml")]
     cmd += ["--num_processes", "2", "--main_process_port", str(port)]
@@ -133,10 +147,11 @@ def _launch_fsdp(args: list[str], env: dict, cwd, port: int) -> subprocess.Compl
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny", "smollm2-135m"])
 def test_fsdp_config_checkpoints_resume_and_real_weights(tmp_path, model):
-    """The FSDP launch (2 processes, gloo; on CPU accelerate runs it as DDP, see above): checkpoints of an
-    interrupted run resume to the end under the same launch, in one MLflow run per launch, on the tiny
-    model and on SmolLM2-135M (bf16 on CPUs with bf16 units, as `auto` picks): the same adapter bytes as
-    an uninterrupted run, and the shapes of a single-process run's."""
+    """The FSDP launch (2 processes, gloo, really sharded, see above): checkpoints of an interrupted run
+    (the full optimiser state gathered from both shards) resume to the end under the same launch,
+    re-sharded, in one MLflow run per launch, on the tiny model and on SmolLM2-135M (bf16 on CPUs with
+    bf16 units, as `auto` picks): the same adapter bytes as an uninterrupted run, and the shapes of a
+    single-process run's."""
     import mlflow
     from safetensors.torch import load_file
 
@@ -216,3 +231,5 @@ def test_fsdp_config_checkpoints_resume_and_real_weights(tmp_path, model):
         shapes.append({k: v.shape for k, v in load_file(str(Path(folder) / "adapter_model.safetensors")).items()})
     assert shapes[0] == shapes[1] and len(shapes[0]) > 0
     assert resumed.data.params["precision_resolved"] == alone.data.params["precision_resolved"]
+    assert resumed.data.params["distributed_type"] == whole.data.params["distributed_type"] == "FSDP"
+    assert_sharded(resumed, alone, layers=2 if model == "tiny" else 30)
