@@ -6,7 +6,8 @@ rendered igakuqa prompt/completion pairs of the bundled train split (loss on the
 batch size, steps, learning rate, cosine schedule and clipping. Variants, each in its own fresh process,
 alternately round after round, so that imports and memory do not leak between them and load on a shared
 machine hits all alike: jmed fp32; jmed bf16 (base weights bf16, LoRA fp32: what `auto` picks on a CPU
-with bf16 units); jmed bf16 with --group-by-length; trl fp32; trl bf16 (its CPU autocast).
+with bf16 units); jmed bf16 with --group-by-length; trl fp32; trl bf16 (its CPU autocast); trl bf16 with
+each of its own ways to cut padding (length-grouped sampler, padding_free, bfd packing).
 
 tokens/s = non-padding tokens of steps 2..N / wall time from the end of step 1 to the end of step N
 (the first step's warm-up is excluded on both sides). jmed's side is a real `jmed.train.train` run
@@ -121,7 +122,19 @@ def run_jmed(model: str, steps: int, batch: int, max_length: int, precision: str
     }
 
 
-def run_trl(model: str, steps: int, batch: int, max_length: int, precision: str, group: bool, data: str) -> dict:
+def _keep_tail(tok, prompt: str, completion: str, max_length: int) -> str:
+    """The prompt cut from the front so that prompt + answer fit max_length, as jmed's default
+    overlength policy (truncate_prompt) does; trl itself would cut the answer's end."""
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    room = max_length - len(tok(completion, add_special_tokens=False)["input_ids"]) - 2  # BOS/EOS
+    return prompt if len(ids) <= room else tok.decode(ids[len(ids) - max(room, 1) :])
+
+
+def run_trl(model: str, steps: int, batch: int, max_length: int, precision: str, mode: str, data: str) -> dict:
+    """trl's SFTTrainer; `mode`: "" (pads each random batch), "grouped" (its length-grouped sampler),
+    "padding-free" (each batch flattened into one row with position_ids) or "packed" (its bfd packing:
+    rows of max_length filled with whole examples). transformers 5.24 reads sequence starts from
+    position_ids and keeps sdpa attention within each example, so the last two compute what the others do."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -139,7 +152,9 @@ def run_trl(model: str, steps: int, batch: int, max_length: int, precision: str,
     filters = DataFilter(years=_years(os.environ.get("BENCH_YEARS", "")))
     questions = D.apply_filters(D.load_questions(data or D.SAMPLE_TRAIN), filters)
     rows = [render(q, "igakuqa", (), tok) for q in questions if not q.no_prompt]
-    ds = Dataset.from_list([{"prompt": r.prompt, "completion": r.target} for r in rows])
+    ds = Dataset.from_list(
+        [{"prompt": _keep_tail(tok, r.prompt, r.target, max_length), "completion": r.target} for r in rows]
+    )
     counted: list[int] = []
     stamps: list[float] = []
 
@@ -166,8 +181,10 @@ def run_trl(model: str, steps: int, batch: int, max_length: int, precision: str,
             bf16=precision == "bf16",
             gradient_checkpointing=False,
             completion_only_loss=True,
-            max_length=max_length,
-            packing=False,
+            max_length=None if mode == "padding-free" else max_length,  # trl: not enforced there; cut above
+            packing=mode == "packed",
+            padding_free=mode in ("padding-free", "packed"),
+            train_sampling_strategy="group_by_length" if mode == "grouped" else "random",
             dataloader_num_workers=0,
             disable_tqdm=True,
         )
@@ -206,12 +223,15 @@ def run_trl(model: str, steps: int, batch: int, max_length: int, precision: str,
     }
 
 
-VARIANTS = {  # name: (implementation, precision, group_by_length)
-    "jmed fp32": ("jmed", "fp32", False),
-    "jmed bf16": ("jmed", "bf16", False),
-    "jmed bf16 grouped": ("jmed", "bf16", True),
-    "trl fp32": ("trl", "fp32", False),
-    "trl bf16": ("trl", "bf16", False),
+VARIANTS = {  # name: (implementation, precision, batching: "" random and padded, or what cuts padding)
+    "jmed fp32": ("jmed", "fp32", ""),
+    "jmed bf16": ("jmed", "bf16", ""),
+    "jmed bf16 grouped": ("jmed", "bf16", "grouped"),
+    "trl fp32": ("trl", "fp32", ""),
+    "trl bf16": ("trl", "bf16", ""),
+    "trl bf16 grouped": ("trl", "bf16", "grouped"),
+    "trl bf16 padding-free": ("trl", "bf16", "padding-free"),
+    "trl bf16 packed": ("trl", "bf16", "packed"),
 }
 
 
@@ -219,9 +239,11 @@ def worker(variant: str, model: str, steps: int, batch: int, max_length: int, da
     import warnings
 
     warnings.filterwarnings("ignore")
-    impl, precision, group = VARIANTS[variant]
-    fn = run_jmed if impl == "jmed" else run_trl
-    res = fn(model, steps, batch, max_length, precision, group, data)
+    impl, precision, mode = VARIANTS[variant]
+    if impl == "jmed":
+        res = run_jmed(model, steps, batch, max_length, precision, mode == "grouped", data)
+    else:
+        res = run_trl(model, steps, batch, max_length, precision, mode, data)
     print("RESULT " + json.dumps(res))
 
 
@@ -289,7 +311,7 @@ def main() -> None:
             res = json.loads(lines[-1][7:])
             results[v].append(res)
             print(
-                f"round {r + 1} {v:18s}: {res['tokens_per_s']:8.0f} tokens/s  ({res['tokens']:.0f} tokens in "
+                f"round {r + 1} {v:22s}: {res['tokens_per_s']:8.0f} tokens/s  ({res['tokens']:.0f} tokens in "
                 f"{res['seconds']:.2f} s)  final loss {res['final_loss']:.3f}  peak {res['peak_memory_mb']:.0f} MiB"
                 + (f"  padding {res['padding_share']:.1%}" if "padding_share" in res else ""),
                 flush=True,
@@ -308,12 +330,15 @@ def main() -> None:
         achieved = 4 * params * best[v]
         top = peak["bfloat16" if VARIANTS[v][1] == "bf16" else "float32"]
         print(
-            f"  {v:18s} best {best[v]:7.0f} tokens/s  median {med[v]:7.0f}  {best[v] / best['jmed fp32']:4.2f}x jmed fp32"
+            f"  {v:22s} best {best[v]:7.0f} tokens/s  median {med[v]:7.0f}  {best[v] / best['jmed fp32']:4.2f}x jmed fp32"
             f"  {achieved / 1e9:6.1f} GFLOP/s = {100 * achieved / top:4.1f} % of its matmul peak"
         )
     for prec in ("fp32", "bf16"):
         if f"trl {prec}" in best:
             print(f"  jmed / trl at {prec}: {best[f'jmed {prec}'] / best[f'trl {prec}']:.2f}")
+    if "trl bf16 grouped" in best:  # each side's best way to cut padding
+        fastest = max(("trl bf16 grouped", "trl bf16 padding-free", "trl bf16 packed"), key=best.get)
+        print(f"  jmed bf16 grouped / {fastest} (trl's fastest): {best['jmed bf16 grouped'] / best[fastest]:.2f}")
 
 
 if __name__ == "__main__":
