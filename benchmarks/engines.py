@@ -4,9 +4,10 @@
 
 1. Evaluation, questions/s, the same rendered prompts, greedy: letter (generate up to 16 tokens), text
    (medpalm, the longest answer's budget) and loglik (letters a-e); engines jmed+hf (float32, batch 8:
-   what jmed did before), jmed+vllm (bfloat16; engine start reported apart), and lm-evaluation-harness's
+   what jmed did before; and bfloat16, what `auto` picks now on a CPU with bf16 units), jmed+vllm (bfloat16; engine start reported apart), and lm-evaluation-harness's
    HF backend on the same model object when it is installed (`make bench`).
-2. One adapter on vLLM: runtime LoRA on the base against a merged copy (jmed.engine.merged_dir).
+2. One adapter on vLLM: runtime LoRA on the base (vLLM's own CPU LoRA ops, and jmed's plugin's) against
+   a merged copy (jmed.engine.merged_dir).
 3. Serving, single-question requests at concurrency 1, 8 and 32: `jmed serve` (POST /invocations) and
    `jmed serve --engine vllm` (POST /v1/completions, the same prompt text), the same registered
    adapter; requests/s, p50 and p95 latency.
@@ -85,6 +86,13 @@ def evaluation(args, qs) -> None:
     from jmed import models
     from jmed.evaluate import run_questions
 
+    # bf16 first: what `auto` picks now on a CPU with bf16 units; then fp32, the issue's baseline
+    net, tok, _ = models.load_base(args.model, precision="bf16")
+    hf16 = {}
+    for case, (p, f) in CASES.items():
+        _, s = timed(functools.partial(run_questions, net, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
+        hf16[case] = len(qs) / s
+    del net
     net, tok, info = models.load_base(args.model, precision="fp32")
     hf, agree = {}, {}
     res_hf = {}
@@ -122,10 +130,16 @@ def evaluation(args, qs) -> None:
         f"(vLLM start {starts['base']:.0f} s and a warm-up on {len(args.warm)} other questions not counted; "
         "vLLM prefix cache off)"
     )
-    print(f"{'protocol':<10}{'jmed+hf':>10}{'jmed+vllm':>11}{'ratio':>8}{'lm-eval hf':>12}  picks agree (vllm vs hf)")
+    print(
+        f"{'protocol':<10}{'hf fp32':>9}{'hf bf16':>9}{'jmed+vllm':>11}{'/fp32':>7}{'/bf16':>7}{'lm-eval hf':>12}"
+        "  picks agree (vllm vs hf fp32)"
+    )
     for case in CASES:
         le = f"{lm[case]:>12.2f}" if case in lm else f"{'-':>12}"
-        print(f"{case:<10}{hf[case]:>10.2f}{vl[case]:>11.2f}{vl[case] / hf[case]:>7.1f}x{le}  {agree[case]}/{len(qs)}")
+        print(
+            f"{case:<10}{hf[case]:>9.2f}{hf16[case]:>9.2f}{vl[case]:>11.2f}{vl[case] / hf[case]:>6.1f}x"
+            f"{vl[case] / hf16[case]:>6.1f}x{le}  {agree[case]}/{len(qs)}"
+        )
     if not lm:
         print("lm-evaluation-harness not installed here (make bench installs it)")
     lora_vs_merged(args, qs, tok, info, adapter_dir)
@@ -140,19 +154,23 @@ def lora_vs_merged(args, qs, tok, info, adapter_dir) -> None:
 
     p, f = CASES["letter"]
     rows = {}
-    proc, url, started = E.start_vllm(info["path"], served_names=["base"], lora_rank=8)
-    try:
-        t = time.perf_counter()
-        r = requests.post(
-            f"{url}/load_lora_adapter", json={"lora_name": "lora", "lora_path": str(adapter_dir)}, timeout=600
-        )
-        r.raise_for_status()
-        eng = E.VLLMEngine(url, tok, "lora")
-        _, first = timed(lambda: run_questions(eng, tok, args.warm, p, f, 0, "lenient", 8, 0, desc=None))
-        _, steady = timed(lambda: run_questions(eng, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
-        rows["runtime LoRA"] = (started + time.perf_counter() - t - first - steady, first, steady)
-    finally:
-        stop_server(proc)
+    # runtime LoRA with vLLM's own CPU ops (a weight copy per token) and with jmed's plugin (jmed/vllm_plugin)
+    for label, plugin in (("LoRA, vLLM ops", "0"), ("LoRA, jmed ops", "1")):
+        os.environ["JMED_VLLM_PLUGIN"] = plugin
+        proc, url, started = E.start_vllm(info["path"], served_names=["base"], lora_rank=8)
+        try:
+            t = time.perf_counter()
+            r = requests.post(
+                f"{url}/load_lora_adapter", json={"lora_name": "lora", "lora_path": str(adapter_dir)}, timeout=600
+            )
+            r.raise_for_status()
+            eng = E.VLLMEngine(url, tok, "lora")
+            _, first = timed(lambda: run_questions(eng, tok, args.warm, p, f, 0, "lenient", 8, 0, desc=None))
+            _, steady = timed(lambda: run_questions(eng, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
+            rows[label] = (started + time.perf_counter() - t - first - steady, first, steady)
+        finally:
+            stop_server(proc)
+    os.environ.pop("JMED_VLLM_PLUGIN")
     t = time.perf_counter()
     merged = E.merged_dir(info["path"], info["revision"] + "-bench", adapter_dir)
     merge_s = time.perf_counter() - t
@@ -164,9 +182,9 @@ def lora_vs_merged(args, qs, tok, info, adapter_dir) -> None:
         f"\n2. one adapter (r 8, q/k/v/o) on vLLM, letter protocol: seconds (first pass: {len(args.warm)} "
         f"questions; steady: the {len(qs)} timed ones)"
     )
-    print(f"{'':<14}{'start+load':>11}{'first pass':>12}{'steady':>8}{'q/s':>7}")
+    print(f"{'':<16}{'start+load':>11}{'first pass':>12}{'steady':>8}{'q/s':>7}")
     for k, (load, first, steady) in rows.items():
-        print(f"{k:<14}{load:>11.1f}{first:>12.1f}{steady:>8.1f}{len(qs) / steady:>7.2f}")
+        print(f"{k:<16}{load:>11.1f}{first:>12.1f}{steady:>8.1f}{len(qs) / steady:>7.2f}")
 
 
 def serving(args, qs) -> None:

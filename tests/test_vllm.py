@@ -343,3 +343,62 @@ def test_a_registered_adapter_edited_after_registration_is_refused(registry):
     with pytest.raises(Refused) as err:
         adapters.ensure("1")
     assert err.value.status == 409 and "changed after registration" in err.value.message
+
+
+# ---- jmed's vLLM plugin: runtime LoRA on CPU without a weight copy per token ------------------------
+
+LORA_OPS_CHECK = r"""
+import json, torch
+from vllm.lora.ops.torch_ops import lora_ops as V
+theirs = {op: getattr(V, op) for op in ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice",
+                                        "sgmv_shrink", "sgmv_expand", "sgmv_expand_slice")}
+from vllm.plugins import load_general_plugins
+load_general_plugins()  # what each vLLM process does before it loads a model
+import jmed_vllm_plugin as P
+import vllm.lora.punica_wrapper.punica_cpu as C
+loaded = all(getattr(V, op) is getattr(P, op) and getattr(C, op) is getattr(P, op) for op in theirs)
+torch.manual_seed(0)
+L, I, R, O = 4, 48, 8, 40
+A, B = torch.randn(L, 1, R, I), torch.randn(L, 1, O, R)
+A[-1], B[-1] = 0, 0  # vLLM's torch ops read the last slot for -1 (no LoRA): empty here, so both add nothing
+diffs = {}
+def check(name, op, make_out, *args):
+    a, b = make_out(), None
+    b = a.clone()
+    theirs[op](*args[:2], a, *args[2:])
+    getattr(P, op)(*args[:2], b, *args[2:])
+    diffs[name] = float((a - b).abs().max())
+cases = (("one adapter", [5, 7, 3], [1, 1, 1]), ("mixed", [5, 7, 3], [0, 2, -1]), ("untrained", [4, 4], [3, 3]))
+for label, seq, idx in cases:  # untrained: a layer the adapter leaves alone holds zeros
+    seq, idx = torch.tensor(seq), torch.tensor(idx)
+    T, start = int(seq.sum()), torch.cumsum(seq, 0) - seq
+    x, h, y = torch.randn(T, I), torch.randn(T, R), torch.randn(T, 3 * O)
+    meta = (start, seq, idx, len(seq), int(seq.max()), T)
+    check(f"sgmv_shrink {label}", "sgmv_shrink", lambda: torch.zeros(T, R), x, A, *meta, 0.5)
+    for add in (True, False):
+        check(f"sgmv_expand {label} add={add}", "sgmv_expand", lambda: y[:, :O].clone(), h, B, *meta, add)
+        check(f"sgmv_expand_slice {label} add={add}", "sgmv_expand_slice", lambda: y.clone(), h, B, *meta, O, O, add)
+    tok = torch.repeat_interleave(idx, seq)  # decode: one index per token
+    check(f"bgmv_shrink {label}", "bgmv_shrink", lambda: torch.zeros(T, R), x, A, tok, 0.5)
+    check(f"bgmv_expand {label}", "bgmv_expand", lambda: y[:, :O].clone(), h, B, tok, True)
+    check(f"bgmv_expand_slice {label}", "bgmv_expand_slice", lambda: y.clone(), h, B, tok, 2 * O, O, True)
+print(json.dumps({"loaded": loaded, "diffs": diffs}))
+"""
+
+
+def test_jmed_lora_ops_are_loaded_by_vllm_and_equal_its_own():
+    """vLLM loads jmed's plugin (entry point vllm.general_plugins, installed by make install) in place of
+    its CPU LoRA ops, and the plugin's ops give vLLM's own results (float32, to 1e-5): one adapter and
+    several in one batch, prefill (sgmv) and decode (bgmv), shrink, expand set or added, the sliced
+    expand of fused projections; a request without LoRA and a layer the adapter leaves at zero add nothing. Served answers through it are
+    checked by the OpenAI test above; speed by benchmarks/engines.py."""
+    from jmed.engine import vllm_python
+
+    out = subprocess.run(
+        [vllm_python(), "-c", LORA_OPS_CHECK], capture_output=True, text=True, timeout=300, env=os.environ
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["loaded"] is True
+    assert len(got["diffs"]) == 24
+    assert all(d < 1e-5 for d in got["diffs"].values()), got["diffs"]
