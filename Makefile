@@ -45,10 +45,10 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/python -c "import vllm; print('[make] vllm', vllm.__version__, 'in $(VLLM_VENV)')"
 	touch $@
 
-# jmed's vLLM plugin (jmed/vllm_plugin: LoRA on CPU without a weight copy per token), loaded by vLLM
+# jmed's vLLM plugin (vllm_plugin: LoRA on CPU without a weight copy per token), loaded by vLLM
 # in each of its processes; re-installed when it changes.
-$(VLLM_VENV)/.plugin: jmed/vllm_plugin/jmed_vllm_plugin.py jmed/vllm_plugin/pyproject.toml $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/python -m pip install -q --no-deps --force-reinstall ./jmed/vllm_plugin
+$(VLLM_VENV)/.plugin: vllm_plugin/jmed_vllm_plugin.py vllm_plugin/pyproject.toml $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps --force-reinstall ./vllm_plugin
 	touch $@
 
 # Re-installs only when the dependency list changes; torch first so pip takes the CPU wheel on disk.

@@ -154,7 +154,7 @@ def lora_vs_merged(args, qs, tok, info, adapter_dir) -> None:
 
     p, f = CASES["letter"]
     rows = {}
-    # runtime LoRA with vLLM's own CPU ops (a weight copy per token) and with jmed's plugin (jmed/vllm_plugin)
+    # runtime LoRA with vLLM's own CPU ops (a weight copy per token) and with jmed's plugin (vllm_plugin)
     for label, plugin in (("LoRA, vLLM ops", "0"), ("LoRA, jmed ops", "1")):
         os.environ["JMED_VLLM_PLUGIN"] = plugin
         proc, url, started = E.start_vllm(info["path"], served_names=["base"], lora_rank=8)
