@@ -103,6 +103,8 @@ def test_every_command_keeps_stderr_to_the_allow_list(env, tmp_path):
         stop_server(proc)
     assert _noise(log.read_text()) == [], log.read_text()[-3000:]
 
-    # the same commands with --verbose show what was hidden: the allow-list is not vacuous
+    # the same command with --verbose shows what was hidden: the allow-list is not vacuous. Which
+    # third-party lines there are depends on the CPU (bitsandbytes' kernels-community line on an AVX-512
+    # machine, transformers' FutureWarning on an AVX2 one), so any line off the list will do
     loud = _jmed(env, tmp_path, "--verbose", "predict", str(questions))
-    assert any("Failed to load CPU gemm_4bit_forward" in line for line in _noise(loud.stderr)), loud.stderr[-2000:]
+    assert _noise(loud.stderr), loud.stderr[-2000:]
