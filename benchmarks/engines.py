@@ -10,7 +10,7 @@
    a merged copy (jmed.engine.merged_dir).
 3. Serving, single-question requests at concurrency 1, 8 and 32: `jmed serve` (POST /invocations) and
    `jmed serve --engine vllm` (POST /v1/completions, the same prompt text), the same registered
-   adapter; requests/s, p50 and p95 latency.
+   adapter; requests/s, p50 and p95 latency. Every request is a different question (SERVE_REQUESTS).
 
 Questions: IgakuQA 2022 from ../shared/datasets when present (text-only), else the bundled sample.
 """
@@ -43,6 +43,10 @@ def questions(n: int):
     )
     return [q for q in qs if not q.numeric][:n], ("IgakuQA 2022" if shared.exists() else "the bundled sample")
 
+
+# serving: requests per concurrency, each a question of its own, after SERVE_WARM warm-up requests
+SERVE_REQUESTS = {1: 8, 8: 32, 32: 64}
+SERVE_WARM = 8
 
 CASES = {"letter": ("letter", "igakuqa"), "text": ("text", "medpalm"), "loglik": ("loglik", "igakuqa")}
 
@@ -86,13 +90,15 @@ def evaluation(args, qs) -> None:
     from jmed import models
     from jmed.evaluate import run_questions
 
-    # bf16 first: what `auto` picks now on a CPU with bf16 units; then fp32, the issue's baseline
-    net, tok, _ = models.load_base(args.model, precision="bf16")
+    # bf16 first: what `auto` picks on a CPU with bf16 units (emulated without them, so not run there);
+    # then fp32, the issue's baseline
     hf16 = {}
-    for case, (p, f) in CASES.items():
-        _, s = timed(functools.partial(run_questions, net, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
-        hf16[case] = len(qs) / s
-    del net
+    if models.cpu_bf16_units():
+        net, tok, _ = models.load_base(args.model, precision="bf16")
+        for case, (p, f) in CASES.items():
+            _, s = timed(functools.partial(run_questions, net, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
+            hf16[case] = len(qs) / s
+        del net
     net, tok, info = models.load_base(args.model, precision="fp32")
     hf, agree = {}, {}
     res_hf = {}
@@ -114,7 +120,8 @@ def evaluation(args, qs) -> None:
     del peft, net
     vl, starts = {}, {}
     # no prefix cache: each protocol's prompts are the same questions, and hf caches nothing between runs
-    os.environ["JMED_VLLM_ARGS"] = (os.environ.get("JMED_VLLM_ARGS", "") + " --no-enable-prefix-caching").strip()
+    given = os.environ.get("JMED_VLLM_ARGS", "")
+    os.environ["JMED_VLLM_ARGS"] = (given + " --no-enable-prefix-caching").strip()
     with E.open_vllm(info["path"], tok) as opened:
         starts["base"] = opened.load_s
         warm = args.warm
@@ -125,10 +132,11 @@ def evaluation(args, qs) -> None:
             res, s = timed(lambda: run_questions(opened.engine, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
             vl[case] = len(qs) / s
             agree[case] = sum(a["parsed"] == b["parsed"] for a, b in zip(res_hf[case]["rows"], res["rows"]))
+    os.environ["JMED_VLLM_ARGS"] = given  # serving (part 3) runs vLLM's defaults, as a user's server does
     print(
         f"\n1. evaluation: {len(qs)} questions of {args.source}, {args.model}, questions/s "
         f"(vLLM start {starts['base']:.0f} s and a warm-up on {len(args.warm)} other questions not counted; "
-        "vLLM prefix cache off)"
+        f"vLLM prefix cache off; vLLM dtype {E.vllm_dtype()})"
     )
     print(
         f"{'protocol':<10}{'hf fp32':>9}{'hf bf16':>9}{'jmed+vllm':>11}{'/fp32':>7}{'/bf16':>7}{'lm-eval hf':>12}"
@@ -136,10 +144,13 @@ def evaluation(args, qs) -> None:
     )
     for case in CASES:
         le = f"{lm[case]:>12.2f}" if case in lm else f"{'-':>12}"
+        h16, r16 = (f"{hf16[case]:>9.2f}", f"{vl[case] / hf16[case]:>6.1f}x") if hf16 else (f"{'-':>9}", f"{'-':>7}")
         print(
-            f"{case:<10}{hf[case]:>9.2f}{hf16[case]:>9.2f}{vl[case]:>11.2f}{vl[case] / hf[case]:>6.1f}x"
-            f"{vl[case] / hf16[case]:>6.1f}x{le}  {agree[case]}/{len(qs)}"
+            f"{case:<10}{hf[case]:>9.2f}{h16}{vl[case]:>11.2f}{vl[case] / hf[case]:>6.1f}x"
+            f"{r16}{le}  {agree[case]}/{len(qs)}"
         )
+    if not hf16:
+        print("hf bf16 not run: this CPU has no bf16 matrix units (AMX, AVX-512 BF16), bf16 would be emulated")
     if not lm:
         print("lm-evaluation-harness not installed here (make bench installs it)")
     lora_vs_merged(args, qs, tok, info, adapter_dir)
@@ -212,8 +223,10 @@ def serving(args, qs) -> None:
     from jmed.models import load_tokenizer
 
     tok, _ = load_tokenizer(args.model)
-    records = [{"question": q.stem, "choices": list(q.choices)} for q in qs[:16]]
-    prompts = [render(q, "igakuqa", (), tok).prompt for q in qs[:16]]
+    # every request a different question (vLLM's prefix cache then shares only the instruction, as it
+    # would for a real user's traffic): a warm-up, then each concurrency's own questions
+    records = [{"question": q.stem, "choices": list(q.choices)} for q in qs]
+    prompts = [render(q, "igakuqa", (), tok).prompt for q in qs]
     bodies = {
         "hf": [{"dataframe_records": [r], "params": {"max_new_tokens": 16}} for r in records],
         "vllm": [{"model": f"{name}@champion", "prompt": p, "max_tokens": 16, "temperature": 0} for p in prompts],
@@ -250,9 +263,16 @@ def serving(args, qs) -> None:
                 except requests.RequestException:
                     time.sleep(0.5)
             url = f"http://127.0.0.1:{port}{paths[engine]}"
-            load_test(url, bodies[engine], 4, 8)  # warm up
-            for c in (1, 8, 32):
-                results[(engine, c)] = load_test(url, bodies[engine], c, {1: 8, 8: 16, 32: 32}[c])
+            every = bodies[engine]
+
+            def take(start, n):  # the bundled sample has fewer questions than requests: they repeat
+                return [every[(start + k) % len(every)] for k in range(n)]
+
+            start = SERVE_WARM
+            load_test(url, take(0, start), 4, start)  # warm up
+            for c, n in SERVE_REQUESTS.items():
+                results[(engine, c)] = load_test(url, take(start, n), c, n)
+                start += n
         finally:
             stop_server(proc, grace=30)
             assert not group_alive(proc.pid)
@@ -277,18 +297,20 @@ def main() -> None:
     ap.add_argument("--skip-serving", action="store_true")
     ap.add_argument("--skip-evaluation", action="store_true")
     args = ap.parse_args()
-    qs, args.source = questions(args.questions + 8)
-    qs, args.warm = qs[: args.questions], qs[args.questions :]
+    every, args.source = questions(max(args.questions + 8, SERVE_WARM + sum(SERVE_REQUESTS.values())))
+    qs, args.warm = every[: args.questions], every[args.questions : args.questions + 8]
     import torch
+
+    from jmed.models import cpu_bf16_units
 
     print(
         f"engines benchmark: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-        f"{time.strftime('%Y-%m-%d')}"
+        f"bf16 units {cpu_bf16_units() or 'none'}, {time.strftime('%Y-%m-%d')}"
     )
     if not args.skip_evaluation:
         evaluation(args, qs)
     if not args.skip_serving:
-        serving(args, qs)
+        serving(args, every)
 
 
 if __name__ == "__main__":

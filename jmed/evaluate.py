@@ -233,7 +233,7 @@ def _resolve(cfg, meta: dict):
     shots = cfg.shots if cfg.shots is not None else int(meta.get("shots", 0) or 0)
     quantization = cfg.quantization or str((meta.get("config") or {}).get("quantization", "") or "none")
     if cfg.engine == "vllm":
-        quantization = "none"  # vLLM runs the base in bfloat16, a QLoRA adapter merged into it (config refuses 4bit)
+        quantization = "none"  # vLLM runs the base unquantised, a QLoRA adapter merged into it (config refuses 4bit)
         if cfg.engine_url and cfg.adapter:
             raise ValueError(
                 f"--engine-url {cfg.engine_url}: the server's model is evaluated as it is served, so "
@@ -333,7 +333,7 @@ def evaluate(cfg) -> str:
             "eval_data_digest": digest,
             "base_revision": info.get("revision", ""),
             "tokenizer_hash": info.get("tokenizer_hash", ""),
-            "precision_resolved": info.get("precision_resolved", ""),  # the hf engine's (vllm: its own)
+            "precision_resolved": info.get("precision_resolved", ""),  # vllm: the dtype it was started with
             "adapter_train_run": train_run,
             "adapter_train_data_digest": meta.get("train_data_digest", ""),
             "adapter_base_revision": meta.get("base_revision", ""),
@@ -394,6 +394,9 @@ def open_engine(cfg, adapter_dir):
     log = Path(tempfile.gettempdir()) / f"jmed-vllm-{os.getpid()}.log"
     opened = E.open_vllm(model_dir, tokenizer, url=cfg.engine_url, log_path=log)
     opened.load_s = time.perf_counter() - t0
+    # the dtype jmed started vLLM with; a server at --engine-url runs whatever it was started with
+    started = {"bfloat16": "bf16", "float32": "fp32"}.get(E.vllm_dtype(), E.vllm_dtype())
+    info = {**info, "precision_resolved": "" if cfg.engine_url else started}
     return opened, None, tokenizer, info
 
 
