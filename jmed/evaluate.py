@@ -394,8 +394,10 @@ def open_engine(cfg, adapter_dir):
     log = Path(tempfile.gettempdir()) / f"jmed-vllm-{os.getpid()}.log"
     opened = E.open_vllm(model_dir, tokenizer, url=cfg.engine_url, log_path=log)
     opened.load_s = time.perf_counter() - t0
-    # the dtype jmed started vLLM with; a server at --engine-url runs whatever it was started with
-    started = {"bfloat16": "bf16", "float32": "fp32"}.get(E.vllm_dtype(), E.vllm_dtype())
+    # the dtype jmed started vLLM with (on a GPU vLLM's own: "auto"); a server at --engine-url runs
+    # whatever it was started with
+    dtype = E.vllm_dtype()
+    started = "auto" if dtype == "auto" else models.precision_name(dtype)
     info = {**info, "precision_resolved": "" if cfg.engine_url else started}
     return opened, None, tokenizer, info
 

@@ -144,6 +144,12 @@ def precision_choice(precision: str = "auto", width: int | None = None) -> tuple
     return device, names[precision], f"{precision}: as asked"
 
 
+def precision_name(dtype: str) -> str:
+    """The precision name a run logs (`precision_resolved`) for a dtype: torch.bfloat16 or vLLM's
+    bfloat16 -> bf16, float16 -> fp16, else fp32."""
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(dtype.removeprefix("torch."), "fp32")
+
+
 def resolve_precision(precision: str = "auto", width: int | None = None):
     """(device, torch dtype) of `precision_choice`."""
     return precision_choice(precision, width)[:2]
@@ -585,7 +591,7 @@ def load_base(
         "quantization": quantization or "none",
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
-        "precision_resolved": {"bfloat16": "bf16", "float16": "fp16"}.get(str(dtype).removeprefix("torch."), "fp32"),
+        "precision_resolved": precision_name(str(dtype)),
         "precision_reason": why,
         "cpu_bf16_units": cpu_bf16_units() or "none",
     }
