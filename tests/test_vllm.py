@@ -128,6 +128,8 @@ def test_text_protocol_metrics_are_computed_from_vllm_outputs(smollm2_both):
 def test_main_pipeline_runs_with_the_vllm_engine(tmp_path):
     import mlflow
 
+    from jmed.models import cpu_bf16_units
+
     with private_store(tmp_path) as uri:
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
         proc = subprocess.run(
@@ -146,6 +148,8 @@ def test_main_pipeline_runs_with_the_vllm_engine(tmp_path):
         for run in evals:
             assert run.info.status == "FINISHED"
             assert run.data.params["engine"] == "vllm" and run.data.params["quantization"] == "none"
+            # the dtype vLLM ran: bf16 only where the CPU has bf16 units (emulated, and slower, elsewhere)
+            assert run.data.params["precision_resolved"] == ("bf16" if cpu_bf16_units() else "fp32")
             assert run.data.metrics["eval/questions_per_s"] > 0 and run.data.metrics["eval/load_s"] > 0
         v = mlflow.MlflowClient().get_model_version_by_alias("jmed-tiny", "champion")
         assert v.tags["jmed.engine"] == "vllm" and len(v.tags["jmed.adapter_sha256"]) == 64
