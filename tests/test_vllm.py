@@ -386,15 +386,58 @@ for label, seq, idx in cases:  # untrained: a layer the adapter leaves alone hol
     check(f"bgmv_shrink {label}", "bgmv_shrink", lambda: torch.zeros(T, R), x, A, tok, 0.5)
     check(f"bgmv_expand {label}", "bgmv_expand", lambda: y[:, :O].clone(), h, B, tok, True)
     check(f"bgmv_expand_slice {label}", "bgmv_expand_slice", lambda: y.clone(), h, B, tok, 2 * O, O, True)
-print(json.dumps({"loaded": loaded, "diffs": diffs}))
+# the fused layer product (PunicaWrapperCPU.add_lora_linear): q/k/v-like slices, one of them left at zero
+from vllm.lora.model_manager import LoRAModelManager
+fused_on = C.PunicaWrapperCPU.add_lora_linear is P.add_lora_linear and LoRAModelManager.activate_adapter._jmed
+class Wrapper:  # what update_metadata leaves on vLLM's wrapper: the step's plan
+    pass
+widths = (O, O // 2, O // 2)
+As = tuple(torch.randn(L, 1, R, I) for _ in widths)
+Bs = tuple(torch.randn(L, 1, w, R) for w in widths)
+for t in As + Bs:
+    t[-1] = 0
+As[1][2], Bs[1][2] = 0, 0  # adapter 2 leaves the middle slice alone
+def reference(y, x, tok, scale):
+    at = 0
+    for a, b, w in zip(As, Bs, widths):
+        h = torch.zeros(x.shape[0], R)
+        theirs["bgmv_shrink"](x, a, h, tok, scale)
+        theirs["bgmv_expand_slice"](h, b, y, tok, at, w, True)
+        at += w
+    return y
+def ours(y, x, tok, scale):
+    w = Wrapper()
+    w._jmed_plan = P.step_plan(tok)
+    P.add_lora_linear(w, y, x, As, Bs, scale, widths)
+    return y
+for label, tok in (("one adapter", [1] * 6), ("mixed", [0, 2, -1, 2, 0, 1]), ("zero slice", [2, 2]),
+                   ("no lora", [-1, -1]), ("decode", [3])):
+    tok = torch.tensor(tok)
+    x, y = torch.randn(len(tok), I), torch.randn(len(tok), 2 * O)
+    want = reference(y.clone(), x, tok, 0.5)  # relative: one fused sum adds in another order (values ~1e2)
+    diffs[f"add_lora_linear {label}"] = float((want - ours(y.clone(), x, tok, 0.5)).abs().max() / want.abs().max())
+# the fused copies follow an adapter change (activate_adapter writes the slot, then returns True) and
+# survive a call that changes nothing (an active adapter activated again returns False)
+tok, x, y = torch.tensor([1, 1]), torch.randn(2, I), torch.randn(2, 2 * O)
+ours(y.clone(), x, tok, 1.0)
+P._bump(lambda: False)()
+kept = len(P._FUSED) > 0
+As[0][1] *= 2
+P._bump(lambda: True)()
+want = reference(y.clone(), x, tok, 1.0)
+diffs["add_lora_linear after a change"] = float((want - ours(y.clone(), x, tok, 1.0)).abs().max() / want.abs().max())
+print(json.dumps({"loaded": loaded, "fused": bool(fused_on), "kept": kept, "diffs": diffs}))
 """
 
 
 def test_jmed_lora_ops_are_loaded_by_vllm_and_equal_its_own():
     """vLLM loads jmed's plugin (entry point vllm.general_plugins, installed by make install) in place of
-    its CPU LoRA ops, and the plugin's ops give vLLM's own results (float32, to 1e-5): one adapter and
+    its CPU LoRA ops, and the plugin's ops give vLLM's own results (float32, to 1e-5; the fused product
+    relative to the largest value): one adapter and
     several in one batch, prefill (sgmv) and decode (bgmv), shrink, expand set or added, the sliced
-    expand of fused projections; a request without LoRA and a layer the adapter leaves at zero add nothing. Served answers through it are
+    expand of fused projections; a request without LoRA and a layer the adapter leaves at zero add nothing;
+    and the fused layer product (add_lora_linear: the step's adapters found once, a layer's slices in two
+    matmuls, cached until an adapter changes) equals vLLM's per-slice ops. Served answers through it are
     checked by the OpenAI test above; speed by benchmarks/engines.py."""
     from jmed.engine import vllm_python
 
@@ -404,5 +447,7 @@ def test_jmed_lora_ops_are_loaded_by_vllm_and_equal_its_own():
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["loaded"] is True
-    assert len(got["diffs"]) == 24
+    assert got["fused"] is True
+    assert got["kept"] is True  # an activate that changes nothing keeps the fused copies
+    assert len(got["diffs"]) == 30
     assert all(d < 1e-5 for d in got["diffs"].values()), got["diffs"]
