@@ -8,9 +8,11 @@
    HF backend on the same model object when it is installed (`make bench`).
 2. One adapter on vLLM: runtime LoRA on the base (vLLM's own CPU LoRA ops, and jmed's plugin's) against
    a merged copy (jmed.engine.merged_dir).
-3. Serving, single-question requests at concurrency 1, 8 and 32: `jmed serve` (POST /invocations) and
-   `jmed serve --engine vllm` (POST /v1/completions, the same prompt text), the same registered
-   adapter; requests/s, p50 and p95 latency. Every request is a different question (SERVE_REQUESTS).
+3. Serving, single-question requests at concurrency 1, 8 and 32: `jmed serve` (POST /invocations; in
+   the version's own precision, `auto`, and with `--precision fp32`, as it ran when the target was
+   set) and `jmed serve --engine vllm` (POST /v1/completions, the same prompt text), the same
+   registered adapter; requests/s, p50 and p95 latency. Every request is a different question
+   (SERVE_REQUESTS).
 
 Questions: IgakuQA 2022 from ../shared/datasets when present (text-only), else the bundled sample.
 """
@@ -227,15 +229,24 @@ def serving(args, qs) -> None:
     # would for a real user's traffic): a warm-up, then each concurrency's own questions
     records = [{"question": q.stem, "choices": list(q.choices)} for q in qs]
     prompts = [render(q, "igakuqa", (), tok).prompt for q in qs]
+    exam = [{"dataframe_records": [r], "params": {"max_new_tokens": 16}} for r in records]
     bodies = {
-        "hf": [{"dataframe_records": [r], "params": {"max_new_tokens": 16}} for r in records],
+        "hf": exam,
+        "hf-fp32": exam,
         "vllm": [{"model": f"{name}@champion", "prompt": p, "max_tokens": 16, "temperature": 0} for p in prompts],
     }
-    paths = {"hf": "/invocations", "vllm": "/v1/completions"}
+    paths = {"hf": "/invocations", "hf-fp32": "/invocations", "vllm": "/v1/completions"}
+    # `jmed serve` as it runs now (the version's own precision: `auto`, bf16 on a CPU with bf16 units)
+    # and as it ran when the serving target was set (float32); vLLM's dtype follows the CPU
+    flags = {
+        "hf": ["--engine", "hf"],
+        "hf-fp32": ["--engine", "hf", "--precision", "fp32"],
+        "vllm": ["--engine", "vllm"],
+    }
     results = {}
     import subprocess
 
-    for engine in ("hf", "vllm"):
+    for engine in ("hf", "hf-fp32", "vllm"):
         port = free_port()
         proc = subprocess.Popen(
             [
@@ -243,8 +254,7 @@ def serving(args, qs) -> None:
                 "-m",
                 "jmed",
                 "serve",
-                "--engine",
-                engine,
+                *flags[engine],
                 "--model-uri",
                 f"models:/{name}@champion",
                 "--port",
@@ -278,15 +288,20 @@ def serving(args, qs) -> None:
             assert not group_alive(proc.pid)
     print(f"\n3. serving {args.model} + a registered adapter, single-question requests, 16 new tokens")
     print(
-        f"{'concurrency':<12}{'jmed serve rps':>15}{'p50 ms':>9}{'p95 ms':>9}{'--engine vllm rps':>19}"
-        f"{'p50 ms':>9}{'p95 ms':>9}{'ratio':>8}"
+        f"{'concurrency':<12}{'hf fp32 rps':>12}{'p50/p95 ms':>14}{'hf auto rps':>12}{'p50/p95 ms':>14}"
+        f"{'vllm rps':>9}{'p50/p95 ms':>14}{'/fp32':>7}{'/auto':>7}"
     )
-    for c in (1, 8, 32):
-        h, v = results[("hf", c)], results[("vllm", c)]
+    for c in SERVE_REQUESTS:
+        f, h, v = results[("hf-fp32", c)], results[("hf", c)], results[("vllm", c)]
         print(
-            f"{c:<12}{h['rps']:>15.2f}{h['p50']:>9.0f}{h['p95']:>9.0f}{v['rps']:>19.2f}{v['p50']:>9.0f}"
-            f"{v['p95']:>9.0f}{v['rps'] / h['rps']:>7.1f}x"
-            + (f"  errors {h['errors']}/{v['errors']}" if h["errors"] or v["errors"] else "")
+            f"{c:<12}"
+            + "".join(f"{r['rps']:>{w}.2f}{r['p50']:>8.0f}/{r['p95']:<5.0f}" for r, w in ((f, 12), (h, 12), (v, 9)))
+            + f"{v['rps'] / f['rps']:>6.1f}x{v['rps'] / h['rps']:>6.1f}x"
+            + (
+                f"  errors {f['errors']}/{h['errors']}/{v['errors']}"
+                if f["errors"] or h["errors"] or v["errors"]
+                else ""
+            )
         )
 
 

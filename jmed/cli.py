@@ -603,6 +603,12 @@ def bind_check(host: str, port: int) -> None:
     help="hf: the exam endpoint (POST /invocations, MLflow's scoring app). vllm: vLLM's OpenAI API "
     "(/v1/completions, /v1/chat/completions, /v1/models), every registered version a LoRA on one base.",
 )
+@click.option(
+    "--precision",
+    default="",
+    type=click.Choice(["", "auto", "fp32", "bf16", "fp16"]),
+    help="hf engine: the base model's precision (default: the served version's own, as it was trained).",
+)
 def serve(
     base_model,
     model_uri,
@@ -615,6 +621,7 @@ def serve(
     batch_wait_ms,
     batch_tokens,
     engine,
+    precision,
 ):
     """Serve the champion (POST /invocations) with MLflow's scoring app, as `mlflow models serve` does,
     behind jmed's front: a request without Content-Type, nested too deeply or with unknown params gets
@@ -627,6 +634,12 @@ def serve(
     from jmed.registry import champion_uri
     from jmed.server import serve_command, serve_env
 
+    if precision and engine == "vllm":  # vLLM's dtype follows the machine (jmed.engine.vllm_dtype)
+        raise click.BadParameter(
+            "--precision is for the hf engine; vLLM runs bfloat16 where the CPU has bf16 units, else "
+            "float32, and its own choice on a GPU",
+            param_hint="--precision",
+        )
     if batch_wait_ms >= timeout * 1000:  # every request would wait out its own timeout: 504 for all
         raise click.BadParameter(
             f"{timeout} s is not longer than --batch-wait-ms {batch_wait_ms:g}: every request would time out",
@@ -660,6 +673,7 @@ def serve(
             "JMED_SERVE_MAX_ROWS": max_batch_rows,
             "JMED_SERVE_WAIT_MS": batch_wait_ms,
             "JMED_SERVE_BATCH_TOKENS": batch_tokens,
+            "JMED_SERVE_PRECISION": precision,
             "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": timeout,
         },
     )

@@ -28,6 +28,7 @@ Serving for real traffic:
   given; a version that fails to load is logged and the old one keeps serving.
   The served URI comes from $JMED_MODEL_URI (`jmed serve` sets it) or from the `mlflow models serve -m`
   command line this process descends from.
+- JMED_SERVE_PRECISION (`jmed serve --precision`) loads the base in another precision than the version's.
 - JMED_SERVE_MAX_ROWS and JMED_SERVE_WAIT_MS size the batches (jmed.batcher's defaults); an engine
   batch holds at most JMED_SERVE_BATCH_TOKENS padded prompt tokens (jmed.config.MAX_BATCH_TOKENS), so
   one long prompt runs with few others and memory stays bounded; a prompt over the model's limit
@@ -138,8 +139,10 @@ class JmedModel(PythonModel):
             tokenizer, info = load_tokenizer(base)
             model = None
         else:
+            # `jmed serve --precision` (JMED_SERVE_PRECISION) over the version's own precision
+            precision = os.environ.get("JMED_SERVE_PRECISION") or config.get("precision", "auto")
             model, tokenizer, info = load_base(
-                base, quantization=config.get("quantization", "none"), precision=config.get("precision", "auto")
+                base, quantization=config.get("quantization", "none"), precision=precision
             )
         want = config.get("base_revision") or meta.get("base_revision")
         if want and info.get("revision") and info["revision"] != want:

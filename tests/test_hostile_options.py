@@ -106,6 +106,11 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
         (["--workers", "1_0"], "Invalid value for '--workers': expected an integer, got '1_0'"),
         (["--max-batch-rows", "0"], "Invalid value for '--max-batch-rows': 0 is not at least 1"),
         (["--batch-tokens", "-5"], "Invalid value for '--batch-tokens': -5 is not at least 1"),
+        (["--precision", "int3"], "Invalid value for '--precision': 'int3' is not one of"),
+        (
+            ["--engine", "vllm", "--precision", "bf16"],
+            "Invalid value for --precision: --precision is for the hf engine",
+        ),
     ],
 )
 def test_serve_options_are_checked_before_anything_loads(args, message):

@@ -466,6 +466,21 @@ def test_logged_model_is_code_with_pinned_requirements_and_safetensors(served):
 
 
 @pytest.mark.slow
+def test_serve_precision_loads_the_base_in_another_precision(served, monkeypatch):
+    """`jmed serve --precision` (JMED_SERVE_PRECISION in the served process) over the version's own."""
+    import mlflow
+    import pandas as pd
+    import torch
+
+    own = mlflow.pyfunc.load_model(URI).unwrap_python_model().model
+    assert next(own.parameters()).dtype == torch.float32  # tiny: `auto` keeps a small model in fp32
+    monkeypatch.setenv("JMED_SERVE_PRECISION", "bf16")
+    model = mlflow.pyfunc.load_model(URI)
+    assert next(model.unwrap_python_model().model.parameters()).dtype == torch.bfloat16
+    assert len(model.predict(pd.DataFrame(batch(2)), params={"max_new_tokens": 2})) == 2
+
+
+@pytest.mark.slow
 def test_predict_offline_and_cli(served, tmp_path):
     import mlflow
     import pandas as pd
