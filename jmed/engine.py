@@ -275,6 +275,7 @@ def vllm_command(
     max_loras: int = 4,
     max_model_len: int = 0,
     extra: list[str] | None = None,
+    compiled: bool = False,
 ) -> list[str]:
     """`python -m jmed.reaper -- <vllm python> -m vllm.entrypoints.openai.api_server …` on 127.0.0.1."""
     cmd = [
@@ -311,12 +312,20 @@ def vllm_command(
         cmd += ["--gpu-memory-utilization", str(GPU_MEMORY_UTILIZATION)]
     if lora_rank:
         cmd += ["--enable-lora", "--max-lora-rank", str(_lora_rank_bucket(lora_rank)), "--max-loras", str(max_loras)]
-    if not _on_gpu() and os.environ.get("JMED_VLLM_EAGER", "1") != "0":
-        # CPU: no torch.compile of the model. It took 70-95 s of every start here (its cache missed);
-        # JMED_VLLM_EAGER=0 compiles (benchmarks/engines.py measures both)
+    if not _on_gpu() and not compiled_on_cpu(compiled):
         cmd += ["--enforce-eager"]
     # anything else for vLLM (--tensor-parallel-size 4, --max-num-seqs 64, …), split like a shell would
     return cmd + list(extra or []) + shlex.split(os.environ.get("JMED_VLLM_ARGS", ""))
+
+
+def compiled_on_cpu(asked: bool) -> bool:
+    """Whether vLLM compiles the model (torch.compile) on CPU. A step that answers a question set starts
+    eager: compiling took 60-110 s of every start here (its cache missed) for 15-25 % more evaluation
+    throughput. A server compiles (`asked`): it runs for long, and a compiled SmolLM2 decoded a step
+    in 31 ms against 47 eager (jmed's plugin keeps LoRA working compiled). JMED_VLLM_EAGER=1 or 0 says
+    eager or compiled for every start (benchmarks/engines.py measures both)."""
+    env = os.environ.get("JMED_VLLM_EAGER", "").strip()
+    return asked if env == "" else env == "0"
 
 
 def _lora_rank_bucket(r: int) -> int:
@@ -357,14 +366,16 @@ def start_vllm(
     timeout: float = 900.0,
     port: int = 0,
     max_model_len: int = 0,
+    compiled: bool = False,
 ):
     """Start a vLLM server for `model_dir` and wait until it answers; returns (process, url, seconds).
+    `compiled`: torch.compile on CPU too (jmed.engine.compiled_on_cpu; a GPU always compiles).
     Stop it with jmed.server.stop_server (the whole process group: reaper, API server, engine core)."""
     from jmed import server
 
     port = port or server.free_port()
     names = served_names or [SERVED_NAME]
-    cmd = vllm_command(str(model_dir), port, names, lora_rank=lora_rank, max_model_len=max_model_len)
+    cmd = vllm_command(str(model_dir), port, names, lora_rank=lora_rank, max_model_len=max_model_len, compiled=compiled)
     env = server.serve_env("", engine_env(lora=bool(lora_rank)))
     try:
         proc, seconds = server.start_process(

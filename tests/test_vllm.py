@@ -1,7 +1,8 @@
 """The vllm engine, for real: vLLM's CPU build in .venv-vllm (make install), started by jmed.
 
 Bounded: one SmolLM2 engine for the agreement tests, two tiny engines for the pipeline, one server for
-the OpenAI API tests; the kill tests stop the engine while it starts. Each start is 30-45 s here.
+the OpenAI API tests (compiled, as `jmed serve --engine vllm` runs: its start takes longer); the kill
+tests stop the engine while it starts. Each eager start is 30-45 s here.
 """
 
 import json
@@ -317,11 +318,64 @@ def test_served_champion_answers_openai_clients_and_follows_an_alias_move(regist
         assert moved.model == "jmed-tiny@champion"
         assert "jmed-tiny/2" in {m.id for m in client.models.list().data}
         assert "moved: version 2" in (root / "serve.log").read_text()
+
+        # the served LoRA is the adapter itself: v2, loaded into the running (compiled) engine, gives the
+        # next-token log-probabilities of transformers + peft in float32 (top 8, to bf16's tolerance),
+        # and they differ from the base model's by more than that
+        ids = [1, 2, 3, 4, 5, 6, 7, 8]
+        served = next_token_logprobs(base, "jmed-tiny/2", ids)
+        want, plain = hf_next_token_logprobs(uri, train_b, ids)
+        gap = max(abs(v - float(want[t])) for t, v in served.items())
+        effect = max(abs(v - float(plain[t])) for t, v in served.items())
+        assert gap < 0.1 < effect, (gap, effect, served)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
         log.close()
     assert not reapers(), "the engine outlived jmed serve"
+
+
+def test_a_server_compiles_and_a_step_starts_eager(monkeypatch):
+    """On CPU `jmed serve --engine vllm` starts vLLM compiled (long-lived: a compiled decode step is about
+    a third faster, and jmed's plugin keeps LoRA working compiled); a step that answers a question set
+    starts eager (compiling costs 60-110 s of a start); JMED_VLLM_EAGER=1/0 says so for every start."""
+    from jmed import engine as E
+
+    monkeypatch.setattr(E, "_on_gpu", lambda: False)
+    monkeypatch.delenv("JMED_VLLM_ARGS", raising=False)
+    eager = {}
+    for env in ("", "1", "0"):
+        monkeypatch.setenv("JMED_VLLM_EAGER", env)
+        eager[env] = [("--enforce-eager" in E.vllm_command("m", 1, ["m"], compiled=c)) for c in (False, True)]
+    assert eager == {"": [True, False], "1": [True, True], "0": [False, False]}
+
+
+def next_token_logprobs(base: str, model: str, ids: list[int]) -> dict[int, float]:
+    """The served top-8 next-token log-probabilities after the token ids `ids`, by token id."""
+    import requests
+
+    body = {"model": model, "prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": 8}
+    r = requests.post(f"{base}/v1/completions", json={**body, "return_tokens_as_token_ids": True}, timeout=120)
+    assert r.status_code == 200, r.text
+    top = r.json()["choices"][0]["logprobs"]["top_logprobs"][0]
+    return {int(k.removeprefix("token_id:")): v for k, v in top.items()}
+
+
+def hf_next_token_logprobs(uri: str, train_run: str, ids: list[int]):
+    """(with the train run's adapter, without it): next-token log-probabilities from transformers, fp32."""
+    import mlflow
+    import torch
+
+    from jmed import models
+
+    mlflow.set_tracking_uri(uri)
+    adapter_dir = mlflow.artifacts.download_artifacts(f"runs:/{train_run}/adapter")
+    net, _, _ = models.load_base("tiny", precision="fp32")
+    with torch.no_grad():
+        plain = torch.log_softmax(net(torch.tensor([ids])).logits[0, -1].float(), -1)
+        tuned = models.load_adapter(net, Path(adapter_dir))
+        lora = torch.log_softmax(tuned(torch.tensor([ids])).logits[0, -1].float(), -1)
+    return lora, plain
 
 
 def test_a_registered_adapter_edited_after_registration_is_refused(registry):

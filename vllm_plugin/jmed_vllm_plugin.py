@@ -155,7 +155,7 @@ def fused(lora_a_stacked, lora_b_stacked, slot: int, output_slices, dtype):
     not all zero, or None when none is; cached until an adapter changes."""
     import torch
 
-    key = (id(lora_a_stacked[0]), slot, dtype)
+    key = (lora_a_stacked[0].data_ptr(), slot, dtype)  # the storage: a compiled graph passes other objects
     hit = _FUSED.get(key)
     if hit is not None and hit[0] == _GEN[0]:
         return hit[1]
@@ -179,7 +179,24 @@ def fused(lora_a_stacked, lora_b_stacked, slot: int, output_slices, dtype):
 
 def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs):
     """vLLM's PunicaWrapperCPU.add_lora_linear (y[:, slices] += x @ A_s^T @ B_s^T * scale, per token's
-    LoRA) in two matmuls per adapter in the batch."""
+    LoRA) in two matmuls per adapter in the batch; inside a compiled model, the opaque op jmed::lora_linear."""
+    import torch
+
+    if torch.compiler.is_compiling():
+        torch.ops.jmed.lora_linear(
+            y.view(-1, y.shape[-1]),
+            x.reshape(-1, x.shape[-1]),
+            list(lora_a_stacked),
+            list(lora_b_stacked),
+            [int(w) for w in output_slices],
+            self._jmed_id,
+            float(scale),
+        )
+        return None
+    return _add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer, **kwargs)
+
+
+def _add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=None, **kwargs):
     plan = getattr(self, "_jmed_plan", None)
     x2 = x.reshape(-1, x.shape[-1])
     y2 = y.view(-1, y.shape[-1])
@@ -213,6 +230,82 @@ def update_metadata(self, *args, **kwargs):
     self._jmed_plan = step_plan(self.token_lora_indices)
 
 
+# ---- LoRA in a compiled model ---------------------------------------------------------------------
+# vLLM turns torch.compile off on CPU when LoRA is on: its CPU LoRA path branches in Python on each
+# step's batch (prefill or decode, which adapters), and a model traced once would keep the branches
+# of the step it was traced on. Here the two LoRA entry points inside the model (linear layers and
+# the embedding) are opaque ops when compiled: they run as above, on each step's own plan. A compiled
+# model decodes about a third faster on CPU (benchmarks/engines.py), which is what a server wants;
+# jmed compiles only where it asks vLLM to (jmed.engine: `jmed serve --engine vllm`).
+_WRAPPERS: list = []
+
+
+def _init(self, *args, **kwargs):
+    _ORIGINAL["__init__"](self, *args, **kwargs)
+    self._jmed_id = len(_WRAPPERS)
+    _WRAPPERS.append(self)
+
+
+def add_lora_embedding(self, y, x, lora_b_stacked, add_inputs=True, **kwargs):
+    import torch
+
+    if torch.compiler.is_compiling():
+        torch.ops.jmed.lora_embedding(y, x, lora_b_stacked, self._jmed_id, bool(add_inputs))
+        return None
+    return _ORIGINAL["add_lora_embedding"](self, y, x, lora_b_stacked, add_inputs, **kwargs)
+
+
+def _define_ops() -> None:
+    import torch
+
+    if hasattr(torch.ops.jmed, "lora_linear"):
+        return
+
+    # schemas spelled out: this module's annotations are strings (from __future__ import annotations)
+    @torch.library.custom_op(
+        "jmed::lora_linear",
+        mutates_args=("y",),
+        schema="(Tensor(a0!) y, Tensor x, Tensor[] a, Tensor[] b, int[] slices, int wrapper, float scale) -> ()",
+    )
+    def lora_linear(y, x, a, b, slices, wrapper, scale):
+        _add_lora_linear(_WRAPPERS[wrapper], y, x, tuple(a), tuple(b), scale, tuple(slices))
+
+    @lora_linear.register_fake
+    def _(y, x, a, b, slices, wrapper, scale):
+        return None
+
+    @torch.library.custom_op(
+        "jmed::lora_embedding",
+        mutates_args=("y",),
+        schema="(Tensor(a0!) y, Tensor x, Tensor b, int wrapper, bool add_inputs) -> ()",
+    )
+    def lora_embedding(y, x, b, wrapper, add_inputs):
+        _ORIGINAL["add_lora_embedding"](_WRAPPERS[wrapper], y, x, b, add_inputs)
+
+    @lora_embedding.register_fake
+    def _(y, x, b, wrapper, add_inputs):
+        return None
+
+
+def _compile_with_lora() -> None:
+    """Keep vLLM's CPU compilation (DYNAMO_TRACE_ONCE) when LoRA is on and compilation was asked for."""
+    from vllm.config import CompilationMode
+    from vllm.platforms.cpu import CpuPlatform
+
+    original = CpuPlatform.check_and_update_config.__func__
+    if getattr(original, "_jmed", False):
+        return
+
+    def check_and_update_config(cls, vllm_config):
+        asked = vllm_config.compilation_config.mode
+        original(cls, vllm_config)
+        if vllm_config.lora_config is not None and asked == CompilationMode.VLLM_COMPILE:
+            vllm_config.compilation_config.mode = CompilationMode.DYNAMO_TRACE_ONCE
+
+    check_and_update_config._jmed = True
+    CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
+
+
 _ORIGINAL: dict = {}
 
 
@@ -242,10 +335,17 @@ def register() -> None:
         return
     if getattr(PunicaWrapperCPU.add_lora_linear, "__module__", "") == __name__:
         return  # registered already in this process
-    _ORIGINAL["add_lora_linear"] = PunicaWrapperCPU.add_lora_linear
-    _ORIGINAL["update_metadata"] = PunicaWrapperCPU.update_metadata
+    for name in ("add_lora_linear", "update_metadata", "add_lora_embedding", "__init__"):
+        _ORIGINAL[name] = getattr(PunicaWrapperCPU, name)
     PunicaWrapperCPU.add_lora_linear = add_lora_linear
     PunicaWrapperCPU.update_metadata = update_metadata
+    PunicaWrapperCPU.add_lora_embedding = add_lora_embedding
+    PunicaWrapperCPU.__init__ = _init
+    _define_ops()
+    try:
+        _compile_with_lora()
+    except ImportError:  # another vLLM layout: its own rule stands
+        pass
     for name in ("activate_adapter", "remove_all_adapters"):
         fn = getattr(LoRAModelManager, name, None)
         if fn is not None and not getattr(fn, "_jmed", False):
