@@ -8,8 +8,13 @@ LoRA present in the batch is one matmul over its tokens' rows, the same arithmet
 Index -1 (a request without LoRA) contributes nothing, as in vLLM's GPU kernels (the torch ops would
 read the last slot's weights for it).
 
+Below them, for serving (decode-bound, where per-call overhead is the cost): one fused product per
+layer and step in place of one op call per slice (`add_lora_linear`), and LoRA inside a compiled model
+(opaque ops, so vLLM's CPU compilation can stay on with LoRA).
+
 `register` is vLLM's general-plugin hook: called in every vLLM process before the model loads, maybe
-more than once. JMED_VLLM_PLUGIN=0 turns it off (the benchmark measures both).
+more than once. JMED_VLLM_PLUGIN=0 turns it all off, JMED_VLLM_FUSED=0 the fused product and the
+compiled LoRA (the benchmark measures them).
 """
 
 from __future__ import annotations
