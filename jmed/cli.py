@@ -16,7 +16,7 @@ import click
 import jmed
 from jmed import readers
 from jmed.batcher import DEFAULT_MAX_ROWS, DEFAULT_WAIT_S
-from jmed.config import EXAM_KINDS, EXTRACTIONS, MAX_BATCH_TOKENS, PROTOCOLS
+from jmed.config import EXAM_KINDS, EXTRACTIONS, MAX_BATCH_TOKENS, PRECISIONS, PROTOCOLS
 from jmed.config import FALSE_WORDS as FALSE
 from jmed.config import TRUE_WORDS as TRUE
 from jmed.contract import DEFAULT_POLL_S, MAX_NEW_TOKENS_LIMIT
@@ -606,7 +606,7 @@ def bind_check(host: str, port: int) -> None:
 @click.option(
     "--precision",
     default="",
-    type=click.Choice(["", "auto", "fp32", "bf16", "fp16"]),
+    type=click.Choice(["", *PRECISIONS]),
     help="hf engine: the base model's precision (default: the served version's own, as it was trained).",
 )
 def serve(
