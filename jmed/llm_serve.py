@@ -235,7 +235,7 @@ def serve(model_uri: str, host: str, port: int, poll_s: float, log_path=None) ->
     # CPU; a later version of higher rank is refused by name (400) and needs a restart with it first
     rank = int((card.get("config") or {}).get("lora_r", 16) or 16)
     proc, url, seconds = E.start_vllm(
-        info["path"], served_names=[base_model], lora_rank=max(16, rank), log_path=log_path, compiled=True
+        info["path"], served_names=[base_model], lora_rank=max(16, rank), log_path=log_path
     )
     try:
         adapters = Adapters(name, base_model, info["revision"], url.removesuffix("/v1"), poll_s)
