@@ -4,7 +4,8 @@
 
 1. Evaluation, questions/s, the same rendered prompts, greedy: letter (generate up to 16 tokens), text
    (medpalm, the longest answer's budget) and loglik (letters a-e); engines jmed+hf (float32, batch 8:
-   what jmed did before; and bfloat16, what `auto` picks now on a CPU with bf16 units), jmed+vllm (bfloat16; engine start reported apart), and lm-evaluation-harness's
+   what jmed did before; and bfloat16, what `auto` picks now on a CPU with bf16 units), jmed+vllm (bfloat16,
+   compiled as jmed starts it, and eager; engine start reported apart), and lm-evaluation-harness's
    HF backend on the same model object when it is installed (`make bench`).
 2. One adapter on vLLM: runtime LoRA on the base (vLLM's own CPU LoRA ops, and jmed's plugin's) against
    a merged copy (jmed.engine.merged_dir).
@@ -124,32 +125,37 @@ def evaluation(args, qs) -> None:
     # no prefix cache: each protocol's prompts are the same questions, and hf caches nothing between runs
     given = os.environ.get("JMED_VLLM_ARGS", "")
     os.environ["JMED_VLLM_ARGS"] = (given + " --no-enable-prefix-caching").strip()
-    with E.open_vllm(info["path"], tok) as opened:
-        starts["base"] = opened.load_s
-        warm = args.warm
-        run_questions(
-            opened.engine, tok, warm, "letter", "igakuqa", 0, "lenient", 8, 0, desc=None
-        )  # kernels' first use
-        for case, (p, f) in CASES.items():
-            res, s = timed(lambda: run_questions(opened.engine, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
-            vl[case] = len(qs) / s
-            agree[case] = sum(a["parsed"] == b["parsed"] for a, b in zip(res_hf[case]["rows"], res["rows"]))
+    # compiled (jmed's default on CPU; the compile cached in $JMED_CACHE/inductor after a first start)
+    # and eager (JMED_VLLM_EAGER=1)
+    for mode, eager in (("compiled", "0"), ("eager", "1")):
+        os.environ["JMED_VLLM_EAGER"] = eager
+        with E.open_vllm(info["path"], tok) as opened:
+            starts[mode] = opened.load_s
+            run_questions(opened.engine, tok, args.warm, "letter", "igakuqa", 0, "lenient", 8, 0, desc=None)
+            for case, (p, f) in CASES.items():
+                res, s = timed(lambda: run_questions(opened.engine, tok, qs, p, f, 0, "lenient", 8, 0, desc=None))
+                vl[mode, case] = len(qs) / s
+                if mode == "compiled":
+                    agree[case] = sum(a["parsed"] == b["parsed"] for a, b in zip(res_hf[case]["rows"], res["rows"]))
+    os.environ.pop("JMED_VLLM_EAGER")
     os.environ["JMED_VLLM_ARGS"] = given  # serving (part 3) runs vLLM's defaults, as a user's server does
     print(
         f"\n1. evaluation: {len(qs)} questions of {args.source}, {args.model}, questions/s "
-        f"(vLLM start {starts['base']:.0f} s and a warm-up on {len(args.warm)} other questions not counted; "
-        f"vLLM prefix cache off; vLLM dtype {E.vllm_dtype()})"
+        f"(vLLM start, not counted: compiled {starts['compiled']:.0f} s, eager {starts['eager']:.0f} s; "
+        f"a warm-up on {len(args.warm)} other questions not counted; vLLM prefix cache off; "
+        f"vLLM dtype {E.vllm_dtype()})"
     )
     print(
-        f"{'protocol':<10}{'hf fp32':>9}{'hf bf16':>9}{'jmed+vllm':>11}{'/fp32':>7}{'/bf16':>7}{'lm-eval hf':>12}"
-        "  picks agree (vllm vs hf fp32)"
+        f"{'protocol':<10}{'hf fp32':>9}{'hf bf16':>9}{'jmed+vllm':>11}{'/fp32':>7}{'/bf16':>7}{'vllm eager':>12}"
+        f"{'lm-eval hf':>12}  picks agree (vllm vs hf fp32)"
     )
     for case in CASES:
+        v = vl["compiled", case]
         le = f"{lm[case]:>12.2f}" if case in lm else f"{'-':>12}"
-        h16, r16 = (f"{hf16[case]:>9.2f}", f"{vl[case] / hf16[case]:>6.1f}x") if hf16 else (f"{'-':>9}", f"{'-':>7}")
+        h16, r16 = (f"{hf16[case]:>9.2f}", f"{v / hf16[case]:>6.1f}x") if hf16 else (f"{'-':>9}", f"{'-':>7}")
         print(
-            f"{case:<10}{hf[case]:>9.2f}{h16}{vl[case]:>11.2f}{vl[case] / hf[case]:>6.1f}x"
-            f"{r16}{le}  {agree[case]}/{len(qs)}"
+            f"{case:<10}{hf[case]:>9.2f}{h16}{v:>11.2f}{v / hf[case]:>6.1f}x"
+            f"{r16}{vl['eager', case]:>12.2f}{le}  {agree[case]}/{len(qs)}"
         )
     if not hf16:
         print("hf bf16 not run: this CPU has no bf16 matrix units (AMX, AVX-512 BF16), bf16 would be emulated")

@@ -30,7 +30,9 @@ CPU_KV_CACHE_GIB = 2
 GPU_MEMORY_UTILIZATION = 0.85  # the share of GPU memory vLLM may take, when jmed starts it on a GPU
 MAX_LOGPROBS = 32  # letters a…z fit
 REQUEST_CHUNK = 16  # prompts per HTTP request; several requests in flight keep the engine's batch full
-IN_FLIGHT = 8
+# About this many prompts in flight at once (requests_in_flight), in at most MAX_REQUESTS requests.
+IN_FLIGHT_PROMPTS = 128
+MAX_REQUESTS = 64
 
 
 class EngineError(ValueError):
@@ -139,7 +141,7 @@ class VLLMEngine:
         from jmed.inference import _progress
 
         bar = _progress(total, desc)
-        with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        with ThreadPoolExecutor(requests_in_flight(jobs)) as pool:
             for n in pool.map(fn, jobs):
                 bar.update(n)
         bar.close()
@@ -228,6 +230,18 @@ class VLLMEngine:
         if multi:
             self._run(sorted(set(multi)), echo, len(set(multi)), desc if not single else None)
         return scores
+
+
+def requests_in_flight(jobs) -> int:
+    """How many requests to keep in flight: about IN_FLIGHT_PROMPTS prompts, whatever the requests
+    carry. A job is (key, indices) or one question. The text protocol's per-question answer budgets
+    split 32 questions into 24 requests of 1-2 prompts, and a fixed 8 requests in flight left vLLM's
+    batch at about 10 sequences: 3.2-3.4 questions/s, against 4.3-4.4 with every request in flight
+    (letter, in requests of 16, unchanged: 7.4-8.3 against 7.6-7.7)."""
+    if not jobs:
+        return 1
+    prompts = sum(len(j[1]) if isinstance(j, tuple) else 1 for j in jobs)
+    return max(1, min(len(jobs), MAX_REQUESTS, round(IN_FLIGHT_PROMPTS * len(jobs) / prompts)))
 
 
 # ---- starting a vLLM server -----------------------------------------------------------------------

@@ -240,8 +240,8 @@ def update_metadata(self, *args, **kwargs):
 # step's batch (prefill or decode, which adapters), and a model traced once would keep the branches
 # of the step it was traced on. Here the two LoRA entry points inside the model (linear layers and
 # the embedding) are opaque ops when compiled: they run as above, on each step's own plan. A compiled
-# model decodes about a third faster on CPU (benchmarks/engines.py), which is what a server wants;
-# jmed compiles only where it asks vLLM to (jmed.engine: `jmed serve --engine vllm`).
+# model decodes about a third faster on CPU (benchmarks/engines.py); jmed starts vLLM compiled on CPU
+# unless JMED_VLLM_EAGER=1 (jmed.engine.compiled_on_cpu).
 _WRAPPERS: list = []
 
 
