@@ -333,9 +333,8 @@ def vllm_command(
 
 def compiled_on_cpu() -> bool:
     """Whether vLLM compiles the model (torch.compile) on CPU: yes unless JMED_VLLM_EAGER=1. A compiled
-    SmolLM2 decoded a step in 31 ms against 47 eager, and evaluated 1.4-2.2x the questions/s (letter
-    6.3 against 3.4, text 2.9 against 1.8, loglik 7.4 against 2.7; jmed's plugin keeps LoRA working
-    compiled). The compiled kernels are cached per architecture (engine_env), so only the first start
+    SmolLM2 decoded a step in 31 ms against 47 eager, and evaluated 1.1-2.2x the questions/s
+    (benchmarks/engines.py; jmed's plugin keeps LoRA working compiled). The compiled kernels are cached per architecture (engine_env), so only the first start
     of an architecture on a machine pays the compile: 82-98 s for SmolLM2 here, then 40-45 s against
     33 s eager."""
     return os.environ.get("JMED_VLLM_EAGER", "").strip() != "1"
@@ -460,8 +459,9 @@ def open_vllm(model_dir, tokenizer, url: str = "", log_path=None, max_model_len:
 
 def merged_dir(base_path, base_revision: str, adapter_dir) -> Path:
     """The base with the adapter merged in, saved once per (base revision, adapter bytes) under
-    $JMED_CACHE/merged-<digest>: vLLM runs a merged copy at the base's speed (runtime LoRA on CPU ran
-    4× slower in steady state, benchmarks/engines.py)."""
+    $JMED_CACHE/merged-<digest>: vLLM runs a merged copy at the base's speed, with no LoRA settings
+    (compiled on CPU, runtime LoRA through jmed's plugin ran as fast: 7.18 against 7.20 questions/s,
+    benchmarks/engines.py part 2)."""
     import hashlib
 
     from jmed import models

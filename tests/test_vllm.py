@@ -339,7 +339,7 @@ def test_served_champion_answers_openai_clients_and_follows_an_alias_move(regist
 
 
 def test_vllm_compiles_on_cpu_unless_told_and_keeps_the_compile_in_jmeds_cache(monkeypatch, tmp_path):
-    """On CPU every vLLM start is compiled (a compiled SmolLM2 evaluated 1.4-2.2x the questions/s of an
+    """On CPU every vLLM start is compiled (a compiled SmolLM2 evaluated 1.1-2.2x the questions/s of an
     eager one; jmed's plugin keeps LoRA working compiled) unless JMED_VLLM_EAGER=1. vLLM's own compile
     cache (AOT) cannot load on CPU, so it is off there and inductor's cache, in $JMED_CACHE/inductor,
     serves later starts. A GPU keeps vLLM's defaults."""
