@@ -334,9 +334,9 @@ def vllm_command(
 def compiled_on_cpu() -> bool:
     """Whether vLLM compiles the model (torch.compile) on CPU: yes unless JMED_VLLM_EAGER=1. A compiled
     SmolLM2 decoded a step in 31 ms against 47 eager, and evaluated 1.1-2.2x the questions/s
-    (benchmarks/engines.py; jmed's plugin keeps LoRA working compiled). The compiled kernels are cached per architecture (engine_env), so only the first start
-    of an architecture on a machine pays the compile: 82-98 s for SmolLM2 here, then 40-45 s against
-    33 s eager."""
+    (benchmarks/engines.py; jmed's plugin keeps LoRA working compiled). The compiled kernels are
+    cached per architecture (engine_env), so only the first start of an architecture on a machine
+    pays the compile: 82-98 s for SmolLM2 here, then 35-45 s against 25-33 s eager."""
     return os.environ.get("JMED_VLLM_EAGER", "").strip() != "1"
 
 
